@@ -1,0 +1,180 @@
+//! Configuration read from the environment (names from `interface.md`) and the app secret.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use serde::Deserialize;
+
+pub const DEFAULT_API_URL: &str = "https://api.infusionsoft.com/crm/rest";
+pub const DEFAULT_TOKEN_URL: &str = "https://api.infusionsoft.com/token";
+pub const DEFAULT_AUTHORIZE_URL: &str = "https://accounts.infusionsoft.com/app/oauth/authorize";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("environment variable {name} is required")]
+    Missing { name: &'static str },
+    #[error("environment variable {name} has an invalid value: {reason}")]
+    Invalid { name: &'static str, reason: String },
+    #[error("the app secret is not valid JSON of the documented shape: {0}")]
+    AppSecret(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthMode {
+    OAuth,
+    ApiKey,
+}
+
+/// Which backend holds the secrets. Lambda uses Secrets Manager; the local run uses files.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreKind {
+    SecretsManager,
+    /// A directory of versioned secret files (`KEAP_STORE=file`, `KEAP_STORE_DIR`).
+    File(std::path::PathBuf),
+}
+
+/// Everything a function reads from its environment. Secrets are not here: they live
+/// in the app secret and the token secret, read through a [`crate::store::SecretStore`].
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub auth_mode: AuthMode,
+    pub store: StoreKind,
+    pub app_secret_id: String,
+    pub token_secret_id: String,
+    pub redirect_uri: Option<String>,
+    pub api_url: String,
+    pub token_url: String,
+    pub authorize_url: String,
+    /// Tag id or name applied to every signup.
+    pub welcome_tag: Option<String>,
+    pub signup_queue_url: Option<String>,
+    /// Timeout of every HTTP call to Keap.
+    pub http_timeout: Duration,
+    /// An access token with less life than this is refreshed before use by request handlers.
+    pub access_margin: Duration,
+    /// The scheduled refresh rotates when the access token has less than this left.
+    pub refresh_lead: Duration,
+    /// The scheduled refresh rotates when the refresh token is older than this.
+    pub refresh_max_age: Duration,
+    /// How long a rotation lease lasts; must exceed `http_timeout` plus a store round trip.
+    pub lease_duration: Duration,
+    /// Total time a signup may spend retrying Keap 429/5xx before it is queued.
+    pub signup_retry_budget: Duration,
+    pub welcome_email: Option<WelcomeEmail>,
+}
+
+/// Optional direct welcome email, for accounts without a tag-triggered automation.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeEmail {
+    /// Keap user id that sends the email (required by Keap's email API).
+    pub user_id: i64,
+    pub subject: String,
+    pub html_body: String,
+}
+
+/// The operator-written app secret (`KEAP_APP_SECRET_ID`).
+#[derive(Debug, Clone, Deserialize)]
+pub struct AppSecret {
+    #[serde(default)]
+    pub client_id: Option<String>,
+    #[serde(default)]
+    pub client_secret: Option<SecretString>,
+    #[serde(default)]
+    pub api_key: Option<SecretString>,
+    #[serde(default)]
+    pub signup_signing_key: Option<SecretString>,
+    #[serde(default)]
+    pub admin_password: Option<SecretString>,
+}
+
+impl AppSecret {
+    pub fn from_json(json: &str) -> Result<Self, ConfigError> {
+        serde_json::from_str(json).map_err(|e| ConfigError::AppSecret(e.to_string()))
+    }
+}
+
+fn var(name: &'static str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
+    match var(name) {
+        None => Ok(default),
+        Some(v) => v
+            .trim()
+            .parse::<u64>()
+            .map_err(|e| ConfigError::Invalid { name, reason: e.to_string() }),
+    }
+}
+
+fn seconds(name: &'static str, default: u64) -> Result<Duration, ConfigError> {
+    number(name, default).map(Duration::from_secs)
+}
+
+impl Config {
+    /// Reads the configuration from the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let auth_mode = match var("KEAP_AUTH_MODE").as_deref() {
+            None | Some("oauth") => AuthMode::OAuth,
+            Some("api-key") => AuthMode::ApiKey,
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "KEAP_AUTH_MODE",
+                    reason: format!("{other:?} is neither \"oauth\" nor \"api-key\""),
+                });
+            }
+        };
+        let store = match var("KEAP_STORE").as_deref() {
+            None | Some("secretsmanager") => StoreKind::SecretsManager,
+            Some("file") => StoreKind::File(
+                var("KEAP_STORE_DIR").unwrap_or_else(|| ".local/secrets".into()).into(),
+            ),
+            Some(other) => {
+                return Err(ConfigError::Invalid {
+                    name: "KEAP_STORE",
+                    reason: format!("{other:?} is neither \"secretsmanager\" nor \"file\""),
+                });
+            }
+        };
+        let app_secret_id = var("KEAP_APP_SECRET_ID").ok_or(ConfigError::Missing { name: "KEAP_APP_SECRET_ID" })?;
+        let token_secret_id = match (auth_mode, var("KEAP_TOKEN_SECRET_ID")) {
+            (_, Some(id)) => id,
+            (AuthMode::ApiKey, None) => String::new(),
+            (AuthMode::OAuth, None) => return Err(ConfigError::Missing { name: "KEAP_TOKEN_SECRET_ID" }),
+        };
+        let welcome_email = match var("KEAP_WELCOME_EMAIL_SUBJECT") {
+            None => None,
+            Some(subject) => Some(WelcomeEmail {
+                user_id: var("KEAP_WELCOME_EMAIL_USER_ID")
+                    .ok_or(ConfigError::Missing { name: "KEAP_WELCOME_EMAIL_USER_ID" })?
+                    .parse()
+                    .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
+                        name: "KEAP_WELCOME_EMAIL_USER_ID",
+                        reason: e.to_string(),
+                    })?,
+                subject,
+                html_body: var("KEAP_WELCOME_EMAIL_HTML")
+                    .ok_or(ConfigError::Missing { name: "KEAP_WELCOME_EMAIL_HTML" })?,
+            }),
+        };
+        Ok(Self {
+            auth_mode,
+            store,
+            app_secret_id,
+            token_secret_id,
+            redirect_uri: var("KEAP_REDIRECT_URI"),
+            api_url: var("KEAP_API_URL").unwrap_or_else(|| DEFAULT_API_URL.into()),
+            token_url: var("KEAP_TOKEN_URL").unwrap_or_else(|| DEFAULT_TOKEN_URL.into()),
+            authorize_url: var("KEAP_AUTHORIZE_URL").unwrap_or_else(|| DEFAULT_AUTHORIZE_URL.into()),
+            welcome_tag: var("KEAP_WELCOME_TAG"),
+            signup_queue_url: var("SIGNUP_QUEUE_URL"),
+            http_timeout: seconds("KEAP_HTTP_TIMEOUT_SECONDS", 10)?,
+            access_margin: seconds("KEAP_ACCESS_MARGIN_SECONDS", 300)?,
+            refresh_lead: seconds("KEAP_REFRESH_LEAD_SECONDS", 6 * 3600)?,
+            refresh_max_age: seconds("KEAP_REFRESH_MAX_AGE_SECONDS", 30 * 86400)?,
+            lease_duration: seconds("KEAP_LEASE_SECONDS", 30)?,
+            signup_retry_budget: Duration::from_millis(number("KEAP_SIGNUP_RETRY_BUDGET_MS", 2000)?),
+            welcome_email,
+        })
+    }
+}

@@ -1,0 +1,1 @@
+//! Clients for Keap: [`oauth`] (authorize URL, code exchange, refresh) and [`api`] (REST).

@@ -1,0 +1,16 @@
+//! keap-relay's shared core.
+//!
+//! - [`store`]: a versioned secret store with compare-and-swap (Secrets Manager, file, memory).
+//! - [`token`]: the token source that hands out a valid Keap credential and rotates the
+//!   OAuth pair without ever losing a newly issued refresh token.
+//! - [`keap`]: clients for Keap's OAuth endpoints and REST API.
+//! - [`signup`]: signature check, body validation and the signup flow itself.
+//! - [`config`]: environment configuration and the operator-written app secret.
+
+pub mod config;
+pub mod keap;
+pub mod signup;
+pub mod store;
+pub mod token;
+
+pub use secrecy::{ExposeSecret, SecretString};

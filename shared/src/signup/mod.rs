@@ -1,0 +1,1 @@
+//! The signup flow: signature check, body validation, upsert, tags, welcome email.
