@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Installs what keap-relay's tests and local run need, idempotently, into the project only:
+# a Python virtual environment at .venv (moto, cargo-lambda, the SAM CLI) and the arm64 Rust target.
+# Sourced by the other scripts; safe to run again.
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+WANT="${1:-all}" # all | moto | lambda
+
+say() { printf '\033[1m==> %s\033[0m\n' "$*" >&2; }
+
+if [ ! -x "$VENV/bin/python" ]; then
+  say "creating the Python virtual environment $VENV"
+  python3 -m venv "$VENV"
+fi
+need=()
+case "$WANT" in
+  moto) [ -x "$VENV/bin/moto_server" ] || need+=("moto[server]") ;;
+  *)
+    [ -x "$VENV/bin/moto_server" ] || need+=("moto[server]")
+    [ -x "$VENV/bin/cargo-lambda" ] || need+=("cargo-lambda")
+    [ -x "$VENV/bin/sam" ] || need+=("aws-sam-cli")
+    ;;
+esac
+if [ "${#need[@]}" -gt 0 ]; then
+  say "installing ${need[*]} into $VENV (first run only; takes a minute or two)"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${need[@]}"
+fi
+if [ "$WANT" = all ] && ! rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
+  say "adding the aarch64-unknown-linux-gnu Rust target (for Lambda arm64 builds)"
+  rustup target add aarch64-unknown-linux-gnu >&2
+fi
+export PATH="$VENV/bin:$PATH"
+export MOTO_SERVER="$VENV/bin/moto_server"
+export SAM_CLI_TELEMETRY=0

@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Runs every keap-relay test on a fresh machine: installs what it needs (scripts/bootstrap.sh),
+# then the Rust suites (unit, property, sandbox, moto, storms, handlers with sample events,
+# end-to-end local flow), the template checks and the hostile-input checks.
+# Ends with one summary line: "N passed, N failed".
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+source scripts/bootstrap.sh all
+
+LOG_DIR="${TEST_LOG_DIR:-$ROOT/target/test-logs}"
+mkdir -p "$LOG_DIR"
+passed=0
+failed=0
+failures=()
+
+# step NAME COMMAND...: runs one stage, remembers whether it passed.
+step() {
+  local name="$1"; shift
+  say "$name"
+  if "$@" 2>&1 | tee "$LOG_DIR/$name.log"; then
+    passed_stage=1
+  else
+    passed_stage=0
+    failures+=("$name")
+  fi
+  # cargo prints one "test result:" line per test binary; count its tests.
+  local p f
+  p=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$LOG_DIR/$name.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
+  f=$(grep -Eo '; [0-9]+ failed' "$LOG_DIR/$name.log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+  if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
+    # a stage that is a single check, not a test runner
+    if [ "$passed_stage" -eq 1 ]; then p=1; else f=1; fi
+  elif [ "$passed_stage" -eq 0 ] && [ "$f" -eq 0 ]; then
+    f=1 # it failed to build or crashed before reporting
+  fi
+  passed=$((passed + p))
+  failed=$((failed + f))
+}
+
+step rust-tests cargo test --workspace --locked --no-fail-fast
+for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh; do
+  if [ -x "$extra" ]; then step "$(basename "$extra" .sh)" "$extra"; fi
+done
+
+if [ "${#failures[@]}" -gt 0 ]; then
+  say "failed stages: ${failures[*]} (logs in $LOG_DIR)"
+fi
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]
