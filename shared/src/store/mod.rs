@@ -8,10 +8,21 @@
 //! - [`SecretStore::swap_current`] moves `current` from an expected version to another and
 //!   fails with [`SwapOutcome::Stale`] when `current` is elsewhere.
 //!
-//! Adapters: [`memory`] (tests), [`file`] (local default), [`secrets_manager`] (production).
+//! Adapters: [`memory`] (tests), [`file`] (local default), [`secrets_manager`] (production),
+//! and [`counting`], a decorator that counts calls per operation.
+
+pub mod counting;
+pub mod file;
+pub mod memory;
+pub mod secrets_manager;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::config::{AppSecret, Config, StoreKind};
+
 
 /// One version of a secret.
 #[derive(Debug, Clone)]
@@ -70,4 +81,67 @@ pub trait SecretStore: Send + Sync + std::fmt::Debug {
 
     /// Moves `current` from `from` to `to` (compare-and-swap).
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError>;
+}
+
+/// The four store operations, for fault hooks and call counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum StoreOp {
+    ReadCurrent,
+    ReadVersion,
+    Put,
+    Swap,
+}
+
+impl StoreOp {
+    pub const ALL: [StoreOp; 4] = [StoreOp::ReadCurrent, StoreOp::ReadVersion, StoreOp::Put, StoreOp::Swap];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            StoreOp::ReadCurrent => "read_current",
+            StoreOp::ReadVersion => "read_version",
+            StoreOp::Put => "put_version",
+            StoreOp::Swap => "swap_current",
+        }
+    }
+}
+
+/// Builds the store named by the configuration: Secrets Manager through the standard AWS
+/// configuration chain (which honours `AWS_ENDPOINT_URL`), or a [`file::FileStore`].
+pub async fn from_config(config: &Config) -> Arc<dyn SecretStore> {
+    match &config.store {
+        StoreKind::SecretsManager => {
+            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+            Arc::new(secrets_manager::SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws)))
+        }
+        StoreKind::File(dir) => Arc::new(file::FileStore::new(dir.clone())),
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppSecretError {
+    #[error("the app secret {secret_id} does not exist or has no value; create it with the fields client_id, client_secret (oauth mode) or api_key (api-key mode)")]
+    Missing { secret_id: String },
+    #[error("the app secret {secret_id} is not valid: {reason}")]
+    Invalid { secret_id: String, reason: String },
+    #[error("could not read the app secret {secret_id}: {source}")]
+    Store { secret_id: String, source: StoreError },
+}
+
+/// Reads the operator-written app secret (`KEAP_APP_SECRET_ID`). Field presence per mode is
+/// checked by whoever needs the field (see [`crate::token::connection_from_config`]).
+pub async fn load_app_secret(store: &dyn SecretStore, secret_id: &str) -> Result<AppSecret, AppSecretError> {
+    let current = match store.read_current(secret_id).await {
+        Ok(current) => current,
+        Err(StoreError::NotFound { .. }) => None,
+        Err(source) => return Err(AppSecretError::Store { secret_id: secret_id.into(), source }),
+    };
+    let Some(version) = current else {
+        return Err(AppSecretError::Missing { secret_id: secret_id.into() });
+    };
+    // serde_json's messages may quote the offending value, which could be a secret: report
+    // only the kind of error and where it is.
+    serde_json::from_str::<AppSecret>(version.value.expose_secret()).map_err(|e| AppSecretError::Invalid {
+        secret_id: secret_id.into(),
+        reason: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+    })
 }
