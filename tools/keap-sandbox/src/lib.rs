@@ -1,1 +1,216 @@
-//! Keap sandbox.
+//! A faithful local stand-in for Keap: the OAuth authorize page, the token endpoint with
+//! single-use rotating refresh tokens, and the slice of REST v1/v2 that keap-relay uses,
+//! with fault injection and counters for tests.
+//!
+//! ```no_run
+//! # async fn demo() -> std::io::Result<()> {
+//! let sandbox = keap_sandbox::Sandbox::start(keap_sandbox::SandboxConfig::default()).await?;
+//! let pair = sandbox.mint_grant("sandbox-client");
+//! println!("{} {}", sandbox.api_url(), pair.access_token);
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod crm;
+mod faults;
+mod http;
+mod oauth_store;
+mod quota;
+mod server;
+mod stats;
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+pub use config::{
+    ClientConfig, DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT,
+    RateLimit, ReusePolicy, SandboxConfig,
+};
+pub use crm::ContactView;
+pub use faults::{FaultSettings, Faults};
+pub use oauth_store::TokenResponse;
+pub use stats::{AuthKind, CallRecord, Stats};
+
+/// Everything behind the one lock: holding it across a whole `/token` request is what
+/// makes rotation atomic.
+#[derive(Debug, Default)]
+pub(crate) struct World {
+    pub oauth: oauth_store::OAuthStore,
+    pub crm: crm::Crm,
+    pub quotas: quota::Quotas,
+    pub stats: Stats,
+}
+
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: SandboxConfig,
+    pub auto_approve: AtomicBool,
+    pub faults: Faults,
+    world: Mutex<World>,
+}
+
+impl Shared {
+    fn new(config: SandboxConfig) -> Self {
+        Self {
+            auto_approve: AtomicBool::new(config.auto_approve),
+            config,
+            faults: Faults::default(),
+            world: Mutex::new(World::default()),
+        }
+    }
+
+    /// Never held across an `.await`.
+    pub(crate) fn world(&self) -> MutexGuard<'_, World> {
+        // Handlers never panic while holding the lock; if one did, the data is still usable.
+        self.world.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    pub(crate) fn mint_grant(&self, client_id: &str) -> TokenResponse {
+        let mut world = self.world();
+        world.stats.grants_minted += 1;
+        world.oauth.new_grant(&self.config, client_id)
+    }
+}
+
+/// A running sandbox server. Dropping it (or `shutdown().await`) stops it.
+#[derive(Debug)]
+pub struct Sandbox {
+    shared: Arc<Shared>,
+    addr: SocketAddr,
+    stop: Option<oneshot::Sender<()>>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Sandbox {
+    /// Serve on `127.0.0.1` at a free port.
+    pub async fn start(config: SandboxConfig) -> std::io::Result<Sandbox> {
+        Self::bind(config, SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).await
+    }
+
+    /// Serve on `addr`.
+    pub async fn bind(config: SandboxConfig, addr: SocketAddr) -> std::io::Result<Sandbox> {
+        let listener = tokio::net::TcpListener::bind(addr).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared::new(config));
+        let app = http::router(shared.clone())
+            .into_make_service_with_connect_info::<server::ConnHandle>();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            axum::serve(server::SeverableListener(listener), app)
+                .with_graceful_shutdown(async move {
+                    // Either an explicit stop or the Sandbox being dropped.
+                    let _ = stopped.await;
+                })
+                .await
+        });
+        tracing::debug!(%addr, "keap sandbox listening");
+        Ok(Sandbox {
+            shared,
+            addr,
+            stop: Some(stop),
+            task: Some(task),
+        })
+    }
+
+    /// Stop accepting connections and wait for open ones to finish.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            match task.await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "keap sandbox server stopped with an error"),
+                Err(err) => tracing::warn!(error = %err, "keap sandbox server task failed"),
+            }
+        }
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// `http://127.0.0.1:PORT`
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// REST base, `{base}/crm/rest`; append `/v1/...` or `/v2/...`.
+    pub fn api_url(&self) -> String {
+        format!("{}{}", self.base_url(), http::REST_PREFIX)
+    }
+
+    pub fn token_url(&self) -> String {
+        format!("{}{}", self.base_url(), http::TOKEN_PATH)
+    }
+
+    pub fn authorize_url(&self) -> String {
+        format!("{}{}", self.base_url(), http::AUTHORIZE_PATH)
+    }
+
+    pub fn config(&self) -> &SandboxConfig {
+        &self.shared.config
+    }
+
+    pub fn faults(&self) -> &Faults {
+        &self.shared.faults
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.shared.world().stats.clone()
+    }
+
+    pub fn reset_stats(&self) {
+        self.shared.world().stats = Stats::default();
+    }
+
+    /// Issue a valid pair for `client_id` directly, as if a user had authorized (for
+    /// seeding token stores). Counted in `grants_minted`, not as a refresh or exchange.
+    /// The client id is not checked: a pair minted for an unknown client cannot be
+    /// refreshed, since refreshing authenticates the client.
+    pub fn mint_grant(&self, client_id: &str) -> TokenResponse {
+        self.shared.mint_grant(client_id)
+    }
+
+    /// Every access token issued so far is expired from now on.
+    pub fn expire_access_tokens(&self) {
+        self.shared.world().oauth.expire_access_tokens();
+    }
+
+    /// Every refresh token issued so far is expired from now on.
+    pub fn expire_refresh_tokens(&self) {
+        self.shared.world().oauth.expire_refresh_tokens();
+    }
+
+    /// Move the sandbox's clock forward (token and code expiry; not quota windows).
+    pub fn advance_clock(&self, by: Duration) {
+        self.shared.world().oauth.advance_clock(by);
+    }
+
+    /// The oldest contact holding this email address (case-insensitive).
+    pub fn contact_by_email(&self, email: &str) -> Option<ContactView> {
+        self.shared.world().crm.contact_by_email(email)
+    }
+
+    /// The id of the oldest tag with exactly this name.
+    pub fn tag_by_name(&self, name: &str) -> Option<i64> {
+        self.shared.world().crm.tag_by_name(name)
+    }
+
+    pub fn set_auto_approve(&self, on: bool) {
+        self.shared.auto_approve.store(on, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! `/_sandbox/...`: the same switches as the Rust API, for a sandbox in another process.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::response::Response;
+use axum::routing::{get, post};
+use http::StatusCode;
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::json;
+
+use super::json;
+use crate::Shared;
+use crate::faults::FaultSettings;
+use crate::stats::Stats;
+
+pub(crate) fn routes() -> Router<Arc<Shared>> {
+    Router::new()
+        .route("/stats", get(stats))
+        .route("/reset-stats", post(reset_stats))
+        .route("/faults", post(faults))
+        .route("/grant", post(grant))
+        .route("/expire-access-tokens", post(expire_access_tokens))
+        .route("/expire-refresh-tokens", post(expire_refresh_tokens))
+        .route("/advance-clock", post(advance_clock))
+        .route("/auto-approve", post(auto_approve))
+        .route("/contacts", get(contact))
+        .route("/tags", get(tag))
+}
+
+fn no_content() -> Response {
+    json(StatusCode::OK, &json!({"ok": true}))
+}
+
+fn bad_request(message: impl std::fmt::Display) -> Response {
+    json(StatusCode::BAD_REQUEST, &json!({"error": message.to_string()}))
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
+    serde_json::from_slice(body).map_err(|err| bad_request(format!("invalid JSON body: {err}")))
+}
+
+async fn stats(State(shared): State<Arc<Shared>>) -> Response {
+    let stats = shared.world().stats.clone();
+    json(StatusCode::OK, &json!(stats))
+}
+
+async fn reset_stats(State(shared): State<Arc<Shared>>) -> Response {
+    shared.world().stats = Stats::default();
+    no_content()
+}
+
+async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<FaultSettings>(&body) {
+        Ok(settings) => {
+            shared.faults.apply(&settings);
+            no_content()
+        }
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct GrantRequest {
+    client_id: String,
+}
+
+async fn grant(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<GrantRequest>(&body) {
+        Ok(request) => json(StatusCode::OK, &json!(shared.mint_grant(&request.client_id))),
+        Err(response) => response,
+    }
+}
+
+async fn expire_access_tokens(State(shared): State<Arc<Shared>>) -> Response {
+    shared.world().oauth.expire_access_tokens();
+    no_content()
+}
+
+async fn expire_refresh_tokens(State(shared): State<Arc<Shared>>) -> Response {
+    shared.world().oauth.expire_refresh_tokens();
+    no_content()
+}
+
+#[derive(Deserialize)]
+struct AdvanceClock {
+    secs: u64,
+}
+
+async fn advance_clock(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<AdvanceClock>(&body) {
+        Ok(request) => {
+            shared.world().oauth.advance_clock(Duration::from_secs(request.secs));
+            no_content()
+        }
+        Err(response) => response,
+    }
+}
+
+#[derive(Deserialize)]
+struct AutoApprove {
+    on: bool,
+}
+
+async fn auto_approve(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<AutoApprove>(&body) {
+        Ok(request) => {
+            shared.auto_approve.store(request.on, Ordering::SeqCst);
+            no_content()
+        }
+        Err(response) => response,
+    }
+}
+
+async fn contact(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let Some(email) = query.get("email") else {
+        return bad_request("query parameter email is required");
+    };
+    match shared.world().crm.contact_by_email(email) {
+        Some(contact) => json(StatusCode::OK, &json!(contact)),
+        None => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
+    }
+}
+
+async fn tag(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
+    let Some(name) = query.get("name") else {
+        return bad_request("query parameter name is required");
+    };
+    match shared.world().crm.tag_by_name(name) {
+        Some(id) => json(StatusCode::OK, &json!({"id": id, "name": name})),
+        None => json(StatusCode::NOT_FOUND, &json!({"error": "no tag with that name"})),
+    }
+}
