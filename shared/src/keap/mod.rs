@@ -1,1 +1,2 @@
 //! Clients for Keap: [`oauth`] (authorize URL, code exchange, refresh) and [`api`] (REST).
+pub mod api;

@@ -1,1 +1,391 @@
 //! The signup flow: signature check, body validation, upsert, tags, welcome email.
+//!
+//! - [`signature`]: the `X-Signature` header (verify, and `sign` for senders and tests).
+//! - [`request`]: the body, validated into a [`Signup`] with precise error codes.
+//! - [`queue`]: the [`SignupQueue`] port (SQS, memory) for signups Keap could not take now.
+//! - [`SignupService`]: the one code path `signup` and `signup-retry` share.
+
+pub mod queue;
+pub mod request;
+pub mod signature;
+
+use std::collections::{BTreeMap, HashMap};
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use backon::{ExponentialBuilder, Retryable};
+use serde::{Serialize, Serializer};
+use tokio::time::Instant;
+
+pub use queue::{MemoryQueue, QueueError, QueuedSignup, SignupQueue, SqsQueue};
+pub use request::{InvalidSignup, Signup, TagRef};
+
+use crate::config::{Config, WelcomeEmail};
+use crate::keap::api::{ApiError, ContactUpsert, KeapApi, QueuedEmail, TagApplyStatus};
+use crate::token::{Credential, CredentialSource, TokenError};
+
+/// What the service needs from the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct SignupSettings {
+    /// Tag (id or name) applied to every signup (`KEAP_WELCOME_TAG`).
+    pub welcome_tag: Option<TagRef>,
+    /// Direct welcome email, sent once per contact.
+    pub welcome_email: Option<WelcomeEmail>,
+    /// Time one signup may spend retrying Keap's 429/5xx before giving up.
+    pub retry_budget: Duration,
+}
+
+impl SignupSettings {
+    pub fn from_config(config: &Config) -> Self {
+        Self {
+            welcome_tag: config.welcome_tag.as_deref().map(TagRef::parse),
+            welcome_email: config.welcome_email.clone(),
+            retry_budget: config.signup_retry_budget,
+        }
+    }
+}
+
+/// What happened to the welcome email.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WelcomeEmailOutcome {
+    /// Queued in Keap for this signup.
+    Sent,
+    /// The contact had been welcomed before (the welcome tag was already there).
+    AlreadyWelcomed,
+    /// Keap refused or failed to queue it; logged, and the signup still succeeded.
+    Failed,
+}
+
+/// A signup Keap took. Serializes to the `POST /signup` success body.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SignupOutcome {
+    #[serde(serialize_with = "as_string")]
+    pub contact_id: i64,
+    pub created: bool,
+    /// Per requested tag (as the caller named it, welcome tag included): Keap's status
+    /// (`SUCCESS`, `DUPLICATE`, `TAG_ID_NOT_FOUND`, …) or `REJECTED` when Keap refused to create it.
+    pub tags: BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub welcome_email: Option<WelcomeEmailOutcome>,
+}
+
+fn as_string<S: Serializer>(id: &i64, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.collect_str(id)
+}
+
+/// Why a signup did not reach Keap.
+#[derive(Debug, thiserror::Error)]
+pub enum SignupError {
+    /// Keap refused the contact itself (4xx); retrying the same signup cannot help.
+    #[error("Keap refused the contact ({status}): {message}")]
+    Rejected { status: u16, message: String },
+    /// No usable Keap connection: never connected, needs re-authorization, or the key is refused.
+    #[error("Keap is not connected: {reason}")]
+    NotConnected { reason: String },
+    /// Keap (or the token store) failing or throttling beyond the retry budget.
+    #[error("Keap unavailable: {detail}")]
+    Unavailable { retry_after: Option<Duration>, detail: String },
+}
+
+impl SignupError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            SignupError::Rejected { .. } => "keap_rejected",
+            SignupError::NotConnected { .. } => "keap_not_connected",
+            SignupError::Unavailable { .. } => "keap_unavailable",
+        }
+    }
+
+    /// True when trying the same signup again later may succeed.
+    pub fn is_transient(&self) -> bool {
+        !matches!(self, SignupError::Rejected { .. })
+    }
+
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            SignupError::Unavailable { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+impl From<TokenError> for SignupError {
+    fn from(error: TokenError) -> Self {
+        match error {
+            TokenError::Unavailable { detail, retry_after } => SignupError::Unavailable { retry_after, detail },
+            TokenError::Store(store) => SignupError::Unavailable { retry_after: None, detail: store.to_string() },
+            other @ (TokenError::NotConnected | TokenError::NeedsReauth { .. } | TokenError::Misconfigured(_)) => {
+                SignupError::NotConnected { reason: other.to_string() }
+            }
+        }
+    }
+}
+
+/// A failure of one Keap call after its retries.
+enum CallError {
+    Api(ApiError),
+    Token(TokenError),
+}
+
+impl From<CallError> for SignupError {
+    fn from(error: CallError) -> Self {
+        match error {
+            CallError::Token(token) => token.into(),
+            CallError::Api(ApiError::Unauthorized { .. }) => {
+                SignupError::NotConnected { reason: "Keap refused the credential even after a re-read".into() }
+            }
+            CallError::Api(ApiError::Rejected { status, message, .. }) => SignupError::Rejected { status, message },
+            CallError::Api(error) => {
+                SignupError::Unavailable { retry_after: error.retry_after(), detail: error.to_string() }
+            }
+        }
+    }
+}
+
+/// Whether a call may be repeated after Keap failed mid-way.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Repeat {
+    /// Safe to repeat on any transient error (upsert, lookup, apply).
+    Idempotent,
+    /// Only after a 429, when Keap did nothing (creating a tag, sending an email).
+    OnlyIfThrottled,
+}
+
+/// The state of one `process` call: the credential in use and the retry deadline.
+struct Attempt {
+    credential: Mutex<Credential>,
+    /// Only one `after_unauthorized` per signup.
+    reauthorized: Mutex<bool>,
+    deadline: Instant,
+}
+
+impl Attempt {
+    fn credential(&self) -> Credential {
+        self.credential.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn replace(&self, credential: Credential) {
+        *self.credential.lock().unwrap_or_else(|e| e.into_inner()) = credential;
+    }
+
+    fn claim_reauthorization(&self) -> bool {
+        let mut done = self.reauthorized.lock().unwrap_or_else(|e| e.into_inner());
+        !std::mem::replace(&mut *done, true)
+    }
+}
+
+/// Sends signups to Keap. Built once per process; caches tag ids by name.
+pub struct SignupService {
+    api: KeapApi,
+    credentials: Arc<dyn CredentialSource>,
+    settings: SignupSettings,
+    tag_ids: Mutex<HashMap<String, i64>>,
+}
+
+impl std::fmt::Debug for SignupService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SignupService").field("api", &self.api).field("settings", &self.settings).finish_non_exhaustive()
+    }
+}
+
+impl SignupService {
+    pub fn new(api: KeapApi, credentials: Arc<dyn CredentialSource>, settings: SignupSettings) -> Self {
+        Self { api, credentials, settings, tag_ids: Mutex::new(HashMap::new()) }
+    }
+
+    /// Upserts the contact, applies the welcome and requested tags, and sends the welcome
+    /// email when the welcome tag was newly applied. Repeating a signup is harmless: the
+    /// contact is updated, tags come back `DUPLICATE` and no second email goes out.
+    pub async fn process(&self, signup: &Signup) -> Result<SignupOutcome, SignupError> {
+        let attempt = Attempt {
+            credential: Mutex::new(self.credentials.credential().await?),
+            reauthorized: Mutex::new(false),
+            deadline: Instant::now() + self.settings.retry_budget,
+        };
+
+        let upsert = ContactUpsert {
+            email: signup.email.clone(),
+            given_name: signup.given_name.clone(),
+            family_name: signup.family_name.clone(),
+            opt_in_reason: signup.opt_in.then(|| opt_in_reason(signup.source.as_deref())),
+        };
+        let contact = self
+            .call(&attempt, Repeat::Idempotent, |credential| {
+                let upsert = &upsert;
+                async move { self.api.upsert_contact(&credential, upsert).await }
+            })
+            .await?;
+
+        let requested: Vec<&TagRef> = self.settings.welcome_tag.iter().chain(&signup.tags).collect();
+        let mut tags = BTreeMap::new();
+        let mut resolved: Vec<(&TagRef, i64)> = Vec::new();
+        for tag in dedup(requested) {
+            match self.resolve_tag(&attempt, tag).await {
+                Ok(id) => resolved.push((tag, id)),
+                Err(CallError::Api(ApiError::Rejected { status, message, .. })) => {
+                    tracing::warn!(tag = %tag.label(), status, %message, "Keap refused to create a tag");
+                    tags.insert(tag.label(), "REJECTED".to_owned());
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+
+        let ids: Vec<i64> = resolved.iter().map(|(_, id)| *id).collect();
+        let statuses = self
+            .call(&attempt, Repeat::Idempotent, |credential| {
+                let ids = &ids;
+                async move { self.api.apply_tags(&credential, contact.id, ids).await }
+            })
+            .await?;
+        let mut welcome_tag_status = None;
+        for (tag, id) in &resolved {
+            let status = statuses.get(id).cloned().unwrap_or(TagApplyStatus::Failure);
+            if status == TagApplyStatus::TagIdNotFound {
+                self.forget_tag(tag);
+            }
+            if Some(*tag) == self.settings.welcome_tag.as_ref() {
+                welcome_tag_status = Some(status.clone());
+            }
+            tags.insert(tag.label(), status.as_str().to_owned());
+        }
+
+        let welcome_email = match &self.settings.welcome_email {
+            None => None,
+            Some(email) => {
+                // Without a welcome tag, a new contact is the "first signup" signal.
+                let first_time = match welcome_tag_status {
+                    Some(status) => status == TagApplyStatus::Success,
+                    None => self.settings.welcome_tag.is_none() && contact.created,
+                };
+                Some(if first_time { self.send_welcome(&attempt, email, contact.id).await } else { WelcomeEmailOutcome::AlreadyWelcomed })
+            }
+        };
+
+        Ok(SignupOutcome { contact_id: contact.id, created: contact.created, tags, welcome_email })
+    }
+
+    async fn send_welcome(&self, attempt: &Attempt, email: &WelcomeEmail, contact_id: i64) -> WelcomeEmailOutcome {
+        let message = QueuedEmail {
+            contact_ids: vec![contact_id],
+            user_id: email.user_id,
+            subject: email.subject.clone(),
+            html_body: email.html_body.clone(),
+        };
+        let sent = self
+            .call(attempt, Repeat::OnlyIfThrottled, |credential| {
+                let message = &message;
+                async move { self.api.queue_email(&credential, message).await }
+            })
+            .await;
+        match sent {
+            Ok(()) => WelcomeEmailOutcome::Sent,
+            Err(error) => {
+                // The welcome tag is applied now, so a later retry would not send it either:
+                // report it instead of failing a signup that otherwise succeeded.
+                let error = SignupError::from(error);
+                tracing::error!(contact_id, error = %error, "the welcome email could not be queued");
+                WelcomeEmailOutcome::Failed
+            }
+        }
+    }
+
+    /// A tag id: given, cached, looked up by name, or created.
+    async fn resolve_tag(&self, attempt: &Attempt, tag: &TagRef) -> Result<i64, CallError> {
+        let name = match tag {
+            TagRef::Id(id) => return Ok(*id),
+            TagRef::Name(name) => name,
+        };
+        if let Some(id) = self.tag_ids.lock().unwrap_or_else(|e| e.into_inner()).get(name) {
+            return Ok(*id);
+        }
+        let found = self
+            .call(attempt, Repeat::Idempotent, |credential| async move {
+                self.api.find_tag_by_name(&credential, name).await
+            })
+            .await?;
+        let id = match found {
+            Some(id) => id,
+            None => {
+                self.call(attempt, Repeat::OnlyIfThrottled, |credential| async move {
+                    self.api.create_tag(&credential, name).await
+                })
+                .await?
+            }
+        };
+        self.tag_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), id);
+        Ok(id)
+    }
+
+    /// Keap no longer knows the cached id (the tag was deleted): look it up again next time.
+    fn forget_tag(&self, tag: &TagRef) {
+        if let TagRef::Name(name) = tag {
+            self.tag_ids.lock().unwrap_or_else(|e| e.into_inner()).remove(name);
+        }
+    }
+
+    /// Runs one Keap call with the signup's credential: after a 401 it asks the credential
+    /// source for a fresh one and retries once (per signup); after 429/5xx it retries with
+    /// exponential backoff, honouring `Retry-After`, while the signup's deadline allows.
+    async fn call<T, F, Fut>(&self, attempt: &Attempt, repeat: Repeat, op: F) -> Result<T, CallError>
+    where
+        F: Fn(Credential) -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let once = || async {
+            let credential = attempt.credential();
+            match op(credential.clone()).await {
+                Err(ApiError::Unauthorized { .. }) if attempt.claim_reauthorization() => {
+                    let fresh = self.credentials.after_unauthorized(&credential).await.map_err(CallError::Token)?;
+                    attempt.replace(fresh.clone());
+                    op(fresh).await.map_err(CallError::Api)
+                }
+                other => other.map_err(CallError::Api),
+            }
+        };
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(2))
+            .with_jitter()
+            .with_max_times(10);
+        once.retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(|error| match (error, repeat) {
+                (CallError::Api(ApiError::RateLimited { .. }), _) => true,
+                (CallError::Api(error), Repeat::Idempotent) => error.is_transient(),
+                _ => false,
+            })
+            .adjust(|error, backoff| {
+                let wait = match error {
+                    CallError::Api(error) => error.retry_after().or(backoff),
+                    CallError::Token(_) => backoff,
+                }?;
+                (Instant::now() + wait <= attempt.deadline).then_some(wait)
+            })
+            .notify(|error, wait| {
+                if let CallError::Api(error) = error {
+                    tracing::info!(error = %error, wait_ms = wait.as_millis() as u64, "retrying Keap");
+                }
+            })
+            .await
+    }
+}
+
+fn opt_in_reason(source: Option<&str>) -> String {
+    match source {
+        Some(source) => format!("Signed up through {source}"),
+        None => "Signed up through the signup form".to_owned(),
+    }
+}
+
+/// Keeps the first of equal tags (the welcome tag may also be requested).
+fn dedup(tags: Vec<&TagRef>) -> Vec<&TagRef> {
+    let mut unique: Vec<&TagRef> = Vec::with_capacity(tags.len());
+    for tag in tags {
+        if !unique.contains(&tag) {
+            unique.push(tag);
+        }
+    }
+    unique
+}

@@ -1,0 +1,358 @@
+//! Keap's REST API (v1), the calls the signup and refresh paths need.
+//!
+//! Every call takes the [`Credential`] to use, so the caller decides what to do on a 401
+//! (re-read the token store, retry once) and on 429/5xx (retry within a budget, or queue).
+//! Errors never carry a credential: only statuses and Keap's own messages.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use base64::Engine;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::token::Credential;
+
+/// Keap's per-tag answer to an apply (v1 `POST /v1/contacts/{id}/tags`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TagApplyStatus {
+    /// The tag was newly applied.
+    Success,
+    /// The contact already had the tag.
+    Duplicate,
+    ContactNotFound,
+    TagIdNotFound,
+    Failure,
+    NoPermission,
+    /// A status this client does not know yet (kept, not fatal).
+    #[serde(untagged)]
+    Other(String),
+}
+
+impl TagApplyStatus {
+    pub fn as_str(&self) -> &str {
+        match self {
+            TagApplyStatus::Success => "SUCCESS",
+            TagApplyStatus::Duplicate => "DUPLICATE",
+            TagApplyStatus::ContactNotFound => "CONTACT_NOT_FOUND",
+            TagApplyStatus::TagIdNotFound => "TAG_ID_NOT_FOUND",
+            TagApplyStatus::Failure => "FAILURE",
+            TagApplyStatus::NoPermission => "NO_PERMISSION",
+            TagApplyStatus::Other(other) => other,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Keap's gateway refused the credential (HTTP 401).
+    #[error("Keap refused the credential during {operation} (401)")]
+    Unauthorized { operation: &'static str },
+    /// HTTP 429; `retry_after` when Keap sent a usable `Retry-After`.
+    #[error("Keap throttled {operation} (429)")]
+    RateLimited { operation: &'static str, retry_after: Option<Duration> },
+    /// 5xx, a timeout or a connection failure (`status` is `None` when no answer came).
+    #[error("Keap unavailable during {operation} (status {status:?}): {detail}")]
+    Unavailable { operation: &'static str, status: Option<u16>, detail: String },
+    /// A 4xx other than 401/429: Keap refused the request itself. `message` is Keap's and safe to show.
+    #[error("Keap refused {operation} ({status}): {message}")]
+    Rejected { operation: &'static str, status: u16, message: String },
+    /// Keap answered something this client cannot read.
+    #[error("unexpected answer from Keap to {operation}: {detail}")]
+    Protocol { operation: &'static str, detail: String },
+}
+
+impl ApiError {
+    /// 429 and 5xx/timeouts/connection errors: the same request may succeed later.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, ApiError::RateLimited { .. } | ApiError::Unavailable { .. })
+    }
+
+    /// How long Keap asked us to wait, if it did.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self {
+            ApiError::RateLimited { retry_after, .. } => *retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// What the signup path writes to a contact.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ContactUpsert {
+    pub email: String,
+    pub given_name: Option<String>,
+    pub family_name: Option<String>,
+    /// When set, the address is made marketable (if its status allows) with this reason.
+    pub opt_in_reason: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UpsertedContact {
+    pub id: i64,
+    /// 201 (new contact) rather than 200 (existing contact updated).
+    pub created: bool,
+}
+
+/// A direct email through `POST /v1/emails/queue`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedEmail {
+    pub contact_ids: Vec<i64>,
+    /// Keap user id of the sender (Keap requires one).
+    pub user_id: i64,
+    pub subject: String,
+    pub html_body: String,
+}
+
+/// Client for Keap's REST API. Cheap to clone (reqwest's client is reference counted).
+#[derive(Debug, Clone)]
+pub struct KeapApi {
+    http: reqwest::Client,
+    base: String,
+    timeout: Duration,
+}
+
+#[derive(Serialize)]
+struct EmailAddressBody<'a> {
+    email: &'a str,
+    field: &'static str,
+}
+
+#[derive(Serialize)]
+struct UpsertBody<'a> {
+    duplicate_option: &'static str,
+    email_addresses: [EmailAddressBody<'a>; 1],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    given_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    family_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    opt_in_reason: Option<&'a str>,
+    source_type: &'static str,
+}
+
+#[derive(Deserialize)]
+struct IdOnly {
+    id: i64,
+}
+
+#[derive(Deserialize)]
+struct TagList {
+    #[serde(default)]
+    tags: Vec<TagEntry>,
+}
+
+#[derive(Deserialize)]
+struct TagEntry {
+    id: i64,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+impl KeapApi {
+    /// `api_url` is the REST base (e.g. `https://api.infusionsoft.com/crm/rest`); `timeout`
+    /// bounds every call.
+    pub fn new(http: reqwest::Client, api_url: &str, timeout: Duration) -> Self {
+        Self { http, base: api_url.trim_end_matches('/').to_owned(), timeout }
+    }
+
+    pub fn from_config(http: reqwest::Client, config: &Config) -> Self {
+        Self::new(http, &config.api_url, config.http_timeout)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// Creates the contact or updates the one with the same email (v1 `PUT /v1/contacts`,
+    /// `duplicate_option: Email`). Only the given fields are written.
+    pub async fn upsert_contact(&self, credential: &Credential, contact: &ContactUpsert) -> Result<UpsertedContact, ApiError> {
+        const OP: &str = "contact upsert";
+        let body = UpsertBody {
+            duplicate_option: "Email",
+            email_addresses: [EmailAddressBody { email: &contact.email, field: "EMAIL1" }],
+            given_name: contact.given_name.as_deref(),
+            family_name: contact.family_name.as_deref(),
+            opt_in_reason: contact.opt_in_reason.as_deref(),
+            source_type: "API",
+        };
+        let request = self.http.put(self.url("/v1/contacts")).json(&body);
+        let response = self.send(OP, credential, request).await?;
+        let created = response.status() == reqwest::StatusCode::CREATED;
+        let IdOnly { id } = read_json(OP, response).await?;
+        Ok(UpsertedContact { id, created })
+    }
+
+    /// The id of the tag with exactly this name (v1 `GET /v1/tags?name=`), if there is one.
+    pub async fn find_tag_by_name(&self, credential: &Credential, name: &str) -> Result<Option<i64>, ApiError> {
+        const OP: &str = "tag lookup";
+        let request = self.http.get(self.url("/v1/tags")).query(&[("name", name)]);
+        let response = self.send(OP, credential, request).await?;
+        let list: TagList = read_json(OP, response).await?;
+        // Keap's name filter is not documented as exact: prefer an exact match, then one that
+        // differs only in case.
+        let exact = list.tags.iter().find(|tag| tag.name.as_deref() == Some(name));
+        let folded = || list.tags.iter().find(|tag| tag.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)));
+        Ok(exact.or_else(folded).map(|tag| tag.id))
+    }
+
+    /// Creates a tag (v1 `POST /v1/tags`) and returns its id.
+    pub async fn create_tag(&self, credential: &Credential, name: &str) -> Result<i64, ApiError> {
+        const OP: &str = "tag creation";
+        let request = self.http.post(self.url("/v1/tags")).json(&serde_json::json!({ "name": name }));
+        let response = self.send(OP, credential, request).await?;
+        let IdOnly { id } = read_json(OP, response).await?;
+        Ok(id)
+    }
+
+    /// Applies tags to a contact (v1 `POST /v1/contacts/{id}/tags`); Keap answers per tag.
+    /// A tag missing from Keap's answer is reported as [`TagApplyStatus::Failure`].
+    pub async fn apply_tags(
+        &self,
+        credential: &Credential,
+        contact_id: i64,
+        tag_ids: &[i64],
+    ) -> Result<BTreeMap<i64, TagApplyStatus>, ApiError> {
+        const OP: &str = "tag application";
+        if tag_ids.is_empty() {
+            return Ok(BTreeMap::new());
+        }
+        let request = self
+            .http
+            .post(self.url(&format!("/v1/contacts/{contact_id}/tags")))
+            .json(&serde_json::json!({ "tagIds": tag_ids }));
+        let response = self.send(OP, credential, request).await?;
+        let answer: BTreeMap<String, TagApplyStatus> = read_json(OP, response).await?;
+        let mut statuses = BTreeMap::new();
+        for (id, status) in answer {
+            let id = id.trim().parse::<i64>().map_err(|_| ApiError::Protocol {
+                operation: OP,
+                detail: format!("tag id {id:?} in the answer is not a number"),
+            })?;
+            statuses.insert(id, status);
+        }
+        for id in tag_ids {
+            statuses.entry(*id).or_insert(TagApplyStatus::Failure);
+        }
+        Ok(statuses)
+    }
+
+    /// Queues an email to contacts (v1 `POST /v1/emails/queue`, contents Base64-encoded).
+    pub async fn queue_email(&self, credential: &Credential, email: &QueuedEmail) -> Result<(), ApiError> {
+        const OP: &str = "welcome email";
+        let body = serde_json::json!({
+            "contacts": email.contact_ids,
+            "user_id": email.user_id,
+            "subject": email.subject,
+            "html_content": base64::engine::general_purpose::STANDARD.encode(&email.html_body),
+        });
+        let request = self.http.post(self.url("/v1/emails/queue")).json(&body);
+        self.send(OP, credential, request).await.map(drop)
+    }
+
+    /// One cheap authenticated call (`GET /v1/tags?limit=1`) that tells whether Keap accepts
+    /// the credential; used by the scheduled function in api-key mode.
+    pub async fn check_credential(&self, credential: &Credential) -> Result<(), ApiError> {
+        const OP: &str = "credential check";
+        let request = self.http.get(self.url("/v1/tags")).query(&[("limit", "1")]);
+        self.send(OP, credential, request).await.map(drop)
+    }
+
+    /// Sends with the credential and timeout, and maps every non-2xx status to an [`ApiError`].
+    async fn send(
+        &self,
+        operation: &'static str,
+        credential: &Credential,
+        request: reqwest::RequestBuilder,
+    ) -> Result<reqwest::Response, ApiError> {
+        let request = credential.apply(request.timeout(self.timeout).header(reqwest::header::ACCEPT, "application/json"));
+        let response = request.send().await.map_err(|e| transport_error(operation, e))?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let code = status.as_u16();
+        Err(match code {
+            401 => ApiError::Unauthorized { operation },
+            429 => ApiError::RateLimited { operation, retry_after: retry_after(response.headers()) },
+            500..=599 => ApiError::Unavailable {
+                operation,
+                status: Some(code),
+                detail: error_message(response).await.unwrap_or_else(|| status.to_string()),
+            },
+            _ => ApiError::Rejected {
+                operation,
+                status: code,
+                message: error_message(response).await.unwrap_or_else(|| status.to_string()),
+            },
+        })
+    }
+}
+
+fn transport_error(operation: &'static str, error: reqwest::Error) -> ApiError {
+    let what = if error.is_timeout() {
+        "timed out"
+    } else if error.is_connect() {
+        "connection failed"
+    } else {
+        "request failed"
+    };
+    // Without the URL: the detail is for logs and must stay short; no header is ever in it.
+    ApiError::Unavailable { operation, status: None, detail: format!("{what}: {}", error.without_url()) }
+}
+
+async fn read_json<T: serde::de::DeserializeOwned>(operation: &'static str, response: reqwest::Response) -> Result<T, ApiError> {
+    let bytes = response.bytes().await.map_err(|e| transport_error(operation, e))?;
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol { operation, detail: e.to_string() })
+}
+
+/// `Retry-After` in seconds (the form Keap uses); an HTTP date or junk counts as absent.
+fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
+    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
+    value.parse::<u64>().ok().map(Duration::from_secs)
+}
+
+/// The human part of a Keap error body, whatever its shape: v1 `{"message"}`, v2
+/// `{"code","message",..}`, or the gateway's `{"fault":{"faultstring"}}`. Capped in length.
+async fn error_message(response: reqwest::Response) -> Option<String> {
+    const MAX_CHARS: usize = 300;
+    let bytes = response.bytes().await.ok()?;
+    let message = match serde_json::from_slice::<serde_json::Value>(&bytes) {
+        Ok(value) => value
+            .get("message")
+            .or_else(|| value.pointer("/fault/faultstring"))
+            .or_else(|| value.get("error_description"))
+            .and_then(|m| m.as_str())
+            .map(str::to_owned)?,
+        Err(_) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+    };
+    let message: String = message.chars().filter(|c| !c.is_control()).take(MAX_CHARS).collect();
+    (!message.is_empty()).then_some(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tag_statuses_read_known_and_unknown_values() {
+        let answer: BTreeMap<String, TagApplyStatus> =
+            serde_json::from_str(r#"{"1":"SUCCESS","2":"DUPLICATE","3":"TAG_ID_NOT_FOUND","4":"SOMETHING_NEW"}"#).unwrap();
+        assert_eq!(answer["1"], TagApplyStatus::Success);
+        assert_eq!(answer["2"], TagApplyStatus::Duplicate);
+        assert_eq!(answer["3"], TagApplyStatus::TagIdNotFound);
+        assert_eq!(answer["4"], TagApplyStatus::Other("SOMETHING_NEW".into()));
+        assert_eq!(answer["4"].as_str(), "SOMETHING_NEW");
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_ignores_dates() {
+        let mut headers = reqwest::header::HeaderMap::new();
+        assert_eq!(retry_after(&headers), None);
+        headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
+        assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
+        headers.insert(reqwest::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        assert_eq!(retry_after(&headers), None);
+    }
+}

@@ -1,0 +1,301 @@
+//! The signup body: parsing and validation with precise error codes.
+//!
+//! `{"email": "…", "given_name": "…", "family_name": "…", "opt_in": true, "tags": ["…", 12], "source": "…"}`:
+//! only `email` is required, `null` counts as absent, unknown fields are ignored.
+
+use email_address::{EmailAddress, Options};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+/// Longest accepted email address (RFC 5321's path limit).
+pub const MAX_EMAIL_CHARS: usize = 254;
+/// Longest accepted name, tag name or source.
+pub const MAX_TEXT_CHARS: usize = 100;
+/// Most tags one signup may ask for.
+pub const MAX_TAGS: usize = 20;
+
+/// A tag named by the caller: a Keap tag id, or a name to look up (created when missing).
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum TagRef {
+    Id(i64),
+    Name(String),
+}
+
+impl TagRef {
+    /// A string of digits is an id; anything else is a name.
+    pub fn parse(text: &str) -> TagRef {
+        let text = text.trim();
+        match text.parse::<i64>() {
+            Ok(id) if id > 0 && text.bytes().all(|b| b.is_ascii_digit()) => TagRef::Id(id),
+            _ => TagRef::Name(text.to_owned()),
+        }
+    }
+
+    /// How the tag is named in responses and logs.
+    pub fn label(&self) -> String {
+        match self {
+            TagRef::Id(id) => id.to_string(),
+            TagRef::Name(name) => name.clone(),
+        }
+    }
+}
+
+/// A validated signup. Serializes to the same JSON shape it was read from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Signup {
+    pub email: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub given_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub family_name: Option<String>,
+    pub opt_in: bool,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<TagRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Why a body is not a valid signup. `message` is safe to show to the caller.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidSignup {
+    #[error("the body is not a JSON object: {0}")]
+    InvalidJson(String),
+    #[error("`email` is required")]
+    MissingEmail,
+    #[error("`email` is not a valid email address")]
+    InvalidEmail,
+    #[error("`{field}` {reason}")]
+    InvalidField { field: &'static str, reason: String },
+}
+
+impl InvalidSignup {
+    pub fn code(&self) -> &'static str {
+        match self {
+            InvalidSignup::InvalidJson(_) => "invalid_json",
+            InvalidSignup::MissingEmail => "missing_email",
+            InvalidSignup::InvalidEmail => "invalid_email",
+            InvalidSignup::InvalidField { .. } => "invalid_field",
+        }
+    }
+}
+
+fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSignup {
+    InvalidSignup::InvalidField { field, reason: reason.into() }
+}
+
+impl Signup {
+    /// Parses and validates a raw body.
+    pub fn from_json(body: &[u8]) -> Result<Signup, InvalidSignup> {
+        let value: Value = serde_json::from_slice(body).map_err(|e| InvalidSignup::InvalidJson(e.to_string()))?;
+        match value {
+            Value::Object(object) => Signup::from_object(&object),
+            other => Err(InvalidSignup::InvalidJson(format!("expected an object, found {}", kind(&other)))),
+        }
+    }
+
+    /// Validates an already parsed JSON object (also used for queued messages).
+    pub fn from_object(object: &Map<String, Value>) -> Result<Signup, InvalidSignup> {
+        Ok(Signup {
+            email: email(present(object, "email").ok_or(InvalidSignup::MissingEmail)?)?,
+            given_name: optional_text(object, "given_name")?,
+            family_name: optional_text(object, "family_name")?,
+            opt_in: match present(object, "opt_in") {
+                None => false,
+                Some(Value::Bool(flag)) => *flag,
+                Some(other) => return Err(invalid("opt_in", format!("must be true or false, found {}", kind(other)))),
+            },
+            tags: tags(present(object, "tags"))?,
+            source: optional_text(object, "source")?,
+        })
+    }
+}
+
+/// The field's value unless it is absent or `null`.
+fn present<'a>(object: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    object.get(field).filter(|value| !value.is_null())
+}
+
+fn kind(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn email(value: &Value) -> Result<String, InvalidSignup> {
+    let Value::String(text) = value else {
+        return Err(invalid("email", format!("must be a string, found {}", kind(value))));
+    };
+    let text = text.trim();
+    if text.is_empty() {
+        return Err(InvalidSignup::MissingEmail);
+    }
+    if text.chars().count() > MAX_EMAIL_CHARS || text.chars().any(char::is_control) {
+        return Err(InvalidSignup::InvalidEmail);
+    }
+    // A bare address with a dotted domain: no display name, no `user@localhost`, no `[1.2.3.4]`.
+    let options = Options::default().without_display_text().with_required_tld().without_domain_literal();
+    EmailAddress::parse_with_options(text, options).map_err(|_| InvalidSignup::InvalidEmail)?;
+    Ok(text.to_owned())
+}
+
+/// Trimmed single-line text of bounded length; an empty string counts as absent.
+fn text(field: &'static str, value: &Value) -> Result<Option<String>, InvalidSignup> {
+    let Value::String(text) = value else {
+        return Err(invalid(field, format!("must be a string, found {}", kind(value))));
+    };
+    let text = text.trim();
+    if text.chars().any(char::is_control) {
+        return Err(invalid(field, "must not contain control characters"));
+    }
+    if text.chars().count() > MAX_TEXT_CHARS {
+        return Err(invalid(field, format!("must be at most {MAX_TEXT_CHARS} characters")));
+    }
+    Ok((!text.is_empty()).then(|| text.to_owned()))
+}
+
+fn optional_text(object: &Map<String, Value>, field: &'static str) -> Result<Option<String>, InvalidSignup> {
+    present(object, field).map_or(Ok(None), |value| text(field, value))
+}
+
+fn tags(value: Option<&Value>) -> Result<Vec<TagRef>, InvalidSignup> {
+    let items = match value {
+        None => return Ok(Vec::new()),
+        Some(Value::Array(items)) => items,
+        Some(other) => return Err(invalid("tags", format!("must be an array, found {}", kind(other)))),
+    };
+    if items.len() > MAX_TAGS {
+        return Err(invalid("tags", format!("must hold at most {MAX_TAGS} tags")));
+    }
+    let mut tags: Vec<TagRef> = Vec::with_capacity(items.len());
+    for item in items {
+        let tag = match item {
+            Value::Number(number) => match number.as_i64() {
+                Some(id) if id > 0 => TagRef::Id(id),
+                _ => return Err(invalid("tags", format!("holds {number}, which is not a tag id (a positive integer)"))),
+            },
+            Value::String(_) => match text("tags", item)? {
+                Some(name) => TagRef::parse(&name),
+                None => return Err(invalid("tags", "holds an empty tag name")),
+            },
+            other => return Err(invalid("tags", format!("must hold tag ids or names, found {}", kind(other)))),
+        };
+        if !tags.contains(&tag) {
+            tags.push(tag);
+        }
+    }
+    Ok(tags)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<Signup, InvalidSignup> {
+        Signup::from_json(json.as_bytes())
+    }
+
+    fn code(json: &str) -> &'static str {
+        parse(json).expect_err(json).code()
+    }
+
+    #[test]
+    fn a_full_body_parses_and_unknown_fields_are_ignored() {
+        let signup = parse(
+            r#"{"email":" Ann@Example.com ","given_name":"Ann","family_name":"Lee","opt_in":true,
+                "tags":["Newsletter", 12, "34", "Newsletter"],"source":"landing","extra":{"x":1}}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            signup,
+            Signup {
+                email: "Ann@Example.com".into(),
+                given_name: Some("Ann".into()),
+                family_name: Some("Lee".into()),
+                opt_in: true,
+                tags: vec![TagRef::Name("Newsletter".into()), TagRef::Id(12), TagRef::Id(34)],
+                source: Some("landing".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn only_email_is_required_and_null_is_absent() {
+        let signup = parse(r#"{"email":"a@example.com","given_name":null,"tags":null,"opt_in":null}"#).unwrap();
+        assert_eq!(signup.given_name, None);
+        assert!(signup.tags.is_empty());
+        assert!(!signup.opt_in);
+    }
+
+    #[test]
+    fn not_json_or_not_an_object_is_invalid_json() {
+        for body in ["", "{", "not json", "[1,2]", "\"a@example.com\"", "null"] {
+            assert_eq!(code(body), "invalid_json", "{body}");
+        }
+    }
+
+    #[test]
+    fn email_problems_have_their_own_codes() {
+        assert_eq!(code(r#"{}"#), "missing_email");
+        assert_eq!(code(r#"{"email":null}"#), "missing_email");
+        assert_eq!(code(r#"{"email":"   "}"#), "missing_email");
+        assert_eq!(code(r#"{"email":42}"#), "invalid_field");
+        for email in ["plainaddress", "a@", "@example.com", "a@localhost", "Ann <a@example.com>", "a@[127.0.0.1]", "a b@example.com", "a@example.com\\n"] {
+            let body = serde_json::json!({ "email": email }).to_string();
+            assert_eq!(code(&body), "invalid_email", "{email}");
+        }
+        let body = serde_json::json!({ "email": "a@example.com\u{0007}" }).to_string();
+        assert_eq!(code(&body), "invalid_email");
+        let long = format!("{}@example.com", "a".repeat(250));
+        assert_eq!(code(&serde_json::json!({ "email": long }).to_string()), "invalid_email");
+    }
+
+    #[test]
+    fn exotic_but_valid_addresses_pass() {
+        for email in ["first.last+tag@sub.example.co.uk", "o'brien@example.ie", "user_name-1@xn--bcher-kva.example", "\"quoted local\"@example.com"] {
+            let body = serde_json::json!({ "email": email }).to_string();
+            assert_eq!(parse(&body).unwrap().email, email);
+        }
+    }
+
+    #[test]
+    fn names_allow_unicode_but_not_control_characters_or_excess() {
+        let signup = parse(r#"{"email":"a@example.com","given_name":"Zoë 😀 Ōtani","family_name":"  "}"#).unwrap();
+        assert_eq!(signup.given_name.as_deref(), Some("Zoë 😀 Ōtani"));
+        assert_eq!(signup.family_name, None);
+        assert_eq!(code(r#"{"email":"a@example.com","given_name":"Ann\nLee"}"#), "invalid_field");
+        assert_eq!(code(r#"{"email":"a@example.com","family_name":"x\u0000"}"#), "invalid_field");
+        let long = serde_json::json!({ "email": "a@example.com", "given_name": "é".repeat(101) }).to_string();
+        assert_eq!(code(&long), "invalid_field");
+        assert_eq!(code(r#"{"email":"a@example.com","given_name":["Ann"]}"#), "invalid_field");
+    }
+
+    #[test]
+    fn wrong_types_are_invalid_fields() {
+        for body in [
+            r#"{"email":"a@example.com","opt_in":"yes"}"#,
+            r#"{"email":"a@example.com","tags":"vip"}"#,
+            r#"{"email":"a@example.com","tags":[true]}"#,
+            r#"{"email":"a@example.com","tags":[1.5]}"#,
+            r#"{"email":"a@example.com","tags":[-3]}"#,
+            r#"{"email":"a@example.com","tags":[""]}"#,
+            r#"{"email":"a@example.com","source":7}"#,
+        ] {
+            assert_eq!(code(body), "invalid_field", "{body}");
+        }
+        let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
+        assert_eq!(code(&serde_json::json!({ "email": "a@example.com", "tags": many }).to_string()), "invalid_field");
+    }
+
+    #[test]
+    fn a_validated_signup_round_trips_through_json() {
+        let signup = parse(r#"{"email":"a@example.com","given_name":"Ann","opt_in":true,"tags":["vip",7,"8"]}"#).unwrap();
+        let again = Signup::from_json(serde_json::to_string(&signup).unwrap().as_bytes()).unwrap();
+        assert_eq!(again, signup);
+    }
+}
