@@ -14,3 +14,5 @@ pub mod store;
 pub mod token;
 
 pub use secrecy::{ExposeSecret, SecretString};
+pub mod oauth_state;
+pub mod metrics;

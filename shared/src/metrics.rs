@@ -1,0 +1,145 @@
+//! CloudWatch Embedded Metric Format (EMF): one JSON object per line on stdout, which
+//! CloudWatch Logs turns into metrics without any API call from the function.
+//!
+//! ```
+//! use keap_relay::metrics::{EmfRecord, Unit};
+//! let line = EmfRecord::new("KeapRelay")
+//!     .dimension("FunctionName", "refresh")
+//!     .metric("Refreshes", Unit::Count, 1.0)
+//!     .property("action", "rotated")
+//!     .to_line(std::time::SystemTime::UNIX_EPOCH);
+//! assert!(line.contains("\"Namespace\":\"KeapRelay\""));
+//! ```
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{Map, Value, json};
+
+/// The namespace of every keap-relay metric.
+pub const NAMESPACE: &str = "KeapRelay";
+
+/// CloudWatch units used by keap-relay (days have no CloudWatch unit: `None`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    Count,
+    Seconds,
+    None,
+}
+
+impl Unit {
+    fn as_str(self) -> &'static str {
+        match self {
+            Unit::Count => "Count",
+            Unit::Seconds => "Seconds",
+            Unit::None => "None",
+        }
+    }
+}
+
+/// One EMF document: a namespace, one dimension set, metrics and free-form properties.
+/// Never put a secret in it: it is a log line.
+#[derive(Debug, Clone)]
+pub struct EmfRecord {
+    namespace: String,
+    dimensions: Vec<(String, String)>,
+    metrics: Vec<(String, Unit, f64)>,
+    properties: Map<String, Value>,
+}
+
+impl EmfRecord {
+    pub fn new(namespace: impl Into<String>) -> Self {
+        Self { namespace: namespace.into(), dimensions: Vec::new(), metrics: Vec::new(), properties: Map::new() }
+    }
+
+    pub fn dimension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
+        self.dimensions.push((name.into(), value.into()));
+        self
+    }
+
+    /// Adds a metric; non-finite values are dropped (CloudWatch rejects them).
+    pub fn metric(mut self, name: impl Into<String>, unit: Unit, value: f64) -> Self {
+        if value.is_finite() {
+            self.metrics.push((name.into(), unit, value));
+        }
+        self
+    }
+
+    /// Adds a value that is searchable in Logs Insights but is not a metric.
+    pub fn property(mut self, name: impl Into<String>, value: impl Into<Value>) -> Self {
+        self.properties.insert(name.into(), value.into());
+        self
+    }
+
+    /// The names of the metrics in this record, in order.
+    pub fn metric_names(&self) -> impl Iterator<Item = &str> {
+        self.metrics.iter().map(|(name, _, _)| name.as_str())
+    }
+
+    pub fn to_json(&self, timestamp: SystemTime) -> Value {
+        let millis = timestamp.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let mut root = self.properties.clone();
+        for (name, value) in &self.dimensions {
+            root.insert(name.clone(), Value::String(value.clone()));
+        }
+        for (name, _, value) in &self.metrics {
+            root.insert(name.clone(), json!(value));
+        }
+        let dimension_names: Vec<&str> = self.dimensions.iter().map(|(name, _)| name.as_str()).collect();
+        let definitions: Vec<Value> = self
+            .metrics
+            .iter()
+            .map(|(name, unit, _)| json!({"Name": name, "Unit": unit.as_str()}))
+            .collect();
+        root.insert(
+            "_aws".into(),
+            json!({
+                "Timestamp": millis,
+                "CloudWatchMetrics": [{
+                    "Namespace": self.namespace,
+                    "Dimensions": [dimension_names],
+                    "Metrics": definitions,
+                }],
+            }),
+        );
+        Value::Object(root)
+    }
+
+    /// The record as one line of JSON (no newline), ready for stdout.
+    pub fn to_line(&self, timestamp: SystemTime) -> String {
+        self.to_json(timestamp).to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    #[test]
+    fn document_follows_the_emf_specification() {
+        let record = EmfRecord::new(NAMESPACE)
+            .dimension("FunctionName", "keap-relay-refresh")
+            .metric("Refreshes", Unit::Count, 1.0)
+            .metric("AccessTokenSecondsToExpiry", Unit::Seconds, 86_000.0)
+            .metric("Broken", Unit::None, f64::NAN)
+            .property("action", "rotated");
+        let line = record.to_line(UNIX_EPOCH + Duration::from_millis(1_700_000_000_123));
+        assert!(!line.contains('\n'));
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(doc["_aws"]["Timestamp"], 1_700_000_000_123u64);
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "KeapRelay");
+        assert_eq!(directive["Dimensions"], json!([["FunctionName"]]));
+        assert_eq!(
+            directive["Metrics"],
+            json!([{"Name": "Refreshes", "Unit": "Count"}, {"Name": "AccessTokenSecondsToExpiry", "Unit": "Seconds"}])
+        );
+        assert_eq!(doc["FunctionName"], "keap-relay-refresh");
+        assert_eq!(doc["Refreshes"], 1.0);
+        assert_eq!(doc["AccessTokenSecondsToExpiry"], 86_000.0);
+        assert!(doc.get("Broken").is_none());
+        assert_eq!(doc["action"], "rotated");
+        assert_eq!(record.metric_names().collect::<Vec<_>>(), ["Refreshes", "AccessTokenSecondsToExpiry"]);
+    }
+}
