@@ -1,0 +1,584 @@
+#!/usr/bin/env python3
+"""Least-privilege check of template.yaml: who may do what, and who may invoke whom.
+
+The SAM template is translated to plain CloudFormation with samtranslator (shipped with
+aws-sam-cli), so the check sees what CloudFormation will create, including anything SAM adds
+on its own (a managed policy for an event source, an invoke permission for an event).
+
+Asserted, per Lambda function:
+- its role is its own, defined in the template, assumable by lambda.amazonaws.com only;
+- the role has no managed policies and no extra policy resources attached;
+- the (action, resource) pairs its policies allow are exactly those in EXPECTED_GRANTS:
+  one more action, one more resource, a wildcard or a literal ARN all fail, and so does a
+  missing grant (the function would break at runtime);
+- its invokers (AWS::Lambda::Permission) are exactly those in EXPECTED_INVOKERS, each with a
+  SourceArn naming one route of the template's HTTP API or the template's schedule rule;
+- no resource policy on a secret or queue, and no function URL, opens another door.
+Also, because it is the queue->function wiring: the retry function consumes the signup queue
+with partial batch failures, and the queue's visibility timeout is at least 6x its timeout.
+
+Usage: check_iam.py [TEMPLATE] [--translated-out FILE] [--self-test]
+  --translated-out  also write the translated CloudFormation (JSON), e.g. for cfn-lint
+  --self-test       also prove the check is strict: widened copies of the template must fail
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+import os
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+
+# ------------------------------------------------------------------ expectations
+
+TOKEN_ACTIONS = (
+    "secretsmanager:GetSecretValue",
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:UpdateSecretVersionStage",
+)
+# What Lambda's SQS poller calls with the function's role.
+SQS_POLLER_ACTIONS = ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:GetQueueAttributes")
+
+
+def _logs(log_group: str) -> set[tuple[str, str]]:
+    return {("logs:CreateLogStream", f"{log_group}.Arn"), ("logs:PutLogEvents", f"{log_group}.Arn")}
+
+
+def _secrets() -> set[tuple[str, str]]:
+    return {("secretsmanager:GetSecretValue", "AppSecret")} | {(a, "TokenSecret") for a in TOKEN_ACTIONS}
+
+
+# (action, resource) pairs; a resource is "Logical" for a Ref, "Logical.Attr" for a GetAtt.
+EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
+    "OAuthFunction": _logs("OAuthLogGroup") | _secrets(),
+    "SignupFunction": _logs("SignupLogGroup") | _secrets() | {("sqs:SendMessage", "SignupQueue.Arn")},
+    "RefreshFunction": _logs("RefreshLogGroup") | _secrets(),
+    "SignupRetryFunction": _logs("SignupRetryLogGroup")
+    | _secrets()
+    | {(a, "SignupQueue.Arn") for a in SQS_POLLER_ACTIONS},
+}
+
+# (principal, source): source is "Api:/stage/METHOD/path" or "Logical.Arn".
+EXPECTED_INVOKERS: dict[str, set[tuple[str, str]]] = {
+    "OAuthFunction": {
+        ("apigateway.amazonaws.com", "HttpApi:/*/GET/oauth/start"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/GET/oauth/callback"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/GET/status"),
+    },
+    "SignupFunction": {("apigateway.amazonaws.com", "HttpApi:/*/POST/signup")},
+    "RefreshFunction": {("events.amazonaws.com", "RefreshFunctionSchedule.Arn")},
+    "SignupRetryFunction": set(),
+}
+
+# Logical id -> CloudFormation type, for every resource a grant may name.
+EXPECTED_TYPES = {
+    "AppSecret": "AWS::SecretsManager::Secret",
+    "TokenSecret": "AWS::SecretsManager::Secret",
+    "SignupQueue": "AWS::SQS::Queue",
+    "HttpApi": "AWS::ApiGatewayV2::Api",
+    "RefreshFunctionSchedule": "AWS::Events::Rule",
+    "OAuthLogGroup": "AWS::Logs::LogGroup",
+    "SignupLogGroup": "AWS::Logs::LogGroup",
+    "RefreshLogGroup": "AWS::Logs::LogGroup",
+    "SignupRetryLogGroup": "AWS::Logs::LogGroup",
+}
+
+RETRY_FUNCTION, RETRY_QUEUE = "SignupRetryFunction", "SignupQueue"
+
+# Resource types that grant access by themselves and have no place in this template.
+FORBIDDEN_TYPES = {
+    "AWS::SecretsManager::ResourcePolicy": "a resource policy on a secret",
+    "AWS::SQS::QueuePolicy": "a resource policy on a queue",
+    "AWS::SQS::QueueInlinePolicy": "a resource policy on a queue",
+    "AWS::Lambda::Url": "a function URL",
+    "AWS::IAM::ManagedPolicy": "a managed policy",
+    "AWS::IAM::User": "an IAM user",
+    "AWS::IAM::Group": "an IAM group",
+    "AWS::IAM::AccessKey": "an access key",
+}
+
+# ------------------------------------------------------------------ loading
+
+
+class CfnLoader(yaml.SafeLoader):
+    """A YAML loader that reads CloudFormation short tags (!Ref, !Sub, ...) as their long form."""
+
+
+# CloudFormation reads 2012-10-17 as a string, PyYAML as a date: keep it a string.
+CfnLoader.yaml_implicit_resolvers = {
+    first: [(tag, rx) for tag, rx in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+
+
+def _construct_tag(loader: CfnLoader, tag_suffix: str, node: yaml.Node) -> Any:
+    if isinstance(node, yaml.ScalarNode):
+        value: Any = loader.construct_scalar(node)
+    elif isinstance(node, yaml.SequenceNode):
+        value = loader.construct_sequence(node, deep=True)
+    else:
+        value = loader.construct_mapping(node, deep=True)
+    if tag_suffix == "Ref":
+        return {"Ref": value}
+    if tag_suffix == "Condition":
+        return {"Condition": value}
+    if tag_suffix == "GetAtt" and isinstance(value, str):
+        value = value.split(".", 1)
+    return {f"Fn::{tag_suffix}": value}
+
+
+CfnLoader.add_multi_constructor("!", _construct_tag)
+
+
+def load_template(path: Path) -> dict[str, Any]:
+    with path.open(encoding="utf-8") as f:
+        return yaml.load(f, Loader=CfnLoader)
+
+
+class _AnyManagedPolicy(dict):
+    """Resolves every managed policy name offline, so a widened template translates and then fails."""
+
+    def __contains__(self, name: object) -> bool:
+        return True
+
+    def __getitem__(self, name: str) -> str:
+        return f"arn:aws:iam::aws:policy/{name}"
+
+    def get(self, name: str, default: Any = None) -> str:
+        return self[name]
+
+
+class _OfflinePolicyLoader:
+    def load(self) -> dict[str, str]:
+        return _AnyManagedPolicy()
+
+
+def translate(template: dict[str, Any]) -> dict[str, Any]:
+    """SAM -> CloudFormation, offline. CodeUri (a local path) is swapped for a placeholder S3 URI."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    logging.getLogger("samtranslator").setLevel(logging.ERROR)  # its metrics chatter
+    from samtranslator.translator.transform import transform
+
+    template = copy.deepcopy(template)
+    placeholder = "s3://placeholder-bucket/code.zip"
+    function_globals = template.get("Globals", {}).get("Function", {})
+    if "CodeUri" in function_globals:
+        function_globals["CodeUri"] = placeholder
+    for resource in template.get("Resources", {}).values():
+        if resource.get("Type") == "AWS::Serverless::Function" and "CodeUri" in resource.get("Properties", {}):
+            resource["Properties"]["CodeUri"] = placeholder
+    return transform(template, {}, _OfflinePolicyLoader())
+
+
+# ------------------------------------------------------------------ normalizing
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def ref_name(value: Any) -> str | None:
+    """"X" for {"Ref": X}, "X.Attr" for a GetAtt; None for anything else (literals, Sub, Join)."""
+    if isinstance(value, dict) and len(value) == 1:
+        if "Ref" in value and isinstance(value["Ref"], str):
+            return value["Ref"]
+        getatt = value.get("Fn::GetAtt")
+        if isinstance(getatt, str):
+            getatt = getatt.split(".", 1)
+        if isinstance(getatt, list) and len(getatt) == 2 and all(isinstance(p, str) for p in getatt):
+            return f"{getatt[0]}.{getatt[1]}"
+    return None
+
+
+def _describe(value: Any) -> str:
+    return json.dumps(value, sort_keys=True)
+
+
+def _has_wildcard(value: Any) -> bool:
+    return "*" in _describe(value)
+
+
+# ------------------------------------------------------------------ checks
+
+
+class Problems(list):
+    def add(self, where: str, message: str) -> None:
+        self.append(f"{where}: {message}")
+
+
+def _role_of(function_id: str, function: dict[str, Any], resources: dict[str, Any], problems: Problems) -> str | None:
+    role = ref_name(function.get("Properties", {}).get("Role"))
+    if not role or not role.endswith(".Arn") or role[:-4] not in resources:
+        problems.add(function_id, f"Role must be !GetAtt <a role of this template>.Arn, found {_describe(function.get('Properties', {}).get('Role'))}")
+        return None
+    role_id = role[:-4]
+    if resources[role_id].get("Type") != "AWS::IAM::Role":
+        problems.add(function_id, f"Role {role_id} is a {resources[role_id].get('Type')}, not an AWS::IAM::Role")
+        return None
+    return role_id
+
+
+def _check_trust(role_id: str, role: dict[str, Any], problems: Problems) -> None:
+    trust = role.get("Properties", {}).get("AssumeRolePolicyDocument", {})
+    statements = _as_list(trust.get("Statement", []))
+    expected = [{"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"}, "Action": "sts:AssumeRole"}]
+    normalized = [
+        {**s, "Action": s["Action"][0]} if isinstance(s.get("Action"), list) and len(s["Action"]) == 1 else s
+        for s in statements
+    ]
+    normalized = [
+        {**s, "Principal": {"Service": s["Principal"]["Service"][0]}}
+        if isinstance(s.get("Principal", {}).get("Service"), list) and len(s["Principal"]["Service"]) == 1
+        else s
+        for s in normalized
+    ]
+    if normalized != expected:
+        problems.add(role_id, f"trust policy must let lambda.amazonaws.com assume the role and nothing else, found {_describe(statements)}")
+
+
+def _policy_documents(role_id: str, resources: dict[str, Any], problems: Problems) -> list[tuple[str, dict[str, Any]]]:
+    """Every policy document that applies to the role: inline ones and attached policy resources."""
+    role_props = resources[role_id].get("Properties", {})
+    documents = [(f"{role_id}/{p.get('PolicyName')}", p.get("PolicyDocument", {})) for p in role_props.get("Policies", []) or []]
+    for arn in role_props.get("ManagedPolicyArns", []) or []:
+        problems.add(role_id, f"managed policy {_describe(arn)} attached; grant exact actions inline instead")
+    if role_props.get("PermissionsBoundary") is not None:
+        pass  # a boundary only narrows
+    for other_id, other in resources.items():
+        if other.get("Type") not in ("AWS::IAM::Policy", "AWS::IAM::RolePolicy"):
+            continue
+        props = other.get("Properties", {})
+        attached = [ref_name(r) for r in _as_list(props.get("Roles", []))] + [ref_name(props.get("RoleName"))]
+        if role_id in attached:
+            documents.append((other_id, props.get("PolicyDocument", {})))
+    return documents
+
+
+def _grants(where: str, document: dict[str, Any], problems: Problems) -> set[tuple[str, str]]:
+    grants: set[tuple[str, str]] = set()
+    for index, statement in enumerate(_as_list(document.get("Statement", []))):
+        at = f"{where} statement {index + 1}"
+        unexpected_keys = set(statement) - {"Sid", "Effect", "Action", "Resource"}
+        if unexpected_keys:
+            problems.add(at, f"unexpected keys {sorted(unexpected_keys)} (NotAction/NotResource/Condition/Principal widen or obscure a grant)")
+        if statement.get("Effect") != "Allow":
+            problems.add(at, f"only Allow statements are expected, found Effect {_describe(statement.get('Effect'))}")
+            continue
+        actions = _as_list(statement.get("Action", []))
+        resources = _as_list(statement.get("Resource", []))
+        for action in actions:
+            if not isinstance(action, str) or "*" in action or "?" in action:
+                problems.add(at, f"action {_describe(action)} is not one exact action")
+                continue
+            service = action.split(":", 1)[0].lower()
+            for resource in resources:
+                name = ref_name(resource)
+                if name is None:
+                    kind = "a wildcard" if _has_wildcard(resource) else "not a reference to a resource of this template"
+                    if service in ("secretsmanager", "sqs") and _has_wildcard(resource):
+                        kind = f"a wildcard resource for {service}:*, which is forbidden"
+                    problems.add(at, f"resource {_describe(resource)} for {action} is {kind}")
+                    continue
+                grants.add((action, name))
+    return grants
+
+
+def _normalize_case(grants: set[tuple[str, str]]) -> dict[tuple[str, str], tuple[str, str]]:
+    # IAM action names are case-insensitive; compare them lowercased, report them as written.
+    return {(a.lower(), r): (a, r) for a, r in grants}
+
+
+def _check_grants(function_id: str, role_id: str, resources: dict[str, Any], problems: Problems) -> set[tuple[str, str]]:
+    grants: set[tuple[str, str]] = set()
+    for where, document in _policy_documents(role_id, resources, problems):
+        grants |= _grants(where, document, problems)
+    actual = _normalize_case(grants)
+    expected = _normalize_case(EXPECTED_GRANTS[function_id])
+    for key in sorted(set(actual) - set(expected)):
+        action, resource = actual[key]
+        problems.add(function_id, f"grants {action} on {resource}, which it does not need (EXPECTED_GRANTS in {Path(__file__).name})")
+    for key in sorted(set(expected) - set(actual)):
+        action, resource = expected[key]
+        problems.add(function_id, f"lacks {action} on {resource}, which it calls")
+    return grants
+
+
+def _permission_source(permission: dict[str, Any]) -> str | None:
+    source = permission.get("Properties", {}).get("SourceArn")
+    name = ref_name(source)
+    if name:
+        return name
+    sub = source.get("Fn::Sub") if isinstance(source, dict) else None
+    if isinstance(sub, list):
+        sub = sub[0] if not sub[1] else None
+    if isinstance(sub, str):
+        match = re.fullmatch(
+            r"arn:\$\{AWS::Partition\}:execute-api:\$\{AWS::Region\}:\$\{AWS::AccountId\}:\$\{(\w+)\}(/[^${}]*)", sub
+        )
+        if match:
+            return f"{match.group(1)}:{match.group(2)}"
+    return None
+
+
+def _check_invokers(functions: dict[str, Any], resources: dict[str, Any], problems: Problems) -> None:
+    actual: dict[str, set[tuple[str, str]]] = {f: set() for f in functions}
+    for permission_id, permission in resources.items():
+        if permission.get("Type") != "AWS::Lambda::Permission":
+            continue
+        props = permission.get("Properties", {})
+        target = ref_name(props.get("FunctionName")) or ""
+        target = target.removesuffix(".Arn")
+        if target not in functions:
+            problems.add(permission_id, f"FunctionName {_describe(props.get('FunctionName'))} is not a function of this template")
+            continue
+        if props.get("Action") != "lambda:InvokeFunction":
+            problems.add(permission_id, f"action {_describe(props.get('Action'))}; only lambda:InvokeFunction is expected")
+        source = _permission_source(permission)
+        if source is None:
+            problems.add(permission_id, f"SourceArn {_describe(props.get('SourceArn'))} must name one route of the HTTP API or a rule of this template")
+            continue
+        actual[target].add((props.get("Principal"), source))
+    for function_id in functions:
+        for principal, source in sorted(actual[function_id] - EXPECTED_INVOKERS.get(function_id, set())):
+            problems.add(function_id, f"may be invoked by {principal} from {source}, which is not expected")
+        for principal, source in sorted(EXPECTED_INVOKERS.get(function_id, set()) - actual[function_id]):
+            problems.add(function_id, f"lacks the permission for {principal} from {source}")
+
+
+def _check_queue_wiring(resources: dict[str, Any], problems: Problems) -> None:
+    mappings = [
+        (mid, m.get("Properties", {}))
+        for mid, m in resources.items()
+        if m.get("Type") == "AWS::Lambda::EventSourceMapping"
+        and ref_name(m.get("Properties", {}).get("FunctionName")) == RETRY_FUNCTION
+    ]
+    if len(mappings) != 1:
+        problems.add(RETRY_FUNCTION, f"expected exactly one event source mapping, found {len(mappings)}")
+        return
+    mapping_id, mapping = mappings[0]
+    if ref_name(mapping.get("EventSourceArn")) != f"{RETRY_QUEUE}.Arn":
+        problems.add(mapping_id, f"must consume {RETRY_QUEUE}, found {_describe(mapping.get('EventSourceArn'))}")
+    if "ReportBatchItemFailures" not in (mapping.get("FunctionResponseTypes") or []):
+        problems.add(mapping_id, "must set FunctionResponseTypes: [ReportBatchItemFailures]")
+    timeout = resources.get(RETRY_FUNCTION, {}).get("Properties", {}).get("Timeout", 3)
+    visibility = resources.get(RETRY_QUEUE, {}).get("Properties", {}).get("VisibilityTimeout", 30)
+    if not (isinstance(timeout, int) and isinstance(visibility, int) and visibility >= 6 * timeout):
+        problems.add(RETRY_QUEUE, f"VisibilityTimeout {visibility} must be at least 6x the retry function's Timeout {timeout}")
+
+
+def check(translated: dict[str, Any]) -> tuple[Problems, dict[str, set[tuple[str, str]]]]:
+    resources: dict[str, Any] = translated.get("Resources", {})
+    problems = Problems()
+    functions = {rid: r for rid, r in resources.items() if r.get("Type") == "AWS::Lambda::Function"}
+    for extra in sorted(set(functions) - set(EXPECTED_GRANTS)):
+        problems.add(extra, "a function with no entry in EXPECTED_GRANTS / EXPECTED_INVOKERS; add one")
+    for missing in sorted(set(EXPECTED_GRANTS) - set(functions)):
+        problems.add(missing, "expected function is missing from the template")
+    for logical_id, expected_type in EXPECTED_TYPES.items():
+        actual_type = resources.get(logical_id, {}).get("Type")
+        if actual_type != expected_type:
+            problems.add(logical_id, f"expected a {expected_type}, found {actual_type}")
+    for rid, resource in resources.items():
+        if resource.get("Type") in FORBIDDEN_TYPES:
+            problems.add(rid, f"{FORBIDDEN_TYPES[resource['Type']]} ({resource['Type']}) is not expected in this template")
+
+    grants_by_function: dict[str, set[tuple[str, str]]] = {}
+    roles_seen: dict[str, str] = {}
+    for function_id in sorted(set(functions) & set(EXPECTED_GRANTS)):
+        role_id = _role_of(function_id, functions[function_id], resources, problems)
+        if role_id is None:
+            continue
+        if role_id in roles_seen:
+            problems.add(function_id, f"shares role {role_id} with {roles_seen[role_id]}; each function needs its own")
+            continue
+        roles_seen[role_id] = function_id
+        _check_trust(role_id, resources[role_id], problems)
+        grants_by_function[function_id] = _check_grants(function_id, role_id, resources, problems)
+    _check_invokers(functions, resources, problems)
+    _check_queue_wiring(resources, problems)
+    return problems, grants_by_function
+
+
+# ------------------------------------------------------------------ self-test
+
+
+def _function(template: dict[str, Any], function_id: str) -> dict[str, Any]:
+    return template["Resources"][function_id]
+
+
+def _role(template: dict[str, Any], function_id: str) -> dict[str, Any]:
+    role_id = ref_name(_function(template, function_id)["Properties"]["Role"]).removesuffix(".Arn")
+    return template["Resources"][role_id]
+
+
+def _add_statement(function_id: str, statement: dict[str, Any]) -> Callable[[dict[str, Any]], None]:
+    def mutate(template: dict[str, Any]) -> None:
+        _role(template, function_id)["Properties"]["Policies"][-1]["PolicyDocument"]["Statement"].append(statement)
+
+    return mutate
+
+
+def _token_statement(template: dict[str, Any], function_id: str) -> dict[str, Any]:
+    for policy in _role(template, function_id)["Properties"]["Policies"]:
+        for statement in policy["PolicyDocument"]["Statement"]:
+            if ref_name(statement.get("Resource")) == "TokenSecret":
+                return statement
+    raise LookupError(f"{function_id} has no statement on TokenSecret")
+
+
+def _set_token_resource(function_id: str, resource: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(template: dict[str, Any]) -> None:
+        _token_statement(template, function_id)["Resource"] = resource
+
+    return mutate
+
+
+def _add_token_action(function_id: str, action: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(template: dict[str, Any]) -> None:
+        statement = _token_statement(template, function_id)
+        statement["Action"] = _as_list(statement["Action"]) + [action]
+
+    return mutate
+
+
+def _drop_role(function_id: str, policies: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(template: dict[str, Any]) -> None:
+        props = _function(template, function_id)["Properties"]
+        del props["Role"]
+        props["Policies"] = policies
+
+    return mutate
+
+
+def _managed_policy(template: dict[str, Any]) -> None:
+    _role(template, "RefreshFunction")["Properties"]["ManagedPolicyArns"] = ["arn:aws:iam::aws:policy/AdministratorAccess"]
+
+
+def _attached_policy(template: dict[str, Any]) -> None:
+    role_id = ref_name(_function(template, "OAuthFunction")["Properties"]["Role"]).removesuffix(".Arn")
+    template["Resources"]["ExtraPolicy"] = {
+        "Type": "AWS::IAM::Policy",
+        "Properties": {
+            "PolicyName": "extra",
+            "Roles": [{"Ref": role_id}],
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": ["SignupQueue", "Arn"]}}]},
+        },
+    }
+
+
+def _shared_role(template: dict[str, Any]) -> None:
+    _function(template, "RefreshFunction")["Properties"]["Role"] = copy.deepcopy(_function(template, "OAuthFunction")["Properties"]["Role"])
+
+
+def _wide_route_permission(template: dict[str, Any]) -> None:
+    for resource in template["Resources"].values():
+        if resource.get("Type") == "AWS::Lambda::Permission" and ref_name(resource["Properties"]["FunctionName"]) == "SignupFunction":
+            resource["Properties"]["SourceArn"] = {"Fn::Sub": "arn:${AWS::Partition}:execute-api:${AWS::Region}:${AWS::AccountId}:${HttpApi}/*"}
+
+
+def _public_url(template: dict[str, Any]) -> None:
+    _function(template, "SignupFunction")["Properties"]["FunctionUrlConfig"] = {"AuthType": "NONE"}
+
+
+def _queue_policy(template: dict[str, Any]) -> None:
+    template["Resources"]["OpenQueue"] = {
+        "Type": "AWS::SQS::QueuePolicy",
+        "Properties": {
+            "Queues": [{"Ref": "SignupQueue"}],
+            "PolicyDocument": {"Statement": [{"Effect": "Allow", "Principal": "*", "Action": "sqs:SendMessage", "Resource": "*"}]},
+        },
+    }
+
+
+def _short_visibility(template: dict[str, Any]) -> None:
+    template["Resources"][RETRY_QUEUE]["Properties"]["VisibilityTimeout"] = 60
+
+
+MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
+    ("oauth gets secretsmanager:DeleteSecret on the token secret", _add_token_action("OAuthFunction", "secretsmanager:DeleteSecret")),
+    ("signup gets secretsmanager:* on the token secret", _add_token_action("SignupFunction", "secretsmanager:*")),
+    ("refresh's token grant widened to Resource *", _set_token_resource("RefreshFunction", "*")),
+    ("refresh's token grant widened to a literal ARN pattern", _set_token_resource("RefreshFunction", "arn:aws:secretsmanager:*:*:secret:*")),
+    ("signup-retry's token grant widened with !Sub ${TokenSecret}*", _set_token_resource("SignupRetryFunction", {"Fn::Sub": "${TokenSecret}*"})),
+    ("refresh may send to the queue", _add_statement("RefreshFunction", {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": ["SignupQueue", "Arn"]}})),
+    ("signup may read the dead-letter queue", _add_statement("SignupFunction", {"Effect": "Allow", "Action": "sqs:ReceiveMessage", "Resource": {"Fn::GetAtt": ["SignupDeadLetterQueue", "Arn"]}})),
+    ("oauth may write the app secret", _add_statement("OAuthFunction", {"Effect": "Allow", "Action": "secretsmanager:PutSecretValue", "Resource": {"Ref": "AppSecret"}})),
+    ("signup may send to every queue", _add_statement("SignupFunction", {"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": "*"})),
+    ("a NotAction statement", _add_statement("RefreshFunction", {"Effect": "Allow", "NotAction": "iam:*", "Resource": {"Ref": "AppSecret"}})),
+    ("signup loses sqs:SendMessage", lambda t: _role(t, "SignupFunction")["Properties"]["Policies"].pop()),
+    ("AdministratorAccess on refresh's role", _managed_policy),
+    ("an AWS::IAM::Policy attached to oauth's role", _attached_policy),
+    ("refresh shares oauth's role", _shared_role),
+    ("signup-retry on a SAM-generated role (SAM adds AWSLambdaSQSQueueExecutionRole)", _drop_role("SignupRetryFunction", [{"Statement": [{"Effect": "Allow", "Action": "secretsmanager:GetSecretValue", "Resource": {"Ref": "AppSecret"}}]}])),
+    ("refresh on a SAM-generated role with a SAM policy template", _drop_role("RefreshFunction", [{"AWSSecretsManagerGetSecretValuePolicy": {"SecretArn": {"Ref": "AppSecret"}}}])),
+    ("signup invokable from every route of the API", _wide_route_permission),
+    ("signup gets a public function URL", _public_url),
+    ("a queue policy open to everyone", _queue_policy),
+    ("visibility timeout below 6x the retry function's timeout", _short_visibility),
+]
+
+
+def self_test(template: dict[str, Any]) -> bool:
+    ok = True
+    for name, mutate in MUTATIONS:
+        mutated = copy.deepcopy(template)
+        try:
+            mutate(mutated)
+            problems, _ = check(translate(mutated))
+        except Exception as error:  # a mutation the translator rejects outright is also caught
+            problems = Problems([f"translation failed: {error}"])
+        if problems:
+            print(f"  caught   {name}: {problems[0]}")
+        else:
+            print(f"  MISSED   {name}")
+            ok = False
+    return ok
+
+
+# ------------------------------------------------------------------ main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("template", nargs="?", default=str(Path(__file__).resolve().parent.parent / "template.yaml"))
+    parser.add_argument("--translated-out", help="write the translated CloudFormation template (JSON) here")
+    parser.add_argument("--self-test", action="store_true", help="also check that widened copies of the template fail")
+    args = parser.parse_args()
+
+    template = load_template(Path(args.template))
+    translated = translate(template)
+    if args.translated_out:
+        Path(args.translated_out).write_text(json.dumps(translated, indent=1, sort_keys=True), encoding="utf-8")
+
+    problems, grants = check(translated)
+    if problems:
+        print(f"IAM check FAILED for {args.template}:")
+        for problem in problems:
+            print(f"  - {problem}")
+        return 1
+    print(f"IAM check passed for {args.template}:")
+    for function_id, function_grants in sorted(grants.items()):
+        print(f"  {function_id}")
+        for action, resource in sorted(function_grants, key=lambda g: (g[1], g[0])):
+            print(f"    {action:42} {resource}")
+        for principal, source in sorted(EXPECTED_INVOKERS[function_id]):
+            print(f"    invoked by {principal} from {source}")
+
+    if args.self_test:
+        print("Self-test: each widened copy must fail the check")
+        if not self_test(template):
+            print("Self-test FAILED: the check missed a widened policy")
+            return 1
+        print("Self-test passed")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
