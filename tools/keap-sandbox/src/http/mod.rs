@@ -52,3 +52,57 @@ pub(crate) fn json(status: StatusCode, body: &serde_json::Value) -> Response {
 /// Marks a response whose connection was severed instead of answered.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ConnectionDropped;
+
+/// Why a JSON request body was refused, before any field was looked at.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub(crate) enum BodyError {
+    #[error("Content-Type must be application/json")]
+    NotJson,
+    #[error("A request body is required")]
+    Empty,
+    #[error("The request body is not valid JSON: {0}")]
+    Malformed(String),
+}
+
+impl BodyError {
+    pub(crate) fn status(&self) -> StatusCode {
+        match self {
+            BodyError::NotJson => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            BodyError::Empty | BodyError::Malformed(_) => StatusCode::BAD_REQUEST,
+        }
+    }
+}
+
+/// Parse a JSON body; a missing Content-Type is tolerated, a different one is not.
+pub(crate) fn json_body(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, BodyError> {
+    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
+        let essence = content_type
+            .to_str()
+            .unwrap_or("")
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if essence != "application/json" && !essence.ends_with("+json") {
+            return Err(BodyError::NotJson);
+        }
+    }
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Err(BodyError::Empty);
+    }
+    serde_json::from_slice(body).map_err(|err| BodyError::Malformed(err.to_string()))
+}
+
+/// Base64 (standard alphabet) content fields of the email endpoints.
+pub(crate) fn check_base64(body: &serde_json::Value, name: &str) -> Result<bool, String> {
+    use base64::Engine;
+    match body.get(name) {
+        None | Some(serde_json::Value::Null) => Ok(false),
+        Some(serde_json::Value::String(text)) => base64::engine::general_purpose::STANDARD
+            .decode(text)
+            .map(|_| true)
+            .map_err(|_| format!("{name} must be Base64-encoded")),
+        Some(_) => Err(format!("{name} must be a Base64-encoded string")),
+    }
+}

@@ -1,19 +1,275 @@
 //! REST v1 (integer ids, `{"message"}` errors).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::response::Response;
-use http::StatusCode;
-use serde_json::json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
 
+use super::{BodyError, check_base64, json_body};
 use crate::Shared;
+use crate::crm::{ApiVersion, DuplicateOption, parse_contact};
+
+type Reply = Result<Response, Response>;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
+        .route(
+            "/v1/contacts",
+            get(list_contacts).put(upsert_contact).post(create_contact),
+        )
+        .route("/v1/contacts/{contact_id}", get(get_contact))
+        .route("/v1/contacts/{contact_id}/tags", post(apply_tags))
+        .route("/v1/tags", get(list_tags).post(create_tag))
+        .route("/v1/tags/{tag_id}", get(get_tag))
+        .route("/v1/emails/queue", post(queue_email))
 }
 
 /// v1 application error body.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     super::json(status, &json!({"message": message}))
+}
+
+fn bad_request(message: impl AsRef<str>) -> Response {
+    error(StatusCode::BAD_REQUEST, message.as_ref())
+}
+
+fn body_error(err: BodyError) -> Response {
+    error(err.status(), &err.to_string())
+}
+
+fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
+    let value = json_body(headers, body).map_err(body_error)?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(bad_request("The request body must be a JSON object"))
+    }
+}
+
+fn path_id(raw: &str, what: &str) -> Result<i64, Response> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| bad_request(format!("{what} must be a positive integer, got {raw:?}")))
+}
+
+/// `PUT /v1/contacts`: create or update by `duplicate_option`.
+async fn upsert_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = object(&headers, &body)?;
+    let duplicate = match body.get("duplicate_option") {
+        Some(Value::String(option)) => DuplicateOption::parse(option).map_err(bad_request)?,
+        None | Some(Value::Null) => return Err(bad_request("duplicate_option is required (Email or EmailAndName)")),
+        Some(_) => return Err(bad_request("duplicate_option must be a string")),
+    };
+    let input = parse_contact(&body, ApiVersion::V1).map_err(bad_request)?;
+    let mut world = shared.world();
+    let (created, id) = world
+        .crm
+        .upsert(input, Some(duplicate), ApiVersion::V1)
+        .map_err(bad_request)?;
+    contact_saved(&mut world, created, id)
+}
+
+/// `POST /v1/contacts`: always creates, even when the email exists (Keap makes a duplicate).
+async fn create_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = object(&headers, &body)?;
+    let input = parse_contact(&body, ApiVersion::V1).map_err(bad_request)?;
+    let mut world = shared.world();
+    let id = world.crm.create(input).map_err(bad_request)?;
+    contact_saved(&mut world, true, id)
+}
+
+fn contact_saved(world: &mut crate::World, created: bool, id: i64) -> Reply {
+    if created {
+        world.stats.contacts_created += 1;
+    } else {
+        world.stats.contacts_updated += 1;
+    }
+    let contact = world
+        .crm
+        .contact(id)
+        .map(|c| c.v1_json())
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, "Contact not found"))?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(super::json(status, &contact))
+}
+
+async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<String>) -> Reply {
+    let id = path_id(&contact_id, "contactId")?;
+    let world = shared.world();
+    let contact = world
+        .crm
+        .contact(id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("Contact {id} not found")))?;
+    Ok(super::json(StatusCode::OK, &contact.v1_json()))
+}
+
+fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), Response> {
+    let number = |name: &str, default: usize| match query.get(name) {
+        None => Ok(default),
+        Some(raw) => raw
+            .parse::<usize>()
+            .map_err(|_| bad_request(format!("{name} must be a non-negative integer"))),
+    };
+    Ok((number("limit", 1000)?.clamp(1, 1000), number("offset", 0)?))
+}
+
+/// `GET /v1/contacts?email=..&given_name=..&family_name=..`
+async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let (limit, offset) = paging(&query)?;
+    let world = shared.world();
+    let matching: Vec<Value> = world
+        .crm
+        .contacts_matching(|c| {
+            query.get("email").is_none_or(|e| c.has_email_matching(e))
+                && query.get("given_name").is_none_or(|n| c.given_name_matches(n))
+                && query.get("family_name").is_none_or(|n| c.family_name_matches(n))
+        })
+        .map(|c| c.v1_json())
+        .collect();
+    let count = matching.len();
+    let page: Vec<Value> = matching.into_iter().skip(offset).take(limit).collect();
+    Ok(super::json(
+        StatusCode::OK,
+        &json!({"contacts": page, "count": count, "next": null, "previous": null}),
+    ))
+}
+
+/// `POST /v1/contacts/{id}/tags` with `{"tagIds":[..]}`: a map tag id -> outcome.
+async fn apply_tags(
+    State(shared): State<Arc<Shared>>,
+    Path(contact_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let contact_id = path_id(&contact_id, "contactId")?;
+    let body = object(&headers, &body)?;
+    let tag_ids = match body.get("tagIds") {
+        Some(Value::Array(ids)) if !ids.is_empty() => ids
+            .iter()
+            .map(|id| id.as_i64().filter(|id| *id > 0))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| bad_request("tagIds must be positive integers"))?,
+        Some(Value::Array(_)) => return Err(bad_request("tagIds must not be empty")),
+        Some(_) => return Err(bad_request("tagIds must be an array of integers")),
+        None => return Err(bad_request("tagIds is required")),
+    };
+    let mut world = shared.world();
+    if world.crm.contact(contact_id).is_none() {
+        return Err(error(StatusCode::NOT_FOUND, &format!("Contact {contact_id} not found")));
+    }
+    let mut results = Map::new();
+    for tag_id in tag_ids {
+        let outcome = world.crm.apply_tag(contact_id, tag_id);
+        if outcome == crate::crm::ApplyOutcome::Success {
+            world.stats.tags_applied += 1;
+        }
+        results.insert(tag_id.to_string(), json!(outcome.name()));
+    }
+    Ok(super::json(StatusCode::OK, &Value::Object(results)))
+}
+
+/// `GET /v1/tags?name=..` (exact name).
+async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let (limit, offset) = paging(&query)?;
+    let world = shared.world();
+    let matching: Vec<Value> = world
+        .crm
+        .tags_named(query.get("name").map(String::as_str))
+        .map(|t| t.v1_json())
+        .collect();
+    let count = matching.len();
+    let page: Vec<Value> = matching.into_iter().skip(offset).take(limit).collect();
+    Ok(super::json(
+        StatusCode::OK,
+        &json!({"tags": page, "count": count, "next": null, "previous": null}),
+    ))
+}
+
+async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
+    let id = path_id(&tag_id, "tagId")?;
+    let world = shared.world();
+    let tag = world
+        .crm
+        .tag(id)
+        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("Tag {id} not found")))?;
+    Ok(super::json(StatusCode::OK, &tag.v1_json()))
+}
+
+/// Name, description and category id of a tag creation body (v1 and v2 alike).
+pub(crate) fn tag_fields(body: &Value, category_id_is_string: bool) -> Result<(String, Option<String>, Option<String>), String> {
+    let name = match body.get("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() && name.chars().count() <= 255 => name.clone(),
+        Some(Value::String(_)) => return Err("name must be 1 to 255 characters".to_owned()),
+        None | Some(Value::Null) => return Err("name is required".to_owned()),
+        Some(_) => return Err("name must be a string".to_owned()),
+    };
+    let description = match body.get("description") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(text)) => Some(text.clone()),
+        Some(_) => return Err("description must be a string".to_owned()),
+    };
+    let category = match body.get("category") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(category)) => match category.get("id") {
+            Some(Value::String(id)) if category_id_is_string && !id.is_empty() => Some(id.clone()),
+            Some(Value::Number(id)) if !category_id_is_string && id.is_i64() => Some(id.to_string()),
+            _ => return Err("category.id is required and must be a valid id".to_owned()),
+        },
+        Some(_) => return Err("category must be an object".to_owned()),
+    };
+    Ok((name, description, category))
+}
+
+/// `POST /v1/tags` with `{"name"}`. Names are not unique at Keap: a second tag with the
+/// same name is created.
+async fn create_tag(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = object(&headers, &body)?;
+    let (name, description, category) = tag_fields(&body, false).map_err(bad_request)?;
+    let mut world = shared.world();
+    world.stats.tags_created += 1;
+    let tag = world.crm.create_tag(name, description, category).v1_json();
+    Ok(super::json(StatusCode::CREATED, &tag))
+}
+
+/// `POST /v1/emails/queue`: 202, one email counted per recipient.
+async fn queue_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = object(&headers, &body)?;
+    let contacts = match body.get("contacts") {
+        Some(Value::Array(ids)) if !ids.is_empty() => ids
+            .iter()
+            .map(|id| id.as_i64().filter(|id| *id > 0))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| bad_request("contacts must be contact ids (integers)"))?,
+        Some(Value::Array(_)) => return Err(bad_request("contacts must not be empty")),
+        None | Some(Value::Null) => return Err(bad_request("contacts is required")),
+        Some(_) => return Err(bad_request("contacts must be an array of contact ids")),
+    };
+    match body.get("subject") {
+        Some(Value::String(subject)) if !subject.trim().is_empty() => {}
+        _ => return Err(bad_request("subject is required")),
+    }
+    match body.get("user_id") {
+        Some(Value::Number(id)) if id.as_i64().is_some_and(|id| id > 0) => {}
+        None | Some(Value::Null) => return Err(bad_request("user_id is required")),
+        Some(_) => return Err(bad_request("user_id must be a positive integer")),
+    }
+    let has_html = check_base64(&body, "html_content").map_err(bad_request)?;
+    let has_plain = check_base64(&body, "plain_content").map_err(bad_request)?;
+    if !has_html && !has_plain {
+        return Err(bad_request("html_content or plain_content is required"));
+    }
+    let mut world = shared.world();
+    world
+        .crm
+        .deliver_email(&contacts)
+        .map_err(|unknown| bad_request(format!("Contact {unknown} not found")))?;
+    world.stats.emails_queued += contacts.len() as u64;
+    Ok(StatusCode::ACCEPTED.into_response())
 }
