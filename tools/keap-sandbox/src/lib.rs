@@ -202,6 +202,12 @@ impl Sandbox {
         self.shared.world().crm.tag_by_name(name)
     }
 
+    /// The person behind `email` unsubscribed: their addresses stop being marketable and
+    /// no `opt_in_reason` sent through the API changes that. False if no contact has it.
+    pub fn unsubscribe(&self, email: &str) -> bool {
+        self.shared.world().crm.unsubscribe(email)
+    }
+
     pub fn set_auto_approve(&self, on: bool) {
         self.shared.auto_approve.store(on, Ordering::SeqCst);
     }

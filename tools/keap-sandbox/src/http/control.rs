@@ -32,9 +32,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/auto-approve", post(auto_approve))
         .route("/contacts", get(contact))
         .route("/tags", get(tag))
+        .route("/unsubscribe", post(unsubscribe))
 }
 
-fn no_content() -> Response {
+fn done() -> Response {
     json(StatusCode::OK, &json!({"ok": true}))
 }
 
@@ -53,14 +54,14 @@ async fn stats(State(shared): State<Arc<Shared>>) -> Response {
 
 async fn reset_stats(State(shared): State<Arc<Shared>>) -> Response {
     shared.world().stats = Stats::default();
-    no_content()
+    done()
 }
 
 async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match parse::<FaultSettings>(&body) {
         Ok(settings) => {
             shared.faults.apply(&settings);
-            no_content()
+            done()
         }
         Err(response) => response,
     }
@@ -80,12 +81,12 @@ async fn grant(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
 
 async fn expire_access_tokens(State(shared): State<Arc<Shared>>) -> Response {
     shared.world().oauth.expire_access_tokens();
-    no_content()
+    done()
 }
 
 async fn expire_refresh_tokens(State(shared): State<Arc<Shared>>) -> Response {
     shared.world().oauth.expire_refresh_tokens();
-    no_content()
+    done()
 }
 
 #[derive(Deserialize)]
@@ -97,7 +98,7 @@ async fn advance_clock(State(shared): State<Arc<Shared>>, body: Bytes) -> Respon
     match parse::<AdvanceClock>(&body) {
         Ok(request) => {
             shared.world().oauth.advance_clock(Duration::from_secs(request.secs));
-            no_content()
+            done()
         }
         Err(response) => response,
     }
@@ -112,7 +113,7 @@ async fn auto_approve(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
     match parse::<AutoApprove>(&body) {
         Ok(request) => {
             shared.auto_approve.store(request.on, Ordering::SeqCst);
-            no_content()
+            done()
         }
         Err(response) => response,
     }
@@ -135,5 +136,18 @@ async fn tag(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<Stri
     match shared.world().crm.tag_by_name(name) {
         Some(id) => json(StatusCode::OK, &json!({"id": id, "name": name})),
         None => json(StatusCode::NOT_FOUND, &json!({"error": "no tag with that name"})),
+    }
+}
+
+#[derive(Deserialize)]
+struct Unsubscribe {
+    email: String,
+}
+
+async fn unsubscribe(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<Unsubscribe>(&body) {
+        Ok(request) if shared.world().crm.unsubscribe(&request.email) => done(),
+        Ok(_) => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
+        Err(response) => response,
     }
 }

@@ -95,13 +95,13 @@ pub(crate) fn json_body(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_
 }
 
 /// Base64 (standard alphabet) content fields of the email endpoints.
-pub(crate) fn check_base64(body: &serde_json::Value, name: &str) -> Result<bool, String> {
+pub(crate) fn check_base64(body: &serde_json::Value, name: &str) -> Result<(), String> {
     use base64::Engine;
     match body.get(name) {
-        None | Some(serde_json::Value::Null) => Ok(false),
+        None | Some(serde_json::Value::Null) => Ok(()),
         Some(serde_json::Value::String(text)) => base64::engine::general_purpose::STANDARD
             .decode(text)
-            .map(|_| true)
+            .map(|_| ())
             .map_err(|_| format!("{name} must be Base64-encoded")),
         Some(_) => Err(format!("{name} must be a Base64-encoded string")),
     }

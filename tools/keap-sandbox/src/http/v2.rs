@@ -1,16 +1,31 @@
-//! REST v2 (string ids, `{"code","message","status","details"}` errors).
+//! REST v2 (string ids, `{"code","message","status","details"}` errors), shaped after
+//! Keap's published v2 OpenAPI spec.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use axum::Router;
-use axum::response::Response;
-use http::StatusCode;
-use serde_json::{Value, json};
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use http::{HeaderMap, StatusCode};
+use serde_json::{Map, Value, json};
 
+use super::{BodyError, check_base64, json_body};
 use crate::Shared;
+use crate::crm::{ApiVersion, ApplyOutcome, Contact, DuplicateOption, Tag, parse_contact};
+
+type Reply = Result<Response, Response>;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
+        .route("/v2/contacts", get(list_contacts).post(create_contact))
+        .route("/v2/contacts/{contact_id}", get(get_contact))
+        .route("/v2/tags", get(list_tags).post(create_tag))
+        .route("/v2/tags/{tag_id}", get(get_tag))
+        .route("/v2/tags/{tag_id}/contacts:applyTags", post(apply_tags))
+        .route("/v2/emails:send", post(send_email))
 }
 
 /// v2 application error body, per the spec's `Error` schema.
@@ -24,4 +39,258 @@ pub(crate) fn error(status: StatusCode, message: &str, details: Vec<Value>) -> R
         status,
         &json!({"code": status.as_u16(), "message": message, "status": status_name, "details": details}),
     )
+}
+
+fn bad_request(message: impl AsRef<str>) -> Response {
+    error(StatusCode::BAD_REQUEST, message.as_ref(), Vec::new())
+}
+
+fn not_found(resource: &str, id: &str) -> Response {
+    error(
+        StatusCode::NOT_FOUND,
+        &format!("{resource} {id} not found"),
+        vec![json!({"domain": "crm", "resource": resource})],
+    )
+}
+
+fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
+    let value = json_body(headers, body).map_err(|err: BodyError| error(err.status(), &err.to_string(), Vec::new()))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(bad_request("The request body must be a JSON object"))
+    }
+}
+
+fn path_id(raw: &str, what: &str) -> Result<i64, Response> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| bad_request(format!("{what} must be a numeric id, got {raw:?}")))
+}
+
+/// v2 ids in bodies are strings holding a number.
+fn string_ids(body: &Value, name: &str) -> Result<Vec<i64>, Response> {
+    match body.get(name) {
+        Some(Value::Array(ids)) if !ids.is_empty() => ids
+            .iter()
+            .map(|id| id.as_str().and_then(|s| s.parse::<i64>().ok()).filter(|id| *id > 0))
+            .collect::<Option<Vec<i64>>>()
+            .ok_or_else(|| bad_request(format!("{name} must be an array of id strings"))),
+        Some(Value::Array(_)) => Err(bad_request(format!("{name} must not be empty"))),
+        None | Some(Value::Null) => Err(bad_request(format!("{name} is required"))),
+        Some(_) => Err(bad_request(format!("{name} must be an array of id strings"))),
+    }
+}
+
+/// `filter=a==x;b==y` -> [(a, x), (b, y)]; only the named fields are allowed.
+fn parse_filter<'a>(filter: Option<&'a String>, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Response> {
+    let Some(filter) = filter else { return Ok(Vec::new()) };
+    filter
+        .split(';')
+        .filter(|part| !part.trim().is_empty())
+        .map(|part| {
+            let (field, value) = part
+                .split_once("==")
+                .ok_or_else(|| bad_request(format!("Invalid filter {part:?}: expected field==value")))?;
+            let field = field.trim();
+            if allowed.contains(&field) {
+                Ok((field, value.trim()))
+            } else {
+                Err(bad_request(format!(
+                    "Invalid filter field {field:?}: the sandbox supports {}",
+                    allowed.join(", ")
+                )))
+            }
+        })
+        .collect()
+}
+
+fn page_size(query: &HashMap<String, String>) -> Result<usize, Response> {
+    match query.get("page_size") {
+        None => Ok(1000),
+        Some(raw) => match raw.parse::<usize>() {
+            Ok(0) => Ok(1000),
+            Ok(n) if n <= 1000 => Ok(n),
+            _ => Err(bad_request("page_size must be an integer from 0 to 1000")),
+        },
+    }
+}
+
+/// `POST /v2/contacts[?duplicate_option=Email]`: 201 created, or 200 when a duplicate was
+/// found and updated. Without `duplicate_option` a new contact is always created.
+async fn create_contact(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let duplicate = query
+        .get("duplicate_option")
+        .map(|option| DuplicateOption::parse(option))
+        .transpose()
+        .map_err(bad_request)?;
+    let body = object(&headers, &body)?;
+    let input = parse_contact(&body, ApiVersion::V2).map_err(bad_request)?;
+    let mut world = shared.world();
+    let (created, id) = world
+        .crm
+        .upsert(input, duplicate, ApiVersion::V2)
+        .map_err(bad_request)?;
+    if created {
+        world.stats.contacts_created += 1;
+    } else {
+        world.stats.contacts_updated += 1;
+    }
+    let contact = world
+        .crm
+        .contact(id)
+        .map(Contact::v2_json)
+        .ok_or_else(|| not_found("Contact", &id.to_string()))?;
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    Ok(super::json(status, &contact))
+}
+
+/// `GET /v2/contacts?filter=email==a@b.com` (also `given_name`, `family_name`, `ids`).
+async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let filters = parse_filter(
+        query.get("filter"),
+        &["email", "given_name", "family_name", "ids", "contact_ids"],
+    )?;
+    let limit = page_size(&query)?;
+    let id_sets: Vec<Vec<i64>> = filters
+        .iter()
+        .filter(|(field, _)| matches!(*field, "ids" | "contact_ids"))
+        .map(|(_, value)| value.split(',').filter_map(|id| id.trim().parse().ok()).collect())
+        .collect();
+    let world = shared.world();
+    let contacts: Vec<Value> = world
+        .crm
+        .contacts_matching(|c| {
+            filters.iter().all(|(field, value)| match *field {
+                "email" => c.has_email_matching(value),
+                "given_name" => c.given_name_matches(value),
+                "family_name" => c.family_name_matches(value),
+                _ => true,
+            }) && id_sets.iter().all(|ids| ids.contains(&c.id))
+        })
+        .take(limit)
+        .map(Contact::v2_json)
+        .collect();
+    Ok(super::json(StatusCode::OK, &json!({"contacts": contacts, "next_page_token": ""})))
+}
+
+async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<String>) -> Reply {
+    let id = path_id(&contact_id, "contact_id")?;
+    let world = shared.world();
+    let contact = world.crm.contact(id).ok_or_else(|| not_found("Contact", &contact_id))?;
+    Ok(super::json(StatusCode::OK, &contact.v2_json()))
+}
+
+/// `GET /v2/tags?filter=name==Welcome` (also `description`, `category_id`, `tag_ids`).
+async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let filters = parse_filter(query.get("filter"), &["name", "description", "category_id", "tag_ids"])?;
+    let limit = page_size(&query)?;
+    let keep = |tag: &Tag| {
+        filters.iter().all(|(field, value)| match *field {
+            "name" => tag.name() == *value,
+            "description" if *value == "NONE" => tag.description().is_none(),
+            "description" => tag.description() == Some(*value),
+            "category_id" if *value == "NONE" => tag.category_id().is_none(),
+            "category_id" => tag.category_id() == Some(*value),
+            "tag_ids" => value.split(',').any(|id| id.trim() == tag.id.to_string()),
+            _ => true,
+        })
+    };
+    let world = shared.world();
+    let tags: Vec<Value> = world
+        .crm
+        .tags()
+        .iter()
+        .filter(|t| keep(t))
+        .take(limit)
+        .map(Tag::v2_json)
+        .collect();
+    Ok(super::json(StatusCode::OK, &json!({"tags": tags, "next_page_token": ""})))
+}
+
+async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
+    let id = path_id(&tag_id, "tag_id")?;
+    let world = shared.world();
+    let tag = world.crm.tag(id).ok_or_else(|| not_found("Tag", &tag_id))?;
+    Ok(super::json(StatusCode::OK, &tag.v2_json()))
+}
+
+/// `POST /v2/tags` (`CreateUpdateTagRequest`) -> 201 `Tag`.
+async fn create_tag(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = object(&headers, &body)?;
+    let (name, description, category) = super::v1::tag_fields(&body, true).map_err(bad_request)?;
+    let mut world = shared.world();
+    world.stats.tags_created += 1;
+    let tag = world.crm.create_tag(name, description, category).v2_json();
+    Ok(super::json(StatusCode::CREATED, &tag))
+}
+
+/// `POST /v2/tags/{tag_id}/contacts:applyTags` with `{"contact_ids":[..]}`: 200 with a
+/// result per contact id, even when some fail.
+async fn apply_tags(
+    State(shared): State<Arc<Shared>>,
+    Path(tag_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let id = path_id(&tag_id, "tag_id")?;
+    let body = object(&headers, &body)?;
+    let contact_ids = string_ids(&body, "contact_ids")?;
+    let mut world = shared.world();
+    if world.crm.tag(id).is_none() {
+        return Err(not_found("Tag", &tag_id));
+    }
+    let mut results = Map::new();
+    for contact_id in contact_ids {
+        let outcome = world.crm.apply_tag(contact_id, id);
+        if outcome == ApplyOutcome::Success {
+            world.stats.tags_applied += 1;
+        }
+        results.insert(contact_id.to_string(), json!(outcome.name()));
+    }
+    Ok(super::json(StatusCode::OK, &json!({"results": results})))
+}
+
+/// `POST /v2/emails:send` (`EmailSendRequest`): exactly one of `user_id` / `from_address`.
+async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = object(&headers, &body)?;
+    let contacts = string_ids(&body, "contacts")?;
+    match body.get("subject") {
+        Some(Value::String(subject)) if !subject.trim().is_empty() => {}
+        _ => return Err(bad_request("subject is required")),
+    }
+    let sender = |name: &str| match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.clone())),
+        Some(_) => Err(bad_request(format!("{name} must be a non-empty string"))),
+    };
+    match (sender("user_id")?, sender("from_address")?) {
+        (Some(user_id), None) => {
+            if user_id.parse::<i64>().map_or(true, |id| id <= 0) {
+                return Err(bad_request("user_id must be a numeric user id string"));
+            }
+        }
+        (None, Some(address)) => {
+            if address.parse::<email_address::EmailAddress>().is_err() {
+                return Err(bad_request("from_address is not a valid email address"));
+            }
+        }
+        _ => return Err(bad_request("Exactly one of user_id or from_address is required")),
+    }
+    // Content is optional in the spec; when given it must be Base64.
+    check_base64(&body, "html_content").map_err(bad_request)?;
+    check_base64(&body, "plain_content").map_err(bad_request)?;
+    let mut world = shared.world();
+    world
+        .crm
+        .deliver_email(&contacts)
+        .map_err(|unknown| bad_request(format!("Contact {unknown} not found")))?;
+    world.stats.emails_queued += contacts.len() as u64;
+    Ok(StatusCode::ACCEPTED.into_response())
 }
