@@ -17,8 +17,9 @@ Asserted, per Lambda function:
 Also, because it is the queue->function wiring: the retry function consumes the signup queue
 with partial batch failures, and the queue's visibility timeout is at least 6x its timeout.
 
-Usage: check_iam.py [TEMPLATE] [--translated-out FILE] [--self-test]
+Usage: check_iam.py [TEMPLATE] [--translated-out FILE [--translate-only]] [--self-test]
   --translated-out  also write the translated CloudFormation (JSON), e.g. for cfn-lint
+  --translate-only  only write it, check nothing
   --self-test       also prove the check is strict: widened copies of the template must fail
 """
 
@@ -549,6 +550,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("template", nargs="?", default=str(Path(__file__).resolve().parent.parent / "template.yaml"))
     parser.add_argument("--translated-out", help="write the translated CloudFormation template (JSON) here")
+    parser.add_argument("--translate-only", action="store_true", help="only write --translated-out, check nothing")
     parser.add_argument("--self-test", action="store_true", help="also check that widened copies of the template fail")
     args = parser.parse_args()
 
@@ -556,6 +558,10 @@ def main() -> int:
     translated = translate(template)
     if args.translated_out:
         Path(args.translated_out).write_text(json.dumps(translated, indent=1, sort_keys=True), encoding="utf-8")
+    if args.translate_only:
+        if not args.translated_out:
+            parser.error("--translate-only needs --translated-out")
+        return 0
 
     problems, grants = check(translated)
     if problems:
