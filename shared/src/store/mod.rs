@@ -49,7 +49,7 @@ pub enum SwapOutcome {
     Stale,
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     /// Throttling, 5xx, timeouts: worth retrying with the same version id.
     #[error("store temporarily unavailable during {operation}: {detail}")]

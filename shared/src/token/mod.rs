@@ -5,11 +5,24 @@
 //! inject doubles; the real implementation is [`TokenSource`] (OAuth, rotating pair in a
 //! [`crate::store::SecretStore`]) and [`ApiKeySource`] (a PAT or Service Account Key).
 
+pub mod api_key;
+pub mod source;
+pub mod state;
+
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
+
+pub use api_key::ApiKeySource;
+pub use source::{TokenSettings, TokenSource};
+pub use state::{LinkStatus, TokenState};
+
+use crate::config::{AppSecret, AuthMode, Config};
+use crate::keap::oauth::OAuthClient;
+use crate::store::SecretStore;
 
 /// What authenticates one call to Keap's REST API.
 #[derive(Debug, Clone)]
@@ -38,7 +51,7 @@ impl Credential {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
     /// No pair was ever stored (nobody went through `/oauth/start` yet).
     #[error("Keap is not connected: an administrator must open /oauth/start")]
@@ -163,6 +176,34 @@ pub(crate) mod opt_rfc3339 {
         match value {
             Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
             None => serializer.serialize_none(),
+        }
+    }
+}
+
+/// The connection the handlers use, chosen by `KEAP_AUTH_MODE`: a [`TokenSource`] over the
+/// token secret (oauth) or an [`ApiKeySource`] (api-key, no store calls at all). Build it once
+/// per process (outside the handler) so its cache lives across invocations.
+pub fn connection_from_config(
+    config: &Config,
+    store: Arc<dyn SecretStore>,
+    app_secret: &AppSecret,
+    http: reqwest::Client,
+) -> Result<Arc<dyn Connection>, TokenError> {
+    match config.auth_mode {
+        AuthMode::ApiKey => {
+            let key = app_secret.api_key.clone().ok_or_else(|| {
+                TokenError::Misconfigured("api-key mode needs api_key in the app secret".into())
+            })?;
+            Ok(Arc::new(ApiKeySource::new(key)))
+        }
+        AuthMode::OAuth => {
+            if config.token_secret_id.is_empty() {
+                return Err(TokenError::Misconfigured("oauth mode needs KEAP_TOKEN_SECRET_ID".into()));
+            }
+            let oauth = OAuthClient::from_config(config, app_secret, http)
+                .map_err(|e| TokenError::Misconfigured(e.to_string()))?;
+            let source = TokenSource::new(store, config.token_secret_id.clone(), Arc::new(oauth), TokenSettings::from_config(config))?;
+            Ok(Arc::new(source))
         }
     }
 }
