@@ -16,3 +16,4 @@ pub mod token;
 pub use secrecy::{ExposeSecret, SecretString};
 pub mod oauth_state;
 pub mod metrics;
+pub mod app;
