@@ -1,0 +1,3 @@
+//! The `signup-retry` function (SQS); see [`handler`].
+
+pub mod handler;

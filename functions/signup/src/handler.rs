@@ -1,0 +1,177 @@
+//! `POST /signup` (API Gateway HTTP API, payload v2).
+//!
+//! Checks run cheapest first and each has its own answer: 405 method, 413 size, 415 content
+//! type, 401 signature, 400 body; then the signup goes to Keap (201/200), is refused by Keap
+//! (422), or, when Keap cannot take it now, is queued (202) or answered 503 with `Retry-After`.
+//! No input leads to a 500 or a panic.
+
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use keap_relay::SecretString;
+use keap_relay::signup::{QueuedSignup, Signup, SignupError, SignupQueue, SignupService, signature};
+use lambda_http::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use lambda_http::{Body, Request, Response};
+use serde_json::json;
+
+/// Largest accepted body (after API Gateway's Base64 is undone).
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// `Retry-After` when Keap is failing and said nothing more precise.
+const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(30);
+/// `Retry-After` when Keap is not connected: a person has to act first.
+const NOT_CONNECTED_RETRY_AFTER: Duration = Duration::from_secs(300);
+
+#[derive(Debug, thiserror::Error)]
+#[error("the signup signing key is unavailable: {0}")]
+pub struct SigningKeyUnavailable(pub String);
+
+/// What the handler needs; the function wires the real ones, tests their own.
+#[async_trait]
+pub trait SignupDeps: Send + Sync {
+    /// `signup_signing_key` from the app secret (loaded on first use, then cached).
+    async fn signing_key(&self) -> Result<SecretString, SigningKeyUnavailable>;
+    fn service(&self) -> &SignupService;
+    /// Where signups wait when Keap cannot take them now (`SIGNUP_QUEUE_URL`).
+    fn queue(&self) -> Option<&dyn SignupQueue>;
+    fn now(&self) -> SystemTime {
+        SystemTime::now()
+    }
+}
+
+/// Answers one request. Never fails: every outcome is an HTTP answer.
+pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Response<Body> {
+    if request.method() != Method::POST {
+        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only POST is allowed here");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
+        return response;
+    }
+    let body: &[u8] = request.body().as_ref();
+    if body.len() > MAX_BODY_BYTES {
+        let message = format!("the body is larger than {} KiB", MAX_BODY_BYTES / 1024);
+        return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
+    }
+    if !is_json(request.headers()) {
+        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "the body must be application/json");
+    }
+
+    let key = match deps.signing_key().await {
+        Ok(key) => key,
+        Err(problem) => {
+            tracing::error!(error = %problem, "cannot check signatures");
+            let mut response = error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "signing_key_unavailable",
+                "the signup signing key could not be loaded; try again later",
+            );
+            set_retry_after(&mut response, UNAVAILABLE_RETRY_AFTER);
+            return response;
+        }
+    };
+    let header = request.headers().get(signature::HEADER).map(|v| v.to_str().unwrap_or("not-ascii"));
+    if let Err(problem) = signature::verify(&key, header, body, deps.now()) {
+        tracing::info!(code = problem.code(), "signature refused");
+        return error(StatusCode::UNAUTHORIZED, problem.code(), &problem.to_string());
+    }
+
+    let signup = match Signup::from_json(body) {
+        Ok(signup) => signup,
+        Err(invalid) => {
+            tracing::info!(code = invalid.code(), "invalid signup body");
+            return error(StatusCode::BAD_REQUEST, invalid.code(), &invalid.to_string());
+        }
+    };
+
+    match deps.service().process(&signup).await {
+        Ok(outcome) => {
+            tracing::info!(contact_id = outcome.contact_id, created = outcome.created, "signup sent to Keap");
+            let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+            json_response(status, &serde_json::to_value(&outcome).unwrap_or_default())
+        }
+        Err(SignupError::Rejected { status, message }) => {
+            tracing::info!(keap_status = status, %message, "Keap refused the contact");
+            error(StatusCode::UNPROCESSABLE_ENTITY, "keap_rejected", &message)
+        }
+        Err(failure) => defer(signup, failure, deps).await,
+    }
+}
+
+/// Keap cannot take the signup now: queue it when a queue exists, else say when to retry.
+async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, deps: &D) -> Response<Body> {
+    tracing::warn!(code = failure.code(), error = %failure, "Keap could not take the signup");
+    if let Some(queue) = deps.queue() {
+        let queued = QueuedSignup::new(signup, deps.now());
+        match queue.enqueue(&queued, failure.retry_after().unwrap_or_default()).await {
+            Ok(()) => {
+                tracing::info!(queued_id = %queued.id, "signup queued for signup-retry");
+                return json_response(StatusCode::ACCEPTED, &json!({ "queued": true, "id": queued.id }));
+            }
+            Err(problem) => tracing::error!(error = %problem, "could not queue the signup either"),
+        }
+    }
+    let (message, retry_after) = match &failure {
+        SignupError::NotConnected { .. } => (
+            "Keap is not connected; an administrator must connect it, then try again",
+            NOT_CONNECTED_RETRY_AFTER,
+        ),
+        _ => ("Keap is unavailable right now; try again later", failure.retry_after().unwrap_or(UNAVAILABLE_RETRY_AFTER)),
+    };
+    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message);
+    set_retry_after(&mut response, retry_after);
+    response
+}
+
+/// `application/json` or any `application/*+json`, with or without parameters.
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+fn set_retry_after(response: &mut Response<Body>, after: Duration) {
+    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+}
+
+fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
+    let mut response = Response::new(Body::from(body.to_string()));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+/// The `{"error":{"code","message"}}` answer.
+pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
+    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_content_types_are_recognised() {
+        let check = |value: &str| {
+            let mut headers = HeaderMap::new();
+            headers.insert(header::CONTENT_TYPE, HeaderValue::from_str(value).unwrap());
+            is_json(&headers)
+        };
+        assert!(check("application/json"));
+        assert!(check("Application/JSON; charset=utf-8"));
+        assert!(check("application/vnd.api+json"));
+        assert!(!check("text/plain"));
+        assert!(!check("application/x-www-form-urlencoded"));
+        assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn retry_after_rounds_up_to_whole_seconds() {
+        let mut response = Response::new(Body::Empty);
+        set_retry_after(&mut response, Duration::from_millis(1500));
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        set_retry_after(&mut response, Duration::ZERO);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+    }
+}
