@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Checks the deployment (template.yaml), in three stages:
 #   lint   sam validate --lint, then cfn-lint on the template as SAM translates it (that form
-#          shows dependency cycles, which cfn-lint does not see in the SAM source)
+#          shows dependency cycles, which cfn-lint does not see in the SAM source), then the
+#          environment variables against shared/src/config.rs (scripts/check_env.py)
 #   iam    scripts/check_iam.py: exact least-privilege grants and invokers per function, and a
 #          self-test proving that widened copies of the template fail
 #   build  sam build (cargo-lambda, release, arm64) into a gitignored build dir; prints the
@@ -36,6 +37,8 @@ stage_lint() {
   "$VENV/bin/python" scripts/check_iam.py template.yaml --translated-out "$TMP/translated.json" --translate-only
   cfn-lint "$TMP/translated.json"
   echo "translated template: no errors"
+  say "environment variables against shared/src/config.rs"
+  "$VENV/bin/python" scripts/check_env.py template.yaml shared/src/config.rs
 }
 
 stage_iam() {

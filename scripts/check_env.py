@@ -1,0 +1,57 @@
+#!/usr/bin/env python3
+"""The template's environment variables against the ones shared/src/config.rs reads.
+
+A misspelt name is silently ignored by the functions (they fall back to a default), so:
+- every variable the template sets must be read by config.rs (or be listed in EXTRA below);
+- every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
+  SIGNUP_QUEUE_URL, which only `signup` gets (signup-retry must fail a record back to SQS,
+  not queue it again).
+
+Usage: check_env.py [TEMPLATE] [CONFIG_RS]
+"""
+
+import re
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from check_iam import load_template, translate  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+# Set by the template for operators' messages (the page to re-authorize), not read by config.rs.
+EXTRA = {"KEAP_START_URL"}
+# The local run's file store; meaningless on Lambda.
+LOCAL_ONLY = {"KEAP_STORE_DIR"}
+QUEUE_VAR, QUEUE_USERS = "SIGNUP_QUEUE_URL", {"SignupFunction"}
+
+
+def main() -> int:
+    template_path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "template.yaml"
+    config_path = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "shared/src/config.rs"
+    read = set(re.findall(r'"((?:KEAP|SIGNUP)_[A-Z0-9_]+)"', config_path.read_text(encoding="utf-8")))
+    if not read:
+        print(f"no variable names found in {config_path}")
+        return 1
+    resources = translate(load_template(template_path))["Resources"]
+    problems = []
+    for function_id, function in sorted(resources.items()):
+        if function["Type"] != "AWS::Lambda::Function":
+            continue
+        env = set(function["Properties"].get("Environment", {}).get("Variables", {}))
+        for name in sorted(env - read - EXTRA):
+            problems.append(f"{function_id}: sets {name}, which {config_path.name} never reads (misspelt?)")
+        wanted = read - LOCAL_ONLY - {QUEUE_VAR} | ({QUEUE_VAR} if function_id in QUEUE_USERS else set())
+        for name in sorted(wanted - env):
+            problems.append(f"{function_id}: does not set {name}, which {config_path.name} reads")
+        if function_id not in QUEUE_USERS and QUEUE_VAR in env:
+            problems.append(f"{function_id}: must not get {QUEUE_VAR} (only {', '.join(sorted(QUEUE_USERS))} queues signups)")
+    if problems:
+        print("environment check FAILED:")
+        print("\n".join(f"  - {p}" for p in problems))
+        return 1
+    print(f"environment check passed: {len(read - LOCAL_ONLY)} variables of {config_path.name} set as expected")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
