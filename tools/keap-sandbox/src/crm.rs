@@ -755,14 +755,14 @@ impl Contact {
                 }
                 entry
             }).collect::<Vec<_>>(),
-            "phone_numbers": self.phones.iter().map(|p| json!({"number": p.number, "field": format!("PHONE{}", p.slot), "type": p.kind, "extension": p.extension})).collect::<Vec<_>>(),
+            "phone_numbers": self.phones.iter().map(|p| without_nulls(json!({"number": p.number, "field": format!("PHONE{}", p.slot), "type": p.kind, "extension": p.extension}))).collect::<Vec<_>>(),
             "tag_ids": self.tag_ids.iter().map(ToString::to_string).collect::<Vec<_>>(),
             "source_type": self.source_type,
             "create_time": iso8601(self.created),
             "update_time": iso8601(self.updated),
         });
-        if let Value::Object(fields) = fields {
-            body.extend(fields.into_iter().filter(|(_, v)| !v.is_null()));
+        if let Value::Object(fields) = without_nulls(fields) {
+            body.extend(fields);
         }
         Value::Object(body)
     }
@@ -806,6 +806,14 @@ impl Tag {
             }
         }
         body
+    }
+}
+
+/// v2 leaves unset fields out instead of sending null.
+fn without_nulls(value: Value) -> Value {
+    match value {
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        other => other,
     }
 }
 
