@@ -64,6 +64,8 @@ impl StateError {
 pub struct VerifiedState {
     /// Random per `/oauth/start`; identifies this authorization attempt.
     pub nonce: Uuid,
+    /// When `/oauth/start` issued it (millisecond precision).
+    pub issued_at: SystemTime,
     /// The administrator asked to replace a connection to another Keap account.
     pub switch: bool,
     pub expires_at: SystemTime,
@@ -86,7 +88,7 @@ struct Payload {
     k: String,
     /// Nonce.
     n: Uuid,
-    /// Expiry, unix seconds.
+    /// Expiry, unix milliseconds (the callback compares it with the stored pair's age).
     e: u64,
     /// base64url(SHA-256(redirect URI)).
     r: String,
@@ -110,7 +112,7 @@ impl std::fmt::Debug for StateKey {
 impl StateKey {
     /// Derives the key from the OAuth client secret: `HMAC-SHA256(client_secret, label)`.
     pub fn derive(client_secret: &SecretString) -> Self {
-        let key: [u8; 32] = mac(client_secret.expose_secret().as_bytes(), KEY_DERIVATION_LABEL).into();
+        let key = mac(client_secret.expose_secret().as_bytes(), KEY_DERIVATION_LABEL);
         let key_id = URL_SAFE_NO_PAD.encode(&mac(&key, KEY_ID_LABEL)[..9]);
         Self { key, key_id }
     }
@@ -128,7 +130,7 @@ impl StateKey {
             v: FORMAT_VERSION,
             k: self.key_id.clone(),
             n: nonce,
-            e: unix_seconds(expires_at),
+            e: unix_millis(expires_at),
             r: redirect_hash(redirect_uri),
             s: switch,
         };
@@ -168,11 +170,11 @@ impl StateKey {
         if payload.r != redirect_hash(redirect_uri) {
             return Err(StateError::WrongDeployment);
         }
-        let expires_at = UNIX_EPOCH + Duration::from_secs(payload.e);
+        let expires_at = UNIX_EPOCH + Duration::from_millis(payload.e);
         if now >= expires_at {
             return Err(StateError::Expired);
         }
-        Ok(VerifiedState { nonce: payload.n, switch: payload.s, expires_at })
+        Ok(VerifiedState { nonce: payload.n, switch: payload.s, issued_at: expires_at.checked_sub(STATE_TTL).unwrap_or(UNIX_EPOCH), expires_at })
     }
 }
 
@@ -186,8 +188,8 @@ fn redirect_hash(redirect_uri: &str) -> String {
     URL_SAFE_NO_PAD.encode(&Sha256::digest(redirect_uri.as_bytes())[..16])
 }
 
-fn unix_seconds(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+fn unix_millis(time: SystemTime) -> u64 {
+    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -213,6 +215,7 @@ mod tests {
             assert_eq!(verified.nonce, issued.nonce);
             assert_eq!(verified.switch, switch);
             assert_eq!(verified.expires_at, now() + STATE_TTL);
+            assert_eq!(verified.issued_at, now());
         }
     }
 

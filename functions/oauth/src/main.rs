@@ -1,1 +1,19 @@
-fn main() {}
+//! The `oauth` Lambda function (API Gateway HTTP API, payload v2): `/oauth/start`,
+//! `/oauth/callback`, `/status`. See `handler.rs`.
+
+use std::convert::Infallible;
+
+use keap_relay::app::{App, init_tracing};
+use lambda_http::{Error, Request, service_fn};
+
+#[tokio::main]
+async fn main() -> Result<(), Error> {
+    init_tracing();
+    let app = App::from_env().await?;
+    let deps = oauth::adapters::deps_from_app(&app)?;
+    let deps = &deps;
+    lambda_http::run(service_fn(move |request: Request| async move {
+        Ok::<_, Infallible>(oauth::handle(request, deps).await)
+    }))
+    .await
+}

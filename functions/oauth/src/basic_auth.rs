@@ -1,0 +1,117 @@
+//! HTTP Basic authentication of the administrator routes (`/oauth/start`, `/status`):
+//! any user name, the password is the app secret's `admin_password`.
+
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD;
+use hmac::{Hmac, Mac};
+use keap_relay::{ExposeSecret, SecretString};
+use lambda_http::http::HeaderMap;
+use lambda_http::http::header::AUTHORIZATION;
+use sha2::Sha256;
+
+/// The challenge sent with every 401.
+pub const CHALLENGE: &str = "Basic realm=\"keap-relay\", charset=\"UTF-8\"";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AdminAuth {
+    Granted,
+    /// No or wrong credentials: answer 401 with [`CHALLENGE`].
+    Denied,
+    /// No admin password in the app secret: the routes stay closed (503), never open.
+    NotConfigured,
+}
+
+pub fn check(headers: &HeaderMap, admin_password: Option<&SecretString>) -> AdminAuth {
+    let Some(expected) = admin_password.filter(|p| !p.expose_secret().is_empty()) else {
+        return AdminAuth::NotConfigured;
+    };
+    match presented_password(headers) {
+        Some(presented) if password_matches(&presented, expected) => AdminAuth::Granted,
+        _ => AdminAuth::Denied,
+    }
+}
+
+/// The password of an `Authorization: Basic base64(user:password)` header.
+fn presented_password(headers: &HeaderMap) -> Option<SecretString> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (_user, password) = decoded.split_once(':')?;
+    Some(SecretString::from(password))
+}
+
+/// Constant-time comparison whatever the lengths: both sides are MACed under a random
+/// per-call key and the MACs compared with `verify_slice` (constant time), so neither the
+/// content nor the length of the configured password leaks through timing.
+pub fn password_matches(presented: &SecretString, expected: &SecretString) -> bool {
+    let key = uuid::Uuid::new_v4();
+    let mac = |message: &str| {
+        let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("HMAC takes keys of any length");
+        mac.update(message.as_bytes());
+        mac
+    };
+    let expected_mac = mac(expected.expose_secret()).finalize().into_bytes();
+    mac(presented.expose_secret()).verify_slice(&expected_mac).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use lambda_http::http::HeaderValue;
+
+    use super::*;
+
+    fn headers(authorization: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, HeaderValue::from_str(authorization).unwrap());
+        headers
+    }
+
+    fn basic(user_and_password: &str) -> String {
+        format!("Basic {}", STANDARD.encode(user_and_password))
+    }
+
+    #[test]
+    fn any_user_with_the_password_is_granted() {
+        let password = SecretString::from("local-admin-password");
+        for user in ["admin", "", "someone:else"] {
+            let header = basic(&format!("{user}:local-admin-password"));
+            let expected = if user.contains(':') { AdminAuth::Denied } else { AdminAuth::Granted };
+            assert_eq!(check(&headers(&header), Some(&password)), expected, "{user}");
+        }
+        assert_eq!(check(&headers(&basic("admin:local-admin-password").replace("Basic", "bAsIc")), Some(&password)), AdminAuth::Granted);
+    }
+
+    #[test]
+    fn wrong_missing_or_garbled_credentials_are_denied() {
+        let password = SecretString::from("local-admin-password");
+        assert_eq!(check(&HeaderMap::new(), Some(&password)), AdminAuth::Denied);
+        for header in [
+            basic("admin:wrong"),
+            basic("admin:local-admin-password "),
+            basic("local-admin-password"),
+            "Bearer local-admin-password".into(),
+            "Basic !!!".into(),
+            "Basic".into(),
+        ] {
+            assert_eq!(check(&headers(&header), Some(&password)), AdminAuth::Denied, "{header}");
+        }
+    }
+
+    #[test]
+    fn no_or_empty_admin_password_never_grants() {
+        let header = headers(&basic("admin:"));
+        assert_eq!(check(&header, None), AdminAuth::NotConfigured);
+        assert_eq!(check(&header, Some(&SecretString::from(""))), AdminAuth::NotConfigured);
+    }
+
+    #[test]
+    fn comparison_is_exact() {
+        let expected = SecretString::from("local-admin-password");
+        assert!(password_matches(&SecretString::from("local-admin-password"), &expected));
+        assert!(!password_matches(&SecretString::from("local-admin-passworD"), &expected));
+        assert!(!password_matches(&SecretString::from(""), &expected));
+    }
+}

@@ -1,0 +1,13 @@
+//! The `oauth` function: connects keap-relay to a Keap account (`/oauth/start`,
+//! `/oauth/callback`) and reports the connection's health (`/status`).
+//!
+//! `main.rs` wires the real dependencies; [`handler::handle`] is plain async code that tests
+//! drive with API Gateway events from `events/`.
+
+pub mod adapters;
+pub mod basic_auth;
+pub mod handler;
+pub mod pages;
+pub mod ports;
+
+pub use handler::{OAuthDeps, handle};

@@ -1,0 +1,352 @@
+//! The oauth function's routes, driven with the events in `events/` through the real handler,
+//! the in-process Keap sandbox and the real `OAuthClient`.
+
+mod common;
+
+use std::time::{Duration, SystemTime};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use common::*;
+use keap_relay::SecretString;
+use keap_relay::config::AuthMode;
+use keap_relay::oauth_state::StateKey;
+
+fn state_key() -> StateKey {
+    StateKey::derive(&SecretString::from(keap_sandbox::DEFAULT_CLIENT_SECRET))
+}
+
+fn with_param(query: &str, name: &str, value: Option<&str>) -> String {
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (key, existing) in url::form_urlencoded::parse(query.as_bytes()) {
+        if key != name {
+            out.append_pair(&key, &existing);
+        }
+    }
+    if let Some(value) = value {
+        out.append_pair(name, value);
+    }
+    out.finish()
+}
+
+fn assert_page(response: &lambda_http::Response<lambda_http::Body>, status: u16, code: &str) {
+    let body = body_text(response);
+    assert_eq!(response.status(), status, "{body}");
+    assert_eq!(header(response, "content-type"), Some("text/html; charset=utf-8"));
+    assert!(body.contains(&format!("keap-relay: {code}")), "expected {code} in {body}");
+}
+
+#[tokio::test]
+async fn start_redirects_the_administrator_to_keap_with_a_signed_state() {
+    let h = Harness::start().await;
+    let response = h.run(event("oauth-start.json")).await;
+    assert_eq!(response.status(), 302);
+    assert_eq!(header(&response, "cache-control"), Some("no-store"));
+    let location = url::Url::parse(header(&response, "location").unwrap()).unwrap();
+    assert!(location.as_str().starts_with(&h.sandbox.authorize_url()), "{location}");
+    let query = location.query().unwrap();
+    assert_eq!(query_value(query, "client_id").as_deref(), Some(keap_sandbox::DEFAULT_CLIENT_ID));
+    assert_eq!(query_value(query, "redirect_uri").as_deref(), Some(REDIRECT_URI));
+    assert_eq!(query_value(query, "response_type").as_deref(), Some("code"));
+    let state = query_value(query, "state").unwrap();
+    let verified = state_key().verify(Some(&state), REDIRECT_URI, SystemTime::now()).unwrap();
+    assert!(!verified.switch);
+
+    let switch = h.run(event_with_query("oauth-start.json", "switch=1")).await;
+    let location = url::Url::parse(header(&switch, "location").unwrap()).unwrap();
+    let state = query_value(location.query().unwrap(), "state").unwrap();
+    assert!(state_key().verify(Some(&state), REDIRECT_URI, SystemTime::now()).unwrap().switch);
+}
+
+#[tokio::test]
+async fn start_demands_the_admin_password() {
+    let h = Harness::start().await;
+    let unauthorized = h.run(event("oauth-start-unauthorized.json")).await;
+    assert_page(&unauthorized, 401, "unauthorized");
+    assert!(header(&unauthorized, "www-authenticate").unwrap().starts_with("Basic realm=\"keap-relay\""));
+    assert!(header(&unauthorized, "location").is_none());
+
+    for wrong in ["Basic YWRtaW46d3JvbmctcGFzc3dvcmQ=", "Bearer local-admin-password", "Basic !!"] {
+        let response = h.run(event_with_authorization("oauth-start.json", Some(wrong))).await;
+        assert_page(&response, 401, "unauthorized");
+        assert!(header(&response, "www-authenticate").is_some());
+    }
+    let other_user = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ops:local-admin-password"));
+    let response = h.run(event_with_authorization("oauth-start.json", Some(&other_user))).await;
+    assert_eq!(response.status(), 302);
+}
+
+#[tokio::test]
+async fn without_an_admin_password_the_admin_routes_stay_closed() {
+    let h = Harness::with(AuthMode::OAuth, app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, None)).await;
+    for name in ["oauth-start.json", "oauth-start-unauthorized.json"] {
+        let response = h.run(event(name)).await;
+        assert_page(&response, 503, "admin_password_missing");
+        assert!(header(&response, "location").is_none());
+    }
+    let status = h.run(event("status.json")).await;
+    assert_eq!(status.status(), 503);
+    assert!(body_text(&status).contains("admin_password_missing"));
+}
+
+#[tokio::test]
+async fn start_refuses_a_bad_switch_value() {
+    let h = Harness::start().await;
+    assert_page(&h.run(event_with_query("oauth-start.json", "switch=maybe")).await, 400, "bad_switch");
+}
+
+#[tokio::test]
+async fn api_key_mode_explains_that_oauth_is_not_used() {
+    let h = Harness::with(AuthMode::ApiKey, app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, Some(ADMIN_PASSWORD))).await;
+    assert_page(&h.run(event("oauth-start.json")).await, 409, "oauth_not_used");
+    assert_page(&h.run(event("oauth-start-unauthorized.json")).await, 401, "unauthorized");
+    assert_page(&h.run(event("oauth-callback.json")).await, 409, "oauth_not_used");
+    let status = h.run(event("status.json")).await;
+    assert_eq!(status.status(), 200);
+    let json: serde_json::Value = serde_json::from_str(&body_text(&status)).unwrap();
+    assert_eq!(json["mode"], "api-key");
+}
+
+#[tokio::test]
+async fn callback_connects_and_names_the_account_without_echoing_secrets() {
+    let h = Harness::start().await;
+    let callback_query = h.authorize("").await;
+    let code = query_value(&callback_query, "code").unwrap();
+    let response = h.run(event_with_query("oauth-callback.json", &callback_query)).await;
+    assert_page(&response, 200, "connected");
+    let body = body_text(&response);
+    assert!(body.contains("ab123.infusionsoft.com"), "{body}");
+    assert_eq!(h.stored_account().await.as_deref(), Some("ab123.infusionsoft.com"));
+    assert!(!body.contains(&code));
+    let tokens = h.stored_tokens().await;
+    assert_eq!(tokens.len(), 2);
+    for token in tokens {
+        assert!(!body.contains(&token));
+    }
+    assert_eq!(h.sandbox.stats().code_exchanges, 1);
+}
+
+#[tokio::test]
+async fn stored_callback_event_has_a_placeholder_state() {
+    let h = Harness::start().await;
+    assert_page(&h.run(event("oauth-callback.json")).await, 400, "state_malformed");
+    assert_eq!(h.sandbox.stats().code_exchanges, 0);
+}
+
+#[tokio::test]
+async fn forged_state_is_refused_before_the_code_is_spent() {
+    let h = Harness::start().await;
+    let query = h.authorize("").await;
+    let state = query_value(&query, "state").unwrap();
+    let (payload, signature) = state.split_once('.').unwrap();
+    let mut fields: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
+    fields["s"] = true.into();
+    let forged = format!("{}.{signature}", URL_SAFE_NO_PAD.encode(fields.to_string()));
+    let response = h.run(event_with_query("oauth-callback.json", &with_param(&query, "state", Some(&forged)))).await;
+    assert_page(&response, 400, "state_bad_signature");
+    assert_eq!(h.sandbox.stats().code_exchanges, 0);
+    assert_eq!(h.token_versions(), 0);
+}
+
+#[tokio::test]
+async fn expired_missing_and_foreign_states_are_refused() {
+    let h = Harness::start().await;
+    let query = h.authorize("").await;
+    let expired = state_key().issue(REDIRECT_URI, false, SystemTime::now() - Duration::from_secs(11 * 60));
+    let foreign = StateKey::derive(&SecretString::from("another-deployments-secret")).issue(REDIRECT_URI, false, SystemTime::now());
+    let other_redirect = state_key().issue("https://staging.example.com/oauth/callback", false, SystemTime::now());
+    let cases = [
+        (with_param(&query, "state", Some(&expired.value)), "state_expired"),
+        (with_param(&query, "state", None), "state_missing"),
+        (with_param(&query, "state", Some("")), "state_missing"),
+        (with_param(&query, "state", Some(&foreign.value)), "state_wrong_deployment"),
+        (with_param(&query, "state", Some(&other_redirect.value)), "state_wrong_deployment"),
+        (with_param(&query, "state", Some("not-a-state")), "state_malformed"),
+    ];
+    for (query, code) in cases {
+        let response = h.run(event_with_query("oauth-callback.json", &query)).await;
+        assert_page(&response, 400, code);
+    }
+    assert_eq!(h.sandbox.stats().code_exchanges, 0);
+    assert_eq!(h.token_versions(), 0);
+}
+
+#[tokio::test]
+async fn a_state_works_once() {
+    let h = Harness::start().await;
+    // A state issued a moment before the callback, as in any real sign-in (the check compares
+    // milliseconds, and in-process the whole round trip can fit in one).
+    let earlier = state_key().issue(REDIRECT_URI, false, SystemTime::now() - Duration::from_secs(2));
+    let query = with_param(&h.authorize("").await, "state", Some(&earlier.value));
+    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 200, "connected");
+    let versions = h.token_versions();
+
+    // The same redirect again (browser back button, or a replay).
+    let replay = h.run(event_with_query("oauth-callback.json", &query)).await;
+    assert_page(&replay, 400, "state_reused");
+
+    // The same state with a fresh code from another authorization.
+    let fresh = h.authorize("").await;
+    let replay = with_param(&fresh, "state", query_value(&query, "state").as_deref());
+    assert_page(&h.run(event_with_query("oauth-callback.json", &replay)).await, 400, "state_reused");
+
+    assert_eq!(h.token_versions(), versions);
+    assert_eq!(h.sandbox.stats().code_exchanges, 1);
+}
+
+#[tokio::test]
+async fn access_denied_stores_nothing() {
+    let h = Harness::start().await;
+    let response = h.run(event("oauth-callback-denied.json")).await;
+    assert_page(&response, 403, "access_denied");
+    assert!(body_text(&response).contains("Access was declined"));
+    assert_eq!(h.token_versions(), 0);
+    assert_eq!(h.sandbox.stats().code_exchanges, 0);
+}
+
+#[tokio::test]
+async fn keap_errors_are_shown_escaped() {
+    let h = Harness::start().await;
+    let query = "error=server_error&error_description=%3Cscript%3Ealert(1)%3C%2Fscript%3E&state=x";
+    let response = h.run(event_with_query("oauth-callback.json", query)).await;
+    assert_page(&response, 400, "keap_error");
+    let body = body_text(&response);
+    assert!(!body.contains("<script>"), "{body}");
+    assert!(body.contains("&lt;script&gt;alert(1)&lt;/script&gt;"), "{body}");
+}
+
+#[tokio::test]
+async fn a_code_keap_already_consumed_is_reported_and_nothing_changes() {
+    let h = Harness::start().await;
+    let first = h.authorize("").await;
+    assert_page(&h.run(event_with_query("oauth-callback.json", &first)).await, 200, "connected");
+    let versions = h.token_versions();
+
+    // A valid, fresh state carrying the code that was already exchanged.
+    let fresh = h.authorize("").await;
+    let reused_code = with_param(&fresh, "code", query_value(&first, "code").as_deref());
+    let response = h.run(event_with_query("oauth-callback.json", &reused_code)).await;
+    assert_page(&response, 400, "code_rejected");
+    let body = body_text(&response);
+    assert!(body.contains("invalid_grant"), "{body}");
+    assert!(!body.contains(&query_value(&first, "code").unwrap()));
+    assert_eq!(h.token_versions(), versions);
+}
+
+#[tokio::test]
+async fn a_code_issued_for_another_redirect_uri_is_refused() {
+    let h = Harness::start().await;
+    let ours = h.authorize("").await;
+    // A code Keap issued to some other callback URL.
+    let mut authorize = url::Url::parse(&h.sandbox.authorize_url()).unwrap();
+    authorize
+        .query_pairs_mut()
+        .append_pair("client_id", keap_sandbox::DEFAULT_CLIENT_ID)
+        .append_pair("redirect_uri", "https://elsewhere.example.com/callback")
+        .append_pair("response_type", "code")
+        .append_pair("scope", "full");
+    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let answer = http.get(authorize).send().await.unwrap();
+    let back = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
+    let foreign_code = query_value(back.query().unwrap(), "code").unwrap();
+
+    let query = with_param(&ours, "code", Some(&foreign_code));
+    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 400, "code_rejected");
+    assert_eq!(h.token_versions(), 0);
+}
+
+#[tokio::test]
+async fn keap_being_down_during_the_exchange_is_a_bad_gateway() {
+    let h = Harness::start().await;
+    let query = h.authorize("").await;
+    h.sandbox.faults().set_server_error_rate(1.0);
+    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 502, "keap_unavailable");
+    assert_eq!(h.token_versions(), 0);
+}
+
+#[tokio::test]
+async fn a_wrong_client_secret_is_reported_as_a_configuration_problem() {
+    let h = Harness::with(AuthMode::OAuth, app_secret("not-the-sandbox-secret", Some(ADMIN_PASSWORD))).await;
+    let response = h.connect_via_browser("").await;
+    assert_page(&response, 502, "client_rejected");
+    assert!(!body_text(&response).contains("not-the-sandbox-secret"));
+    assert_eq!(h.token_versions(), 0);
+}
+
+#[tokio::test]
+async fn another_account_needs_the_switch_flag() {
+    let h = Harness::start().await;
+    h.seed("zz999.infusionsoft.com").await;
+
+    let refused = h.connect_via_browser("").await;
+    assert_page(&refused, 409, "different_account");
+    let body = body_text(&refused);
+    assert!(body.contains("zz999.infusionsoft.com") && body.contains("ab123.infusionsoft.com"), "{body}");
+    assert!(body.contains("start?switch=1"));
+    assert_eq!(h.stored_account().await.as_deref(), Some("zz999.infusionsoft.com"));
+
+    let switched = h.connect_via_browser("switch=1").await;
+    assert_page(&switched, 200, "connected");
+    assert_eq!(h.stored_account().await.as_deref(), Some("ab123.infusionsoft.com"));
+}
+
+#[tokio::test]
+async fn status_reports_health_and_never_a_token() {
+    let h = Harness::start().await;
+    let before = h.run(event("status.json")).await;
+    assert_eq!(before.status(), 200);
+    let json: serde_json::Value = serde_json::from_str(&body_text(&before)).unwrap();
+    assert_eq!(json["connected"], false);
+
+    assert_eq!(h.connect_via_browser("").await.status(), 200);
+    let response = h.run(event("status.json")).await;
+    assert_eq!(response.status(), 200);
+    assert_eq!(header(&response, "content-type"), Some("application/json"));
+    assert_eq!(header(&response, "cache-control"), Some("no-store"));
+    let body = body_text(&response);
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["mode"], "oauth");
+    assert_eq!(json["connected"], true);
+    assert_eq!(json["account"], "ab123.infusionsoft.com");
+    assert_eq!(json["needs_reauth"], false);
+    let tokens = h.stored_tokens().await;
+    assert_eq!(tokens.len(), 2);
+    for token in tokens {
+        assert!(!body.contains(&token), "status leaks a token: {body}");
+    }
+}
+
+#[tokio::test]
+async fn status_demands_the_admin_password() {
+    let h = Harness::start().await;
+    let response = h.run(event_with_authorization("status.json", None)).await;
+    assert_eq!(response.status(), 401);
+    assert!(header(&response, "www-authenticate").unwrap().starts_with("Basic"));
+    let json: serde_json::Value = serde_json::from_str(&body_text(&response)).unwrap();
+    assert_eq!(json["error"]["code"], "unauthorized");
+}
+
+#[tokio::test]
+async fn wrong_methods_and_unknown_paths() {
+    let h = Harness::start().await;
+    for path in ["/oauth/start", "/oauth/callback", "/status"] {
+        let response = h.run(event_with_route("status.json", "POST", path)).await;
+        assert_eq!(response.status(), 405, "{path}");
+        assert_eq!(header(&response, "allow"), Some("GET"));
+    }
+    let response = h.run(event_with_route("status.json", "GET", "/nope")).await;
+    assert_eq!(response.status(), 404);
+    let json: serde_json::Value = serde_json::from_str(&body_text(&response)).unwrap();
+    assert_eq!(json["error"]["code"], "not_found");
+}
+
+#[tokio::test]
+async fn routes_work_under_a_named_stage() {
+    let h = Harness::start().await;
+    let mut json = event_json("status.json");
+    json["rawPath"] = "/prod/status".into();
+    json["requestContext"]["stage"] = "prod".into();
+    json["requestContext"]["http"]["path"] = "/prod/status".into();
+    let response = h.run(lambda_http::request::from_str(&json.to_string()).unwrap()).await;
+    assert_eq!(response.status(), 200, "{}", body_text(&response));
+}
