@@ -58,6 +58,14 @@ impl MemoryStore {
         self.lock().secrets.get(secret_id).and_then(|s| s.current.clone())
     }
 
+    /// The current version, read without fault hooks (for test assertions).
+    pub fn peek_current(&self, secret_id: &str) -> Option<StoredVersion> {
+        let inner = self.lock();
+        let secret = inner.secrets.get(secret_id)?;
+        let id = secret.current.as_ref()?;
+        Some(version(id, &secret.values[id]))
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
         // A panic while holding the lock cannot leave the maps half-updated (each operation
         // mutates in one step), so a poisoned lock is still consistent.

@@ -437,8 +437,12 @@ impl Inner {
                     retry_after: None,
                 });
             }
+            let live_lease = state.live_lease(now, settings.clock_skew);
+            if state.lease.is_some() && live_lease.is_none() && self.finish_unswapped_commit(&snapshot).await {
+                continue;
+            }
             let mut pause = None;
-            match state.live_lease(now, settings.clock_skew) {
+            match live_lease {
                 Some(lease) => {
                     tracing::debug!(generation = state.generation, "a refresh is in progress elsewhere; waiting");
                     pause = Some(left(lease.until + settings.clock_skew, now));
@@ -472,6 +476,20 @@ impl Inner {
             let delay = polls.next().unwrap_or(settings.poll_max);
             let delay = pause.map_or(delay, |until_expiry| delay.min(until_expiry.max(settings.poll_min)));
             tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// A holder whose lease ran out may have died between the put of its commit and the
+    /// swap. The commit's value is fixed, so anyone may finish the swap and save the pair.
+    async fn finish_unswapped_commit(&self, expired: &Snapshot) -> bool {
+        let commit = child_version_id(&expired.version_id, Step::Commit);
+        match self.store.read_version(&self.secret_id, &commit).await {
+            Ok(Some(_)) => {
+                let swapped = self.store.swap_current(&self.secret_id, &expired.version_id, &commit).await;
+                tracing::info!(generation = expired.state.generation, ?swapped, "finished a commit its holder left unswapped");
+                matches!(swapped, Ok(SwapOutcome::Swapped))
+            }
+            _ => false,
         }
     }
 
