@@ -63,7 +63,7 @@ stage_build() {
   SAM_CLI_BETA_RUST_CARGO_LAMBDA=1 sam build --beta-features --template template.yaml --build-dir "$BUILD_DIR"
   echo "sam build took $((SECONDS - started)) s"
   "$VENV/bin/python" - "$BUILD_DIR" <<'PY'
-import io, sys, zipfile
+import hashlib, io, sys, zipfile
 from pathlib import Path
 
 build = Path(sys.argv[1])
@@ -83,6 +83,10 @@ for function in functions:
     with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as z:  # as sam package zips it
         z.write(bootstrap, "bootstrap")
     print(f"{function:22} {bootstrap.stat().st_size:>12,} {len(archive.getvalue()):>12,}")
+# Four functions, four binaries: a wrong or missing Binary build property shows up as copies.
+digests = {hashlib.sha256((build / f / "bootstrap").read_bytes()).hexdigest() for f in functions}
+if len(digests) != len(functions):
+    sys.exit("some functions got the same bootstrap: check Metadata.BuildProperties.Binary")
 PY
 }
 
