@@ -11,7 +11,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use crate::config::{AppSecret, Config, ConfigError};
+use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
 use crate::keap::api::KeapApi;
 use crate::signup::{SignupQueue, SignupService, SignupSettings, SqsQueue};
 use crate::store::{self, AppSecretError, SecretStore};
@@ -187,6 +187,32 @@ fn http_client(config: &Config) -> Result<reqwest::Client, AppError> {
         .map_err(|e| AppError::Http(e.to_string()))
 }
 
+/// Configuration for a Keap at `keap_base` (the sandbox, in tests and local runs): REST at
+/// `{keap_base}/crm/rest`, token endpoint `{keap_base}/token`, app secret `app`, token secret
+/// `token`, and the documented defaults for everything else.
+pub fn local_config(auth_mode: AuthMode, keap_base: &str) -> Config {
+    let base = keap_base.trim_end_matches('/');
+    Config {
+        auth_mode,
+        store: StoreKind::SecretsManager,
+        app_secret_id: "app".into(),
+        token_secret_id: "token".into(),
+        redirect_uri: None,
+        api_url: format!("{base}/crm/rest"),
+        token_url: format!("{base}/token"),
+        authorize_url: format!("{base}/app/oauth/authorize"),
+        welcome_tag: None,
+        signup_queue_url: None,
+        http_timeout: Duration::from_secs(10),
+        access_margin: Duration::from_secs(300),
+        refresh_lead: Duration::from_secs(6 * 3600),
+        refresh_max_age: Duration::from_secs(30 * 86400),
+        lease_duration: Duration::from_secs(30),
+        signup_retry_budget: Duration::from_secs(2),
+        welcome_email: None,
+    }
+}
+
 /// JSON log lines on stdout (one object per event, as CloudWatch Logs likes them). The level
 /// comes from `RUST_LOG` (full filter syntax), else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else info.
 /// Calling it twice is harmless.
@@ -220,31 +246,13 @@ fn lambda_log_level(level: Option<&str>) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AuthMode, StoreKind};
+    use crate::config::AuthMode;
     use crate::store::memory::MemoryStore;
     use crate::store::{PutOutcome, SecretStore};
     use secrecy::SecretString;
 
     fn config(mode: AuthMode) -> Config {
-        Config {
-            auth_mode: mode,
-            store: StoreKind::SecretsManager,
-            app_secret_id: "app".into(),
-            token_secret_id: "token".into(),
-            redirect_uri: None,
-            api_url: "http://127.0.0.1:9/crm/rest".into(),
-            token_url: "http://127.0.0.1:9/token".into(),
-            authorize_url: "http://127.0.0.1:9/authorize".into(),
-            welcome_tag: None,
-            signup_queue_url: None,
-            http_timeout: Duration::from_secs(1),
-            access_margin: Duration::from_secs(300),
-            refresh_lead: Duration::from_secs(3600),
-            refresh_max_age: Duration::from_secs(86400),
-            lease_duration: Duration::from_secs(30),
-            signup_retry_budget: Duration::from_millis(100),
-            welcome_email: None,
-        }
+        Config { signup_retry_budget: Duration::from_millis(100), ..local_config(mode, "http://127.0.0.1:9") }
     }
 
     async fn put(store: &MemoryStore, id: &str, value: &str) {

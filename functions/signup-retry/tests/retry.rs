@@ -1,0 +1,122 @@
+//! `signup-retry` against an in-process Keap sandbox, fed `events/sqs-signup-batch.json`
+//! (a valid signup, a truncated message, another valid signup) and variations of it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use keap_relay::SecretString;
+use keap_relay::config::WelcomeEmail;
+use keap_relay::keap::api::KeapApi;
+use keap_relay::signup::{SignupService, SignupSettings, TagRef};
+use keap_relay::token::ApiKeySource;
+use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+use signup_retry::handler::{RetryError, handle};
+
+const FIRST: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000001";
+const POISON: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000002";
+const THIRD: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000003";
+
+fn batch() -> Value {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/sqs-signup-batch.json");
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn sqs_event(batch: &Value) -> SqsEvent {
+    serde_json::from_value(batch.clone()).expect("a valid SQS event")
+}
+
+async fn setup(api_key: &str) -> (Sandbox, SignupService) {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
+    let settings = SignupSettings {
+        welcome_tag: Some(TagRef::parse("Welcome")),
+        welcome_email: Some(WelcomeEmail { user_id: 1, subject: "Welcome!".into(), html_body: "<p>Hi</p>".into() }),
+        retry_budget: Duration::from_millis(300),
+    };
+    let service = SignupService::new(api, Arc::new(ApiKeySource::new(SecretString::from(api_key.to_owned()))), settings);
+    (sandbox, service)
+}
+
+fn failed_ids(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<&str> {
+    response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
+}
+
+#[tokio::test]
+async fn only_the_poison_message_is_reported_failed() {
+    let (sandbox, service) = setup(DEFAULT_API_KEY).await;
+    let response = handle(sqs_event(&batch()), &service).await.unwrap();
+
+    assert_eq!(failed_ids(&response), [POISON]);
+    let grace = sandbox.contact_by_email("grace.hopper@example.com").expect("first signup delivered");
+    assert_eq!(grace.given_name, "Grace");
+    assert_eq!(grace.emails_received, 1);
+    assert!(sandbox.contact_by_email("katherine.johnson@example.com").is_some(), "third signup delivered");
+}
+
+#[tokio::test]
+async fn a_redelivered_batch_creates_nothing_twice_and_sends_no_second_email() {
+    let (sandbox, service) = setup(DEFAULT_API_KEY).await;
+    handle(sqs_event(&batch()), &service).await.unwrap();
+    let response = handle(sqs_event(&batch()), &service).await.unwrap();
+
+    assert_eq!(failed_ids(&response), [POISON]);
+    let stats = sandbox.stats();
+    assert_eq!((stats.contacts_created, stats.contacts_updated, stats.emails_queued), (2, 2, 2));
+}
+
+#[tokio::test]
+async fn keap_down_fails_the_whole_batch_after_one_record() {
+    let (sandbox, service) = setup(DEFAULT_API_KEY).await;
+    sandbox.faults().set_server_error_rate(1.0);
+    let response = handle(sqs_event(&batch()), &service).await.unwrap();
+
+    assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
+    let upserts = sandbox.stats().calls_to("PUT", "/crm/rest/v1/contacts");
+    assert!(upserts >= 1, "the first record was tried");
+    sandbox.faults().set_server_error_rate(0.0);
+
+    // Redelivered once Keap is back: everything but the poison message goes through.
+    let response = handle(sqs_event(&batch()), &service).await.unwrap();
+    assert_eq!(failed_ids(&response), [POISON]);
+}
+
+#[tokio::test]
+async fn throttling_beyond_the_budget_fails_the_record_for_redelivery() {
+    let (sandbox, service) = setup(DEFAULT_API_KEY).await;
+    sandbox.faults().throttle_next(1, Some(60));
+    let response = handle(sqs_event(&batch()), &service).await.unwrap();
+    assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
+    assert_eq!(sandbox.stats().throttled, 1, "the rest of the batch was not sent into the throttle");
+}
+
+#[tokio::test]
+async fn a_signup_keap_refuses_is_failed_toward_the_dead_letter_queue_and_the_rest_delivered() {
+    let (sandbox, service) = setup(DEFAULT_API_KEY).await;
+    let mut batch = batch();
+    let body = json!({ "id": "6f1c1e52-3b0a-4f1e-9d3c-2a7b8c9d0e12", "email": "long@example.com", "given_name": "G".repeat(60) });
+    batch["Records"][1]["body"] = body.to_string().into();
+    let response = handle(sqs_event(&batch), &service).await.unwrap();
+
+    assert_eq!(failed_ids(&response), [POISON]);
+    assert!(sandbox.contact_by_email("long@example.com").is_none());
+    assert!(sandbox.contact_by_email("katherine.johnson@example.com").is_some());
+}
+
+#[tokio::test]
+async fn a_refused_api_key_fails_every_record() {
+    let (sandbox, service) = setup("KeapAK-revoked").await;
+    let response = handle(sqs_event(&batch()), &service).await.unwrap();
+    assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
+    assert_eq!(sandbox.stats().contacts_created, 0);
+}
+
+#[tokio::test]
+async fn a_record_without_message_id_fails_the_whole_invocation() {
+    let (_sandbox, service) = setup(DEFAULT_API_KEY).await;
+    let mut batch = batch();
+    batch["Records"][0].as_object_mut().unwrap().remove("messageId");
+    let result = handle(sqs_event(&batch), &service).await;
+    assert!(matches!(result, Err(RetryError::MissingMessageId)));
+}
