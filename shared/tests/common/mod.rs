@@ -79,6 +79,8 @@ pub struct KeapLedger {
     /// Calls with a token that was already spent or never issued (Keap answers invalid_grant).
     pub invalid_grants: u64,
     pub transient_failures: u64,
+    /// Attempts that never reached Keap (connection refused).
+    pub not_sent: u64,
     pub dropped: u64,
     pub crashes_after_issue: u64,
     pub crashes_before: u64,
@@ -179,6 +181,7 @@ impl TokenEndpoint for FakeKeap {
             panic!("injected crash before calling Keap");
         }
         if fault == Some(KeapFault::NotSent) {
+            self.state.lock().unwrap().ledger.not_sent += 1;
             return Err(OAuthError::NotSent("injected connection refused".into()));
         }
         let watched = self.watched.lock().unwrap().clone();
