@@ -69,10 +69,10 @@ fn check(spec: &Yaml, schema: &Yaml, value: &Json, at: &str, problems: &mut Vec<
         problems.push(format!("{at}: {value} is not of type {types:?}"));
         return;
     }
-    if let (Some(allowed), Some(text)) = (schema.get("enum").and_then(Yaml::as_sequence), value.as_str()) {
-        if !allowed.iter().any(|a| a.as_str() == Some(text)) {
-            problems.push(format!("{at}: {text:?} is not one of the spec's enum values"));
-        }
+    if let (Some(allowed), Some(text)) = (schema.get("enum").and_then(Yaml::as_sequence), value.as_str())
+        && !allowed.iter().any(|a| a.as_str() == Some(text))
+    {
+        problems.push(format!("{at}: {text:?} is not one of the spec's enum values"));
     }
     if let (Some(properties), Some(object)) = (schema.get("properties").and_then(Yaml::as_mapping), value.as_object()) {
         let open = schema.get("additionalProperties").is_some_and(|a| a.as_bool() != Some(false));
@@ -84,11 +84,12 @@ fn check(spec: &Yaml, schema: &Yaml, value: &Json, at: &str, problems: &mut Vec<
             }
         }
     }
-    if let (Some(additional), Some(object)) = (schema.get("additionalProperties"), value.as_object()) {
-        if additional.is_mapping() && schema.get("properties").is_none() {
-            for (key, field) in object {
-                check(spec, additional, field, &format!("{at}.{key}"), problems);
-            }
+    if let (Some(additional), Some(object)) = (schema.get("additionalProperties"), value.as_object())
+        && additional.is_mapping()
+        && schema.get("properties").is_none()
+    {
+        for (key, field) in object {
+            check(spec, additional, field, &format!("{at}.{key}"), problems);
         }
     }
     if let (Some(items), Some(array)) = (schema.get("items"), value.as_array()) {

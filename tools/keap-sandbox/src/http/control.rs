@@ -8,7 +8,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use http::StatusCode;
 use serde::Deserialize;
@@ -43,8 +43,19 @@ fn bad_request(message: impl std::fmt::Display) -> Response {
     json(StatusCode::BAD_REQUEST, &json!({"error": message.to_string()}))
 }
 
-fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, Response> {
-    serde_json::from_slice(body).map_err(|err| bad_request(format!("invalid JSON body: {err}")))
+/// A control request body that does not parse.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid JSON body: {0}")]
+struct BadControlBody(#[from] serde_json::Error);
+
+impl IntoResponse for BadControlBody {
+    fn into_response(self) -> Response {
+        bad_request(self)
+    }
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, BadControlBody> {
+    Ok(serde_json::from_slice(body)?)
 }
 
 async fn stats(State(shared): State<Arc<Shared>>) -> Response {
@@ -63,7 +74,7 @@ async fn faults(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
             shared.faults.apply(&settings);
             done()
         }
-        Err(response) => response,
+        Err(err) => err.into_response(),
     }
 }
 
@@ -75,7 +86,7 @@ struct GrantRequest {
 async fn grant(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match parse::<GrantRequest>(&body) {
         Ok(request) => json(StatusCode::OK, &json!(shared.mint_grant(&request.client_id))),
-        Err(response) => response,
+        Err(err) => err.into_response(),
     }
 }
 
@@ -100,7 +111,7 @@ async fn advance_clock(State(shared): State<Arc<Shared>>, body: Bytes) -> Respon
             shared.world().oauth.advance_clock(Duration::from_secs(request.secs));
             done()
         }
-        Err(response) => response,
+        Err(err) => err.into_response(),
     }
 }
 
@@ -115,7 +126,7 @@ async fn auto_approve(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
             shared.auto_approve.store(request.on, Ordering::SeqCst);
             done()
         }
-        Err(response) => response,
+        Err(err) => err.into_response(),
     }
 }
 
@@ -148,6 +159,6 @@ async fn unsubscribe(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     match parse::<Unsubscribe>(&body) {
         Ok(request) if shared.world().crm.unsubscribe(&request.email) => done(),
         Ok(_) => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
-        Err(response) => response,
+        Err(err) => err.into_response(),
     }
 }

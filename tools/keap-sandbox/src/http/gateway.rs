@@ -5,12 +5,13 @@ use std::sync::Arc;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use http::{HeaderMap, HeaderValue, StatusCode, header};
 use serde_json::json;
 
 use super::{CONTROL_PREFIX, ConnectionDropped, REST_PREFIX, TOKEN_PATH};
 use crate::Shared;
+use crate::crm::ApiVersion;
 use crate::oauth_store::Credential;
 use crate::quota::QuotaReport;
 use crate::stats::{AuthKind, CallRecord};
@@ -208,10 +209,10 @@ pub(crate) fn gateway_error(status: u16) -> Response {
 
 /// An authenticated call to a path the sandbox does not serve.
 pub(crate) async fn unknown_rest_path(request: Request) -> Response {
-    let path = request.uri().path();
-    if path.starts_with("/v2/") {
-        super::v2::error(StatusCode::NOT_FOUND, "Resource not found", Vec::new())
+    let version = if request.uri().path().starts_with("/v2/") {
+        ApiVersion::V2
     } else {
-        super::v1::error(StatusCode::NOT_FOUND, "Resource not found")
-    }
+        ApiVersion::V1
+    };
+    super::ApiError::new(version, StatusCode::NOT_FOUND, "Resource not found").into_response()
 }

@@ -13,6 +13,7 @@ use axum::response::{IntoResponse, Response};
 use http::{HeaderValue, StatusCode, header};
 
 use crate::Shared;
+use crate::crm::ApiVersion;
 
 pub(crate) const REST_PREFIX: &str = "/crm/rest";
 pub(crate) const TOKEN_PATH: &str = "/token";
@@ -104,5 +105,83 @@ pub(crate) fn check_base64(body: &serde_json::Value, name: &str) -> Result<(), S
             .map(|_| ())
             .map_err(|_| format!("{name} must be Base64-encoded")),
         Some(_) => Err(format!("{name} must be a Base64-encoded string")),
+    }
+}
+
+/// An application error (after the gateway), rendered in the shape of its API version:
+/// v1 `{"message"}`, v2 `{"code","message","status","details"}`.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{status}: {message}")]
+pub(crate) struct ApiError {
+    version: ApiVersion,
+    status: StatusCode,
+    message: String,
+    details: Vec<serde_json::Value>,
+}
+
+impl ApiError {
+    pub(crate) fn new(version: ApiVersion, status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            version,
+            status,
+            message: message.into(),
+            details: Vec::new(),
+        }
+    }
+
+    pub(crate) fn bad_request(version: ApiVersion, message: impl Into<String>) -> Self {
+        Self::new(version, StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 404 for a missing resource; v2 names it in `details` (the spec's `ErrorDetails`).
+    pub(crate) fn not_found(version: ApiVersion, resource: &str, id: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(version, StatusCode::NOT_FOUND, format!("{resource} {id} not found"));
+        error.details = vec![serde_json::json!({"domain": "crm", "resource": resource})];
+        error
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = match self.version {
+            ApiVersion::V1 => serde_json::json!({"message": self.message}),
+            ApiVersion::V2 => {
+                let status_name = self
+                    .status
+                    .canonical_reason()
+                    .unwrap_or("Error")
+                    .to_uppercase()
+                    .replace(' ', "_");
+                serde_json::json!({"code": self.status.as_u16(), "message": self.message,
+                                   "status": status_name, "details": self.details})
+            }
+        };
+        json(self.status, &body)
+    }
+}
+
+/// A JSON object body, or the version's 400/415.
+pub(crate) fn json_object(version: ApiVersion, headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+    let value = json_body(headers, body).map_err(|err| ApiError::new(version, err.status(), err.to_string()))?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err(ApiError::bad_request(version, "The request body must be a JSON object"))
+    }
+}
+
+/// A positive numeric id from the path.
+pub(crate) fn path_id(version: ApiVersion, raw: &str, what: &str) -> Result<i64, ApiError> {
+    raw.parse::<i64>()
+        .ok()
+        .filter(|id| *id > 0)
+        .ok_or_else(|| ApiError::bad_request(version, format!("{what} must be a positive numeric id, got {raw:?}")))
+}
+
+/// `subject` of the email endpoints: a non-blank string.
+pub(crate) fn check_subject(body: &serde_json::Value) -> Result<(), String> {
+    match body.get("subject") {
+        Some(serde_json::Value::String(subject)) if !subject.trim().is_empty() => Ok(()),
+        _ => Err("subject is required".to_owned()),
     }
 }

@@ -304,13 +304,14 @@ pub(crate) async fn token(State(shared): State<Arc<Shared>>, request: Request) -
             if let Ok(tenant) = HeaderValue::from_str(&shared.config.tenant) {
                 response.headers_mut().insert("x-keap-tenant-id", tenant);
             }
-            if grant_type == GrantType::RefreshToken && shared.faults.take_dropped_refresh() {
-                if let Some(connection) = &connection {
-                    connection.sever();
-                    shared.world().stats.dropped_responses += 1;
-                    response.extensions_mut().insert(ConnectionDropped);
-                    tracing::debug!("refresh applied, response dropped by fault injection");
-                }
+            if grant_type == GrantType::RefreshToken
+                && let Some(connection) = &connection
+                && shared.faults.take_dropped_refresh()
+            {
+                connection.sever();
+                shared.world().stats.dropped_responses += 1;
+                response.extensions_mut().insert(ConnectionDropped);
+                tracing::debug!("refresh applied, response dropped by fault injection");
             }
             response
         }

@@ -11,11 +11,13 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::{BodyError, check_base64, json_body};
+use super::{ApiError, check_base64, check_subject, json_object};
 use crate::Shared;
 use crate::crm::{ApiVersion, DuplicateOption, parse_contact};
 
-type Reply = Result<Response, Response>;
+type Reply = Result<Response, ApiError>;
+
+const V1: ApiVersion = ApiVersion::V1;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -30,33 +32,16 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/emails/queue", post(queue_email))
 }
 
-/// v1 application error body.
-pub(crate) fn error(status: StatusCode, message: &str) -> Response {
-    super::json(status, &json!({"message": message}))
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(V1, message)
 }
 
-fn bad_request(message: impl AsRef<str>) -> Response {
-    error(StatusCode::BAD_REQUEST, message.as_ref())
+fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    json_object(V1, headers, body)
 }
 
-fn body_error(err: BodyError) -> Response {
-    error(err.status(), &err.to_string())
-}
-
-fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
-    let value = json_body(headers, body).map_err(body_error)?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(bad_request("The request body must be a JSON object"))
-    }
-}
-
-fn path_id(raw: &str, what: &str) -> Result<i64, Response> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad_request(format!("{what} must be a positive integer, got {raw:?}")))
+fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    super::path_id(V1, raw, what)
 }
 
 /// `PUT /v1/contacts`: create or update by `duplicate_option`.
@@ -95,7 +80,7 @@ fn contact_saved(world: &mut crate::World, created: bool, id: i64) -> Reply {
         .crm
         .contact(id)
         .map(|c| c.v1_json())
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, "Contact not found"))?;
+        .ok_or_else(|| ApiError::not_found(V1, "Contact", id))?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(super::json(status, &contact))
 }
@@ -106,11 +91,11 @@ async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<S
     let contact = world
         .crm
         .contact(id)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("Contact {id} not found")))?;
+        .ok_or_else(|| ApiError::not_found(V1, "Contact", id))?;
     Ok(super::json(StatusCode::OK, &contact.v1_json()))
 }
 
-fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), Response> {
+fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), ApiError> {
     let number = |name: &str, default: usize| match query.get(name) {
         None => Ok(default),
         Some(raw) => raw
@@ -162,7 +147,7 @@ async fn apply_tags(
     };
     let mut world = shared.world();
     if world.crm.contact(contact_id).is_none() {
-        return Err(error(StatusCode::NOT_FOUND, &format!("Contact {contact_id} not found")));
+        return Err(ApiError::not_found(V1, "Contact", contact_id));
     }
     let mut results = Map::new();
     for tag_id in tag_ids {
@@ -198,7 +183,7 @@ async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) 
     let tag = world
         .crm
         .tag(id)
-        .ok_or_else(|| error(StatusCode::NOT_FOUND, &format!("Tag {id} not found")))?;
+        .ok_or_else(|| ApiError::not_found(V1, "Tag", id))?;
     Ok(super::json(StatusCode::OK, &tag.v1_json()))
 }
 
@@ -251,10 +236,7 @@ async fn queue_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         None | Some(Value::Null) => return Err(bad_request("contacts is required")),
         Some(_) => return Err(bad_request("contacts must be an array of contact ids")),
     };
-    match body.get("subject") {
-        Some(Value::String(subject)) if !subject.trim().is_empty() => {}
-        _ => return Err(bad_request("subject is required")),
-    }
+    check_subject(&body).map_err(bad_request)?;
     match body.get("user_id") {
         Some(Value::Number(id)) if id.as_i64().is_some_and(|id| id > 0) => {}
         None | Some(Value::Null) => return Err(bad_request("user_id is required")),

@@ -12,11 +12,13 @@ use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::{BodyError, check_base64, json_body};
+use super::{ApiError, check_base64, check_subject, json_object};
 use crate::Shared;
 use crate::crm::{ApiVersion, ApplyOutcome, Contact, DuplicateOption, Tag, parse_contact};
 
-type Reply = Result<Response, Response>;
+type Reply = Result<Response, ApiError>;
+
+const V2: ApiVersion = ApiVersion::V2;
 
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
@@ -28,49 +30,20 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/v2/emails:send", post(send_email))
 }
 
-/// v2 application error body, per the spec's `Error` schema.
-pub(crate) fn error(status: StatusCode, message: &str, details: Vec<Value>) -> Response {
-    let status_name = status
-        .canonical_reason()
-        .unwrap_or("Error")
-        .to_uppercase()
-        .replace(' ', "_");
-    super::json(
-        status,
-        &json!({"code": status.as_u16(), "message": message, "status": status_name, "details": details}),
-    )
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError::bad_request(V2, message)
 }
 
-fn bad_request(message: impl AsRef<str>) -> Response {
-    error(StatusCode::BAD_REQUEST, message.as_ref(), Vec::new())
+fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
+    json_object(V2, headers, body)
 }
 
-fn not_found(resource: &str, id: &str) -> Response {
-    error(
-        StatusCode::NOT_FOUND,
-        &format!("{resource} {id} not found"),
-        vec![json!({"domain": "crm", "resource": resource})],
-    )
-}
-
-fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, Response> {
-    let value = json_body(headers, body).map_err(|err: BodyError| error(err.status(), &err.to_string(), Vec::new()))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(bad_request("The request body must be a JSON object"))
-    }
-}
-
-fn path_id(raw: &str, what: &str) -> Result<i64, Response> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| bad_request(format!("{what} must be a numeric id, got {raw:?}")))
+fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
+    super::path_id(V2, raw, what)
 }
 
 /// v2 ids in bodies are strings holding a number.
-fn string_ids(body: &Value, name: &str) -> Result<Vec<i64>, Response> {
+fn string_ids(body: &Value, name: &str) -> Result<Vec<i64>, ApiError> {
     match body.get(name) {
         Some(Value::Array(ids)) if !ids.is_empty() => ids
             .iter()
@@ -84,7 +57,7 @@ fn string_ids(body: &Value, name: &str) -> Result<Vec<i64>, Response> {
 }
 
 /// `filter=a==x;b==y` -> [(a, x), (b, y)]; only the named fields are allowed.
-fn parse_filter<'a>(filter: Option<&'a String>, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, Response> {
+fn parse_filter<'a>(filter: Option<&'a String>, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
     let Some(filter) = filter else { return Ok(Vec::new()) };
     filter
         .split(';')
@@ -106,7 +79,7 @@ fn parse_filter<'a>(filter: Option<&'a String>, allowed: &[&str]) -> Result<Vec<
         .collect()
 }
 
-fn page_size(query: &HashMap<String, String>) -> Result<usize, Response> {
+fn page_size(query: &HashMap<String, String>) -> Result<usize, ApiError> {
     match query.get("page_size") {
         None => Ok(1000),
         Some(raw) => match raw.parse::<usize>() {
@@ -146,7 +119,7 @@ async fn create_contact(
         .crm
         .contact(id)
         .map(Contact::v2_json)
-        .ok_or_else(|| not_found("Contact", &id.to_string()))?;
+        .ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(super::json(status, &contact))
 }
@@ -183,7 +156,7 @@ async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<Ha
 async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<String>) -> Reply {
     let id = path_id(&contact_id, "contact_id")?;
     let world = shared.world();
-    let contact = world.crm.contact(id).ok_or_else(|| not_found("Contact", &contact_id))?;
+    let contact = world.crm.contact(id).ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
     Ok(super::json(StatusCode::OK, &contact.v2_json()))
 }
 
@@ -217,7 +190,7 @@ async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMa
 async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
     let id = path_id(&tag_id, "tag_id")?;
     let world = shared.world();
-    let tag = world.crm.tag(id).ok_or_else(|| not_found("Tag", &tag_id))?;
+    let tag = world.crm.tag(id).ok_or_else(|| ApiError::not_found(V2, "Tag", id))?;
     Ok(super::json(StatusCode::OK, &tag.v2_json()))
 }
 
@@ -244,7 +217,7 @@ async fn apply_tags(
     let contact_ids = string_ids(&body, "contact_ids")?;
     let mut world = shared.world();
     if world.crm.tag(id).is_none() {
-        return Err(not_found("Tag", &tag_id));
+        return Err(ApiError::not_found(V2, "Tag", id));
     }
     let mut results = Map::new();
     for contact_id in contact_ids {
@@ -261,10 +234,7 @@ async fn apply_tags(
 async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
     let body = object(&headers, &body)?;
     let contacts = string_ids(&body, "contacts")?;
-    match body.get("subject") {
-        Some(Value::String(subject)) if !subject.trim().is_empty() => {}
-        _ => return Err(bad_request("subject is required")),
-    }
+    check_subject(&body).map_err(bad_request)?;
     let sender = |name: &str| match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) if !text.trim().is_empty() => Ok(Some(text.clone())),
