@@ -289,3 +289,23 @@ async fn a_contact_keap_refuses_is_422_with_keaps_message_and_not_queued() {
     assert!(answer.json["error"]["message"].as_str().unwrap().contains("given_name"), "{}", answer.json);
     assert!(h.queued().is_empty(), "retrying cannot help, so nothing is queued");
 }
+
+#[tokio::test]
+async fn a_welcome_tag_keap_does_not_know_sends_no_email_but_the_signup_succeeds() {
+    let h = Harness::start(Options { welcome_tag: Some("999999"), ..Options::default() }).await;
+    let answer = h.send(signed_file("signup-valid.json")).await;
+
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    assert_eq!(answer.json["tags"]["999999"], "TAG_ID_NOT_FOUND");
+    assert_eq!(answer.json["tags"]["Newsletter"], "SUCCESS");
+    assert_eq!(answer.json["welcome_email"], "skipped");
+    assert_eq!(h.sandbox.stats().emails_queued, 0);
+}
+
+#[tokio::test]
+async fn without_a_welcome_tag_the_email_follows_contact_creation() {
+    let h = Harness::start(Options { welcome_tag: None, ..Options::default() }).await;
+    assert_eq!(h.send(signed_file("signup-valid.json")).await.json["welcome_email"], "sent");
+    assert_eq!(h.send(signed_file("signup-valid.json")).await.json["welcome_email"], "already_welcomed");
+    assert_eq!(h.sandbox.stats().emails_queued, 1);
+}

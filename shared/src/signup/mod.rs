@@ -56,6 +56,9 @@ pub enum WelcomeEmailOutcome {
     AlreadyWelcomed,
     /// Keap refused or failed to queue it; logged, and the signup still succeeded.
     Failed,
+    /// The welcome tag could not be applied (refused, or an unknown tag id), so there is no
+    /// record that this contact was welcomed: no email, rather than one per repeat.
+    Skipped,
 }
 
 /// A signup Keap took. Serializes to the `POST /signup` success body.
@@ -251,19 +254,23 @@ impl SignupService {
             tags.insert(tag.label(), status.as_str().to_owned());
         }
 
+        let outcome = |welcome_email| SignupOutcome { contact_id: contact.id, created: contact.created, tags: tags.clone(), welcome_email };
         let welcome_email = match &self.settings.welcome_email {
             None => None,
             Some(email) => {
-                // Without a welcome tag, a new contact is the "first signup" signal.
-                let first_time = match welcome_tag_status {
-                    Some(status) => status == TagApplyStatus::Success,
-                    None => self.settings.welcome_tag.is_none() && contact.created,
+                // The welcome tag newly applied is the "first signup" signal; without a
+                // welcome tag configured, a newly created contact is.
+                let first_time = match (&self.settings.welcome_tag, welcome_tag_status) {
+                    (None, _) => contact.created,
+                    (Some(_), Some(TagApplyStatus::Success)) => true,
+                    (Some(_), Some(TagApplyStatus::Duplicate)) => false,
+                    (Some(_), _) => return Ok(outcome(Some(WelcomeEmailOutcome::Skipped))),
                 };
                 Some(if first_time { self.send_welcome(&attempt, email, contact.id).await } else { WelcomeEmailOutcome::AlreadyWelcomed })
             }
         };
 
-        Ok(SignupOutcome { contact_id: contact.id, created: contact.created, tags, welcome_email })
+        Ok(outcome(welcome_email))
     }
 
     async fn send_welcome(&self, attempt: &Attempt, email: &WelcomeEmail, contact_id: i64) -> WelcomeEmailOutcome {

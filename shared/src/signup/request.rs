@@ -299,3 +299,31 @@ mod tests {
         assert_eq!(again, signup);
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Any bytes get an answer, never a panic.
+        #[test]
+        fn any_body_is_accepted_or_refused_with_a_code(body in proptest::collection::vec(any::<u8>(), 0..512)) {
+            if let Err(invalid) = Signup::from_json(&body) {
+                prop_assert!(!invalid.code().is_empty());
+            }
+        }
+
+        /// Any string values in the known fields are validated without panicking, and what
+        /// passes holds no control character.
+        #[test]
+        fn any_field_values_validate_cleanly(email in ".{0,300}", name in ".{0,150}", tag in ".{0,120}") {
+            let body = serde_json::json!({ "email": email, "given_name": name, "tags": [tag] }).to_string();
+            if let Ok(signup) = Signup::from_json(body.as_bytes()) {
+                prop_assert!(!signup.email.chars().any(char::is_control));
+                prop_assert!(signup.given_name.iter().all(|n| !n.chars().any(char::is_control)));
+            }
+        }
+    }
+}

@@ -167,3 +167,27 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod properties {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        /// Arbitrary headers are refused (or, by astronomically bad luck, accepted) without panicking.
+        #[test]
+        fn any_header_gets_an_answer(header in ".{0,200}", body in proptest::collection::vec(any::<u8>(), 0..64)) {
+            let key = SecretString::from("k");
+            let _ = verify(&key, Some(&header), &body, SystemTime::now());
+        }
+
+        /// What `sign` makes, `verify` accepts, for any body and key.
+        #[test]
+        fn sign_and_verify_agree(key in ".{1,40}", body in proptest::collection::vec(any::<u8>(), 0..256), t in 0i64..4_000_000_000) {
+            let key = SecretString::from(key);
+            let now = UNIX_EPOCH + Duration::from_secs(t as u64);
+            prop_assert_eq!(verify(&key, Some(&sign(&key, t, &body)), &body, now), Ok(()));
+        }
+    }
+}
