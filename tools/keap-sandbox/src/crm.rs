@@ -658,6 +658,21 @@ impl Crm {
     }
 }
 
+/// v1 replaces only the slots given (EMAIL2 stays when EMAIL1 is sent); v2 replaces the
+/// whole list (the spec: "Any item not listed here will be removed").
+fn merge_slots<T>(stored: &mut Vec<T>, given: Vec<T>, version: ApiVersion, slot: impl Fn(&T) -> u8) {
+    match version {
+        ApiVersion::V1 => {
+            for item in given {
+                stored.retain(|s| slot(s) != slot(&item));
+                stored.push(item);
+            }
+        }
+        ApiVersion::V2 => *stored = given,
+    }
+    stored.sort_by_key(|s| slot(s));
+}
+
 fn update(contact: &mut Contact, input: ContactInput, version: ApiVersion) {
     if let Some(name) = input.given_name {
         contact.given_name = Some(name);
@@ -667,28 +682,10 @@ fn update(contact: &mut Contact, input: ContactInput, version: ApiVersion) {
     }
     if let Some(mut emails) = input.emails {
         carry_statuses(&contact.emails, &mut emails);
-        match version {
-            ApiVersion::V1 => {
-                for email in emails {
-                    contact.emails.retain(|e| e.slot != email.slot);
-                    contact.emails.push(email);
-                }
-            }
-            ApiVersion::V2 => contact.emails = emails,
-        }
-        contact.emails.sort_by_key(|e| e.slot);
+        merge_slots(&mut contact.emails, emails, version, |e| e.slot);
     }
     if let Some(phones) = input.phones {
-        match version {
-            ApiVersion::V1 => {
-                for phone in phones {
-                    contact.phones.retain(|p| p.slot != phone.slot);
-                    contact.phones.push(phone);
-                }
-            }
-            ApiVersion::V2 => contact.phones = phones,
-        }
-        contact.phones.sort_by_key(|p| p.slot);
+        merge_slots(&mut contact.phones, phones, version, |p| p.slot);
     }
     if input.source_type.is_some() {
         contact.source_type = input.source_type;

@@ -95,8 +95,28 @@ pub(crate) fn json_body(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_
     serde_json::from_slice(body).map_err(|err| BodyError::Malformed(err.to_string()))
 }
 
+/// The common end of v1's queue and v2's send: check the content, deliver, count; 202.
+pub(crate) fn deliver_email(
+    shared: &Shared,
+    version: ApiVersion,
+    body: &serde_json::Value,
+    contacts: &[i64],
+) -> Result<Response, ApiError> {
+    // Content is optional in the spec; when given it must be Base64.
+    for field in ["html_content", "plain_content"] {
+        check_base64(body, field).map_err(|message| ApiError::bad_request(version, message))?;
+    }
+    let mut world = shared.world();
+    world
+        .crm
+        .deliver_email(contacts)
+        .map_err(|unknown| ApiError::bad_request(version, format!("Contact {unknown} not found")))?;
+    world.stats.emails_queued += contacts.len() as u64;
+    Ok(StatusCode::ACCEPTED.into_response())
+}
+
 /// Base64 (standard alphabet) content fields of the email endpoints.
-pub(crate) fn check_base64(body: &serde_json::Value, name: &str) -> Result<(), String> {
+fn check_base64(body: &serde_json::Value, name: &str) -> Result<(), String> {
     use base64::Engine;
     match body.get(name) {
         None | Some(serde_json::Value::Null) => Ok(()),
@@ -160,22 +180,24 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A JSON object body, or the version's 400/415.
-pub(crate) fn json_object(version: ApiVersion, headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-    let value = json_body(headers, body).map_err(|err| ApiError::new(version, err.status(), err.to_string()))?;
-    if value.is_object() {
-        Ok(value)
-    } else {
-        Err(ApiError::bad_request(version, "The request body must be a JSON object"))
+impl ApiVersion {
+    /// A JSON object body, or this version's 400/415.
+    pub(crate) fn object(self, headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        let value = json_body(headers, body).map_err(|err| ApiError::new(self, err.status(), err.to_string()))?;
+        if value.is_object() {
+            Ok(value)
+        } else {
+            Err(ApiError::bad_request(self, "The request body must be a JSON object"))
+        }
     }
-}
 
-/// A positive numeric id from the path.
-pub(crate) fn path_id(version: ApiVersion, raw: &str, what: &str) -> Result<i64, ApiError> {
-    raw.parse::<i64>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError::bad_request(version, format!("{what} must be a positive numeric id, got {raw:?}")))
+    /// A positive numeric id from the path.
+    pub(crate) fn path_id(self, raw: &str, what: &str) -> Result<i64, ApiError> {
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| ApiError::bad_request(self, format!("{what} must be a positive numeric id, got {raw:?}")))
+    }
 }
 
 /// `subject` of the email endpoints: a non-blank string.

@@ -6,12 +6,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, check_base64, check_subject, json_object};
+use super::{ApiError, check_subject};
 use crate::Shared;
 use crate::crm::{ApiVersion, DuplicateOption, parse_contact};
 
@@ -36,17 +36,9 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(V1, message)
 }
 
-fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    json_object(V1, headers, body)
-}
-
-fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    super::path_id(V1, raw, what)
-}
-
 /// `PUT /v1/contacts`: create or update by `duplicate_option`.
 async fn upsert_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let body = object(&headers, &body)?;
+    let body = V1.object(&headers, &body)?;
     let duplicate = match body.get("duplicate_option") {
         Some(Value::String(option)) => DuplicateOption::parse(option).map_err(bad_request)?,
         None | Some(Value::Null) => return Err(bad_request("duplicate_option is required (Email or EmailAndName)")),
@@ -63,7 +55,7 @@ async fn upsert_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
 
 /// `POST /v1/contacts`: always creates, even when the email exists (Keap makes a duplicate).
 async fn create_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let body = object(&headers, &body)?;
+    let body = V1.object(&headers, &body)?;
     let input = parse_contact(&body, ApiVersion::V1).map_err(bad_request)?;
     let mut world = shared.world();
     let id = world.crm.create(input).map_err(bad_request)?;
@@ -86,7 +78,7 @@ fn contact_saved(world: &mut crate::World, created: bool, id: i64) -> Reply {
 }
 
 async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<String>) -> Reply {
-    let id = path_id(&contact_id, "contactId")?;
+    let id = V1.path_id(&contact_id, "contactId")?;
     let world = shared.world();
     let contact = world
         .crm
@@ -133,8 +125,8 @@ async fn apply_tags(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    let contact_id = path_id(&contact_id, "contactId")?;
-    let body = object(&headers, &body)?;
+    let contact_id = V1.path_id(&contact_id, "contactId")?;
+    let body = V1.object(&headers, &body)?;
     let tag_ids = match body.get("tagIds") {
         Some(Value::Array(ids)) if !ids.is_empty() => ids
             .iter()
@@ -178,7 +170,7 @@ async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMa
 }
 
 async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
-    let id = path_id(&tag_id, "tagId")?;
+    let id = V1.path_id(&tag_id, "tagId")?;
     let world = shared.world();
     let tag = world
         .crm
@@ -215,7 +207,7 @@ pub(crate) fn tag_fields(body: &Value, category_id_is_string: bool) -> Result<(S
 /// `POST /v1/tags` with `{"name"}`. Names are not unique at Keap: a second tag with the
 /// same name is created.
 async fn create_tag(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let body = object(&headers, &body)?;
+    let body = V1.object(&headers, &body)?;
     let (name, description, category) = tag_fields(&body, false).map_err(bad_request)?;
     let mut world = shared.world();
     world.stats.tags_created += 1;
@@ -225,7 +217,7 @@ async fn create_tag(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
 
 /// `POST /v1/emails/queue`: 202, one email counted per recipient.
 async fn queue_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let body = object(&headers, &body)?;
+    let body = V1.object(&headers, &body)?;
     let contacts = match body.get("contacts") {
         Some(Value::Array(ids)) if !ids.is_empty() => ids
             .iter()
@@ -242,14 +234,5 @@ async fn queue_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body
         None | Some(Value::Null) => return Err(bad_request("user_id is required")),
         Some(_) => return Err(bad_request("user_id must be a positive integer")),
     }
-    // Content is optional in the spec; when given it must be Base64.
-    check_base64(&body, "html_content").map_err(bad_request)?;
-    check_base64(&body, "plain_content").map_err(bad_request)?;
-    let mut world = shared.world();
-    world
-        .crm
-        .deliver_email(&contacts)
-        .map_err(|unknown| bad_request(format!("Contact {unknown} not found")))?;
-    world.stats.emails_queued += contacts.len() as u64;
-    Ok(StatusCode::ACCEPTED.into_response())
+    super::deliver_email(&shared, V1, &body, &contacts)
 }

@@ -7,12 +7,12 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use axum::routing::{get, post};
 use http::{HeaderMap, StatusCode};
 use serde_json::{Map, Value, json};
 
-use super::{ApiError, check_base64, check_subject, json_object};
+use super::{ApiError, check_subject};
 use crate::Shared;
 use crate::crm::{ApiVersion, ApplyOutcome, Contact, DuplicateOption, Tag, parse_contact};
 
@@ -32,14 +32,6 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(V2, message)
-}
-
-fn object(headers: &HeaderMap, body: &Bytes) -> Result<Value, ApiError> {
-    json_object(V2, headers, body)
-}
-
-fn path_id(raw: &str, what: &str) -> Result<i64, ApiError> {
-    super::path_id(V2, raw, what)
 }
 
 /// v2 ids in bodies are strings holding a number.
@@ -103,7 +95,7 @@ async fn create_contact(
         .map(|option| DuplicateOption::parse(option))
         .transpose()
         .map_err(bad_request)?;
-    let body = object(&headers, &body)?;
+    let body = V2.object(&headers, &body)?;
     let input = parse_contact(&body, ApiVersion::V2).map_err(bad_request)?;
     let mut world = shared.world();
     let (created, id) = world
@@ -154,7 +146,7 @@ async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<Ha
 }
 
 async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<String>) -> Reply {
-    let id = path_id(&contact_id, "contact_id")?;
+    let id = V2.path_id(&contact_id, "contact_id")?;
     let world = shared.world();
     let contact = world.crm.contact(id).ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
     Ok(super::json(StatusCode::OK, &contact.v2_json()))
@@ -188,7 +180,7 @@ async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMa
 }
 
 async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
-    let id = path_id(&tag_id, "tag_id")?;
+    let id = V2.path_id(&tag_id, "tag_id")?;
     let world = shared.world();
     let tag = world.crm.tag(id).ok_or_else(|| ApiError::not_found(V2, "Tag", id))?;
     Ok(super::json(StatusCode::OK, &tag.v2_json()))
@@ -196,7 +188,7 @@ async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) 
 
 /// `POST /v2/tags` (`CreateUpdateTagRequest`) -> 201 `Tag`.
 async fn create_tag(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let body = object(&headers, &body)?;
+    let body = V2.object(&headers, &body)?;
     let (name, description, category) = super::v1::tag_fields(&body, true).map_err(bad_request)?;
     let mut world = shared.world();
     world.stats.tags_created += 1;
@@ -212,8 +204,8 @@ async fn apply_tags(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    let id = path_id(&tag_id, "tag_id")?;
-    let body = object(&headers, &body)?;
+    let id = V2.path_id(&tag_id, "tag_id")?;
+    let body = V2.object(&headers, &body)?;
     let contact_ids = string_ids(&body, "contact_ids")?;
     let mut world = shared.world();
     if world.crm.tag(id).is_none() {
@@ -232,7 +224,7 @@ async fn apply_tags(
 
 /// `POST /v2/emails:send` (`EmailSendRequest`): exactly one of `user_id` / `from_address`.
 async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
-    let body = object(&headers, &body)?;
+    let body = V2.object(&headers, &body)?;
     let contacts = string_ids(&body, "contacts")?;
     check_subject(&body).map_err(bad_request)?;
     let sender = |name: &str| match body.get(name) {
@@ -253,14 +245,5 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         }
         _ => return Err(bad_request("Exactly one of user_id or from_address is required")),
     }
-    // Content is optional in the spec; when given it must be Base64.
-    check_base64(&body, "html_content").map_err(bad_request)?;
-    check_base64(&body, "plain_content").map_err(bad_request)?;
-    let mut world = shared.world();
-    world
-        .crm
-        .deliver_email(&contacts)
-        .map_err(|unknown| bad_request(format!("Contact {unknown} not found")))?;
-    world.stats.emails_queued += contacts.len() as u64;
-    Ok(StatusCode::ACCEPTED.into_response())
+    super::deliver_email(&shared, V2, &body, &contacts)
 }
