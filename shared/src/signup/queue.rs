@@ -6,7 +6,7 @@
 //! that validated the request.
 
 use std::sync::Mutex;
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use serde::Serialize;
@@ -34,8 +34,10 @@ struct Message<'a> {
 }
 
 impl QueuedSignup {
+    /// `first_seen_at` is kept to the second, as the message carries it.
     pub fn new(signup: Signup, first_seen_at: SystemTime) -> Self {
-        Self { id: Uuid::new_v4(), first_seen_at, signup }
+        let seconds = first_seen_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
+        Self { id: Uuid::new_v4(), first_seen_at: UNIX_EPOCH + Duration::from_secs(seconds), signup }
     }
 
     /// The message body.

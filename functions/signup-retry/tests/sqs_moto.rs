@@ -1,0 +1,105 @@
+//! The queued path end to end over a real SQS API (moto): `SqsQueue` sends what `signup`
+//! would queue, the message comes back as SQS delivers it, and `signup-retry` hands it to Keap.
+//!
+//! Needs `moto_server` (installed by `scripts/bootstrap.sh` into `.venv`; found through
+//! `MOTO_SERVER` or `.venv/bin/moto_server`).
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use keap_relay::SecretString;
+use keap_relay::keap::api::KeapApi;
+use keap_relay::signup::{QueuedSignup, Signup, SignupQueue, SignupService, SignupSettings, SqsQueue};
+use keap_relay::token::ApiKeySource;
+use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
+use serde_json::json;
+
+struct Moto {
+    child: Child,
+    url: String,
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn moto_binary() -> PathBuf {
+    std::env::var_os("MOTO_SERVER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/moto_server")))
+}
+
+async fn start_moto() -> Moto {
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let binary = moto_binary();
+    let child = Command::new(&binary)
+        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/bootstrap.sh moto", binary.display()));
+    let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+            return moto;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("moto_server did not listen on port {port} within 10 s");
+}
+
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .endpoint_url(endpoint)
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+#[tokio::test]
+async fn a_signup_queued_in_sqs_is_delivered_by_signup_retry() {
+    let moto = start_moto().await;
+    let client = sqs_client(&moto.url);
+    let queue_url = client.create_queue().queue_name("keap-relay-signups").send().await.unwrap().queue_url.unwrap();
+
+    let signup = Signup::from_json(
+        json!({ "email": "mary.jackson@example.com", "given_name": "Mary", "opt_in": true, "tags": ["Newsletter"] })
+            .to_string()
+            .as_bytes(),
+    )
+    .unwrap();
+    let queued = QueuedSignup::new(signup, SystemTime::now());
+    SqsQueue::new(client.clone(), queue_url.clone()).enqueue(&queued, Duration::ZERO).await.unwrap();
+
+    // Read it back as the SQS event source mapping would deliver it.
+    let received = client.receive_message().queue_url(&queue_url).max_number_of_messages(10).send().await.unwrap();
+    let messages = received.messages.unwrap_or_default();
+    assert_eq!(messages.len(), 1);
+    let records: Vec<_> = messages
+        .iter()
+        .map(|m| json!({ "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body, "eventSource": "aws:sqs" }))
+        .collect();
+    let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
+    assert_eq!(QueuedSignup::from_message(event.records[0].body.as_deref().unwrap()).unwrap(), queued);
+
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
+    let credentials = Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY)));
+    let settings = SignupSettings { retry_budget: Duration::from_millis(300), ..SignupSettings::default() };
+    let service = SignupService::new(api, credentials, settings);
+    let response = signup_retry::handler::handle(event, &service).await.unwrap();
+
+    assert!(response.batch_item_failures.is_empty());
+    let contact = sandbox.contact_by_email("mary.jackson@example.com").expect("delivered to Keap");
+    assert_eq!(contact.given_name, "Mary");
+    assert!(contact.opt_in_reason.is_some());
+}
