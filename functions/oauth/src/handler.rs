@@ -9,7 +9,7 @@ use std::time::SystemTime;
 
 use keap_relay::config::{AppSecret, AuthMode};
 use keap_relay::oauth_state::{StateKey, VerifiedState};
-use keap_relay::token::{ConnectError, ConnectOutcome, Connection, ConnectionStatus, TokenError};
+use keap_relay::token::{ConnectError, ConnectOutcome, Connection, ConnectionStatus, TokenError, TokenState};
 use lambda_http::http::header::{ALLOW, WWW_AUTHENTICATE};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::request::RequestContext;
@@ -182,7 +182,8 @@ async fn status(request: &Request, deps: &OAuthDeps) -> Response<Body> {
     }
     match deps.connection.status().await {
         Ok(status) => pages::json(StatusCode::OK, &status),
-        Err(TokenError::NotConnected) => pages::json(StatusCode::OK, &never_connected(deps.mode)),
+        // Only the token source reports "not connected", and it does so as an OAuth status.
+        Err(TokenError::NotConnected) => pages::json(StatusCode::OK, &TokenState::default().status_report(SystemTime::now())),
         Err(error) => {
             tracing::error!(error = %error, "could not read the connection status");
             pages::json_error(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", &error.to_string())
@@ -367,25 +368,6 @@ fn oauth_not_used() -> Page {
         "This deployment connects to Keap with an API key (KEAP_AUTH_MODE=api-key), so there is \
          nothing to authorize. Set KEAP_AUTH_MODE=oauth to use OAuth instead.",
     )
-}
-
-fn never_connected(mode: AuthMode) -> ConnectionStatus {
-    ConnectionStatus {
-        mode: match mode {
-            AuthMode::OAuth => "oauth",
-            AuthMode::ApiKey => "api-key",
-        },
-        connected: false,
-        account: None,
-        access_expires_at: None,
-        access_expires_in_seconds: None,
-        refresh_token_age_days: None,
-        last_refresh_at: None,
-        last_error: None,
-        needs_reauth: false,
-        needs_reauth_reason: None,
-        generation: None,
-    }
 }
 
 /// The request path without the stage prefix API Gateway adds for named stages.

@@ -350,3 +350,54 @@ async fn routes_work_under_a_named_stage() {
     let response = h.run(lambda_http::request::from_str(&json.to_string()).unwrap()).await;
     assert_eq!(response.status(), 200, "{}", body_text(&response));
 }
+
+#[tokio::test]
+async fn an_unreadable_app_secret_is_a_configuration_error_not_open_access() {
+    struct Unreadable;
+    #[async_trait::async_trait]
+    impl oauth::ports::AppSecretSource for Unreadable {
+        async fn app_secret(&self) -> Result<std::sync::Arc<keap_relay::config::AppSecret>, oauth::ports::SecretUnavailable> {
+            Err(oauth::ports::SecretUnavailable("secret keap-relay/app does not exist".into()))
+        }
+    }
+    let mut h = Harness::start().await;
+    h.deps.secrets = std::sync::Arc::new(Unreadable);
+    assert_page(&h.run(event("oauth-start.json")).await, 503, "app_secret_unavailable");
+    let query = "code=abc&state=x.y";
+    assert_page(&h.run(event_with_query("oauth-callback.json", query)).await, 503, "app_secret_unavailable");
+    let status = h.run(event("status.json")).await;
+    assert_eq!(status.status(), 503);
+    assert!(body_text(&status).contains("does not exist"));
+}
+
+#[tokio::test]
+async fn a_callback_without_a_code_is_refused() {
+    let h = Harness::start().await;
+    let query = with_param(&h.authorize("").await, "code", None);
+    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 400, "code_missing");
+    assert_eq!(h.token_versions(), 0);
+}
+
+#[tokio::test]
+async fn status_shows_a_connection_that_needs_reauthorization() {
+    let h = Harness::start().await;
+    assert_eq!(h.connect_via_browser("").await.status(), 200);
+    let current = h.store.peek_current(TOKEN_SECRET_ID).unwrap();
+    let state = keap_relay::token::TokenState::from_json(keap_relay::ExposeSecret::expose_secret(&current.value)).unwrap();
+    let dead = state.needing_reauth("Keap refused the refresh token (invalid_grant)", SystemTime::now());
+    use keap_relay::store::SecretStore as _;
+    h.store.put_version(TOKEN_SECRET_ID, "marked", &dead.to_secret()).await.unwrap();
+    h.store.swap_current(TOKEN_SECRET_ID, &current.version_id, "marked").await.unwrap();
+
+    let response = h.run(event("status.json")).await;
+    let json: serde_json::Value = serde_json::from_str(&body_text(&response)).unwrap();
+    assert_eq!(json["needs_reauth"], true, "{json}");
+    assert_eq!(json["connected"], false);
+    assert!(json["needs_reauth_reason"].as_str().unwrap().contains("invalid_grant"));
+
+    // Connecting again (same account) repairs it.
+    assert_page(&h.connect_via_browser("").await, 200, "connected");
+    let json: serde_json::Value = serde_json::from_str(&body_text(&h.run(event("status.json")).await)).unwrap();
+    assert_eq!(json["needs_reauth"], false);
+    assert_eq!(json["connected"], true);
+}
