@@ -118,7 +118,9 @@ impl Contact {
     }
 
     fn has_email(&self, email: &str) -> bool {
-        self.emails.iter().any(|e| e.email.eq_ignore_ascii_case(email))
+        self.emails
+            .iter()
+            .any(|e| e.email.eq_ignore_ascii_case(email))
     }
 }
 
@@ -250,7 +252,11 @@ const V2_ECHOED: &[&str] = &[
     "billing_information",
 ];
 
-fn optional_string(body: &Map<String, Value>, name: &str, max_len: usize) -> Result<Option<String>, String> {
+fn optional_string(
+    body: &Map<String, Value>,
+    name: &str,
+    max_len: usize,
+) -> Result<Option<String>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) if text.chars().count() > max_len => {
@@ -261,7 +267,13 @@ fn optional_string(body: &Map<String, Value>, name: &str, max_len: usize) -> Res
     }
 }
 
-fn slot(field: Option<&str>, prefix: &str, max: u8, unspecified: &str, list: &str) -> Result<Option<u8>, String> {
+fn slot(
+    field: Option<&str>,
+    prefix: &str,
+    max: u8,
+    unspecified: &str,
+    list: &str,
+) -> Result<Option<u8>, String> {
     let Some(field) = field else { return Ok(None) };
     if field == unspecified {
         return Ok(None);
@@ -271,7 +283,9 @@ fn slot(field: Option<&str>, prefix: &str, max: u8, unspecified: &str, list: &st
         .and_then(|n| n.parse::<u8>().ok())
         .filter(|n| (1..=max).contains(n) && field.len() == prefix.len() + 1)
         .map(Some)
-        .ok_or_else(|| format!("Invalid {list} field {field:?}: must be one of {prefix}1..{prefix}{max}"))
+        .ok_or_else(|| {
+            format!("Invalid {list} field {field:?}: must be one of {prefix}1..{prefix}{max}")
+        })
 }
 
 /// Give every entry without a slot the next free one; reject a slot given twice.
@@ -296,36 +310,54 @@ fn assign_slots(slots: Vec<Option<u8>>, max: u8, list: &str) -> Result<Vec<u8>, 
         .collect()
 }
 
-fn entries<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<Vec<&'a Map<String, Value>>>, String> {
+fn entries<'a>(
+    body: &'a Map<String, Value>,
+    name: &str,
+) -> Result<Option<Vec<&'a Map<String, Value>>>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
             .iter()
-            .map(|item| item.as_object().ok_or_else(|| format!("{name} entries must be objects")))
+            .map(|item| {
+                item.as_object()
+                    .ok_or_else(|| format!("{name} entries must be objects"))
+            })
             .collect::<Result<Vec<_>, _>>()
             .map(Some),
         Some(_) => Err(format!("{name} must be an array")),
     }
 }
 
-fn parse_emails(body: &Map<String, Value>, version: ApiVersion, v1_reason: Option<&str>) -> Result<Option<Vec<StoredEmail>>, String> {
+fn parse_emails(
+    body: &Map<String, Value>,
+    version: ApiVersion,
+    v1_reason: Option<&str>,
+) -> Result<Option<Vec<StoredEmail>>, String> {
     let Some(items) = entries(body, "email_addresses")? else {
         return Ok(None);
     };
     let mut parsed = Vec::with_capacity(items.len());
     let mut slots = Vec::with_capacity(items.len());
     for item in items {
-        let email = optional_string(item, "email", 100)?
-            .ok_or("email_addresses entries need an email")?;
+        let email =
+            optional_string(item, "email", 100)?.ok_or("email_addresses entries need an email")?;
         let email = email.trim().to_owned();
         if email.parse::<email_address::EmailAddress>().is_err() {
             return Err(format!("Invalid email address {email:?}"));
         }
         let field = optional_string(item, "field", 32)?;
         if version == ApiVersion::V1 && field.is_none() {
-            return Err("email_addresses entries need a field (EMAIL1, EMAIL2 or EMAIL3)".to_owned());
+            return Err(
+                "email_addresses entries need a field (EMAIL1, EMAIL2 or EMAIL3)".to_owned(),
+            );
         }
-        slots.push(slot(field.as_deref(), "EMAIL", 3, "EMAIL_FIELD_UNSPECIFIED", "email_addresses")?);
+        slots.push(slot(
+            field.as_deref(),
+            "EMAIL",
+            3,
+            "EMAIL_FIELD_UNSPECIFIED",
+            "email_addresses",
+        )?);
         let reason = match version {
             ApiVersion::V1 => v1_reason.map(str::to_owned),
             ApiVersion::V2 => optional_string(item, "opt_in_reason", 4096)?,
@@ -347,7 +379,10 @@ fn parse_emails(body: &Map<String, Value>, version: ApiVersion, v1_reason: Optio
     ))
 }
 
-fn parse_phones(body: &Map<String, Value>, version: ApiVersion) -> Result<Option<Vec<StoredPhone>>, String> {
+fn parse_phones(
+    body: &Map<String, Value>,
+    version: ApiVersion,
+) -> Result<Option<Vec<StoredPhone>>, String> {
     let Some(items) = entries(body, "phone_numbers")? else {
         return Ok(None);
     };
@@ -361,8 +396,18 @@ fn parse_phones(body: &Map<String, Value>, version: ApiVersion) -> Result<Option
         if version == ApiVersion::V1 && field.is_none() {
             return Err("phone_numbers entries need a field (PHONE1..PHONE5)".to_owned());
         }
-        slots.push(slot(field.as_deref(), "PHONE", 5, "PHONE_NUMBER_FIELD_UNSPECIFIED", "phone_numbers")?);
-        parsed.push((number, optional_string(item, "type", 255)?, optional_string(item, "extension", 255)?));
+        slots.push(slot(
+            field.as_deref(),
+            "PHONE",
+            5,
+            "PHONE_NUMBER_FIELD_UNSPECIFIED",
+            "phone_numbers",
+        )?);
+        parsed.push((
+            number,
+            optional_string(item, "type", 255)?,
+            optional_string(item, "extension", 255)?,
+        ));
     }
     let slots = assign_slots(slots, 5, "phone_numbers")?;
     Ok(Some(
@@ -382,7 +427,9 @@ fn parse_phones(body: &Map<String, Value>, version: ApiVersion) -> Result<Option
 /// Validate a contact body. `require_contact_point`: creating needs an email or phone
 /// (v2 also accepts an address).
 pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<ContactInput, String> {
-    let body = body.as_object().ok_or("The request body must be a JSON object")?;
+    let body = body
+        .as_object()
+        .ok_or("The request body must be a JSON object")?;
     let v1_reason = match version {
         ApiVersion::V1 => optional_string(body, "opt_in_reason", 4096)?,
         ApiVersion::V2 => None,
@@ -394,7 +441,10 @@ pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<Contact
             ApiVersion::V2 => V2_SOURCE_TYPES,
         };
         if !allowed.contains(&source_type.as_str()) {
-            return Err(format!("Invalid source_type {source_type:?}: must be one of {}", allowed.join(", ")));
+            return Err(format!(
+                "Invalid source_type {source_type:?}: must be one of {}",
+                allowed.join(", ")
+            ));
         }
     }
     let has_address = match body.get("addresses") {
@@ -412,7 +462,9 @@ pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<Contact
     ];
     let other = body
         .iter()
-        .filter(|(name, _)| !handled.contains(&name.as_str()) && !READ_ONLY.contains(&name.as_str()))
+        .filter(|(name, _)| {
+            !handled.contains(&name.as_str()) && !READ_ONLY.contains(&name.as_str())
+        })
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     Ok(ContactInput {
@@ -428,7 +480,9 @@ pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<Contact
 
 /// RFC 3339 UTC with milliseconds, without a date library.
 pub(crate) fn iso8601(time: SystemTime) -> String {
-    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
+    let since = time
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap_or_default();
     let secs = since.as_secs();
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -475,10 +529,14 @@ impl Default for Crm {
 /// an address given again without a reason keeps what it had.
 fn carry_statuses(old: &[StoredEmail], new: &mut [StoredEmail]) {
     for email in new.iter_mut() {
-        let previous = old.iter().find(|e| e.email.eq_ignore_ascii_case(&email.email));
+        let previous = old
+            .iter()
+            .find(|e| e.email.eq_ignore_ascii_case(&email.email));
         let reason = email.opt_in_reason.take().filter(|r| !r.trim().is_empty());
         (email.status, email.opt_in_reason) = match (previous, reason) {
-            (Some(p), _) if p.status == EmailStatus::Unsubscribed => (EmailStatus::Unsubscribed, None),
+            (Some(p), _) if p.status == EmailStatus::Unsubscribed => {
+                (EmailStatus::Unsubscribed, None)
+            }
             (_, Some(reason)) => (EmailStatus::SingleOptIn, Some(reason)),
             (Some(p), None) => (p.status, p.opt_in_reason.clone()),
             (None, None) => (EmailStatus::NonMarketable, None),
@@ -531,14 +589,17 @@ impl Crm {
     fn find_duplicate(&self, input: &ContactInput, option: DuplicateOption) -> Option<usize> {
         let email = input.match_email()?;
         let same = |a: &Option<String>, b: &Option<String>| {
-            a.as_deref().unwrap_or("").eq_ignore_ascii_case(b.as_deref().unwrap_or(""))
+            a.as_deref()
+                .unwrap_or("")
+                .eq_ignore_ascii_case(b.as_deref().unwrap_or(""))
         };
         self.contacts.iter().position(|c| {
             c.has_email(email)
                 && match option {
                     DuplicateOption::Email => true,
                     DuplicateOption::EmailAndName => {
-                        same(&c.given_name, &input.given_name) && same(&c.family_name, &input.family_name)
+                        same(&c.given_name, &input.given_name)
+                            && same(&c.family_name, &input.family_name)
                     }
                     DuplicateOption::EmailAndNameAndCompany => {
                         same(&c.given_name, &input.given_name)
@@ -605,15 +666,25 @@ impl Crm {
     }
 
     /// Tags named exactly `name` (Keap allows several tags with one name).
-    pub(crate) fn tags_named<'a>(&'a self, name: Option<&'a str>) -> impl Iterator<Item = &'a Tag> + 'a {
-        self.tags.iter().filter(move |t| name.is_none_or(|n| t.name == n))
+    pub(crate) fn tags_named<'a>(
+        &'a self,
+        name: Option<&'a str>,
+    ) -> impl Iterator<Item = &'a Tag> + 'a {
+        self.tags
+            .iter()
+            .filter(move |t| name.is_none_or(|n| t.name == n))
     }
 
     pub(crate) fn tags(&self) -> &[Tag] {
         &self.tags
     }
 
-    pub(crate) fn create_tag(&mut self, name: String, description: Option<String>, category_id: Option<String>) -> &Tag {
+    pub(crate) fn create_tag(
+        &mut self,
+        name: String,
+        description: Option<String>,
+        category_id: Option<String>,
+    ) -> &Tag {
         let id = self.next_tag_id;
         self.next_tag_id += 1;
         self.tags.push(Tag {
@@ -653,14 +724,22 @@ impl Crm {
         Ok(())
     }
 
-    pub(crate) fn contacts_matching<'a>(&'a self, keep: impl Fn(&Contact) -> bool + 'a) -> impl Iterator<Item = &'a Contact> + 'a {
+    pub(crate) fn contacts_matching<'a>(
+        &'a self,
+        keep: impl Fn(&Contact) -> bool + 'a,
+    ) -> impl Iterator<Item = &'a Contact> + 'a {
         self.contacts.iter().filter(move |c| keep(c))
     }
 }
 
 /// v1 replaces only the slots given (EMAIL2 stays when EMAIL1 is sent); v2 replaces the
 /// whole list (the spec: "Any item not listed here will be removed").
-fn merge_slots<T>(stored: &mut Vec<T>, given: Vec<T>, version: ApiVersion, slot: impl Fn(&T) -> u8) {
+fn merge_slots<T>(
+    stored: &mut Vec<T>,
+    given: Vec<T>,
+    version: ApiVersion,
+    slot: impl Fn(&T) -> u8,
+) {
     match version {
         ApiVersion::V1 => {
             for item in given {
@@ -696,7 +775,9 @@ fn update(contact: &mut Contact, input: ContactInput, version: ApiVersion) {
 
 impl Contact {
     pub(crate) fn has_email_matching(&self, pattern: &str) -> bool {
-        self.emails.iter().any(|e| wildcard_match(pattern, &e.email))
+        self.emails
+            .iter()
+            .any(|e| wildcard_match(pattern, &e.email))
     }
 
     pub(crate) fn given_name_matches(&self, pattern: &str) -> bool {
@@ -809,7 +890,9 @@ impl Tag {
 /// v2 leaves unset fields out instead of sending null.
 fn without_nulls(value: Value) -> Value {
     match value {
-        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
+        Value::Object(map) => {
+            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
+        }
         other => other,
     }
 }
@@ -835,7 +918,10 @@ mod tests {
 
     #[test]
     fn slots_are_assigned_and_duplicates_refused() {
-        assert_eq!(assign_slots(vec![None, Some(1), None], 3, "x"), Ok(vec![2, 1, 3]));
+        assert_eq!(
+            assign_slots(vec![None, Some(1), None], 3, "x"),
+            Ok(vec![2, 1, 3])
+        );
         assert!(assign_slots(vec![Some(2), Some(2)], 3, "x").is_err());
         assert!(assign_slots(vec![None, None, None, None], 3, "x").is_err());
     }

@@ -125,7 +125,9 @@ impl Sandbox {
         if let Some(task) = self.task.take() {
             match task.await {
                 Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(error = %err, "keap sandbox server stopped with an error"),
+                Ok(Err(err)) => {
+                    tracing::warn!(error = %err, "keap sandbox server stopped with an error")
+                }
                 Err(err) => tracing::warn!(error = %err, "keap sandbox server task failed"),
             }
         }

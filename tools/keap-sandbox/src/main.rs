@@ -39,11 +39,20 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
     let mut port = 0u16;
     let (mut client_id, mut client_secret, mut redirect_uris) = (None, None, Vec::new());
     let mut api_keys = Vec::new();
-    let mut rate = RateLimit { per_second: 0, per_minute: 0 };
+    let mut rate = RateLimit {
+        per_second: 0,
+        per_minute: 0,
+    };
     while let Some(flag) = args.next() {
-        let mut value = || args.next().ok_or_else(|| ArgError::MissingValue(flag.clone()));
+        let mut value = || {
+            args.next()
+                .ok_or_else(|| ArgError::MissingValue(flag.clone()))
+        };
         fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, ArgError> {
-            value.parse().map_err(|_| ArgError::InvalidValue { flag: flag.to_owned(), value })
+            value.parse().map_err(|_| ArgError::InvalidValue {
+                flag: flag.to_owned(),
+                value,
+            })
         }
         match flag.as_str() {
             "-h" | "--help" => return Ok(None),
@@ -57,7 +66,12 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
                 config.reuse_policy = match value()?.as_str() {
                     "reject" => ReusePolicy::Reject,
                     "revoke-family" => ReusePolicy::RevokeFamily,
-                    other => return Err(ArgError::InvalidValue { flag, value: other.to_owned() }),
+                    other => {
+                        return Err(ArgError::InvalidValue {
+                            flag,
+                            value: other.to_owned(),
+                        });
+                    }
                 }
             }
             "--client-id" => client_id = Some(value()?),
@@ -87,7 +101,10 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
     if rate.per_second > 0 || rate.per_minute > 0 {
         config.rate_limit = Some(rate);
     }
-    Ok(Some(Args { addr: SocketAddr::new(host, port), config }))
+    Ok(Some(Args {
+        addr: SocketAddr::new(host, port),
+        config,
+    }))
 }
 
 #[tokio::main]

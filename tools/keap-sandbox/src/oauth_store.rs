@@ -126,7 +126,12 @@ impl OAuthStore {
         self.clock_offset += by;
     }
 
-    pub(crate) fn issue_code(&mut self, config: &SandboxConfig, client_id: &str, redirect_uri: &str) -> String {
+    pub(crate) fn issue_code(
+        &mut self,
+        config: &SandboxConfig,
+        client_id: &str,
+        redirect_uri: &str,
+    ) -> String {
         let code = random_token("sbx-code-");
         let expires_at = self.now() + config.code_ttl;
         self.codes.insert(
@@ -211,7 +216,10 @@ impl OAuthStore {
             return Err(code_refused("client_mismatch", INVALID_CODE));
         }
         if grant.redirect_uri != redirect_uri {
-            return Err(code_refused("redirect_uri_mismatch", "Invalid redirect uri"));
+            return Err(code_refused(
+                "redirect_uri_mismatch",
+                "Invalid redirect uri",
+            ));
         }
         let pair = self.new_grant(config, client_id);
         let family = self.refresh[&pair.refresh_token].family;

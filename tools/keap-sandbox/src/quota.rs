@@ -82,7 +82,10 @@ impl Quotas {
         limit: RateLimit,
         now: Instant,
     ) -> Result<QuotaReport, QuotaReport> {
-        let fresh = Window { started: now, used: 0 };
+        let fresh = Window {
+            started: now,
+            used: 0,
+        };
         let windows = self.windows.entry(credential.clone()).or_insert(Windows {
             second: fresh,
             minute: fresh,

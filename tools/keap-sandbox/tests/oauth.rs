@@ -33,7 +33,10 @@ async fn consent_page_offers_approve_and_deny() {
     let page = response.text().await.unwrap();
     assert!(page.contains("value=\"approve\"") && page.contains("value=\"deny\""));
     assert!(page.contains("method=\"post\""));
-    assert!(page.contains("value=\"st-42\""), "state carried in the form");
+    assert!(
+        page.contains("value=\"st-42\""),
+        "state carried in the form"
+    );
 }
 
 #[tokio::test]
@@ -41,14 +44,26 @@ async fn approving_redirects_with_code_scope_and_state() {
     let sandbox = sandbox().await;
     let mut form = authorize_query(REDIRECT_URI, CLIENT_ID);
     form.push(("decision", "approve"));
-    let response = client().post(sandbox.authorize_url()).form(&form).send().await.unwrap();
+    let response = client()
+        .post(sandbox.authorize_url())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
     let target = location(&response);
     assert!(target.as_str().starts_with(REDIRECT_URI));
     assert!(query_param(&target, "code").is_some_and(|c| !c.is_empty()));
     assert_eq!(query_param(&target, "state").as_deref(), Some("st-42"));
-    assert_eq!(query_param(&target, "scope").as_deref(), Some("full|ab123.infusionsoft.com"));
-    assert!(target.as_str().contains("scope=full%7Cab123.infusionsoft.com"));
+    assert_eq!(
+        query_param(&target, "scope").as_deref(),
+        Some("full|ab123.infusionsoft.com")
+    );
+    assert!(
+        target
+            .as_str()
+            .contains("scope=full%7Cab123.infusionsoft.com")
+    );
 }
 
 #[tokio::test]
@@ -56,18 +71,35 @@ async fn denying_redirects_with_access_denied() {
     let sandbox = sandbox().await;
     let mut form = authorize_query(REDIRECT_URI, CLIENT_ID);
     form.push(("decision", "deny"));
-    let response = client().post(sandbox.authorize_url()).form(&form).send().await.unwrap();
+    let response = client()
+        .post(sandbox.authorize_url())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
     let target = location(&response);
-    assert_eq!(query_param(&target, "error").as_deref(), Some("access_denied"));
+    assert_eq!(
+        query_param(&target, "error").as_deref(),
+        Some("access_denied")
+    );
     assert_eq!(query_param(&target, "state").as_deref(), Some("st-42"));
     assert_eq!(query_param(&target, "code"), None);
 }
 
 #[tokio::test]
 async fn auto_approve_redirects_at_once_and_can_be_switched() {
-    let sandbox = start(SandboxConfig { auto_approve: true, ..SandboxConfig::default() }).await;
-    let get = || client().get(sandbox.authorize_url()).query(&authorize_query(REDIRECT_URI, CLIENT_ID)).send();
+    let sandbox = start(SandboxConfig {
+        auto_approve: true,
+        ..SandboxConfig::default()
+    })
+    .await;
+    let get = || {
+        client()
+            .get(sandbox.authorize_url())
+            .query(&authorize_query(REDIRECT_URI, CLIENT_ID))
+            .send()
+    };
     let response = get().await.unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
     assert!(query_param(&location(&response), "code").is_some());
@@ -77,7 +109,8 @@ async fn auto_approve_redirects_at_once_and_can_be_switched() {
 
 #[tokio::test]
 async fn bad_client_or_redirect_uri_gets_an_error_page_not_a_redirect() {
-    let registered = ClientConfig::new("strict-client", "s3cret").with_redirect_uris([REDIRECT_URI]);
+    let registered =
+        ClientConfig::new("strict-client", "s3cret").with_redirect_uris([REDIRECT_URI]);
     let sandbox = start(SandboxConfig {
         clients: vec![registered],
         auto_approve: true,
@@ -92,7 +125,12 @@ async fn bad_client_or_redirect_uri_gets_an_error_page_not_a_redirect() {
         vec![("client_id", "strict-client")],
     ];
     for query in cases {
-        let response = client().get(sandbox.authorize_url()).query(&query).send().await.unwrap();
+        let response = client()
+            .get(sandbox.authorize_url())
+            .query(&query)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{query:?}");
         assert!(response.headers().get("location").is_none());
     }
@@ -122,14 +160,31 @@ async fn code_exchange_returns_keaps_token_shape_and_tenant_header() {
     assert_eq!(response.headers()["x-keap-tenant-id"], "ab123");
     assert_eq!(response.headers()["cache-control"], "no-store");
     let body = json_of(response).await;
-    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
+    let mut keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
     keys.sort_unstable();
-    assert_eq!(keys, ["access_token", "expires_in", "refresh_token", "scope", "token_type"]);
+    assert_eq!(
+        keys,
+        [
+            "access_token",
+            "expires_in",
+            "refresh_token",
+            "scope",
+            "token_type"
+        ]
+    );
     assert_eq!(body["token_type"], "bearer");
     assert_eq!(body["expires_in"], 86_400);
     assert_eq!(body["scope"], "full|ab123.infusionsoft.com");
     let access = body["access_token"].as_str().unwrap();
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", access).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", access).await.status(),
+        StatusCode::OK
+    );
     let stats = sandbox.stats();
     assert_eq!(stats.code_exchanges, 1);
     assert_eq!(stats.refreshes_served, 0);
@@ -139,7 +194,10 @@ async fn code_exchange_returns_keaps_token_shape_and_tenant_header() {
 async fn a_code_works_once() {
     let sandbox = sandbox().await;
     let code = authorize_code(&sandbox, REDIRECT_URI).await;
-    assert_eq!(exchange_code(&sandbox, &code, REDIRECT_URI).await.status(), StatusCode::OK);
+    assert_eq!(
+        exchange_code(&sandbox, &code, REDIRECT_URI).await.status(),
+        StatusCode::OK
+    );
     let again = exchange_code(&sandbox, &code, REDIRECT_URI).await;
     assert_eq!(again.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(again).await["error"], "invalid_grant");
@@ -150,22 +208,40 @@ async fn a_code_works_once() {
 
 #[tokio::test]
 async fn reusing_a_code_under_revoke_family_revokes_what_it_issued() {
-    let sandbox = start(SandboxConfig { reuse_policy: ReusePolicy::RevokeFamily, ..SandboxConfig::default() }).await;
+    let sandbox = start(SandboxConfig {
+        reuse_policy: ReusePolicy::RevokeFamily,
+        ..SandboxConfig::default()
+    })
+    .await;
     let code = authorize_code(&sandbox, REDIRECT_URI).await;
-    let pair: TokenResponse = exchange_code(&sandbox, &code, REDIRECT_URI).await.json().await.unwrap();
-    assert_eq!(exchange_code(&sandbox, &code, REDIRECT_URI).await.status(), StatusCode::BAD_REQUEST);
+    let pair: TokenResponse = exchange_code(&sandbox, &code, REDIRECT_URI)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        exchange_code(&sandbox, &code, REDIRECT_URI).await.status(),
+        StatusCode::BAD_REQUEST
+    );
     assert_invalid_access_token(get_bearer(&sandbox, "/v1/tags", &pair.access_token).await).await;
 }
 
 #[tokio::test]
 async fn a_code_expires_after_code_ttl() {
-    let sandbox = start(SandboxConfig { code_ttl: Duration::from_secs(60), ..SandboxConfig::default() }).await;
+    let sandbox = start(SandboxConfig {
+        code_ttl: Duration::from_secs(60),
+        ..SandboxConfig::default()
+    })
+    .await;
     let code = authorize_code(&sandbox, REDIRECT_URI).await;
     sandbox.advance_clock(Duration::from_secs(61));
     let response = exchange_code(&sandbox, &code, REDIRECT_URI).await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(response).await["error"], "invalid_grant");
-    assert_eq!(sandbox.stats().code_exchange_failure_reasons["invalid_grant_expired"], 1);
+    assert_eq!(
+        sandbox.stats().code_exchange_failure_reasons["invalid_grant_expired"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -175,7 +251,10 @@ async fn the_code_needs_the_redirect_uri_it_was_issued_for() {
     let response = exchange_code(&sandbox, &code, "https://relay.example.com/other").await;
     assert_eq!(response.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(response).await["error"], "invalid_grant");
-    assert_eq!(sandbox.stats().code_exchange_failure_reasons["redirect_uri_mismatch"], 1);
+    assert_eq!(
+        sandbox.stats().code_exchange_failure_reasons["redirect_uri_mismatch"],
+        1
+    );
 }
 
 #[tokio::test]
@@ -185,7 +264,11 @@ async fn code_exchange_needs_client_credentials_in_the_body() {
     let basic_only = client()
         .post(sandbox.token_url())
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[("grant_type", "authorization_code"), ("code", &code), ("redirect_uri", REDIRECT_URI)])
+        .form(&[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("redirect_uri", REDIRECT_URI),
+        ])
         .send()
         .await
         .unwrap();
@@ -206,9 +289,25 @@ async fn code_exchange_needs_client_credentials_in_the_body() {
     assert_eq!(wrong_secret.status(), StatusCode::BAD_REQUEST);
     assert_eq!(json_of(wrong_secret).await["error"], "invalid_client");
     // The failed attempts did not burn the code.
-    assert_eq!(exchange_code(&sandbox, &code, REDIRECT_URI).await.status(), StatusCode::OK);
-    let auth: Vec<AuthKind> = sandbox.stats().calls.iter().filter(|c| c.path == "/token").map(|c| c.auth).collect();
-    assert_eq!(auth, [AuthKind::Basic, AuthKind::BodyCredentials, AuthKind::BodyCredentials]);
+    assert_eq!(
+        exchange_code(&sandbox, &code, REDIRECT_URI).await.status(),
+        StatusCode::OK
+    );
+    let auth: Vec<AuthKind> = sandbox
+        .stats()
+        .calls
+        .iter()
+        .filter(|c| c.path == "/token")
+        .map(|c| c.auth)
+        .collect();
+    assert_eq!(
+        auth,
+        [
+            AuthKind::Basic,
+            AuthKind::BodyCredentials,
+            AuthKind::BodyCredentials
+        ]
+    );
 }
 
 #[tokio::test]
@@ -222,8 +321,18 @@ async fn refresh_rotates_and_kills_the_old_refresh_token() {
     assert_invalid_grant(refresh(&sandbox, &first.refresh_token).await).await;
     // The new token works; the previous access token stays valid until it expires.
     let third = refreshed_pair(&sandbox, &second.refresh_token).await;
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &first.access_token).await.status(), StatusCode::OK);
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &third.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &first.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &third.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let stats = sandbox.stats();
     assert_eq!(stats.refreshes_served, 2);
     assert_eq!(stats.grants_minted, 1);
@@ -236,13 +345,22 @@ async fn reuse_under_reject_leaves_the_current_pair_working() {
     let first = sandbox.mint_grant(CLIENT_ID);
     let second = refreshed_pair(&sandbox, &first.refresh_token).await;
     assert_invalid_grant(refresh(&sandbox, &first.refresh_token).await).await;
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &second.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &second.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
     refreshed_pair(&sandbox, &second.refresh_token).await;
 }
 
 #[tokio::test]
 async fn reuse_under_revoke_family_kills_the_current_pair() {
-    let sandbox = start(SandboxConfig { reuse_policy: ReusePolicy::RevokeFamily, ..SandboxConfig::default() }).await;
+    let sandbox = start(SandboxConfig {
+        reuse_policy: ReusePolicy::RevokeFamily,
+        ..SandboxConfig::default()
+    })
+    .await;
     let first = sandbox.mint_grant(CLIENT_ID);
     let second = refreshed_pair(&sandbox, &first.refresh_token).await;
     let other_grant = sandbox.mint_grant(CLIENT_ID);
@@ -250,7 +368,12 @@ async fn reuse_under_revoke_family_kills_the_current_pair() {
     assert_invalid_access_token(get_bearer(&sandbox, "/v1/tags", &second.access_token).await).await;
     assert_invalid_grant(refresh(&sandbox, &second.refresh_token).await).await;
     // Other grants are untouched.
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &other_grant.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &other_grant.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let stats = sandbox.stats();
     assert_eq!(stats.refresh_failure("invalid_grant_used"), 1);
     assert_eq!(stats.refresh_failure("invalid_grant_revoked"), 1);
@@ -287,12 +410,20 @@ async fn refresh_requires_basic_auth() {
         .await
         .unwrap();
     assert_eq!(body_credentials.status(), StatusCode::UNAUTHORIZED);
-    assert!(body_credentials.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"));
+    assert!(
+        body_credentials.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Basic")
+    );
     assert_eq!(json_of(body_credentials).await["error"], "invalid_client");
     let garbled = client()
         .post(sandbox.token_url())
         .header("Authorization", "Basic !!!not-base64")
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", pair.refresh_token.as_str())])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", pair.refresh_token.as_str()),
+        ])
         .send()
         .await
         .unwrap();
@@ -303,7 +434,10 @@ async fn refresh_requires_basic_auth() {
     assert_eq!(stats.refresh_failure("missing_client_auth"), 1);
     assert_eq!(stats.refresh_failure("bad_auth_header"), 1);
     let auth: Vec<AuthKind> = stats.calls.iter().map(|c| c.auth).collect();
-    assert_eq!(auth, [AuthKind::BodyCredentials, AuthKind::Basic, AuthKind::Basic]);
+    assert_eq!(
+        auth,
+        [AuthKind::BodyCredentials, AuthKind::Basic, AuthKind::Basic]
+    );
 }
 
 #[tokio::test]
@@ -314,7 +448,10 @@ async fn wrong_client_or_secret_gets_invalid_client() {
         let response = client()
             .post(sandbox.token_url())
             .basic_auth(id, Some(secret))
-            .form(&[("grant_type", "refresh_token"), ("refresh_token", pair.refresh_token.as_str())])
+            .form(&[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", pair.refresh_token.as_str()),
+            ])
             .send()
             .await
             .unwrap();
@@ -328,7 +465,9 @@ async fn wrong_client_or_secret_gets_invalid_client() {
 #[tokio::test]
 async fn another_clients_refresh_token_is_unknown() {
     let mut config = SandboxConfig::default();
-    config.clients.push(ClientConfig::new("second-app", "second-secret"));
+    config
+        .clients
+        .push(ClientConfig::new("second-app", "second-secret"));
     let sandbox = start(config).await;
     let pair = sandbox.mint_grant("second-app");
     assert_invalid_grant(refresh(&sandbox, &pair.refresh_token).await).await;
@@ -371,14 +510,28 @@ async fn token_endpoint_takes_form_bodies_only() {
 
 #[tokio::test]
 async fn expired_access_tokens_get_401_and_refresh_still_works() {
-    let sandbox = start(SandboxConfig { access_ttl: Duration::from_secs(3600), ..SandboxConfig::default() }).await;
+    let sandbox = start(SandboxConfig {
+        access_ttl: Duration::from_secs(3600),
+        ..SandboxConfig::default()
+    })
+    .await;
     let pair = sandbox.mint_grant(CLIENT_ID);
     assert_eq!(pair.expires_in, 3600);
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &pair.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &pair.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
     sandbox.expire_access_tokens();
     assert_invalid_access_token(get_bearer(&sandbox, "/v1/tags", &pair.access_token).await).await;
     let next = refreshed_pair(&sandbox, &pair.refresh_token).await;
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &next.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &next.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
     sandbox.advance_clock(Duration::from_secs(3601));
     assert_invalid_access_token(get_bearer(&sandbox, "/v1/tags", &next.access_token).await).await;
 }
@@ -391,12 +544,16 @@ async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
     let barrier = Arc::new(tokio::sync::Barrier::new(CONTENDERS));
     let tasks: Vec<_> = (0..CONTENDERS)
         .map(|_| {
-            let (sandbox, barrier, token) = (sandbox.clone(), barrier.clone(), pair.refresh_token.clone());
+            let (sandbox, barrier, token) =
+                (sandbox.clone(), barrier.clone(), pair.refresh_token.clone());
             tokio::spawn(async move {
                 // Own client each: separate connections, truly parallel requests.
                 let client = client();
                 barrier.wait().await;
-                refresh_with(&client, &sandbox, &token).await.unwrap().status()
+                refresh_with(&client, &sandbox, &token)
+                    .await
+                    .unwrap()
+                    .status()
             })
         })
         .collect();
@@ -405,11 +562,17 @@ async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
         statuses.push(task.await.unwrap());
     }
     let winners = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let losers = statuses.iter().filter(|s| **s == StatusCode::BAD_REQUEST).count();
+    let losers = statuses
+        .iter()
+        .filter(|s| **s == StatusCode::BAD_REQUEST)
+        .count();
     assert_eq!((winners, losers), (1, CONTENDERS - 1), "{statuses:?}");
     let stats = sandbox.stats();
     assert_eq!(stats.refreshes_served, 1);
-    assert_eq!(stats.refresh_failure("invalid_grant_used"), (CONTENDERS - 1) as u64);
+    assert_eq!(
+        stats.refresh_failure("invalid_grant_used"),
+        (CONTENDERS - 1) as u64
+    );
 }
 
 #[tokio::test]
@@ -418,7 +581,19 @@ async fn minted_grants_work_and_count_as_grants() {
     let pair = sandbox.mint_grant(CLIENT_ID);
     assert_eq!(pair.token_type, "bearer");
     assert_eq!(pair.expires_in, 86_400);
-    assert_eq!(get_bearer(&sandbox, "/v1/tags", &pair.access_token).await.status(), StatusCode::OK);
+    assert_eq!(
+        get_bearer(&sandbox, "/v1/tags", &pair.access_token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
     let stats = sandbox.stats();
-    assert_eq!((stats.grants_minted, stats.code_exchanges, stats.refreshes_served), (1, 0, 0));
+    assert_eq!(
+        (
+            stats.grants_minted,
+            stats.code_exchanges,
+            stats.refreshes_served
+        ),
+        (1, 0, 0)
+    );
 }

@@ -8,7 +8,11 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn put_contact(sandbox: &Sandbox, body: Value) -> (StatusCode, Value) {
-    let response = rest(sandbox, Method::PUT, "/v1/contacts").json(&body).send().await.unwrap();
+    let response = rest(sandbox, Method::PUT, "/v1/contacts")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     (response.status(), json_of(response).await)
 }
 
@@ -33,7 +37,10 @@ async fn upsert_creates_then_updates_only_given_fields() {
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_i64().expect("integer id");
     assert_eq!(created["given_name"], "Ann");
-    assert_eq!(created["email_addresses"], json!([{"email": "ann@example.com", "field": "EMAIL1"}]));
+    assert_eq!(
+        created["email_addresses"],
+        json!([{"email": "ann@example.com", "field": "EMAIL1"}])
+    );
     assert_eq!(created["job_title"], "Chef");
 
     let (status, updated) = put_contact(
@@ -49,7 +56,10 @@ async fn upsert_creates_then_updates_only_given_fields() {
     assert_eq!(updated["job_title"], "Chef");
 
     let view = sandbox.contact_by_email("ann@example.com").unwrap();
-    assert_eq!((view.id, view.given_name.as_str(), view.family_name.as_str()), (id, "Ann", "Park"));
+    assert_eq!(
+        (view.id, view.given_name.as_str(), view.family_name.as_str()),
+        (id, "Ann", "Park")
+    );
     let stats = sandbox.stats();
     assert_eq!((stats.contacts_created, stats.contacts_updated), (1, 1));
 }
@@ -58,8 +68,16 @@ async fn upsert_creates_then_updates_only_given_fields() {
 async fn email_and_name_matches_on_both() {
     let sandbox = sandbox().await;
     put_contact(&sandbox, ann(json!({}))).await;
-    let (status, _) = put_contact(&sandbox, ann(json!({"duplicate_option": "EmailAndName", "given_name": "Annie"}))).await;
-    assert_eq!(status, StatusCode::CREATED, "a different name is a different contact");
+    let (status, _) = put_contact(
+        &sandbox,
+        ann(json!({"duplicate_option": "EmailAndName", "given_name": "Annie"})),
+    )
+    .await;
+    assert_eq!(
+        status,
+        StatusCode::CREATED,
+        "a different name is a different contact"
+    );
     let (status, _) = put_contact(&sandbox, ann(json!({"duplicate_option": "EmailAndName"}))).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -81,7 +99,11 @@ async fn a_second_email_slot_is_merged_not_replaced() {
         json!({"duplicate_option": "Email", "email_addresses": [{"email": "ann@example.com", "field": "EMAIL1"}]}),
     )
     .await;
-    assert_eq!(body["email_addresses"].as_array().unwrap().len(), 2, "EMAIL2 kept");
+    assert_eq!(
+        body["email_addresses"].as_array().unwrap().len(),
+        2,
+        "EMAIL2 kept"
+    );
 }
 
 #[tokio::test]
@@ -89,10 +111,21 @@ async fn opt_in_reason_makes_the_address_marketable_unless_unsubscribed() {
     let sandbox = sandbox().await;
     let (_, body) = put_contact(&sandbox, ann(json!({}))).await;
     assert_eq!(body["email_opted_in"], false);
-    let (_, body) = put_contact(&sandbox, ann(json!({"opt_in_reason": "Signed up on the website"}))).await;
-    assert_eq!((body["email_opted_in"].clone(), body["email_status"].clone()), (json!(true), json!("SingleOptIn")));
+    let (_, body) = put_contact(
+        &sandbox,
+        ann(json!({"opt_in_reason": "Signed up on the website"})),
+    )
+    .await;
     assert_eq!(
-        sandbox.contact_by_email("ann@example.com").unwrap().opt_in_reason.as_deref(),
+        (body["email_opted_in"].clone(), body["email_status"].clone()),
+        (json!(true), json!("SingleOptIn"))
+    );
+    assert_eq!(
+        sandbox
+            .contact_by_email("ann@example.com")
+            .unwrap()
+            .opt_in_reason
+            .as_deref(),
         Some("Signed up on the website")
     );
     // A later update without a reason keeps the opt-in.
@@ -103,7 +136,10 @@ async fn opt_in_reason_makes_the_address_marketable_unless_unsubscribed() {
     let (_, body) = put_contact(&sandbox, ann(json!({"opt_in_reason": "again"}))).await;
     assert_eq!(body["email_opted_in"], false);
     let view = sandbox.contact_by_email("ann@example.com").unwrap();
-    assert_eq!((view.email_status.as_str(), view.opt_in_reason), ("ListUnsubscribe", None));
+    assert_eq!(
+        (view.email_status.as_str(), view.opt_in_reason),
+        ("ListUnsubscribe", None)
+    );
 }
 
 #[tokio::test]
@@ -128,7 +164,9 @@ async fn bad_contact_bodies_get_400_with_a_message() {
         ann(json!({"email_addresses": [{"email": "ann@example.com", "field": "EMAIL4"}]})),
         ann(json!({"email_addresses": [{"email": "ann@example.com", "field": "HOME"}]})),
         ann(json!({"email_addresses": [{"email": "ann@example.com"}]})),
-        ann(json!({"email_addresses": [{"email": "a@example.com", "field": "EMAIL1"}, {"email": "b@example.com", "field": "EMAIL1"}]})),
+        ann(
+            json!({"email_addresses": [{"email": "a@example.com", "field": "EMAIL1"}, {"email": "b@example.com", "field": "EMAIL1"}]}),
+        ),
         ann(json!({"email_addresses": "ann@example.com"})),
         ann(json!({"duplicate_option": "Phone"})),
         ann(json!({"duplicate_option": null})),
@@ -141,7 +179,10 @@ async fn bad_contact_bodies_get_400_with_a_message() {
     for body in cases {
         let (status, reply) = put_contact(&sandbox, body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{reply}");
+        assert!(
+            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
+            "{reply}"
+        );
     }
     let not_json = rest(&sandbox, Method::PUT, "/v1/contacts")
         .header("Content-Type", "application/json")
@@ -164,17 +205,47 @@ async fn bad_contact_bodies_get_400_with_a_message() {
 async fn post_creates_a_duplicate_like_keap() {
     let sandbox = sandbox().await;
     let body = json!({"given_name": "Ann", "email_addresses": [{"email": "ann@example.com", "field": "EMAIL1"}]});
-    let first = rest(&sandbox, Method::POST, "/v1/contacts").json(&body).send().await.unwrap();
-    let second = rest(&sandbox, Method::POST, "/v1/contacts").json(&body).send().await.unwrap();
-    assert_eq!((first.status(), second.status()), (StatusCode::CREATED, StatusCode::CREATED));
+    let first = rest(&sandbox, Method::POST, "/v1/contacts")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let second = rest(&sandbox, Method::POST, "/v1/contacts")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::CREATED, StatusCode::CREATED)
+    );
     let (first, second) = (json_of(first).await, json_of(second).await);
     assert_ne!(first["id"], second["id"]);
-    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().id, first["id"].as_i64().unwrap());
-    let list = json_of(rest(&sandbox, Method::GET, "/v1/contacts?email=ann@example.com").send().await.unwrap()).await;
+    assert_eq!(
+        sandbox.contact_by_email("ann@example.com").unwrap().id,
+        first["id"].as_i64().unwrap()
+    );
+    let list = json_of(
+        rest(&sandbox, Method::GET, "/v1/contacts?email=ann@example.com")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(list["count"], 2);
-    let one = rest(&sandbox, Method::GET, &format!("/v1/contacts/{}", second["id"])).send().await.unwrap();
+    let one = rest(
+        &sandbox,
+        Method::GET,
+        &format!("/v1/contacts/{}", second["id"]),
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(json_of(one).await["id"], second["id"]);
-    let missing = rest(&sandbox, Method::GET, "/v1/contacts/999999").send().await.unwrap();
+    let missing = rest(&sandbox, Method::GET, "/v1/contacts/999999")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
@@ -183,28 +254,63 @@ async fn tags_are_created_listed_and_applied() {
     let sandbox = sandbox().await;
     let (_, contact) = put_contact(&sandbox, ann(json!({}))).await;
     let contact_id = contact["id"].as_i64().unwrap();
-    let created = rest(&sandbox, Method::POST, "/v1/tags").json(&json!({"name": "Welcome"})).send().await.unwrap();
+    let created = rest(&sandbox, Method::POST, "/v1/tags")
+        .json(&json!({"name": "Welcome"}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let tag_id = json_of(created).await["id"].as_i64().expect("integer tag id");
+    let tag_id = json_of(created).await["id"]
+        .as_i64()
+        .expect("integer tag id");
     assert_eq!(sandbox.tag_by_name("Welcome"), Some(tag_id));
 
-    let listed = json_of(rest(&sandbox, Method::GET, "/v1/tags?name=Welcome").send().await.unwrap()).await;
+    let listed = json_of(
+        rest(&sandbox, Method::GET, "/v1/tags?name=Welcome")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(listed["count"], 1);
     assert_eq!(listed["tags"][0]["id"], tag_id);
     assert_eq!(listed["tags"][0]["name"], "Welcome");
-    let none = json_of(rest(&sandbox, Method::GET, "/v1/tags?name=Nope").send().await.unwrap()).await;
-    assert_eq!((none["count"].clone(), none["tags"].clone()), (json!(0), json!([])));
+    let none = json_of(
+        rest(&sandbox, Method::GET, "/v1/tags?name=Nope")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(
+        (none["count"].clone(), none["tags"].clone()),
+        (json!(0), json!([]))
+    );
 
     let path = format!("/v1/contacts/{contact_id}/tags");
-    let applied = rest(&sandbox, Method::POST, &path).json(&json!({"tagIds": [tag_id, 999_999]})).send().await.unwrap();
+    let applied = rest(&sandbox, Method::POST, &path)
+        .json(&json!({"tagIds": [tag_id, 999_999]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(applied.status(), StatusCode::OK);
     assert_eq!(
         json_of(applied).await,
         json!({tag_id.to_string(): "SUCCESS", "999999": "TAG_ID_NOT_FOUND"})
     );
-    let again = rest(&sandbox, Method::POST, &path).json(&json!({"tagIds": [tag_id]})).send().await.unwrap();
-    assert_eq!(json_of(again).await, json!({tag_id.to_string(): "DUPLICATE"}));
-    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().tag_ids, [tag_id]);
+    let again = rest(&sandbox, Method::POST, &path)
+        .json(&json!({"tagIds": [tag_id]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        json_of(again).await,
+        json!({tag_id.to_string(): "DUPLICATE"})
+    );
+    assert_eq!(
+        sandbox.contact_by_email("ann@example.com").unwrap().tag_ids,
+        [tag_id]
+    );
     let stats = sandbox.stats();
     assert_eq!((stats.tags_created, stats.tags_applied), (1, 1));
 }
@@ -212,8 +318,17 @@ async fn tags_are_created_listed_and_applied() {
 #[tokio::test]
 async fn tag_errors() {
     let sandbox = sandbox().await;
-    for body in [json!({}), json!({"name": ""}), json!({"name": 7}), json!({"name": "x", "category": "c"})] {
-        let response = rest(&sandbox, Method::POST, "/v1/tags").json(&body).send().await.unwrap();
+    for body in [
+        json!({}),
+        json!({"name": ""}),
+        json!({"name": 7}),
+        json!({"name": "x", "category": "c"}),
+    ] {
+        let response = rest(&sandbox, Method::POST, "/v1/tags")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
         assert!(json_of(response).await["message"].is_string());
     }
@@ -226,11 +341,24 @@ async fn tag_errors() {
     assert!(json_of(unknown_contact).await["message"].is_string());
     let (_, contact) = put_contact(&sandbox, ann(json!({}))).await;
     let path = format!("/v1/contacts/{}/tags", contact["id"]);
-    for body in [json!({}), json!({"tagIds": []}), json!({"tagIds": ["101"]}), json!({"tag_ids": [101]})] {
-        let response = rest(&sandbox, Method::POST, &path).json(&body).send().await.unwrap();
+    for body in [
+        json!({}),
+        json!({"tagIds": []}),
+        json!({"tagIds": ["101"]}),
+        json!({"tag_ids": [101]}),
+    ] {
+        let response = rest(&sandbox, Method::POST, &path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
     }
-    let bad_id = rest(&sandbox, Method::POST, "/v1/contacts/abc/tags").json(&json!({"tagIds": [1]})).send().await.unwrap();
+    let bad_id = rest(&sandbox, Method::POST, "/v1/contacts/abc/tags")
+        .json(&json!({"tagIds": [1]}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(bad_id.status(), StatusCode::BAD_REQUEST);
 }
 
@@ -240,13 +368,21 @@ async fn queued_emails_are_counted_per_contact() {
     let (_, contact) = put_contact(&sandbox, ann(json!({}))).await;
     let id = contact["id"].as_i64().unwrap();
     let response = rest(&sandbox, Method::POST, "/v1/emails/queue")
-        .json(&json!({"contacts": [id], "subject": "Welcome!", "user_id": 1,
-            "html_content": "PGgxPldlbGNvbWU8L2gxPg==", "plain_content": "V2VsY29tZQ=="}))
+        .json(
+            &json!({"contacts": [id], "subject": "Welcome!", "user_id": 1,
+            "html_content": "PGgxPldlbGNvbWU8L2gxPg==", "plain_content": "V2VsY29tZQ=="}),
+        )
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().emails_received, 1);
+    assert_eq!(
+        sandbox
+            .contact_by_email("ann@example.com")
+            .unwrap()
+            .emails_received,
+        1
+    );
     assert_eq!(sandbox.stats().emails_queued, 1);
 }
 
@@ -279,10 +415,20 @@ async fn email_queue_rejects_incomplete_requests() {
         with("html_content", json!(12)),
     ];
     for body in cases {
-        let response = rest(&sandbox, Method::POST, "/v1/emails/queue").json(&body).send().await.unwrap();
+        let response = rest(&sandbox, Method::POST, "/v1/emails/queue")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
         assert!(json_of(response).await["message"].is_string());
     }
     assert_eq!(sandbox.stats().emails_queued, 0);
-    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().emails_received, 0);
+    assert_eq!(
+        sandbox
+            .contact_by_email("ann@example.com")
+            .unwrap()
+            .emails_received,
+        0
+    );
 }

@@ -8,10 +8,21 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn post(sandbox: &Sandbox, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = rest(sandbox, Method::POST, path).json(&body).send().await.unwrap();
+    let response = rest(sandbox, Method::POST, path)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
-    (status, if text.is_empty() { Value::Null } else { serde_json::from_str(&text).unwrap() })
+    (
+        status,
+        if text.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_str(&text).unwrap()
+        },
+    )
 }
 
 async fn get(sandbox: &Sandbox, path: &str) -> (StatusCode, Value) {
@@ -26,7 +37,10 @@ fn bo(email: &str) -> Value {
 
 fn assert_v2_error(body: &Value, code: u16) {
     assert_eq!(body["code"], code, "{body}");
-    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
+    assert!(
+        body["message"].as_str().is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
     assert!(body["status"].is_string(), "{body}");
     assert!(body["details"].is_array(), "{body}");
 }
@@ -34,11 +48,19 @@ fn assert_v2_error(body: &Value, code: u16) {
 #[tokio::test]
 async fn upsert_by_email_creates_then_updates_with_string_ids() {
     let sandbox = sandbox().await;
-    let (status, created) = post(&sandbox, "/v2/contacts?duplicate_option=Email", bo("bo@example.com")).await;
+    let (status, created) = post(
+        &sandbox,
+        "/v2/contacts?duplicate_option=Email",
+        bo("bo@example.com"),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_str().expect("string id").to_owned();
     assert_eq!(created["email_addresses"][0]["is_opt_in"], true);
-    assert_eq!(created["email_addresses"][0]["opt_in_reason"], "Website signup");
+    assert_eq!(
+        created["email_addresses"][0]["opt_in_reason"],
+        "Website signup"
+    );
     let (status, updated) = post(
         &sandbox,
         "/v2/contacts?duplicate_option=Email",
@@ -49,7 +71,10 @@ async fn upsert_by_email_creates_then_updates_with_string_ids() {
     assert_eq!(updated["id"], id.as_str());
     assert_eq!(updated["given_name"], "Bob");
     assert_eq!(updated["family_name"], "Kim");
-    assert_eq!(updated["email_addresses"][0]["is_opt_in"], true, "opt-in is kept");
+    assert_eq!(
+        updated["email_addresses"][0]["is_opt_in"], true,
+        "opt-in is kept"
+    );
     let view = sandbox.contact_by_email("bo@example.com").unwrap();
     assert_eq!(view.id.to_string(), id);
     assert_eq!(view.opt_in_reason.as_deref(), Some("Website signup"));
@@ -82,7 +107,11 @@ async fn a_v2_update_replaces_the_email_list() {
         json!({"email_addresses": [{"email": "bo@example.com"}]}),
     )
     .await;
-    assert_eq!(updated["email_addresses"].as_array().unwrap().len(), 1, "the spec: unlisted items are removed");
+    assert_eq!(
+        updated["email_addresses"].as_array().unwrap().len(),
+        1,
+        "the spec: unlisted items are removed"
+    );
     assert_eq!(updated["email_addresses"][0]["field"], "EMAIL1");
 }
 
@@ -92,10 +121,22 @@ async fn bad_contact_requests_get_v2_errors() {
     let cases = [
         ("/v2/contacts?duplicate_option=Phone", bo("bo@example.com")),
         ("/v2/contacts", json!({"given_name": "Nobody"})),
-        ("/v2/contacts", json!({"email_addresses": [{"email": "nope"}]})),
-        ("/v2/contacts", json!({"email_addresses": [{"email": "bo@example.com", "field": "EMAIL9"}]})),
-        ("/v2/contacts", json!({"email_addresses": [{"email": "bo@example.com", "opt_in_reason": 5}]})),
-        ("/v2/contacts", json!({"email_addresses": [{"email": "bo@example.com"}], "source_type": "FAX"})),
+        (
+            "/v2/contacts",
+            json!({"email_addresses": [{"email": "nope"}]}),
+        ),
+        (
+            "/v2/contacts",
+            json!({"email_addresses": [{"email": "bo@example.com", "field": "EMAIL9"}]}),
+        ),
+        (
+            "/v2/contacts",
+            json!({"email_addresses": [{"email": "bo@example.com", "opt_in_reason": 5}]}),
+        ),
+        (
+            "/v2/contacts",
+            json!({"email_addresses": [{"email": "bo@example.com"}], "source_type": "FAX"}),
+        ),
         ("/v2/contacts", json!("just a string")),
     ];
     for (path, body) in cases {
@@ -114,10 +155,17 @@ async fn contacts_are_searched_by_email_filter() {
     let (status, found) = get(&sandbox, "/v2/contacts?filter=email%3D%3Dbo@example.com").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(found["contacts"].as_array().unwrap().len(), 1);
-    assert_eq!(found["contacts"][0]["email_addresses"][0]["email"], "bo@example.com");
+    assert_eq!(
+        found["contacts"][0]["email_addresses"][0]["email"],
+        "bo@example.com"
+    );
     let (_, wildcard) = get(&sandbox, "/v2/contacts?filter=email%3D%3Do*").await;
     assert_eq!(wildcard["contacts"].as_array().unwrap().len(), 1);
-    let (_, none) = get(&sandbox, "/v2/contacts?filter=email%3D%3Dnobody@example.com").await;
+    let (_, none) = get(
+        &sandbox,
+        "/v2/contacts?filter=email%3D%3Dnobody@example.com",
+    )
+    .await;
     assert_eq!(none["contacts"], json!([]));
     let (status, reply) = get(&sandbox, "/v2/contacts?filter=favourite_colour%3D%3Dblue").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -135,10 +183,18 @@ async fn tags_are_created_filtered_and_applied_with_per_contact_results() {
     let sandbox = sandbox().await;
     let (_, contact) = post(&sandbox, "/v2/contacts", bo("bo@example.com")).await;
     let contact_id = contact["id"].as_str().unwrap().to_owned();
-    let (status, tag) = post(&sandbox, "/v2/tags", json!({"name": "Welcome", "description": "New signups"})).await;
+    let (status, tag) = post(
+        &sandbox,
+        "/v2/tags",
+        json!({"name": "Welcome", "description": "New signups"}),
+    )
+    .await;
     assert_eq!(status, StatusCode::CREATED);
     let tag_id = tag["id"].as_str().expect("string tag id").to_owned();
-    assert_eq!(sandbox.tag_by_name("Welcome").map(|id| id.to_string()), Some(tag_id.clone()));
+    assert_eq!(
+        sandbox.tag_by_name("Welcome").map(|id| id.to_string()),
+        Some(tag_id.clone())
+    );
 
     let (_, listed) = get(&sandbox, "/v2/tags?filter=name%3D%3DWelcome").await;
     assert_eq!(listed["tags"][0]["id"], tag_id.as_str());
@@ -146,9 +202,17 @@ async fn tags_are_created_filtered_and_applied_with_per_contact_results() {
     assert_eq!(none["tags"], json!([]));
 
     let apply = format!("/v2/tags/{tag_id}/contacts:applyTags");
-    let (status, results) = post(&sandbox, &apply, json!({"contact_ids": [contact_id, "999999"]})).await;
+    let (status, results) = post(
+        &sandbox,
+        &apply,
+        json!({"contact_ids": [contact_id, "999999"]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::OK, "200 even when some ids fail");
-    assert_eq!(results, json!({"results": {contact_id.as_str(): "SUCCESS", "999999": "CONTACT_NOT_FOUND"}}));
+    assert_eq!(
+        results,
+        json!({"results": {contact_id.as_str(): "SUCCESS", "999999": "CONTACT_NOT_FOUND"}})
+    );
     let (_, again) = post(&sandbox, &apply, json!({"contact_ids": [contact_id]})).await;
     assert_eq!(again["results"][contact_id.as_str()], "DUPLICATE");
     assert_eq!(
@@ -165,12 +229,25 @@ async fn tag_errors() {
     let (status, reply) = post(&sandbox, "/v2/tags", json!({"description": "no name"})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert_v2_error(&reply, 400);
-    let (status, reply) = post(&sandbox, "/v2/tags/424242/contacts:applyTags", json!({"contact_ids": ["1"]})).await;
+    let (status, reply) = post(
+        &sandbox,
+        "/v2/tags/424242/contacts:applyTags",
+        json!({"contact_ids": ["1"]}),
+    )
+    .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_v2_error(&reply, 404);
     let (_, tag) = post(&sandbox, "/v2/tags", json!({"name": "T"})).await;
-    let apply = format!("/v2/tags/{}/contacts:applyTags", tag["id"].as_str().unwrap());
-    for body in [json!({}), json!({"contact_ids": []}), json!({"contact_ids": [1001]}), json!({"contactIds": ["1001"]})] {
+    let apply = format!(
+        "/v2/tags/{}/contacts:applyTags",
+        tag["id"].as_str().unwrap()
+    );
+    for body in [
+        json!({}),
+        json!({"contact_ids": []}),
+        json!({"contact_ids": [1001]}),
+        json!({"contactIds": ["1001"]}),
+    ] {
         let (status, reply) = post(&sandbox, &apply, body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
         assert_v2_error(&reply, 400);
@@ -189,14 +266,27 @@ async fn emails_send_needs_exactly_one_sender() {
     let base = json!({"contacts": [id], "subject": "Welcome", "html_content": "PGgxPkhpPC9oMT4="});
     let with = |extra: Value| {
         let mut body = base.clone();
-        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
         body
     };
     let (status, body) = post(&sandbox, "/v2/emails:send", with(json!({"user_id": "1"}))).await;
     assert_eq!((status, body), (StatusCode::ACCEPTED, Value::Null));
-    let (status, _) = post(&sandbox, "/v2/emails:send", with(json!({"from_address": "hello@example.com"}))).await;
+    let (status, _) = post(
+        &sandbox,
+        "/v2/emails:send",
+        with(json!({"from_address": "hello@example.com"})),
+    )
+    .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(sandbox.contact_by_email("bo@example.com").unwrap().emails_received, 2);
+    assert_eq!(
+        sandbox
+            .contact_by_email("bo@example.com")
+            .unwrap()
+            .emails_received,
+        2
+    );
 
     let bad = [
         base.clone(),

@@ -17,24 +17,33 @@ use serde_yaml_ng::Value as Yaml;
 
 fn spec_path() -> PathBuf {
     std::env::var_os("KEAP_V2_SPEC").map_or_else(
-        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/reference/keap-v2-openapi.yml")),
+        || {
+            PathBuf::from(concat!(
+                env!("CARGO_MANIFEST_DIR"),
+                "/../../../shared/reference/keap-v2-openapi.yml"
+            ))
+        },
         PathBuf::from,
     )
 }
 
 fn load_spec() -> Yaml {
     let path = spec_path();
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let text = std::fs::read_to_string(&path)
+        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
     serde_yaml_ng::from_str(&text).expect("spec parses as YAML")
 }
 
 /// Follow `$ref: '#/a/b/c'` (repeatedly).
 fn resolve<'a>(spec: &'a Yaml, mut schema: &'a Yaml) -> &'a Yaml {
     while let Some(reference) = schema.get("$ref").and_then(Yaml::as_str) {
-        let pointer = reference.strip_prefix("#/").unwrap_or_else(|| panic!("external $ref {reference}"));
-        schema = pointer
-            .split('/')
-            .fold(spec, |node, key| node.get(key).unwrap_or_else(|| panic!("dangling $ref {reference}")));
+        let pointer = reference
+            .strip_prefix("#/")
+            .unwrap_or_else(|| panic!("external $ref {reference}"));
+        schema = pointer.split('/').fold(spec, |node, key| {
+            node.get(key)
+                .unwrap_or_else(|| panic!("dangling $ref {reference}"))
+        });
     }
     schema
 }
@@ -69,22 +78,34 @@ fn check(spec: &Yaml, schema: &Yaml, value: &Json, at: &str, problems: &mut Vec<
         problems.push(format!("{at}: {value} is not of type {types:?}"));
         return;
     }
-    if let (Some(allowed), Some(text)) = (schema.get("enum").and_then(Yaml::as_sequence), value.as_str())
-        && !allowed.iter().any(|a| a.as_str() == Some(text))
+    if let (Some(allowed), Some(text)) = (
+        schema.get("enum").and_then(Yaml::as_sequence),
+        value.as_str(),
+    ) && !allowed.iter().any(|a| a.as_str() == Some(text))
     {
-        problems.push(format!("{at}: {text:?} is not one of the spec's enum values"));
+        problems.push(format!(
+            "{at}: {text:?} is not one of the spec's enum values"
+        ));
     }
-    if let (Some(properties), Some(object)) = (schema.get("properties").and_then(Yaml::as_mapping), value.as_object()) {
-        let open = schema.get("additionalProperties").is_some_and(|a| a.as_bool() != Some(false));
+    if let (Some(properties), Some(object)) = (
+        schema.get("properties").and_then(Yaml::as_mapping),
+        value.as_object(),
+    ) {
+        let open = schema
+            .get("additionalProperties")
+            .is_some_and(|a| a.as_bool() != Some(false));
         for (key, field) in object {
             match properties.get(key.as_str()) {
-                Some(field_schema) => check(spec, field_schema, field, &format!("{at}.{key}"), problems),
+                Some(field_schema) => {
+                    check(spec, field_schema, field, &format!("{at}.{key}"), problems)
+                }
                 None if open => {}
                 None => problems.push(format!("{at}: field {key:?} is not in the spec's schema")),
             }
         }
     }
-    if let (Some(additional), Some(object)) = (schema.get("additionalProperties"), value.as_object())
+    if let (Some(additional), Some(object)) =
+        (schema.get("additionalProperties"), value.as_object())
         && additional.is_mapping()
         && schema.get("properties").is_none()
     {
@@ -108,12 +129,29 @@ struct Case {
     expect: u16,
 }
 
-fn case(method: Method, spec_path: &'static str, path: impl Into<String>, body: Option<Json>, expect: u16) -> Case {
-    Case { method, spec_path, path: path.into(), body, expect }
+fn case(
+    method: Method,
+    spec_path: &'static str,
+    path: impl Into<String>,
+    body: Option<Json>,
+    expect: u16,
+) -> Case {
+    Case {
+        method,
+        spec_path,
+        path: path.into(),
+        body,
+        expect,
+    }
 }
 
 /// Check one case against the spec; the response body when it was JSON.
-async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems: &mut Vec<String>) -> Json {
+async fn run(
+    spec: &Yaml,
+    sandbox: &keap_sandbox::Sandbox,
+    case: &Case,
+    problems: &mut Vec<String>,
+) -> Json {
     let label = format!("{} {} ({})", case.method, case.path, case.spec_path);
     let mut request = rest(sandbox, case.method.clone(), &case.path);
     if let Some(body) = &case.body {
@@ -123,7 +161,10 @@ async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     if status != case.expect {
-        problems.push(format!("{label}: status {status}, expected {}: {text}", case.expect));
+        problems.push(format!(
+            "{label}: status {status}, expected {}: {text}",
+            case.expect
+        ));
         return Json::Null;
     }
     let Some(operation) = spec
@@ -134,7 +175,10 @@ async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems
         problems.push(format!("{label}: the spec has no such operation"));
         return Json::Null;
     };
-    let Some(documented) = operation.get("responses").and_then(|r| r.get(status.to_string().as_str())) else {
+    let Some(documented) = operation
+        .get("responses")
+        .and_then(|r| r.get(status.to_string().as_str()))
+    else {
         problems.push(format!("{label}: status {status} is not documented"));
         return Json::Null;
     };
@@ -145,7 +189,9 @@ async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems
     match (schema, text.is_empty()) {
         (None, true) => Json::Null,
         (None, false) => {
-            problems.push(format!("{label}: the spec documents no body for {status}, got {text}"));
+            problems.push(format!(
+                "{label}: the spec documents no body for {status}, got {text}"
+            ));
             Json::Null
         }
         (Some(_), true) => {
@@ -153,7 +199,8 @@ async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems
             Json::Null
         }
         (Some(schema), false) => {
-            let body: Json = serde_json::from_str(&text).unwrap_or_else(|err| panic!("{label}: not JSON ({err}): {text}"));
+            let body: Json = serde_json::from_str(&text)
+                .unwrap_or_else(|err| panic!("{label}: not JSON ({err}): {text}"));
             check(spec, schema, &body, &label, problems);
             body
         }
@@ -171,33 +218,159 @@ async fn v2_operations_codes_and_bodies_match_the_official_spec() {
         "phone_numbers": [{"number": "555-0101", "field": "PHONE1"}],
     });
 
-    let created = run(&spec, &sandbox, &case(Method::POST, "/rest/v2/contacts", "/v2/contacts?duplicate_option=Email", Some(contact_body.clone()), 201), &mut problems).await;
+    let created = run(
+        &spec,
+        &sandbox,
+        &case(
+            Method::POST,
+            "/rest/v2/contacts",
+            "/v2/contacts?duplicate_option=Email",
+            Some(contact_body.clone()),
+            201,
+        ),
+        &mut problems,
+    )
+    .await;
     let contact_id = created["id"].as_str().unwrap_or("0").to_owned();
-    let tag = run(&spec, &sandbox, &case(Method::POST, "/rest/v2/tags", "/v2/tags", Some(json!({"name": "Welcome", "description": "d", "category": {"id": "5"}})), 201), &mut problems).await;
+    let tag = run(
+        &spec,
+        &sandbox,
+        &case(
+            Method::POST,
+            "/rest/v2/tags",
+            "/v2/tags",
+            Some(json!({"name": "Welcome", "description": "d", "category": {"id": "5"}})),
+            201,
+        ),
+        &mut problems,
+    )
+    .await;
     let tag_id = tag["id"].as_str().unwrap_or("0").to_owned();
 
     let cases = [
-        case(Method::POST, "/rest/v2/contacts", "/v2/contacts?duplicate_option=Email", Some(contact_body), 200),
-        case(Method::POST, "/rest/v2/contacts", "/v2/contacts", Some(json!({"given_name": "No address"})), 400),
-        case(Method::GET, "/rest/v2/contacts", "/v2/contacts?filter=email%3D%3Dcy@example.com", None, 200),
-        case(Method::GET, "/rest/v2/contacts", "/v2/contacts?filter=nonsense", None, 400),
-        case(Method::GET, "/rest/v2/contacts/{contact_id}", format!("/v2/contacts/{contact_id}"), None, 200),
-        case(Method::GET, "/rest/v2/contacts/{contact_id}", "/v2/contacts/999999", None, 404),
-        case(Method::POST, "/rest/v2/tags", "/v2/tags", Some(json!({"name": ""})), 400),
-        case(Method::GET, "/rest/v2/tags", "/v2/tags?filter=name%3D%3DWelcome", None, 200),
-        case(Method::GET, "/rest/v2/tags", "/v2/tags?page_size=5000", None, 400),
-        case(Method::GET, "/rest/v2/tags/{tag_id}", format!("/v2/tags/{tag_id}"), None, 200),
-        case(Method::GET, "/rest/v2/tags/{tag_id}", "/v2/tags/999999", None, 404),
-        case(Method::POST, "/rest/v2/tags/{tag_id}/contacts:applyTags", format!("/v2/tags/{tag_id}/contacts:applyTags"), Some(json!({"contact_ids": [contact_id, "999999"]})), 200),
-        case(Method::POST, "/rest/v2/tags/{tag_id}/contacts:applyTags", "/v2/tags/999999/contacts:applyTags", Some(json!({"contact_ids": ["1"]})), 404),
-        case(Method::POST, "/rest/v2/tags/{tag_id}/contacts:applyTags", format!("/v2/tags/{tag_id}/contacts:applyTags"), Some(json!({})), 400),
-        case(Method::POST, "/rest/v2/emails:send", "/v2/emails:send", Some(json!({"contacts": [contact_id], "subject": "Hi", "user_id": "1", "plain_content": "SGk="})), 202),
-        case(Method::POST, "/rest/v2/emails:send", "/v2/emails:send", Some(json!({"contacts": [contact_id], "subject": "Hi"})), 400),
+        case(
+            Method::POST,
+            "/rest/v2/contacts",
+            "/v2/contacts?duplicate_option=Email",
+            Some(contact_body),
+            200,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/contacts",
+            "/v2/contacts",
+            Some(json!({"given_name": "No address"})),
+            400,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/contacts",
+            "/v2/contacts?filter=email%3D%3Dcy@example.com",
+            None,
+            200,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/contacts",
+            "/v2/contacts?filter=nonsense",
+            None,
+            400,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/contacts/{contact_id}",
+            format!("/v2/contacts/{contact_id}"),
+            None,
+            200,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/contacts/{contact_id}",
+            "/v2/contacts/999999",
+            None,
+            404,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/tags",
+            "/v2/tags",
+            Some(json!({"name": ""})),
+            400,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/tags",
+            "/v2/tags?filter=name%3D%3DWelcome",
+            None,
+            200,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/tags",
+            "/v2/tags?page_size=5000",
+            None,
+            400,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/tags/{tag_id}",
+            format!("/v2/tags/{tag_id}"),
+            None,
+            200,
+        ),
+        case(
+            Method::GET,
+            "/rest/v2/tags/{tag_id}",
+            "/v2/tags/999999",
+            None,
+            404,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/tags/{tag_id}/contacts:applyTags",
+            format!("/v2/tags/{tag_id}/contacts:applyTags"),
+            Some(json!({"contact_ids": [contact_id, "999999"]})),
+            200,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/tags/{tag_id}/contacts:applyTags",
+            "/v2/tags/999999/contacts:applyTags",
+            Some(json!({"contact_ids": ["1"]})),
+            404,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/tags/{tag_id}/contacts:applyTags",
+            format!("/v2/tags/{tag_id}/contacts:applyTags"),
+            Some(json!({})),
+            400,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/emails:send",
+            "/v2/emails:send",
+            Some(
+                json!({"contacts": [contact_id], "subject": "Hi", "user_id": "1", "plain_content": "SGk="}),
+            ),
+            202,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/emails:send",
+            "/v2/emails:send",
+            Some(json!({"contacts": [contact_id], "subject": "Hi"})),
+            400,
+        ),
     ];
     for case in &cases {
         run(&spec, &sandbox, case, &mut problems).await;
     }
-    assert!(problems.is_empty(), "departures from the v2 spec:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "departures from the v2 spec:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -208,9 +381,20 @@ fn the_checker_catches_departures() {
     .unwrap();
     let schema: Yaml = serde_yaml_ng::from_str("$ref: '#/components/schemas/T'").unwrap();
     let mut problems = Vec::new();
-    check(&spec, &schema, &json!({"id": "1", "kind": "A", "list": [{"id": "2"}]}), "ok", &mut problems);
+    check(
+        &spec,
+        &schema,
+        &json!({"id": "1", "kind": "A", "list": [{"id": "2"}]}),
+        "ok",
+        &mut problems,
+    );
     assert!(problems.is_empty(), "{problems:?}");
-    for bad in [json!({"id": 1}), json!({"kind": "C"}), json!({"extra": true}), json!({"list": [{"id": 3}]})] {
+    for bad in [
+        json!({"id": 1}),
+        json!({"kind": "C"}),
+        json!({"extra": true}),
+        json!({"list": [{"id": 3}]}),
+    ] {
         let mut problems = Vec::new();
         check(&spec, &schema, &bad, "bad", &mut problems);
         assert_eq!(problems.len(), 1, "{bad} -> {problems:?}");

@@ -107,7 +107,10 @@ async fn rest_gate(shared: &Shared, mut request: Request, next: Next) -> Respons
     };
     if let Some(retry_after) = shared.faults.take_throttle() {
         shared.world().stats.throttled += 1;
-        return throttled(&QuotaReport::keap_default(&credential), retry_after.map(u64::from));
+        return throttled(
+            &QuotaReport::keap_default(&credential),
+            retry_after.map(u64::from),
+        );
     }
     let quota = match shared.config.rate_limit {
         None => None,
@@ -173,11 +176,20 @@ fn throttled(report: &QuotaReport, retry_after: Option<u64>) -> Response {
 fn quota_headers(headers: &mut HeaderMap, report: &QuotaReport) {
     let pairs = [
         ("x-keap-product-quota-limit", report.limit.to_string()),
-        ("x-keap-product-quota-time-unit", report.time_unit.to_owned()),
+        (
+            "x-keap-product-quota-time-unit",
+            report.time_unit.to_owned(),
+        ),
         ("x-keap-product-quota-interval", "1".to_owned()),
-        ("x-keap-product-quota-available", report.available.to_string()),
+        (
+            "x-keap-product-quota-available",
+            report.available.to_string(),
+        ),
         ("x-keap-product-quota-used", report.used.to_string()),
-        ("x-keap-product-quota-expiry-time", report.expiry_epoch_ms().to_string()),
+        (
+            "x-keap-product-quota-expiry-time",
+            report.expiry_epoch_ms().to_string(),
+        ),
     ];
     for (name, value) in pairs {
         if let Ok(value) = HeaderValue::from_str(&value) {

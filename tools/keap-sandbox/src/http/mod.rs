@@ -75,7 +75,10 @@ impl BodyError {
 }
 
 /// Parse a JSON body; a missing Content-Type is tolerated, a different one is not.
-pub(crate) fn json_body(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, BodyError> {
+pub(crate) fn json_body(
+    headers: &http::HeaderMap,
+    body: &[u8],
+) -> Result<serde_json::Value, BodyError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let essence = content_type
             .to_str()
@@ -95,6 +98,34 @@ pub(crate) fn json_body(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_
     serde_json::from_slice(body).map_err(|err| BodyError::Malformed(err.to_string()))
 }
 
+/// Count a saved contact and answer with it: 201 when created, 200 when updated.
+pub(crate) fn contact_saved(
+    world: &mut crate::World,
+    version: ApiVersion,
+    created: bool,
+    id: i64,
+) -> Result<Response, ApiError> {
+    if created {
+        world.stats.contacts_created += 1;
+    } else {
+        world.stats.contacts_updated += 1;
+    }
+    let contact = world
+        .crm
+        .contact(id)
+        .map(|c| match version {
+            ApiVersion::V1 => c.v1_json(),
+            ApiVersion::V2 => c.v2_json(),
+        })
+        .ok_or_else(|| ApiError::not_found(version, "Contact", id))?;
+    let status = if created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok(json(status, &contact))
+}
+
 /// The common end of v1's queue and v2's send: check the content, deliver, count; 202.
 pub(crate) fn deliver_email(
     shared: &Shared,
@@ -107,10 +138,9 @@ pub(crate) fn deliver_email(
         check_base64(body, field).map_err(|message| ApiError::bad_request(version, message))?;
     }
     let mut world = shared.world();
-    world
-        .crm
-        .deliver_email(contacts)
-        .map_err(|unknown| ApiError::bad_request(version, format!("Contact {unknown} not found")))?;
+    world.crm.deliver_email(contacts).map_err(|unknown| {
+        ApiError::bad_request(version, format!("Contact {unknown} not found"))
+    })?;
     world.stats.emails_queued += contacts.len() as u64;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -154,8 +184,16 @@ impl ApiError {
     }
 
     /// 404 for a missing resource; v2 names it in `details` (the spec's `ErrorDetails`).
-    pub(crate) fn not_found(version: ApiVersion, resource: &str, id: impl std::fmt::Display) -> Self {
-        let mut error = Self::new(version, StatusCode::NOT_FOUND, format!("{resource} {id} not found"));
+    pub(crate) fn not_found(
+        version: ApiVersion,
+        resource: &str,
+        id: impl std::fmt::Display,
+    ) -> Self {
+        let mut error = Self::new(
+            version,
+            StatusCode::NOT_FOUND,
+            format!("{resource} {id} not found"),
+        );
         error.details = vec![serde_json::json!({"domain": "crm", "resource": resource})];
         error
     }
@@ -182,21 +220,31 @@ impl IntoResponse for ApiError {
 
 impl ApiVersion {
     /// A JSON object body, or this version's 400/415.
-    pub(crate) fn object(self, headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, ApiError> {
-        let value = json_body(headers, body).map_err(|err| ApiError::new(self, err.status(), err.to_string()))?;
+    pub(crate) fn object(
+        self,
+        headers: &http::HeaderMap,
+        body: &[u8],
+    ) -> Result<serde_json::Value, ApiError> {
+        let value = json_body(headers, body)
+            .map_err(|err| ApiError::new(self, err.status(), err.to_string()))?;
         if value.is_object() {
             Ok(value)
         } else {
-            Err(ApiError::bad_request(self, "The request body must be a JSON object"))
+            Err(ApiError::bad_request(
+                self,
+                "The request body must be a JSON object",
+            ))
         }
     }
 
     /// A positive numeric id from the path.
     pub(crate) fn path_id(self, raw: &str, what: &str) -> Result<i64, ApiError> {
-        raw.parse::<i64>()
-            .ok()
-            .filter(|id| *id > 0)
-            .ok_or_else(|| ApiError::bad_request(self, format!("{what} must be a positive numeric id, got {raw:?}")))
+        raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
+            ApiError::bad_request(
+                self,
+                format!("{what} must be a positive numeric id, got {raw:?}"),
+            )
+        })
     }
 }
 

@@ -39,25 +39,36 @@ fn string_ids(body: &Value, name: &str) -> Result<Vec<i64>, ApiError> {
     match body.get(name) {
         Some(Value::Array(ids)) if !ids.is_empty() => ids
             .iter()
-            .map(|id| id.as_str().and_then(|s| s.parse::<i64>().ok()).filter(|id| *id > 0))
+            .map(|id| {
+                id.as_str()
+                    .and_then(|s| s.parse::<i64>().ok())
+                    .filter(|id| *id > 0)
+            })
             .collect::<Option<Vec<i64>>>()
             .ok_or_else(|| bad_request(format!("{name} must be an array of id strings"))),
         Some(Value::Array(_)) => Err(bad_request(format!("{name} must not be empty"))),
         None | Some(Value::Null) => Err(bad_request(format!("{name} is required"))),
-        Some(_) => Err(bad_request(format!("{name} must be an array of id strings"))),
+        Some(_) => Err(bad_request(format!(
+            "{name} must be an array of id strings"
+        ))),
     }
 }
 
 /// `filter=a==x;b==y` -> [(a, x), (b, y)]; only the named fields are allowed.
-fn parse_filter<'a>(filter: Option<&'a String>, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
-    let Some(filter) = filter else { return Ok(Vec::new()) };
+fn parse_filter<'a>(
+    filter: Option<&'a String>,
+    allowed: &[&str],
+) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+    let Some(filter) = filter else {
+        return Ok(Vec::new());
+    };
     filter
         .split(';')
         .filter(|part| !part.trim().is_empty())
         .map(|part| {
-            let (field, value) = part
-                .split_once("==")
-                .ok_or_else(|| bad_request(format!("Invalid filter {part:?}: expected field==value")))?;
+            let (field, value) = part.split_once("==").ok_or_else(|| {
+                bad_request(format!("Invalid filter {part:?}: expected field==value"))
+            })?;
             let field = field.trim();
             if allowed.contains(&field) {
                 Ok((field, value.trim()))
@@ -102,22 +113,14 @@ async fn create_contact(
         .crm
         .upsert(input, duplicate, ApiVersion::V2)
         .map_err(bad_request)?;
-    if created {
-        world.stats.contacts_created += 1;
-    } else {
-        world.stats.contacts_updated += 1;
-    }
-    let contact = world
-        .crm
-        .contact(id)
-        .map(Contact::v2_json)
-        .ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    Ok(super::json(status, &contact))
+    super::contact_saved(&mut world, V2, created, id)
 }
 
 /// `GET /v2/contacts?filter=email==a@b.com` (also `given_name`, `family_name`, `ids`).
-async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+async fn list_contacts(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Reply {
     let filters = parse_filter(
         query.get("filter"),
         &["email", "given_name", "family_name", "ids", "contact_ids"],
@@ -126,7 +129,12 @@ async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<Ha
     let id_sets: Vec<Vec<i64>> = filters
         .iter()
         .filter(|(field, _)| matches!(*field, "ids" | "contact_ids"))
-        .map(|(_, value)| value.split(',').filter_map(|id| id.trim().parse().ok()).collect())
+        .map(|(_, value)| {
+            value
+                .split(',')
+                .filter_map(|id| id.trim().parse().ok())
+                .collect()
+        })
         .collect();
     let world = shared.world();
     let contacts: Vec<Value> = world
@@ -142,19 +150,31 @@ async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<Ha
         .take(limit)
         .map(Contact::v2_json)
         .collect();
-    Ok(super::json(StatusCode::OK, &json!({"contacts": contacts, "next_page_token": ""})))
+    Ok(super::json(
+        StatusCode::OK,
+        &json!({"contacts": contacts, "next_page_token": ""}),
+    ))
 }
 
 async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<String>) -> Reply {
     let id = V2.path_id(&contact_id, "contact_id")?;
     let world = shared.world();
-    let contact = world.crm.contact(id).ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
+    let contact = world
+        .crm
+        .contact(id)
+        .ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
     Ok(super::json(StatusCode::OK, &contact.v2_json()))
 }
 
 /// `GET /v2/tags?filter=name==Welcome` (also `description`, `category_id`, `tag_ids`).
-async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
-    let filters = parse_filter(query.get("filter"), &["name", "description", "category_id", "tag_ids"])?;
+async fn list_tags(
+    State(shared): State<Arc<Shared>>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Reply {
+    let filters = parse_filter(
+        query.get("filter"),
+        &["name", "description", "category_id", "tag_ids"],
+    )?;
     let limit = page_size(&query)?;
     let keep = |tag: &Tag| {
         filters.iter().all(|(field, value)| match *field {
@@ -176,13 +196,19 @@ async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMa
         .take(limit)
         .map(Tag::v2_json)
         .collect();
-    Ok(super::json(StatusCode::OK, &json!({"tags": tags, "next_page_token": ""})))
+    Ok(super::json(
+        StatusCode::OK,
+        &json!({"tags": tags, "next_page_token": ""}),
+    ))
 }
 
 async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
     let id = V2.path_id(&tag_id, "tag_id")?;
     let world = shared.world();
-    let tag = world.crm.tag(id).ok_or_else(|| ApiError::not_found(V2, "Tag", id))?;
+    let tag = world
+        .crm
+        .tag(id)
+        .ok_or_else(|| ApiError::not_found(V2, "Tag", id))?;
     Ok(super::json(StatusCode::OK, &tag.v2_json()))
 }
 
@@ -243,7 +269,11 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
                 return Err(bad_request("from_address is not a valid email address"));
             }
         }
-        _ => return Err(bad_request("Exactly one of user_id or from_address is required")),
+        _ => {
+            return Err(bad_request(
+                "Exactly one of user_id or from_address is required",
+            ));
+        }
     }
     super::deliver_email(&shared, V2, &body, &contacts)
 }

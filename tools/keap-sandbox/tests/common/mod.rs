@@ -82,11 +82,18 @@ pub async fn exchange_code(sandbox: &Sandbox, code: &str, redirect_uri: &str) ->
         .expect("token request")
 }
 
-pub async fn refresh_with(client: &Client, sandbox: &Sandbox, refresh_token: &str) -> reqwest::Result<Response> {
+pub async fn refresh_with(
+    client: &Client,
+    sandbox: &Sandbox,
+    refresh_token: &str,
+) -> reqwest::Result<Response> {
     client
         .post(sandbox.token_url())
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
+        .form(&[
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token),
+        ])
         .send()
         .await
 }
