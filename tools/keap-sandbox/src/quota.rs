@@ -116,3 +116,70 @@ impl Quotas {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> Credential {
+        Credential::ApiKey("k".to_owned())
+    }
+
+    #[test]
+    fn per_second_window_refuses_then_resets() {
+        let mut quotas = Quotas::default();
+        let limit = RateLimit {
+            per_second: 2,
+            per_minute: 0,
+        };
+        let start = Instant::now();
+        assert!(quotas.admit(&key(), limit, start).is_ok());
+        assert!(quotas.admit(&key(), limit, start).is_ok());
+        let refused = quotas.admit(&key(), limit, start).unwrap_err();
+        assert_eq!(
+            (refused.time_unit, refused.limit, refused.available),
+            ("second", 2, 0)
+        );
+        assert_eq!(refused.retry_after_secs(), 1);
+        assert!(
+            quotas
+                .admit(&key(), limit, start + Duration::from_secs(1))
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn per_minute_window_counts_across_seconds_and_keys_are_separate() {
+        let mut quotas = Quotas::default();
+        let limit = RateLimit {
+            per_second: 10,
+            per_minute: 3,
+        };
+        let start = Instant::now();
+        for (second, available) in [(0, 2), (1, 1), (2, 0)] {
+            let report = quotas
+                .admit(&key(), limit, start + Duration::from_secs(second))
+                .unwrap();
+            assert_eq!(
+                (report.time_unit, report.available, report.used),
+                ("minute", available, 3 - available)
+            );
+        }
+        let refused = quotas
+            .admit(&key(), limit, start + Duration::from_secs(3))
+            .unwrap_err();
+        assert_eq!(refused.time_unit, "minute");
+        assert_eq!(refused.retry_after_secs(), 57);
+        let other = Credential::OAuthClient("c".to_owned());
+        assert!(
+            quotas
+                .admit(&other, limit, start + Duration::from_secs(3))
+                .is_ok()
+        );
+        assert!(
+            quotas
+                .admit(&key(), limit, start + Duration::from_secs(60))
+                .is_ok()
+        );
+    }
+}
