@@ -435,17 +435,21 @@ impl StormSetup {
 }
 
 impl ContenderArgs {
-    /// The `TokenSource` a contender builds, over `store`.
-    pub fn token_source(&self, store: Arc<dyn SecretStore>) -> keap_relay::token::TokenSource {
-        let settings = self.timings.settings();
-        let oauth = keap_relay::keap::oauth::OAuthClient::new(
+    /// The contender's client for the sandbox's token endpoint.
+    pub fn oauth_client(&self) -> keap_relay::keap::oauth::OAuthClient {
+        keap_relay::keap::oauth::OAuthClient::new(
             reqwest::Client::new(),
             url::Url::parse(&self.token_url).expect("token url"),
             url::Url::parse("http://127.0.0.1/unused-authorize").expect("url"),
             self.client_id.clone(),
             SecretString::from(self.client_secret.clone()),
-            settings.keap_timeout,
-        );
-        keap_relay::token::TokenSource::new(store, self.secret_id.clone(), Arc::new(oauth), settings).expect("settings")
+            self.timings.settings().keap_timeout,
+        )
+    }
+
+    /// The `TokenSource` a contender builds, over `store`.
+    pub fn token_source(&self, store: Arc<dyn SecretStore>) -> keap_relay::token::TokenSource {
+        let oauth = Arc::new(self.oauth_client());
+        keap_relay::token::TokenSource::new(store, self.secret_id.clone(), oauth, self.timings.settings()).expect("settings")
     }
 }

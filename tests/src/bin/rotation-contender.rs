@@ -45,14 +45,7 @@ async fn main() {
     let store = StoreSpec::parse(&args.store).expect("store spec").open();
     let counting = Arc::new(CountingStore::new(store));
     let settings = args.timings.settings();
-    let oauth = OAuthClient::new(
-        reqwest::Client::new(),
-        url::Url::parse(&args.token_url).expect("token url"),
-        url::Url::parse("http://127.0.0.1/unused-authorize").expect("url"),
-        args.client_id.clone(),
-        SecretString::from(args.client_secret.clone()),
-        settings.keap_timeout,
-    );
+    let oauth = args.oauth_client();
     let keap = Arc::new(PausingKeap { inner: oauth, marker: args.pause_marker.clone(), pause: Duration::from_millis(args.pause_ms) });
     let source = TokenSource::new(counting.clone(), args.secret_id.clone(), keap, settings).expect("settings");
     if args.warm {
