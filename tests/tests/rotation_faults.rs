@@ -176,7 +176,10 @@ async fn store_faults_on_put_and_swap_during_a_storm_lose_nothing() {
         }
         // Arm the faults once the holder is calling Keap: they strike the commit.
         let deadline = Instant::now() + Duration::from_secs(10);
-        while !memory.peek_current(&setup.secret_id).is_some_and(|v| TokenState::from_json(v.value.expose_secret()).unwrap().lease.is_some()) {
+        let leased = |memory: &MemoryStore| {
+            memory.peek_current(&setup.secret_id).is_some_and(|v| TokenState::from_json(v.value.expose_secret()).unwrap().lease.is_some())
+        };
+        while !leased(&memory) {
             assert!(Instant::now() < deadline, "nobody took the lease");
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
