@@ -1,3 +1,108 @@
-mod gateway;
+//! `relay-local`: see `relay-local --help` and the README's "Run it locally".
 
-fn main() {}
+use std::io::{IsTerminal, Read};
+use std::process::ExitCode;
+
+use relay_local::cli::{self, Command};
+use relay_local::{defaults, helpers, progress, run};
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(command) => command,
+        Err(error) => {
+            eprintln!("relay-local: {error}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    match command {
+        Command::Help => {
+            println!("{}", cli::USAGE);
+            ExitCode::SUCCESS
+        }
+        Command::Sign { key, body } => sign(key, body),
+        Command::Curl { key, email, url } => {
+            println!("{}", helpers::curl_command(&url, &helpers::signing_key(key), &helpers::signup_body(&email)));
+            ExitCode::SUCCESS
+        }
+        Command::AppSecret { local_defaults } => {
+            let input = if local_defaults { None } else { read_stdin() };
+            with_local_env(defaults::RELAY_PORT, false, |runtime| runtime.block_on(run::write_app_secret(local_defaults, input)))
+        }
+        Command::Demo(args) => {
+            let conflicts = run::demo_conflicts();
+            if !conflicts.is_empty() {
+                eprintln!(
+                    "relay-local: the demo runs against the built-in Keap sandbox, but {} is set; unset it, or use `relay-local serve` to run against that Keap",
+                    conflicts.join(", ")
+                );
+                return ExitCode::from(2);
+            }
+            let relay = match run::bind_relay(args.port) {
+                Ok(listener) => listener,
+                Err(message) => return startup_failure(&message),
+            };
+            let port = relay.local_addr().map(|a| a.port()).unwrap_or(args.port);
+            with_local_env(port, true, |runtime| runtime.block_on(run::demo(args, relay)))
+        }
+        Command::Serve(args) => {
+            let relay = match run::bind_relay(args.port) {
+                Ok(listener) => listener,
+                Err(message) => return startup_failure(&message),
+            };
+            let port = relay.local_addr().map(|a| a.port()).unwrap_or(args.port);
+            let with_sandbox = args.sandbox_port.is_some();
+            with_local_env(port, with_sandbox, |runtime| runtime.block_on(run::serve(args, relay)))
+        }
+    }
+}
+
+/// Fills the unset environment variables with the local defaults, then runs `body` on a
+/// Tokio runtime.
+fn with_local_env(relay_port: u16, with_sandbox: bool, body: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
+    let relay_base = format!("http://127.0.0.1:{relay_port}");
+    // SAFETY: no other thread exists yet; the runtime (and every thread) starts below.
+    unsafe { defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox)) };
+    init_logs();
+    match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => body(&runtime),
+        Err(error) => startup_failure(&format!("cannot start the Tokio runtime: {error}")),
+    }
+}
+
+fn startup_failure(message: &str) -> ExitCode {
+    progress::failed(message);
+    ExitCode::FAILURE
+}
+
+/// Human-readable logs on stderr, so stdout stays the story.
+fn init_logs() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false)
+        .compact()
+        .try_init();
+}
+
+fn read_stdin() -> Option<String> {
+    let mut input = String::new();
+    match std::io::stdin().read_to_string(&mut input) {
+        Ok(_) if !input.trim().is_empty() => Some(input),
+        _ => None,
+    }
+}
+
+fn sign(key: Option<String>, body: String) -> ExitCode {
+    let body = if body == "-" {
+        let mut input = Vec::new();
+        if let Err(error) = std::io::stdin().read_to_end(&mut input) {
+            eprintln!("relay-local: cannot read the body from standard input: {error}");
+            return ExitCode::FAILURE;
+        }
+        input
+    } else {
+        body.into_bytes()
+    };
+    println!("{}", helpers::sign_now(&helpers::signing_key(key), &body));
+    ExitCode::SUCCESS
+}

@@ -1,0 +1,14 @@
+//! `relay-local`: keap-relay on one machine. The Keap sandbox, a secret store and the four
+//! functions' handlers (through an API Gateway stand-in, a schedule timer and an in-memory
+//! queue), on embedded defaults that the functions' own environment variables override.
+
+pub mod cli;
+pub mod defaults;
+pub mod gateway;
+pub mod helpers;
+pub mod progress;
+pub mod queue;
+pub mod run;
+pub mod secrets;
+pub mod stack;
+pub mod walkthrough;

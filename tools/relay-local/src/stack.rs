@@ -1,0 +1,403 @@
+//! Everything the local run starts: the Keap sandbox (when asked), one shared-crate `App` per
+//! function as on Lambda (each with its own token cache, all over the same secret store), an
+//! HTTP server that hands each route to its function's handler through [`crate::gateway`],
+//! the scheduled refresh as a timer and the signup queue drained by `signup-retry`.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::eventbridge::EventBridgeEvent;
+use axum::Router;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use keap_relay::app::{App, AppError};
+use keap_relay::config::{AppSecret, Config, ConfigError};
+use keap_relay::signup::{SignupQueue, SignupService};
+use keap_relay::store::{self, AppSecretError, SecretStore};
+use keap_relay::token::RotationPolicy;
+use keap_relay::ExposeSecret;
+use keap_sandbox::{ClientConfig, Sandbox, SandboxConfig};
+use refresh::{MetricsSink, RefreshDeps, RefreshError, RefreshSummary};
+use serde_json::json;
+use tokio::sync::{oneshot, watch};
+use tokio::task::JoinHandle;
+
+use crate::defaults;
+use crate::gateway;
+use crate::progress;
+use crate::queue::LocalQueue;
+use crate::secrets::{self, Seeded, SecretsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StackError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    App(#[from] AppError),
+    #[error(transparent)]
+    Secrets(#[from] SecretsError),
+    #[error("cannot create the secret store's directory ({0}): {1}")]
+    StoreDir(String, std::io::Error),
+    #[error("cannot listen on {addr} for {what}: {source}; pick another port with {flag}")]
+    Listen { what: &'static str, addr: SocketAddr, flag: &'static str, source: std::io::Error },
+}
+
+/// How the local run treats the signup queue.
+#[derive(Debug, Clone, Copy)]
+pub struct QueueSettings {
+    /// The dead-letter queue's `maxReceiveCount` (the template's default).
+    pub max_receives: u32,
+    pub visibility_timeout: Duration,
+}
+
+impl Default for QueueSettings {
+    fn default() -> Self {
+        Self { max_receives: 5, visibility_timeout: Duration::from_secs(30) }
+    }
+}
+
+pub struct StackOptions {
+    /// The relay's listener, bound before the configuration was read (its port is in
+    /// `KEAP_REDIRECT_URI`).
+    pub relay: std::net::TcpListener,
+    /// Start the Keap sandbox on this address and point Keap's URLs at it (unless set).
+    pub sandbox: Option<SocketAddr>,
+    pub queue: QueueSettings,
+}
+
+/// The app secret as the stack found it.
+#[derive(Debug)]
+pub enum AppSecretState {
+    Ready { secret: AppSecret, seeded: Seeded },
+    /// Handlers will answer 503 until it is written (`relay-local app-secret`).
+    Unavailable(AppSecretError),
+}
+
+/// The handlers' dependencies, as each Lambda function's `main.rs` builds them.
+struct Functions {
+    oauth: oauth::OAuthDeps,
+    signup: signup::AppDeps,
+}
+
+pub struct Stack {
+    /// The configuration every function runs with (Keap's URLs point at the sandbox when it runs).
+    pub config: Config,
+    /// `http://127.0.0.1:PORT` of the relay.
+    pub relay_url: String,
+    pub sandbox: Option<Sandbox>,
+    pub store: Arc<dyn SecretStore>,
+    pub app_secret: AppSecretState,
+    refresh: Arc<RefreshDeps>,
+    retry: Arc<SignupService>,
+    /// `None` when `SIGNUP_QUEUE_URL` sends queued signups to SQS instead.
+    pub queue: Option<Arc<LocalQueue>>,
+    stop_server: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Stack {
+    /// Reads the configuration from the environment (after [`defaults::apply_env_defaults`]),
+    /// starts the sandbox if asked, and serves the routes. Seeds the app secret only when
+    /// the sandbox runs: against a real Keap it must be the operator's.
+    pub async fn start(options: StackOptions) -> Result<Stack, StackError> {
+        let mut config = Config::from_env()?;
+        secrets::prepare_store(&config).map_err(|source| StackError::StoreDir(secrets::describe_store(&config), source))?;
+        let store = store::from_config(&config).await;
+        let (app_secret, sandbox) = match options.sandbox {
+            Some(addr) => {
+                let (secret, seeded) =
+                    secrets::app_secret_or_seed(store.as_ref(), &config.app_secret_id, &defaults::app_secret()).await?;
+                let sandbox = Sandbox::bind(sandbox_config(&secret), addr)
+                    .await
+                    .map_err(|source| StackError::Listen { what: "the Keap sandbox", addr, flag: "--sandbox-port", source })?;
+                point_at_sandbox(&mut config, &sandbox);
+                (AppSecretState::Ready { secret, seeded }, Some(sandbox))
+            }
+            None => match store::load_app_secret(store.as_ref(), &config.app_secret_id).await {
+                Ok(secret) => (AppSecretState::Ready { secret, seeded: Seeded::Existing }, None),
+                Err(error) => (AppSecretState::Unavailable(error), None),
+            },
+        };
+
+        let local_queue = config
+            .signup_queue_url
+            .is_none()
+            .then(|| Arc::new(LocalQueue::new(options.queue.max_receives, options.queue.visibility_timeout)));
+        let function_app = |queue: Option<Arc<dyn SignupQueue>>| App::with_parts(config.clone(), store.clone(), queue);
+        let signup_app = match &local_queue {
+            Some(queue) => function_app(Some(queue.clone() as Arc<dyn SignupQueue>))?,
+            // SQS, exactly as on Lambda.
+            None => App::from_config(config.clone()).await?,
+        };
+        let functions = Arc::new(Functions {
+            oauth: oauth::adapters::deps_from_app(&function_app(None)?)?,
+            signup: signup::AppDeps::new(signup_app),
+        });
+        let refresh = Arc::new(refresh_deps(&function_app(None)?));
+        let retry = Arc::new(function_app(None)?.signup_service());
+
+        let relay_addr = options.relay.local_addr().map_err(|source| StackError::Listen {
+            what: "keap-relay",
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            flag: "--port",
+            source,
+        })?;
+        let listen_error = |source| StackError::Listen { what: "keap-relay", addr: relay_addr, flag: "--port", source };
+        options.relay.set_nonblocking(true).map_err(listen_error)?;
+        let listener = tokio::net::TcpListener::from_std(options.relay).map_err(listen_error)?;
+        let (stop_server, stopped) = oneshot::channel::<()>();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, router(functions))
+                .with_graceful_shutdown(async move {
+                    let _ = stopped.await;
+                })
+                .await
+        });
+
+        Ok(Stack {
+            config,
+            relay_url: format!("http://{relay_addr}"),
+            sandbox,
+            store,
+            app_secret,
+            refresh,
+            retry,
+            queue: local_queue,
+            stop_server: Some(stop_server),
+            server: Some(server),
+        })
+    }
+
+    /// Runs the `refresh` handler once with a scheduled event, as EventBridge would.
+    pub async fn run_scheduled_refresh(&self) -> Result<RefreshSummary, RefreshError> {
+        refresh::handle(scheduled_event(), &self.refresh).await
+    }
+
+    /// Starts the schedule and the queue drain; both stop when `shutdown` turns true.
+    pub fn start_timers(&self, refresh_every: Duration, drain_every: Duration, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+        let mut timers = Vec::new();
+        let refresh = self.refresh.clone();
+        timers.push(tokio::spawn(every(refresh_every, shutdown.clone(), move || {
+            let refresh = refresh.clone();
+            async move { report_scheduled_refresh(refresh::handle(scheduled_event(), &refresh).await) }
+        })));
+        if let Some(queue) = self.queue.clone() {
+            let retry = self.retry.clone();
+            timers.push(tokio::spawn(every(drain_every, shutdown, move || {
+                let (queue, retry) = (queue.clone(), retry.clone());
+                async move { report_drain(&queue, queue.drain(&retry).await) }
+            })));
+        }
+        timers
+    }
+
+    /// Stops serving (open requests finish) and stops the sandbox.
+    pub async fn shutdown(mut self) {
+        if let Some(stop) = self.stop_server.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            match server.await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => tracing::warn!(%error, "the relay server stopped with an error"),
+                Err(error) => tracing::warn!(%error, "the relay server task failed"),
+            }
+        }
+        if let Some(sandbox) = self.sandbox.take() {
+            sandbox.shutdown().await;
+        }
+    }
+}
+
+/// The sandbox knows the OAuth client and API key of the app secret, whatever they are.
+fn sandbox_config(secret: &AppSecret) -> SandboxConfig {
+    let mut config = SandboxConfig::default();
+    if let (Some(id), Some(client_secret)) = (&secret.client_id, &secret.client_secret) {
+        config.clients = vec![ClientConfig::new(id.clone(), client_secret.expose_secret().to_owned())];
+    }
+    if let Some(key) = &secret.api_key {
+        config.api_keys = vec![key.expose_secret().to_owned()];
+    }
+    config
+}
+
+/// Keap's three URLs at the sandbox, except those the environment sets.
+fn point_at_sandbox(config: &mut Config, sandbox: &Sandbox) {
+    let [api, token, authorize] = defaults::KEAP_URL_VARS.map(defaults::is_set);
+    if !api {
+        config.api_url = sandbox.api_url();
+    }
+    if !token {
+        config.token_url = sandbox.token_url();
+    }
+    if !authorize {
+        config.authorize_url = sandbox.authorize_url();
+    }
+}
+
+/// As `functions/refresh/src/main.rs` wires it, with the metrics in the debug log instead of
+/// stdout (EMF lines would drown the progress lines).
+fn refresh_deps(app: &App) -> RefreshDeps {
+    let start_url = std::env::var("KEAP_START_URL")
+        .ok()
+        .filter(|url| !url.trim().is_empty())
+        .or_else(|| app.config.redirect_uri.as_deref().and_then(refresh::handler::start_url_from_redirect));
+    RefreshDeps {
+        mode: app.config.auth_mode,
+        policy: RotationPolicy { lead: app.config.refresh_lead, max_refresh_age: app.config.refresh_max_age },
+        connection: app.connection.clone(),
+        key_check: Arc::new(app.api.clone()),
+        start_url,
+        function_name: "refresh".into(),
+        metrics: Arc::new(DebugLogMetrics),
+    }
+}
+
+struct DebugLogMetrics;
+
+impl MetricsSink for DebugLogMetrics {
+    fn emit(&self, line: &str) {
+        tracing::debug!(target: "relay_local::metrics", "{line}");
+    }
+}
+
+/// What EventBridge sends on schedule.
+fn scheduled_event() -> EventBridgeEvent<serde_json::Value> {
+    let event = json!({
+        "version": "0",
+        "id": uuid::Uuid::new_v4().to_string(),
+        "detail-type": "Scheduled Event",
+        "source": "aws.events",
+        "account": "000000000000",
+        "time": humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+        "region": "local",
+        "resources": ["arn:aws:events:local:000000000000:rule/keap-relay-refresh"],
+        "detail": {},
+    });
+    serde_json::from_value(event).expect("the scheduled event literal has EventBridge's shape")
+}
+
+/// Runs `tick` every `period` (first after one period) until `shutdown` turns true; a tick
+/// that has started finishes.
+async fn every<F, Fut>(period: Duration, mut shutdown: watch::Receiver<bool>, tick: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let mut interval = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = interval.tick() => tick().await,
+            _ = shutdown.changed() => return,
+        }
+    }
+}
+
+/// Quiet when nothing was due; a line for a rotation or a problem.
+fn report_scheduled_refresh(result: Result<RefreshSummary, RefreshError>) {
+    let summary = match result {
+        Ok(summary) => summary,
+        Err(error) => return progress::background(&format!("scheduled refresh failed: {error} (it runs again on schedule)")),
+    };
+    let routine = matches!(summary.action, "not_due" | "api_key_checked");
+    if routine && summary.status == refresh::RunStatus::Ok {
+        tracing::debug!(action = summary.action, "scheduled refresh: nothing to do");
+        return;
+    }
+    let generation = summary.connection.as_ref().and_then(|c| c.generation).map(|g| format!(", generation {g}")).unwrap_or_default();
+    let todo = summary.start_url.as_deref().map(|url| format!("; open {url} to connect Keap again")).unwrap_or_default();
+    progress::background(&format!("scheduled refresh: {} ({}{generation}){todo}", summary.action, run_status_name(summary.status)));
+}
+
+/// The status as the refresh function's JSON answer names it.
+pub fn run_status_name(status: refresh::RunStatus) -> String {
+    serde_json::to_value(status).ok().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_default()
+}
+
+fn report_drain(queue: &LocalQueue, result: Result<crate::queue::DrainReport, crate::queue::DrainError>) {
+    match result {
+        Ok(report) if report.is_empty() => {}
+        Ok(report) => progress::background(&format!(
+            "signup-retry: {} delivered, {} back in the queue, {} dead-lettered ({} waiting, {} dead letters)",
+            report.delivered,
+            report.retrying,
+            report.dead_lettered,
+            queue.pending(),
+            queue.dead_letters()
+        )),
+        Err(error) => progress::background(&format!("signup-retry could not run: {error}")),
+    }
+}
+
+/// The routes of `template.yaml`'s HTTP API. Like API Gateway, anything else (another path,
+/// or another method on a known path) is `404 {"message":"Not Found"}`.
+fn router(functions: Arc<Functions>) -> Router {
+    Router::new()
+        .route("/oauth/start", any(oauth_route))
+        .route("/oauth/callback", any(oauth_route))
+        .route("/status", any(oauth_route))
+        .route("/signup", any(signup_route))
+        .fallback(not_found)
+        .with_state(functions)
+}
+
+async fn not_found() -> Response {
+    (http::StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Not Found" }))).into_response()
+}
+
+async fn oauth_route(State(functions): State<Arc<Functions>>, request: axum::extract::Request) -> Response {
+    if request.method() != http::Method::GET {
+        return not_found().await;
+    }
+    match lambda_request(request).await {
+        Ok(request) => gateway::http_response(oauth::handle(request, &functions.oauth).await),
+        Err(response) => response,
+    }
+}
+
+async fn signup_route(State(functions): State<Arc<Functions>>, request: axum::extract::Request) -> Response {
+    if request.method() != http::Method::POST {
+        return not_found().await;
+    }
+    match lambda_request(request).await {
+        Ok(request) => gateway::http_response(signup::handler::handle(&request, &functions.signup).await),
+        Err(response) => response,
+    }
+}
+
+/// The request as the function would receive it from API Gateway.
+async fn lambda_request(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, gateway::MAX_BODY_BYTES).await else {
+        return Err((http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({ "message": "Request Entity Too Large" }))).into_response());
+    };
+    gateway::lambda_request(&parts, &body).map_err(|error| {
+        tracing::warn!(%error, "could not build the API Gateway event");
+        (http::StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Bad Request" }))).into_response()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scheduled_event_parses_as_eventbridge_sends_it() {
+        let event = scheduled_event();
+        assert_eq!(event.detail_type, "Scheduled Event");
+        assert_eq!(event.source, "aws.events");
+    }
+
+    #[test]
+    fn the_sandbox_accepts_the_app_secrets_client_and_key() {
+        let secret = secrets::parse_app_secret(r#"{"client_id":"mine","client_secret":"s","api_key":"KeapAK-mine"}"#).unwrap();
+        let config = sandbox_config(&secret);
+        assert_eq!(config.clients[0].client_id, "mine");
+        assert_eq!(config.api_keys, ["KeapAK-mine"]);
+        let defaults = sandbox_config(&secrets::parse_app_secret("{}").unwrap());
+        assert_eq!(defaults.clients[0].client_id, keap_sandbox::DEFAULT_CLIENT_ID);
+    }
+}
