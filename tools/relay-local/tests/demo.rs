@@ -1,0 +1,125 @@
+//! The newcomer's path, end to end: `relay-local demo --no-serve` on free ports in an empty
+//! directory, as a separate process, judged by its exit status and its progress lines.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::SystemTime;
+
+use keap_relay::SecretString;
+use keap_relay::signup::signature;
+
+const LOCAL_SECRETS: [&str; 2] = ["local-signup-signing-key", "local-admin-password"];
+
+/// An empty working directory, removed afterwards.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        let dir = std::env::temp_dir().join(format!("relay-local-test-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// `relay-local ARGS` in `dir`, with none of the variables that point it elsewhere.
+fn relay_local(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay-local"));
+    command.args(args).current_dir(dir);
+    for (name, _) in std::env::vars() {
+        if name.starts_with("KEAP_") || name.starts_with("SIGNUP_") || name == "AWS_ENDPOINT_URL" {
+            command.env_remove(name);
+        }
+    }
+    command.envs(env.iter().copied());
+    command.output().expect("relay-local runs")
+}
+
+fn demo_once(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
+    let args = [&["demo", "--no-serve", "--port", "0", "--sandbox-port", "0"], extra].concat();
+    let output = relay_local(dir, &args, env);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (output, stdout)
+}
+
+fn assert_all_checks_passed(output: &Output, stdout: &str, checks: &[&str]) {
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "exit {:?}\n{stdout}\n{stderr}", output.status.code());
+    for check in checks {
+        assert!(stdout.lines().any(|line| line == format!("✓ {check}")), "no passed check {check:?} in\n{stdout}");
+    }
+    assert!(stdout.contains(&format!("All {} checks passed.", checks.len())), "{stdout}");
+    for secret in LOCAL_SECRETS {
+        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} printed without a curl line");
+    }
+}
+
+const OAUTH_CHECKS: [&str; 6] =
+    ["connected", "contact created", "tag applied", "welcome email queued", "exactly one rotation", "status connected"];
+
+#[test]
+fn the_walkthrough_connects_signs_up_rotates_once_and_reports_connected() {
+    let dir = TempDir::new();
+    let (output, stdout) = demo_once(&dir.0, &[], &[]);
+    assert_all_checks_passed(&output, &stdout, &OAUTH_CHECKS);
+    assert!(stdout.contains("seeded from the local defaults"), "{stdout}");
+    assert!(stdout.contains("→ POST /signup ada.lovelace@example.com (new) → 201 "), "{stdout}");
+    assert!(stdout.contains("→ POST /signup ada.lovelace@example.com (repeat) → 200 "), "{stdout}");
+    assert!(stdout.contains("→ POST /signup ada.lovelace(at)example.com (invalid) → 400 "), "{stdout}");
+    assert!(stdout.contains("generation 1 → 2"), "{stdout}");
+    assert!(!stdout.contains("Serving"), "--no-serve must not serve");
+
+    // The store is where the README says, and a second run reuses it.
+    let store = dir.0.join(".local/secrets");
+    assert!(store.join("keap-relay%2Flocal%2Fapp/current").is_file());
+    assert!(store.join("keap-relay%2Flocal%2Ftoken/current").is_file());
+    let (output, stdout) = demo_once(&dir.0, &[], &[]);
+    assert_all_checks_passed(&output, &stdout, &OAUTH_CHECKS);
+    assert!(stdout.contains("(already there)"), "{stdout}");
+}
+
+#[test]
+fn api_key_mode_skips_the_oauth_steps() {
+    let dir = TempDir::new();
+    let (output, stdout) = demo_once(&dir.0, &[], &[("KEAP_AUTH_MODE", "api-key")]);
+    let checks = ["contact created", "tag applied", "welcome email queued", "api key checked", "status connected"];
+    assert_all_checks_passed(&output, &stdout, &checks);
+}
+
+#[test]
+fn a_walkthrough_that_cannot_keep_its_promises_exits_non_zero_and_says_why() {
+    let dir = TempDir::new();
+    let (output, stdout) = demo_once(&dir.0, &["--events", "no-such-dir"], &[]);
+    assert_eq!(output.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("✗ sample events: no-such-dir/signup-valid.json"), "{stdout}");
+    assert!(stdout.contains("1 of 1 checks failed."), "{stdout}");
+}
+
+#[test]
+fn the_demo_refuses_a_real_keap_url() {
+    let dir = TempDir::new();
+    let (output, _) = demo_once(&dir.0, &[], &[("KEAP_API_URL", "https://api.infusionsoft.com/crm/rest")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("KEAP_API_URL is set"));
+}
+
+#[test]
+fn sign_prints_a_header_the_signup_function_accepts() {
+    let dir = TempDir::new();
+    let body = r#"{"email":"you@example.com"}"#;
+    let output = relay_local(&dir.0, &["sign", "--key", "k", body], &[]);
+    assert!(output.status.success());
+    let header = String::from_utf8(output.stdout).unwrap();
+    let key = SecretString::from("k");
+    assert_eq!(signature::verify(&key, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
+
+    let default = relay_local(&dir.0, &["sign", body], &[]);
+    let header = String::from_utf8(default.stdout).unwrap();
+    let local = SecretString::from(LOCAL_SECRETS[0]);
+    assert_eq!(signature::verify(&local, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
+}
