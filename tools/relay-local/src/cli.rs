@@ -22,6 +22,10 @@ usage:
       Prints the X-Signature header value for BODY (\"-\" reads standard input), made now.
   relay-local curl [--key KEY] [--port N | --url URL] EMAIL
       Prints a complete curl command posting a signed signup for EMAIL.
+  relay-local callback-event START_ANSWER.json
+      For cargo lambda invoke: takes the oauth function's 302 answer to events/oauth-start.json
+      (\"-\" reads standard input), lets the authorize page approve (keap-sandbox
+      --auto-approve), and prints the API Gateway event of the callback, code and state included.
   relay-local app-secret [--local-defaults]
       Writes the app secret JSON read from standard input (or the local defaults) into the
       configured store (KEAP_STORE, KEAP_STORE_DIR, KEAP_APP_SECRET_ID).
@@ -81,6 +85,7 @@ pub enum Command {
     Sign { key: Option<String>, body: String },
     Curl { key: Option<String>, email: String, url: String },
     AppSecret { local_defaults: bool },
+    CallbackEvent { answer: String },
     Help,
 }
 
@@ -157,6 +162,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
         "sign" => parse_flags(args, &["--key"])?,
         "curl" => parse_flags(args, &["--key", "--port", "--url"])?,
         "app-secret" => parse_flags(args, &["--local-defaults"])?,
+        "callback-event" => parse_flags(args, &[])?,
         _ => return Err(CliError::UnknownCommand(command)),
     };
     if parsed.help {
@@ -200,6 +206,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
                 .unwrap_or_else(|| format!("http://127.0.0.1:{}/signup", parsed.port.unwrap_or(RELAY_PORT)));
             Command::Curl { key: parsed.key.clone(), email: single("curl", "EMAIL")?, url }
         }
+        "callback-event" => Command::CallbackEvent { answer: single("callback-event", "START_ANSWER.json")? },
         _ => {
             no_operands()?;
             Command::AppSecret { local_defaults: parsed.local_defaults }
@@ -237,6 +244,7 @@ mod tests {
         assert_eq!(parse_line("sign --key k {}").unwrap(), Command::Sign { key: Some("k".into()), body: "{}".into() });
         assert_eq!(parse_line("sign -").unwrap(), Command::Sign { key: None, body: "-".into() });
         assert_eq!(parse_line("sign"), Err(CliError::Operand("sign", "BODY")));
+        assert_eq!(parse_line("callback-event -").unwrap(), Command::CallbackEvent { answer: "-".into() });
         let Command::Curl { url, email, .. } = parse_line("curl --port 9100 a@example.com").unwrap() else { panic!() };
         assert_eq!((url.as_str(), email.as_str()), ("http://127.0.0.1:9100/signup", "a@example.com"));
     }

@@ -24,6 +24,7 @@ fn main() -> ExitCode {
             println!("{}", helpers::curl_command(&url, &helpers::signing_key(key), &helpers::signup_body(&email)));
             ExitCode::SUCCESS
         }
+        Command::CallbackEvent { answer } => callback_event(&answer),
         Command::AppSecret { local_defaults } => {
             let input = if local_defaults { None } else { read_stdin() };
             with_local_env(defaults::RELAY_PORT, false, |runtime| runtime.block_on(run::write_app_secret(local_defaults, input)))
@@ -92,14 +93,52 @@ fn read_stdin() -> Option<String> {
     }
 }
 
-fn sign(key: Option<String>, body: String) -> ExitCode {
-    let body = if body == "-" {
-        let mut input = Vec::new();
-        if let Err(error) = std::io::stdin().read_to_end(&mut input) {
-            eprintln!("relay-local: cannot read the body from standard input: {error}");
+/// Reads `path` (`-`: standard input) as text.
+fn read_input(path: &str) -> std::io::Result<String> {
+    if path == "-" {
+        let mut input = String::new();
+        std::io::stdin().read_to_string(&mut input)?;
+        Ok(input)
+    } else {
+        std::fs::read_to_string(path)
+    }
+}
+
+fn callback_event(answer_path: &str) -> ExitCode {
+    use relay_local::callback_event::{approve, authorize_url, callback_event};
+    let answer = match read_input(answer_path) {
+        Ok(answer) => answer,
+        Err(error) => {
+            eprintln!("relay-local: cannot read {answer_path}: {error}");
             return ExitCode::FAILURE;
         }
-        input
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => return startup_failure(&format!("cannot start the Tokio runtime: {error}")),
+    };
+    let event = authorize_url(&answer).and_then(|url| runtime.block_on(approve(&url))).and_then(|back| callback_event(&back));
+    match event {
+        Ok(event) => {
+            println!("{}", serde_json::to_string_pretty(&event).unwrap_or_default());
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("relay-local: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn sign(key: Option<String>, body: String) -> ExitCode {
+    let body = if body == "-" {
+        match read_input("-") {
+            Ok(input) => input.into_bytes(),
+            Err(error) => {
+                eprintln!("relay-local: cannot read the body from standard input: {error}");
+                return ExitCode::FAILURE;
+            }
+        }
     } else {
         body.into_bytes()
     };
