@@ -27,13 +27,16 @@ fn source(store: Arc<dyn SecretStore>, keap: Arc<FakeKeap>) -> TokenSource {
     source_with(store, keap, fast_settings())
 }
 
-/// A store holding a first authorization; `access_left` is the access token's remaining life.
+/// A store holding a first authorization of a pair that lives an hour, issued so long ago
+/// that the access token has `access_left` of life left.
 async fn seeded(access_left: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>) {
     let store = Arc::new(MemoryStore::new());
     let keap = FakeKeap::new();
-    let mut grant = keap.authorize();
-    grant.expires_in = access_left;
-    source(store.clone(), keap.clone()).connect(grant, false).await.expect("first connect");
+    let grant = keap.authorize();
+    let issued = std::time::SystemTime::now() - (grant.expires_in - access_left);
+    let state = keap_relay::token::TokenState::connected(&grant, 1, issued);
+    let first = child_version_id("root", Step::Connect);
+    store.put_version(SECRET_ID, &first, &state.to_secret()).await.expect("first version");
     keap.watch(store.clone());
     (store, keap)
 }
@@ -419,4 +422,21 @@ async fn no_token_appears_in_debug_output_or_errors() {
     for text in [format!("{source:?}"), format!("{credential:?}"), status, state] {
         assert!(!text.contains("at-1") && !text.contains("rt-1"), "{text}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pair_shorter_lived_than_the_margin_is_not_refreshed_on_every_request() {
+    let store = Arc::new(MemoryStore::new());
+    let keap = FakeKeap::new();
+    let mut grant = keap.authorize();
+    grant.expires_in = Duration::from_secs(40); // the margin is 60 s
+    source(store.clone(), keap.clone()).connect(grant, false).await.unwrap();
+    let counting = Arc::new(CountingStore::new(store));
+    let source = source(counting.clone(), keap.clone());
+    source.credential().await.unwrap();
+    counting.reset();
+    for _ in 0..10 {
+        source.credential().await.unwrap();
+    }
+    assert_eq!((keap.calls(), counting.counts().total()), (0, 0), "half the lifetime is left: no refresh");
 }

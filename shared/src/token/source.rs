@@ -134,7 +134,7 @@ enum Need {
 
 impl Need {
     fn is_due(&self, state: &TokenState, now: SystemTime, settings: &TokenSettings) -> bool {
-        let access_low = state.access_left(now) <= settings.access_margin;
+        let access_low = state.access_left(now) <= access_margin(state, settings);
         match self {
             Need::Access => access_low,
             Need::Unauthorized(rejected) => access_low || state.same_access_token(rejected),
@@ -143,6 +143,16 @@ impl Need {
                     || state.refresh_age(now).is_some_and(|age| age > policy.max_refresh_age)
             }
         }
+    }
+}
+
+/// The refresh margin for this pair: the configured one, but never more than half the
+/// pair's lifetime, so a short-lived token (Keap decides `expires_in`) cannot make every
+/// request refresh again.
+fn access_margin(state: &TokenState, settings: &TokenSettings) -> Duration {
+    match (state.access_expires_at, state.refresh_issued_at) {
+        (Some(expires), Some(issued)) => settings.access_margin.min(expires.duration_since(issued).unwrap_or_default() / 2),
+        _ => settings.access_margin,
     }
 }
 
@@ -245,7 +255,7 @@ impl TokenSource {
         let cached = self.inner.cached()?;
         let state = &cached.state;
         let healthy = state.status == LinkStatus::Connected
-            && state.access_left(SystemTime::now()) > self.inner.settings.access_margin;
+            && state.access_left(SystemTime::now()) > access_margin(state, &self.inner.settings);
         healthy.then(|| credential_of(state)).flatten()
     }
 
