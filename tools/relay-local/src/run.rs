@@ -53,12 +53,22 @@ async fn start(relay: std::net::TcpListener, sandbox: Option<SocketAddr>) -> Opt
 }
 
 pub async fn demo(args: DemoArgs, relay: std::net::TcpListener) -> ExitCode {
-    println!("keap-relay, locally: a Keap sandbox, a secret store and the four functions' handlers; no AWS, no Keap account");
+    println!("keap-relay on this machine: the Keap sandbox, the secret store and the four functions' handlers");
     let Some(stack) = start(relay, Some(sandbox_addr(args.sandbox_port))).await else {
         return ExitCode::FAILURE;
     };
     describe(&stack);
-    let checks = walkthrough::run(&stack, &events_dir(args.events)).await;
+    let events = events_dir(args.events);
+    let walked = tokio::select! {
+        checks = walkthrough::run(&stack, &events) => Some(checks),
+        () = wait_for_stop_signal() => None,
+    };
+    let Some(checks) = walked else {
+        println!();
+        progress::action("stopping before the walkthrough finished");
+        stack.shutdown().await;
+        return ExitCode::from(130);
+    };
     let passed = report(&checks);
     if args.serve {
         serve_until_stopped(stack, &args.timers).await;
@@ -69,7 +79,7 @@ pub async fn demo(args: DemoArgs, relay: std::net::TcpListener) -> ExitCode {
 }
 
 pub async fn serve(args: ServeArgs, relay: std::net::TcpListener) -> ExitCode {
-    println!("keap-relay, locally: the four functions' handlers, configured from the environment");
+    println!("keap-relay on this machine: the four functions' handlers, configured from the environment");
     let Some(stack) = start(relay, args.sandbox_port.map(sandbox_addr)).await else {
         return ExitCode::FAILURE;
     };
