@@ -123,3 +123,89 @@ fn sign_prints_a_header_the_signup_function_accepts() {
     let local = SecretString::from(LOCAL_SECRETS[0]);
     assert_eq!(signature::verify(&local, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
 }
+
+/// The lines a running `relay-local` prints, as they come.
+struct Lines(std::sync::mpsc::Receiver<String>);
+
+impl Lines {
+    fn follow(stdout: std::process::ChildStdout) -> Lines {
+        let (send, receive) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines().map_while(Result::ok) {
+                if send.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Lines(receive)
+    }
+
+    /// The first line from now on that satisfies `wanted` (a generous cap keeps a broken run
+    /// from hanging the suite; nothing here depends on how fast it is).
+    fn until(&self, wanted: impl Fn(&str) -> bool) -> String {
+        loop {
+            match self.0.recv_timeout(std::time::Duration::from_secs(120)) {
+                Ok(line) if wanted(&line) => return line,
+                Ok(_) => {}
+                Err(error) => panic!("relay-local stopped printing before the expected line: {error}"),
+            }
+        }
+    }
+}
+
+/// A child process that is killed if the test ends before it exits.
+struct Running(std::process::Child);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_queues_what_keap_cannot_take_retries_it_and_stops_on_sigterm() {
+    let dir = TempDir::new();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_relay-local"));
+    command.args(["serve", "--sandbox", "--port", "0", "--sandbox-port", "0", "--drain-every", "1"]);
+    command.current_dir(&dir.0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("KEAP_") || name.starts_with("SIGNUP_")) {
+        command.env_remove(name);
+    }
+    let mut child = Running(command.spawn().unwrap());
+    let lines = Lines::follow(child.0.stdout.take().unwrap());
+    let relay_line = lines.until(|line| line.starts_with("✓ relay on "));
+    let relay = relay_line.trim_start_matches("✓ relay on ").split(':').take(3).collect::<Vec<_>>().join(":");
+    lines.until(|line| line.contains("Keap is not connected yet"));
+    lines.until(|line| line == "== Serving (Ctrl-C to stop)");
+
+    let client = reqwest::Client::new();
+    let unknown = client.get(format!("{relay}/signup")).send().await.unwrap();
+    assert_eq!(unknown.status(), 404, "API Gateway has no GET /signup route");
+    assert_eq!(unknown.text().await.unwrap(), r#"{"message":"Not Found"}"#);
+
+    // Nobody connected Keap: the signup function queues the signup, signup-retry keeps it.
+    let body = r#"{"email":"grace@example.com"}"#;
+    let header = signature::sign(&SecretString::from(LOCAL_SECRETS[0]), signature::unix_seconds(SystemTime::now()), body.as_bytes());
+    let signup = client
+        .post(format!("{relay}/signup"))
+        .header("content-type", "application/json")
+        .header("x-signature", header)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signup.status(), 202);
+    assert!(signup.text().await.unwrap().contains(r#""queued":true"#));
+    let drained = lines.until(|line| line.starts_with("↻ signup-retry:"));
+    assert!(drained.contains("0 delivered, 1 back in the queue"), "{drained}");
+
+    let killed = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    assert!(killed.success());
+    lines.until(|line| line == "✓ stopped");
+    assert!(child.0.wait().unwrap().success());
+}
