@@ -1,0 +1,202 @@
+//! keap-relay's HTTP API on 127.0.0.1 for hostile-input tests (schemathesis, security tests):
+//! the real `oauth` and `signup` handlers wired as in production (`App` over a store, the
+//! adapters of each function), behind the same API Gateway v2 event conversion that
+//! `relay-local` uses (`relay_local::gateway`), against an
+//! in-process Keap sandbox that auto-approves.
+//!
+//! Secrets live in a memory store; the queue is a memory queue, so a signup Keap cannot take
+//! is answered 202 as in a deployment with `SIGNUP_QUEUE_URL`.
+
+#![allow(dead_code)] // each user (server binary, test files) uses its own part
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
+use http::StatusCode;
+use keap_relay::SecretString;
+use keap_relay::app::App;
+use keap_relay::config::{AuthMode, Config, StoreKind};
+use keap_relay::signup::{MemoryQueue, SignupQueue};
+use keap_relay::store::memory::MemoryStore;
+use keap_relay::store::SecretStore;
+use keap_relay::token::TokenGrant;
+use keap_sandbox::{Sandbox, SandboxConfig};
+
+use relay_local::gateway;
+
+pub const APP_SECRET_ID: &str = "keap-relay/app";
+pub const TOKEN_SECRET_ID: &str = "keap-relay/token";
+pub const ADMIN_PASSWORD: &str = "hostile-admin-password";
+pub const SIGNING_KEY: &str = "hostile-signup-signing-key";
+pub const WELCOME_TAG: &str = "Welcome";
+/// The callback URL registered with the (sandbox) Keap client.
+pub const REDIRECT_PATH: &str = "/oauth/callback";
+
+/// What to set up.
+#[derive(Debug, Clone)]
+pub struct RelayOptions {
+    /// Store a sandbox-issued pair before serving, as if the administrator had connected.
+    pub connected: bool,
+    /// Address to listen on (port 0: any free port).
+    pub listen: SocketAddr,
+    /// Time one signup may spend retrying Keap before it is queued.
+    pub retry_budget: Duration,
+}
+
+impl Default for RelayOptions {
+    fn default() -> Self {
+        Self { connected: true, listen: SocketAddr::from(([127, 0, 0, 1], 0)), retry_budget: Duration::from_millis(500) }
+    }
+}
+
+/// A running relay. Dropping it stops serving.
+pub struct RelayServer {
+    pub addr: SocketAddr,
+    pub sandbox: Sandbox,
+    pub store: Arc<MemoryStore>,
+    pub queue: Arc<MemoryQueue>,
+    /// The OAuth function's app (its connection reads the same token secret).
+    pub oauth_app: Arc<App>,
+    /// The signup function's dependencies, for driving its handler directly.
+    pub signup: Arc<signup::AppDeps>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+}
+
+impl Drop for RelayServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+impl RelayServer {
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn redirect_uri(&self) -> String {
+        format!("{}{REDIRECT_PATH}", self.url())
+    }
+
+    /// The app secret as the operator writes it.
+    pub fn app_secret_json() -> String {
+        serde_json::json!({
+            "client_id": keap_sandbox::DEFAULT_CLIENT_ID,
+            "client_secret": keap_sandbox::DEFAULT_CLIENT_SECRET,
+            "api_key": keap_sandbox::DEFAULT_API_KEY,
+            "signup_signing_key": SIGNING_KEY,
+            "admin_password": ADMIN_PASSWORD,
+        })
+        .to_string()
+    }
+}
+
+/// The configuration a deployment would have, pointed at the sandbox.
+pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> Config {
+    Config {
+        auth_mode: AuthMode::OAuth,
+        store: StoreKind::SecretsManager,
+        app_secret_id: APP_SECRET_ID.into(),
+        token_secret_id: TOKEN_SECRET_ID.into(),
+        redirect_uri: Some(redirect_uri.to_owned()),
+        api_url: sandbox.api_url(),
+        token_url: sandbox.token_url(),
+        authorize_url: sandbox.authorize_url(),
+        welcome_tag: Some(WELCOME_TAG.into()),
+        signup_queue_url: None,
+        http_timeout: Duration::from_secs(5),
+        access_margin: Duration::from_secs(300),
+        refresh_lead: Duration::from_secs(6 * 3600),
+        refresh_max_age: Duration::from_secs(30 * 86400),
+        lease_duration: Duration::from_secs(30),
+        signup_retry_budget: retry_budget,
+        welcome_email: Some(keap_relay::config::WelcomeEmail {
+            user_id: 1,
+            subject: "Welcome".into(),
+            html_body: "<p>Welcome aboard.</p>".into(),
+        }),
+    }
+}
+
+/// A sandbox pair as a grant (what the callback's code exchange yields).
+pub fn grant_from_sandbox(sandbox: &Sandbox) -> TokenGrant {
+    let pair = sandbox.mint_grant(keap_sandbox::DEFAULT_CLIENT_ID);
+    TokenGrant {
+        access_token: SecretString::from(pair.access_token),
+        refresh_token: SecretString::from(pair.refresh_token),
+        expires_in: Duration::from_secs(pair.expires_in),
+        account: pair.scope.split_once('|').map(|(_, account)| account.to_owned()),
+        scope: pair.scope,
+    }
+}
+
+struct Handlers {
+    oauth: oauth::OAuthDeps,
+    signup: Arc<signup::AppDeps>,
+}
+
+/// Starts the sandbox and the relay.
+pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await?;
+    sandbox.set_auto_approve(true);
+    let listener = tokio::net::TcpListener::bind(options.listen).await?;
+    let addr = listener.local_addr()?;
+    let redirect_uri = format!("http://{addr}{REDIRECT_PATH}");
+
+    let store = Arc::new(MemoryStore::new());
+    store
+        .put_version(APP_SECRET_ID, "app-v1", &SecretString::from(RelayServer::app_secret_json()))
+        .await
+        .map_err(std::io::Error::other)?;
+    let queue = Arc::new(MemoryQueue::new());
+    let config = config(&sandbox, &redirect_uri, options.retry_budget);
+    let shared_store: Arc<dyn SecretStore> = store.clone();
+    let shared_queue: Arc<dyn SignupQueue> = queue.clone();
+    // One app per function, as two Lambda functions share nothing but the store.
+    let oauth_app = Arc::new(App::with_parts(config.clone(), shared_store.clone(), None).map_err(std::io::Error::other)?);
+    let signup_app = App::with_parts(config, shared_store, Some(shared_queue)).map_err(std::io::Error::other)?;
+    if options.connected {
+        oauth_app.connection.connect(grant_from_sandbox(&sandbox), false).await.map_err(std::io::Error::other)?;
+    }
+    let signup = Arc::new(signup::AppDeps::new(signup_app));
+    let handlers = Arc::new(Handlers {
+        oauth: oauth::adapters::deps_from_app(&oauth_app).map_err(std::io::Error::other)?,
+        signup: signup.clone(),
+    });
+    let router = axum::Router::new().fallback(dispatch).with_state(handlers);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await;
+    });
+    Ok(RelayServer { addr, sandbox, store, queue, oauth_app, signup, stop: Some(stop) })
+}
+
+/// API Gateway's routing: `POST /signup` goes to the signup function, everything else to
+/// the oauth function (which answers 404 for paths it does not serve). A body larger than
+/// API Gateway would pass on is refused here, as API Gateway does.
+async fn dispatch(State(handlers): State<Arc<Handlers>>, request: http::Request<axum::body::Body>) -> Response {
+    let (parts, body) = request.into_parts();
+    let body: Bytes = match axum::body::to_bytes(body, gateway::MAX_BODY_BYTES).await {
+        Ok(body) => body,
+        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large for the gateway").into_response(),
+    };
+    let request = match gateway::lambda_request(&parts, &body) {
+        Ok(request) => request,
+        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
+    };
+    let response = if parts.uri.path().trim_end_matches('/') == "/signup" {
+        signup::handler::handle(&request, handlers.signup.as_ref()).await
+    } else {
+        oauth::handle(request, &handlers.oauth).await
+    };
+    gateway::http_response(response)
+}
