@@ -30,12 +30,7 @@ fn main() -> ExitCode {
             with_local_env(defaults::RELAY_PORT, false, |runtime| runtime.block_on(run::write_app_secret(local_defaults, input)))
         }
         Command::Demo(args) => {
-            let conflicts = run::demo_conflicts();
-            if !conflicts.is_empty() {
-                eprintln!(
-                    "relay-local: the demo runs against the built-in Keap sandbox, but {} is set; unset it, or use `relay-local serve` to run against that Keap",
-                    conflicts.join(", ")
-                );
+            if refuse(run::sandbox_conflicts(true)) {
                 return ExitCode::from(2);
             }
             let relay = match run::bind_relay(args.port) {
@@ -46,6 +41,9 @@ fn main() -> ExitCode {
             with_local_env(port, true, |runtime| runtime.block_on(run::demo(args, relay)))
         }
         Command::Serve(args) => {
+            if args.sandbox_port.is_some() && refuse(run::sandbox_conflicts(false)) {
+                return ExitCode::from(2);
+            }
             let relay = match run::bind_relay(args.port) {
                 Ok(listener) => listener,
                 Err(message) => return startup_failure(&message),
@@ -68,6 +66,14 @@ fn with_local_env(relay_port: u16, with_sandbox: bool, body: impl FnOnce(&tokio:
         Ok(runtime) => body(&runtime),
         Err(error) => startup_failure(&format!("cannot start the Tokio runtime: {error}")),
     }
+}
+
+/// Prints each conflict; true when there is any.
+fn refuse(conflicts: Vec<String>) -> bool {
+    for conflict in &conflicts {
+        eprintln!("relay-local: {conflict}");
+    }
+    !conflicts.is_empty()
 }
 
 fn startup_failure(message: &str) -> ExitCode {

@@ -26,9 +26,29 @@ pub fn bind_relay(port: u16) -> Result<std::net::TcpListener, String> {
         .map_err(|error| format!("cannot listen on {addr} for keap-relay: {error}; pick another port with --port"))
 }
 
-/// The demo drives the built-in sandbox; Keap URLs in the environment would contradict it.
-pub fn demo_conflicts() -> Vec<&'static str> {
-    defaults::KEAP_URL_VARS.into_iter().filter(|name| defaults::is_set(name)).collect()
+/// Why the environment does not fit a run against the built-in sandbox (checked before the
+/// defaults are applied). The demo drives the sandbox, so Keap URLs contradict it; and the
+/// sandbox's tokens must never land in somebody's real token secret.
+pub fn sandbox_conflicts(demo: bool) -> Vec<String> {
+    let mut conflicts = Vec::new();
+    if demo {
+        for name in defaults::KEAP_URL_VARS.into_iter().filter(|name| defaults::is_set(name)) {
+            conflicts.push(format!(
+                "the demo runs against the built-in Keap sandbox, but {name} is set; unset it, or use `relay-local serve` to run against that Keap"
+            ));
+        }
+    }
+    if let Ok(id) = std::env::var("KEAP_TOKEN_SECRET_ID")
+        && !id.trim().is_empty()
+        && id.trim() != defaults::TOKEN_SECRET_ID
+    {
+        conflicts.push(format!(
+            "KEAP_TOKEN_SECRET_ID is {id}: connecting the sandbox would overwrite that token secret with the sandbox's tokens; \
+             unset it (the local run uses {})",
+            defaults::TOKEN_SECRET_ID
+        ));
+    }
+    conflicts
 }
 
 fn sandbox_addr(port: u16) -> SocketAddr {

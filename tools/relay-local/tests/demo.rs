@@ -109,6 +109,17 @@ fn the_demo_refuses_a_real_keap_url() {
 }
 
 #[test]
+fn the_sandbox_never_writes_into_another_token_secret() {
+    let dir = TempDir::new();
+    let (output, _) = demo_once(&dir.0, &[], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("would overwrite that token secret"));
+    let serve = relay_local(&dir.0, &["serve", "--sandbox", "--port", "0"], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
+    assert_eq!(serve.status.code(), Some(2));
+    assert!(!dir.0.join(".local").exists(), "nothing written");
+}
+
+#[test]
 fn sign_prints_a_header_the_signup_function_accepts() {
     let dir = TempDir::new();
     let body = r#"{"email":"you@example.com"}"#;
