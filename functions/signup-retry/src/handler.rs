@@ -9,11 +9,24 @@
 //! queue, so nothing is silently dropped. The reason is logged with the message id on every
 //! attempt (`poison: true`), which is what an operator reads next to the dead letter.
 //!
-//! Once Keap is found unavailable or not connected, the remaining records of the batch are
-//! failed without calling Keap: they come back after the visibility timeout.
+//! Once Keap is found unavailable, the remaining records of the batch are failed without
+//! calling Keap: they come back after the visibility timeout.
+//!
+//! Keap *not connected* (never connected, or waiting for an administrator to re-authorize) is
+//! different: that can last days, far longer than `maxReceiveCount` redeliveries. So those
+//! signups are parked: sent again to the queue with SQS's longest delay and acknowledged,
+//! until they have waited [`PARK_LIMIT`]; only then are they left to the dead-letter queue.
+
+use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
-use keap_relay::signup::{QueuedSignup, SignupError, SignupService};
+use keap_relay::signup::{QueuedSignup, SignupError, SignupQueue, SignupService};
+
+/// How long a signup may wait for Keap to be reconnected before it goes to the dead-letter
+/// queue (the dead-letter queue then keeps it 14 days more).
+pub const PARK_LIMIT: Duration = Duration::from_secs(12 * 24 * 3600);
+/// SQS's longest message delay: a parked signup is looked at again every 15 minutes.
+const PARK_DELAY: Duration = Duration::from_secs(900);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RetryError {
@@ -22,53 +35,113 @@ pub enum RetryError {
     MissingMessageId,
 }
 
-/// What happened to one record.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RecordOutcome {
+/// What one attempt at a record found.
+enum Attempt {
     /// Keap took the signup.
     Delivered,
     /// Keap could not take it now; SQS will redeliver it.
     Transient,
+    /// No usable Keap connection: park it (see the module docs).
+    Disconnected(QueuedSignup),
     /// It can never succeed; failed until SQS dead-letters it.
     Poison,
-    /// Not tried because Keap already failed earlier in this batch.
-    Skipped,
 }
 
-impl RecordOutcome {
-    fn acknowledged(self) -> bool {
-        self == RecordOutcome::Delivered
-    }
+/// What this batch has learnt about Keap so far.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum KeapSeen {
+    Up,
+    /// Unavailable: skip (fail) the rest without calling it.
+    Down,
+    /// Not connected: park the rest without calling it.
+    Disconnected,
 }
 
-/// Processes one SQS batch.
+/// Processes one SQS batch without parking (every failure is left to SQS's redelivery).
 pub async fn handle(event: SqsEvent, service: &SignupService) -> Result<SqsBatchResponse, RetryError> {
+    handle_with_parking(event, service, None).await
+}
+
+/// Processes one SQS batch; signups that wait for Keap to be reconnected go back to `parking`
+/// (the same queue) with a delay instead of using up their receive count.
+pub async fn handle_with_parking(
+    event: SqsEvent,
+    service: &SignupService,
+    parking: Option<&dyn SignupQueue>,
+) -> Result<SqsBatchResponse, RetryError> {
     if event.records.iter().any(|record| record.message_id.is_none()) {
         tracing::error!("{}", RetryError::MissingMessageId);
         return Err(RetryError::MissingMessageId);
     }
     let mut response = SqsBatchResponse::default();
-    let mut keap_down = false;
+    let mut keap = KeapSeen::Up;
+    let mut parked = 0;
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
-        let outcome = if keap_down { RecordOutcome::Skipped } else { process(record, message_id, service).await };
-        keap_down |= outcome == RecordOutcome::Transient;
-        if !outcome.acknowledged() {
+        let attempt = match keap {
+            KeapSeen::Up => process(record, message_id, service).await,
+            KeapSeen::Down => Attempt::Transient,
+            KeapSeen::Disconnected => match parse(record, message_id) {
+                Some(queued) => Attempt::Disconnected(queued),
+                None => Attempt::Poison,
+            },
+        };
+        let acknowledged = match attempt {
+            Attempt::Delivered => true,
+            Attempt::Poison => false,
+            Attempt::Transient => {
+                keap = KeapSeen::Down;
+                false
+            }
+            Attempt::Disconnected(queued) => {
+                keap = KeapSeen::Disconnected;
+                let done = park(parking, &queued, message_id).await;
+                parked += usize::from(done);
+                done
+            }
+        };
+        if !acknowledged {
             response.add_failure(message_id);
         }
     }
     tracing::info!(
         records = event.records.len(),
         failed = response.batch_item_failures.len(),
+        parked,
         "signup-retry batch done"
     );
     Ok(response)
 }
 
-async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> RecordOutcome {
+/// Sends a signup that waits for a reconnection back to the queue. False: leave it to SQS.
+async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_id: &str) -> bool {
+    let Some(queue) = parking else { return false };
+    let waited = SystemTime::now().duration_since(queued.first_seen_at).unwrap_or_default();
+    if waited > PARK_LIMIT {
+        tracing::error!(
+            message_id,
+            signup_id = %queued.id,
+            waited_hours = waited.as_secs() / 3600,
+            "Keap has not been reconnected for too long; leaving this signup to the dead-letter queue"
+        );
+        return false;
+    }
+    match queue.enqueue(queued, PARK_DELAY).await {
+        Ok(()) => {
+            tracing::info!(message_id, signup_id = %queued.id, "Keap is not connected; signup parked until it is");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(message_id, signup_id = %queued.id, %error, "could not park the signup; SQS will redeliver it");
+            false
+        }
+    }
+}
+
+fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
     let receive_count = record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("?");
-    let queued = match QueuedSignup::from_message(record.body.as_deref().unwrap_or_default()) {
-        Ok(queued) => queued,
+    match QueuedSignup::from_message(record.body.as_deref().unwrap_or_default()) {
+        Ok(queued) => Some(queued),
         Err(invalid) => {
             tracing::error!(
                 message_id,
@@ -78,14 +151,19 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 reason = %invalid,
                 "queued message is not a valid signup; failing it so it reaches the dead-letter queue"
             );
-            return RecordOutcome::Poison;
+            None
         }
-    };
+    }
+}
+
+async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> Attempt {
+    let receive_count = record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("?");
+    let Some(queued) = parse(record, message_id) else { return Attempt::Poison };
     let signup_id = queued.id.to_string();
     match service.process(&queued.signup).await {
         Ok(outcome) => {
             tracing::info!(message_id, signup_id, contact_id = outcome.contact_id, created = outcome.created, "queued signup delivered");
-            RecordOutcome::Delivered
+            Attempt::Delivered
         }
         Err(error @ SignupError::Rejected { .. }) => {
             tracing::error!(
@@ -97,11 +175,15 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 reason = %error,
                 "Keap refuses this signup; failing it so it reaches the dead-letter queue"
             );
-            RecordOutcome::Poison
+            Attempt::Poison
+        }
+        Err(error @ SignupError::NotConnected { .. }) => {
+            tracing::warn!(message_id, signup_id, receive_count, reason = %error, "Keap is not connected");
+            Attempt::Disconnected(queued)
         }
         Err(error) => {
             tracing::warn!(message_id, signup_id, receive_count, code = error.code(), reason = %error, "Keap cannot take queued signups now");
-            RecordOutcome::Transient
+            Attempt::Transient
         }
     }
 }

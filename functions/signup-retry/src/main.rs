@@ -9,10 +9,17 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_tracing();
-    let service = Arc::new(App::from_env().await?.signup_service());
+    let app = App::from_env().await?;
+    let service = Arc::new(app.signup_service());
+    // Signups waiting for Keap to be reconnected go back to their own queue.
+    let parking = app.queue.clone();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let service = service.clone();
-        async move { signup_retry::handler::handle(event.payload, &service).await.map_err(Error::from) }
+        let (service, parking) = (service.clone(), parking.clone());
+        async move {
+            signup_retry::handler::handle_with_parking(event.payload, &service, parking.as_deref())
+                .await
+                .map_err(Error::from)
+        }
     }))
     .await
 }

@@ -12,7 +12,8 @@ use keap_relay::signup::{SignupService, SignupSettings, TagRef};
 use keap_relay::token::ApiKeySource;
 use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
 use serde_json::{Value, json};
-use signup_retry::handler::{RetryError, handle};
+use keap_relay::signup::{MemoryQueue, QueuedSignup};
+use signup_retry::handler::{PARK_LIMIT, RetryError, handle, handle_with_parking};
 
 const FIRST: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000001";
 const POISON: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000002";
@@ -110,6 +111,48 @@ async fn a_refused_api_key_fails_every_record() {
     let response = handle(sqs_event(&batch()), &service).await.unwrap();
     assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
     assert_eq!(sandbox.stats().contacts_created, 0);
+}
+
+/// The batch with every record's `first_seen_at` set to `age` ago.
+fn batch_first_seen(age: Duration) -> Value {
+    let mut batch = batch();
+    let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - age).to_string();
+    for record in batch["Records"].as_array_mut().unwrap() {
+        let Ok(mut body) = serde_json::from_str::<Value>(record["body"].as_str().unwrap()) else { continue };
+        body["first_seen_at"] = json!(at);
+        record["body"] = json!(body.to_string());
+    }
+    batch
+}
+
+#[tokio::test]
+async fn signups_waiting_for_a_reconnection_are_parked_instead_of_dead_lettered() {
+    let (sandbox, service) = setup("KeapAK-revoked").await;
+    let parking = MemoryQueue::new();
+    let response = handle_with_parking(sqs_event(&batch_first_seen(Duration::from_secs(60))), &service, Some(&parking))
+        .await
+        .unwrap();
+
+    // Both valid signups went back to the queue and are acknowledged; the poison one still fails.
+    assert_eq!(failed_ids(&response), [POISON]);
+    let parked: Vec<QueuedSignup> = parking.messages().iter().map(|m| QueuedSignup::from_message(m).unwrap()).collect();
+    let emails: Vec<&str> = parked.iter().map(|q| q.signup.email.as_str()).collect();
+    assert_eq!(emails, ["grace.hopper@example.com", "katherine.johnson@example.com"]);
+    // A parked signup keeps its id, so its logs can be followed across parkings.
+    assert_eq!(parked[0].id.to_string(), "6f1c1e52-3b0a-4f1e-9d3c-2a7b8c9d0e11");
+    // Keap was asked about the first record only; the rest were parked without calling it.
+    let upserts = sandbox.stats().calls.iter().filter(|c| c.path == "/crm/rest/v1/contacts").count();
+    assert!((1..=2).contains(&upserts), "one upsert and at most its retry after the 401, got {upserts}");
+}
+
+#[tokio::test]
+async fn a_signup_that_waited_past_the_park_limit_is_left_to_the_dead_letter_queue() {
+    let (_sandbox, service) = setup("KeapAK-revoked").await;
+    let parking = MemoryQueue::new();
+    let too_old = PARK_LIMIT + Duration::from_secs(3600);
+    let response = handle_with_parking(sqs_event(&batch_first_seen(too_old)), &service, Some(&parking)).await.unwrap();
+    assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
+    assert!(parking.messages().is_empty());
 }
 
 #[tokio::test]
