@@ -39,7 +39,7 @@ step() {
 }
 
 step rust-tests cargo test --workspace --locked --no-fail-fast
-for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh; do
+for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh scripts/check-cargo-lambda.sh; do
   if [ -x "$extra" ]; then step "$(basename "$extra" .sh)" "$extra"; fi
 done
 
