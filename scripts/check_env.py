@@ -4,8 +4,8 @@
 A misspelt name is silently ignored by the functions (they fall back to a default), so:
 - every variable the template sets must be read by config.rs (or be listed in EXTRA below);
 - every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
-  SIGNUP_QUEUE_URL, which only `signup` gets (signup-retry must fail a record back to SQS,
-  not queue it again).
+  SIGNUP_QUEUE_URL, which only `signup` (to queue) and `signup-retry` (to park signups that
+  wait for Keap to be reconnected) get.
 
 Usage: check_env.py [TEMPLATE] [CONFIG_RS]
 """
@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"KEAP_START_URL"}
 # The local run's file store; meaningless on Lambda.
 LOCAL_ONLY = {"KEAP_STORE_DIR"}
-QUEUE_VAR, QUEUE_USERS = "SIGNUP_QUEUE_URL", {"SignupFunction"}
+QUEUE_VAR, QUEUE_USERS = "SIGNUP_QUEUE_URL", {"SignupFunction", "SignupRetryFunction"}
 
 
 def main() -> int:

@@ -63,7 +63,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     "RefreshFunction": _logs("RefreshLogGroup") | _secrets(),
     "SignupRetryFunction": _logs("SignupRetryLogGroup")
     | _secrets()
-    | {(a, "SignupQueue.Arn") for a in SQS_POLLER_ACTIONS},
+    | {(a, "SignupQueue.Arn") for a in SQS_POLLER_ACTIONS}
+    # parking: signups waiting for a Keap reconnection go back to the queue with a delay
+    | {("sqs:SendMessage", "SignupQueue.Arn")},
 }
 
 # (principal, source): source is "Api:/stage/METHOD/path" or "Logical.Arn".

@@ -73,23 +73,39 @@ pub struct WelcomeEmail {
 }
 
 /// The operator-written app secret (`KEAP_APP_SECRET_ID`).
+///
+/// An empty or blank field counts as absent: the template creates the secret with empty
+/// placeholders, and an empty signing key or admin password must never be a usable one.
 #[derive(Debug, Clone, Deserialize)]
 pub struct AppSecret {
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_blank")]
     pub client_id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_blank")]
     pub client_secret: Option<SecretString>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_blank")]
     pub api_key: Option<SecretString>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_blank")]
     pub signup_signing_key: Option<SecretString>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "non_blank")]
     pub admin_password: Option<SecretString>,
 }
 
+fn non_blank<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: From<String>,
+{
+    let value: Option<String> = Option::deserialize(deserializer)?;
+    Ok(value.filter(|v| !v.trim().is_empty()).map(T::from))
+}
+
 impl AppSecret {
+    /// Parses the secret. The error names the kind and position of the fault, never the
+    /// value (serde's messages quote the offending value, which here is a secret).
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
-        serde_json::from_str(json).map_err(|e| ConfigError::AppSecret(e.to_string()))
+        serde_json::from_str(json).map_err(|e| {
+            ConfigError::AppSecret(format!("{:?} error at line {}, column {}", e.classify(), e.line(), e.column()))
+        })
     }
 }
 
@@ -176,5 +192,31 @@ impl Config {
             signup_retry_budget: Duration::from_millis(number("KEAP_SIGNUP_RETRY_BUDGET_MS", 2000)?),
             welcome_email,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::ExposeSecret;
+
+    use super::*;
+
+    #[test]
+    fn blank_app_secret_fields_count_as_absent() {
+        let secret = AppSecret::from_json(
+            r#"{"client_id":"","client_secret":null,"api_key":"  ","signup_signing_key":"k","admin_password":""}"#,
+        )
+        .unwrap();
+        assert!(secret.client_id.is_none());
+        assert!(secret.client_secret.is_none());
+        assert!(secret.api_key.is_none());
+        assert!(secret.admin_password.is_none());
+        assert_eq!(secret.signup_signing_key.unwrap().expose_secret(), "k");
+    }
+
+    #[test]
+    fn an_app_secret_error_never_echoes_the_value() {
+        let error = AppSecret::from_json(r#"{"client_secret": 12345678}"#).unwrap_err().to_string();
+        assert!(!error.contains("12345678"), "{error}");
     }
 }

@@ -21,7 +21,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{AppSecret, Config, StoreKind};
+use crate::config::{AppSecret, Config, ConfigError, StoreKind};
 
 
 /// One version of a secret.
@@ -138,10 +138,11 @@ pub async fn load_app_secret(store: &dyn SecretStore, secret_id: &str) -> Result
     let Some(version) = current else {
         return Err(AppSecretError::Missing { secret_id: secret_id.into() });
     };
-    // serde_json's messages may quote the offending value, which could be a secret: report
-    // only the kind of error and where it is.
-    serde_json::from_str::<AppSecret>(version.value.expose_secret()).map_err(|e| AppSecretError::Invalid {
+    AppSecret::from_json(version.value.expose_secret()).map_err(|error| AppSecretError::Invalid {
         secret_id: secret_id.into(),
-        reason: format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()),
+        reason: match error {
+            ConfigError::AppSecret(reason) => reason,
+            other => other.to_string(),
+        },
     })
 }
