@@ -5,13 +5,13 @@
 //! (422), or, when Keap cannot take it now, is queued (202) or answered 503 with `Retry-After`.
 //! No input leads to a 500 or a panic.
 
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::signup::{QueuedSignup, Signup, SignupError, SignupQueue, SignupService, signature};
 use lambda_http::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
-use lambda_http::{Body, Request, Response};
+use lambda_http::{Body, Request, RequestExt, Response};
 use serde_json::json;
 
 /// Largest accepted body (after API Gateway's Base64 is undone).
@@ -21,6 +21,10 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 const UNAVAILABLE_RETRY_AFTER: Duration = Duration::from_secs(30);
 /// `Retry-After` when Keap is not connected: a person has to act first.
 const NOT_CONNECTED_RETRY_AFTER: Duration = Duration::from_secs(300);
+/// API Gateway gives up on an integration after 30 s, whatever the function's own timeout.
+const GATEWAY_LIMIT: Duration = Duration::from_secs(29);
+/// Kept back from the deadline to queue the signup and answer.
+const DEADLINE_RESERVE: Duration = Duration::from_millis(2500);
 
 #[derive(Debug, thiserror::Error)]
 #[error("the signup signing key is unavailable: {0}")]
@@ -82,7 +86,17 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         }
     };
 
-    match deps.service().process(&signup).await {
+    // A signup still waiting on Keap (a slow answer, a rotation in another process) when the
+    // function is about to time out would be lost; stop in time and queue it instead.
+    let budget = keap_budget(request, SystemTime::now());
+    let result = match tokio::time::timeout(budget, deps.service().process(&signup)).await {
+        Ok(result) => result,
+        Err(_elapsed) => Err(SignupError::Unavailable {
+            retry_after: None,
+            detail: format!("Keap did not finish within the {} ms left before the deadline", budget.as_millis()),
+        }),
+    };
+    match result {
         Ok(outcome) => {
             tracing::info!(contact_id = outcome.contact_id, created = outcome.created, "signup sent to Keap");
             let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
@@ -119,6 +133,15 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
     let mut response = error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message);
     set_retry_after(&mut response, retry_after);
     response
+}
+
+/// How long the Keap calls may take: until shortly before the Lambda deadline (when there is
+/// one: not in unit tests) and never past API Gateway's limit.
+fn keap_budget(request: &Request, now: SystemTime) -> Duration {
+    let gateway = GATEWAY_LIMIT - DEADLINE_RESERVE;
+    let Some(context) = request.lambda_context_ref() else { return gateway };
+    let deadline = UNIX_EPOCH + Duration::from_millis(context.deadline);
+    deadline.duration_since(now).unwrap_or_default().saturating_sub(DEADLINE_RESERVE).min(gateway)
 }
 
 /// `application/json` or any `application/*+json`, with or without parameters.
@@ -164,6 +187,21 @@ mod tests {
         assert!(!check("text/plain"));
         assert!(!check("application/x-www-form-urlencoded"));
         assert!(!is_json(&HeaderMap::new()));
+    }
+
+    #[test]
+    fn the_keap_budget_ends_before_the_lambda_deadline_and_the_gateway_limit() {
+        // Whole milliseconds, as the Lambda context carries them.
+        let now = UNIX_EPOCH + Duration::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64);
+        let with_deadline = |left: Duration| {
+            let mut context = lambda_http::Context::default();
+            context.deadline = (now + left).duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+            Request::default().with_lambda_context(context)
+        };
+        assert_eq!(keap_budget(&with_deadline(Duration::from_secs(10)), now), Duration::from_millis(7500));
+        assert_eq!(keap_budget(&with_deadline(Duration::from_secs(1)), now), Duration::ZERO);
+        assert_eq!(keap_budget(&with_deadline(Duration::from_secs(900)), now), GATEWAY_LIMIT - DEADLINE_RESERVE);
+        assert_eq!(keap_budget(&Request::default(), now), GATEWAY_LIMIT - DEADLINE_RESERVE);
     }
 
     #[test]

@@ -267,6 +267,21 @@ async fn keap_down_with_a_queue_is_202_and_the_signup_waits_in_the_queue() {
 }
 
 #[tokio::test]
+async fn a_keap_slower_than_the_time_left_before_the_deadline_gets_the_signup_queued_not_lost() {
+    use lambda_http::RequestExt;
+    let h = Harness::start(Options { queue: true, ..Options::default() }).await;
+    h.sandbox.faults().set_latency(Duration::from_secs(5));
+    // Lambda would kill the invocation 3 s from now; 2.5 s are kept back to queue and answer.
+    let mut context = lambda_http::Context::default();
+    let deadline = std::time::SystemTime::now() + Duration::from_secs(3);
+    context.deadline = deadline.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    let answer = h.send(signed_file("signup-valid.json").with_lambda_context(context)).await;
+
+    assert_eq!(answer.status, StatusCode::ACCEPTED, "{}", answer.json);
+    assert_eq!(h.queued().len(), 1);
+}
+
+#[tokio::test]
 async fn not_connected_is_503_without_a_queue_and_queued_with_one() {
     let h = Harness::start(Options { credentials: TestCredentials::not_connected(), ..Options::default() }).await;
     let answer = h.send(signed_file("signup-valid.json")).await;
