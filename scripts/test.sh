@@ -26,8 +26,8 @@ step() {
   fi
   # cargo prints one "test result:" line per test binary; count its tests.
   local p f
-  p=$(grep -Eo 'test result: [A-Za-z]+\. [0-9]+ passed' "$LOG_DIR/$name.log" | grep -Eo '[0-9]+ passed' | awk '{s+=$1} END {print s+0}')
-  f=$(grep -Eo '; [0-9]+ failed' "$LOG_DIR/$name.log" | grep -Eo '[0-9]+' | awk '{s+=$1} END {print s+0}')
+  read -r p f < <(sed -nE 's/.*test result: [A-Za-z]+\. ([0-9]+) passed; ([0-9]+) failed.*/\1 \2/p' "$LOG_DIR/$name.log" \
+    | awk '{p += $1; f += $2} END {print p + 0, f + 0}')
   if [ "$p" -eq 0 ] && [ "$f" -eq 0 ]; then
     # a stage that is a single check, not a test runner
     if [ "$passed_stage" -eq 1 ]; then p=1; else f=1; fi
