@@ -24,8 +24,10 @@ fuzz_target!(|data: &[u8]| {
     let header = String::from_utf8_lossy(header);
 
     if signature::verify(&key, Some(&header), body, now).is_ok() {
-        // Only possible if the header carries the genuine MAC for some timestamp in range.
-        let genuine = (NOW - 300..=NOW + 300).any(|t| header.contains(signature::sign(&key, t, body).split_once("v1=").unwrap().1));
+        // Only possible if the header carries the genuine MAC for some timestamp in range
+        // (hex digits in either case: the bytes are what is compared).
+        let lower = header.to_ascii_lowercase();
+        let genuine = (NOW - 300..=NOW + 300).any(|t| lower.contains(signature::sign(&key, t, body).split_once("v1=").unwrap().1));
         assert!(genuine, "a header without the real MAC verified: {header:?}");
     }
 
