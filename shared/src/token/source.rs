@@ -73,7 +73,8 @@ pub struct TokenSettings {
     pub commit_allowance: Duration,
     /// A lease counts as live until `until + clock_skew`.
     pub clock_skew: Duration,
-    /// Backoff of a waiting contender's polls (exponential, with jitter).
+    /// Backoff of a waiting contender's polls (exponential, with jitter). The first poll comes
+    /// soon: a rotation takes one Keap round trip and two store writes, and reads are cheap.
     pub poll_min: Duration,
     pub poll_max: Duration,
     /// Attempts at one store call that fails transiently, outside the commit (which keeps
@@ -92,7 +93,7 @@ impl Default for TokenSettings {
             keap_timeout: Duration::from_secs(10),
             commit_allowance: Duration::from_secs(5),
             clock_skew: Duration::from_secs(2),
-            poll_min: Duration::from_millis(50),
+            poll_min: Duration::from_millis(15),
             poll_max: Duration::from_secs(1),
             store_attempts: 5,
             orphan_grace: Duration::from_secs(2),
