@@ -135,13 +135,19 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
     response
 }
 
-/// How long the Keap calls may take: until shortly before the Lambda deadline (when there is
-/// one: not in unit tests) and never past API Gateway's limit.
+/// How long the Keap calls may take: until shortly before the Lambda deadline and never past
+/// API Gateway's limit. A deadline that has already passed is no real one (Lambda hands an
+/// invocation over before its deadline; `cargo lambda watch` sends a fixed 600000, i.e. 1970),
+/// so then only the gateway's limit counts.
 fn keap_budget(request: &Request, now: SystemTime) -> Duration {
     let gateway = GATEWAY_LIMIT - DEADLINE_RESERVE;
-    let Some(context) = request.lambda_context_ref() else { return gateway };
-    let deadline = UNIX_EPOCH + Duration::from_millis(context.deadline);
-    deadline.duration_since(now).unwrap_or_default().saturating_sub(DEADLINE_RESERVE).min(gateway)
+    let left = request
+        .lambda_context_ref()
+        .and_then(|context| (UNIX_EPOCH + Duration::from_millis(context.deadline)).duration_since(now).ok());
+    match left {
+        Some(left) => left.saturating_sub(DEADLINE_RESERVE).min(gateway),
+        None => gateway,
+    }
 }
 
 /// `application/json` or any `application/*+json`, with or without parameters.
@@ -202,6 +208,11 @@ mod tests {
         assert_eq!(keap_budget(&with_deadline(Duration::from_secs(1)), now), Duration::ZERO);
         assert_eq!(keap_budget(&with_deadline(Duration::from_secs(900)), now), GATEWAY_LIMIT - DEADLINE_RESERVE);
         assert_eq!(keap_budget(&Request::default(), now), GATEWAY_LIMIT - DEADLINE_RESERVE);
+        // cargo lambda's emulator sends a deadline of 600000 ms after the epoch
+        let mut emulated = lambda_http::Context::default();
+        emulated.deadline = 600_000;
+        let emulated = Request::default().with_lambda_context(emulated);
+        assert_eq!(keap_budget(&emulated, now), GATEWAY_LIMIT - DEADLINE_RESERVE);
     }
 
     #[test]
