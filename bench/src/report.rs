@@ -443,10 +443,14 @@ impl Report {
             return;
         };
         let rt = &storm.round_trips;
+        let timings = keap_relay::token::TokenSettings::default();
         let _ = writeln!(
             out,
-            "Contender processes (one `TokenSource` each, production timings: lease 30 s, polls 50 ms to 1 s with jitter) over the {} find the stored access token expired and ask for a credential at the same instant. \
+            "Contender processes (one `TokenSource` each, production timings: lease {} s, polls {} ms to {} s with jitter) over the {} find the stored access token expired and ask for a credential at the same instant. \
              Round-trip baseline: one Keap token call {} ms + one store read {} ms = **{} ms** (p50s; a store write, put + swap, is {} ms).\n",
+            timings.lease_duration.as_secs(),
+            timings.poll_min.as_millis(),
+            timings.poll_max.as_secs(),
             storm.store,
             f2(rt.keap_token_call.p50_ms),
             f2(rt.store_read.p50_ms),
