@@ -155,6 +155,10 @@ impl SqsLike {
     fn dead_emails(&self) -> Vec<String> {
         self.inner.lock().unwrap().dead.iter().map(|(_, body)| QueuedSignup::from_message(body).unwrap().signup.email).collect()
     }
+
+    fn dead_ids(&self) -> Vec<String> {
+        self.inner.lock().unwrap().dead.iter().map(|(id, _)| id.clone()).collect()
+    }
 }
 
 /// Everything the process logs, for the audit at the end.
@@ -541,6 +545,22 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     secrets.dedup();
     let logged = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
     let log_lines = logged.lines().count();
+    // Each dead letter's reason, as an operator finds it: the last line signup-retry logged
+    // with its message id.
+    let mut dead_reasons: BTreeMap<String, u64> = BTreeMap::new();
+    for id in queue.dead_ids() {
+        let needle = format!("\"message_id\":\"{id}\"");
+        let reason = logged
+            .lines()
+            .filter(|line| line.contains(&needle))
+            .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+            .filter_map(|line| line["fields"]["reason"].as_str().map(|r| error_kind(r)))
+            .last()
+            // signup-retry logs no line for a record it skips because Keap already failed
+            // earlier in the batch; a message skipped on every receive has no reason of its own.
+            .unwrap_or_else(|| "no reason logged (skipped in every batch)".to_owned());
+        *dead_reasons.entry(reason).or_default() += 1;
+    }
     if let Ok(path) = std::env::var("LOAD_LOG_FILE") {
         std::fs::write(path, &logged).unwrap();
     }
@@ -555,6 +575,7 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
         "queued_202": queued,
         "queued_then_delivered": queued_then_delivered,
         "dead_lettered": dead.len(),
+        "dead_letter_reasons": dead_reasons,
         "gave_up_after_8_attempts": gave_up,
         "lost": lost,
         "killed_mid_request": counters.killed.load(Ordering::Relaxed),
