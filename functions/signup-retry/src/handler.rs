@@ -80,7 +80,13 @@ pub async fn handle_with_parking(
         let message_id = record.message_id.as_deref().unwrap_or_default();
         let attempt = match keap {
             KeapSeen::Up => process(record, message_id, service).await,
-            KeapSeen::Down => Attempt::Transient,
+            KeapSeen::Down => {
+                // Logged per record: a message skipped on every receive reaches the dead-letter
+                // queue, and this line is its reason.
+                let receive_count = receive_count(record);
+                tracing::warn!(message_id, receive_count, "Keap failed earlier in this batch; not tried, SQS will redeliver it");
+                Attempt::Transient
+            }
             KeapSeen::Disconnected => match parse(record, message_id) {
                 Some(queued) => Attempt::Disconnected(queued),
                 None => Attempt::Poison,
@@ -138,8 +144,13 @@ async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_
     }
 }
 
+/// SQS's delivery count of the record, for logs.
+fn receive_count(record: &SqsMessage) -> &str {
+    record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("?")
+}
+
 fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
-    let receive_count = record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("?");
+    let receive_count = receive_count(record);
     match QueuedSignup::from_message(record.body.as_deref().unwrap_or_default()) {
         Ok(queued) => Some(queued),
         Err(invalid) => {
@@ -157,7 +168,7 @@ fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
 }
 
 async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> Attempt {
-    let receive_count = record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("?");
+    let receive_count = receive_count(record);
     let Some(queued) = parse(record, message_id) else { return Attempt::Poison };
     let signup_id = queued.id.to_string();
     match service.process(&queued.signup).await {
