@@ -1,3 +1,4 @@
 //! Helpers shared by the integration tests.
 
 pub mod rotation;
+pub mod sm_fault_proxy;
