@@ -211,8 +211,8 @@ async fn send_one(
     let body = serde_json::json!({
         "email": format!("load-{index}@example.com"),
         "given_name": format!("Load {index}"),
-        "opt_in": index % 3 == 0,
-        "tags": if index % 5 == 0 { serde_json::json!(["Load test"]) } else { serde_json::json!([]) },
+        "opt_in": index.is_multiple_of(3),
+        "tags": if index.is_multiple_of(5) { serde_json::json!(["Load test"]) } else { serde_json::json!([]) },
     })
     .to_string();
     for _attempt in 0..8 {
@@ -554,8 +554,8 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
             .lines()
             .filter(|line| line.contains(&needle))
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
-            .filter_map(|line| line["fields"]["reason"].as_str().map(|r| error_kind(r)))
-            .last()
+            .filter_map(|line| line["fields"]["reason"].as_str().map(error_kind))
+            .next_back()
             // signup-retry logs no line for a record it skips because Keap already failed
             // earlier in the batch; a message skipped on every receive has no reason of its own.
             .unwrap_or_else(|| "no reason logged (skipped in every batch)".to_owned());
