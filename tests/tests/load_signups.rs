@@ -556,8 +556,8 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
             .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
             .filter_map(|line| line["fields"]["reason"].as_str().map(error_kind))
             .next_back()
-            // signup-retry logs no line for a record it skips because Keap already failed
-            // earlier in the batch; a message skipped on every receive has no reason of its own.
+            // A record skipped because Keap already failed earlier in its batch is logged
+            // without a reason of its own (the earlier record's reason is the cause).
             .unwrap_or_else(|| "no reason logged (skipped in every batch)".to_owned());
         *dead_reasons.entry(reason).or_default() += 1;
     }
