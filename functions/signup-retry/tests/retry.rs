@@ -96,12 +96,15 @@ async fn throttling_beyond_the_budget_fails_the_record_for_redelivery() {
 async fn a_signup_keap_refuses_is_failed_toward_the_dead_letter_queue_and_the_rest_delivered() {
     let (sandbox, service) = setup(DEFAULT_API_KEY).await;
     let mut batch = batch();
-    let body = json!({ "id": "6f1c1e52-3b0a-4f1e-9d3c-2a7b8c9d0e12", "email": "long@example.com", "given_name": "G".repeat(60) });
+    // Valid for the relay (117 characters), too long for Keap's email field.
+    let email = format!("{}@{}.example.com", "l".repeat(64), "b".repeat(40));
+    let body = json!({ "id": "6f1c1e52-3b0a-4f1e-9d3c-2a7b8c9d0e12", "email": email });
     batch["Records"][1]["body"] = body.to_string().into();
     let response = handle(sqs_event(&batch), &service).await.unwrap();
 
     assert_eq!(failed_ids(&response), [POISON]);
-    assert!(sandbox.contact_by_email("long@example.com").is_none());
+    assert!(sandbox.contact_by_email(&email).is_none());
+    assert!(sandbox.stats().calls.iter().any(|c| c.status == 400), "Keap itself refused it");
     assert!(sandbox.contact_by_email("katherine.johnson@example.com").is_some());
 }
 

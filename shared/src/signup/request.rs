@@ -9,7 +9,10 @@ use serde_json::{Map, Value};
 
 /// Longest accepted email address (RFC 5321's path limit).
 pub const MAX_EMAIL_CHARS: usize = 254;
-/// Longest accepted name, tag name or source.
+/// Longest accepted given or family name: Keap's own limit (`maxLength: 40` in its v2 spec), so
+/// a longer name gets a precise 400 here instead of a refusal from Keap.
+pub const MAX_NAME_CHARS: usize = 40;
+/// Longest accepted tag name or source.
 pub const MAX_TEXT_CHARS: usize = 100;
 /// Most tags one signup may ask for.
 pub const MAX_TAGS: usize = 20;
@@ -98,15 +101,15 @@ impl Signup {
     pub fn from_object(object: &Map<String, Value>) -> Result<Signup, InvalidSignup> {
         Ok(Signup {
             email: email(present(object, "email").ok_or(InvalidSignup::MissingEmail)?)?,
-            given_name: optional_text(object, "given_name")?,
-            family_name: optional_text(object, "family_name")?,
+            given_name: optional_text(object, "given_name", MAX_NAME_CHARS)?,
+            family_name: optional_text(object, "family_name", MAX_NAME_CHARS)?,
             opt_in: match present(object, "opt_in") {
                 None => false,
                 Some(Value::Bool(flag)) => *flag,
                 Some(other) => return Err(invalid("opt_in", format!("must be true or false, found {}", kind(other)))),
             },
             tags: tags(present(object, "tags"))?,
-            source: optional_text(object, "source")?,
+            source: optional_text(object, "source", MAX_TEXT_CHARS)?,
         })
     }
 }
@@ -145,7 +148,7 @@ fn email(value: &Value) -> Result<String, InvalidSignup> {
 }
 
 /// Trimmed single-line text of bounded length; an empty string counts as absent.
-fn text(field: &'static str, value: &Value) -> Result<Option<String>, InvalidSignup> {
+fn text(field: &'static str, value: &Value, max_chars: usize) -> Result<Option<String>, InvalidSignup> {
     let Value::String(text) = value else {
         return Err(invalid(field, format!("must be a string, found {}", kind(value))));
     };
@@ -153,14 +156,14 @@ fn text(field: &'static str, value: &Value) -> Result<Option<String>, InvalidSig
     if text.chars().any(char::is_control) {
         return Err(invalid(field, "must not contain control characters"));
     }
-    if text.chars().count() > MAX_TEXT_CHARS {
-        return Err(invalid(field, format!("must be at most {MAX_TEXT_CHARS} characters")));
+    if text.chars().count() > max_chars {
+        return Err(invalid(field, format!("must be at most {max_chars} characters")));
     }
     Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
-fn optional_text(object: &Map<String, Value>, field: &'static str) -> Result<Option<String>, InvalidSignup> {
-    present(object, field).map_or(Ok(None), |value| text(field, value))
+fn optional_text(object: &Map<String, Value>, field: &'static str, max_chars: usize) -> Result<Option<String>, InvalidSignup> {
+    present(object, field).map_or(Ok(None), |value| text(field, value, max_chars))
 }
 
 fn tags(value: Option<&Value>) -> Result<Vec<TagRef>, InvalidSignup> {
@@ -179,7 +182,7 @@ fn tags(value: Option<&Value>) -> Result<Vec<TagRef>, InvalidSignup> {
                 Some(id) if id > 0 => TagRef::Id(id),
                 _ => return Err(invalid("tags", format!("holds {number}, which is not a tag id (a positive integer)"))),
             },
-            Value::String(_) => match text("tags", item)? {
+            Value::String(_) => match text("tags", item, MAX_TEXT_CHARS)? {
                 Some(name) => TagRef::parse(&name),
                 None => return Err(invalid("tags", "holds an empty tag name")),
             },
@@ -270,7 +273,9 @@ mod tests {
         assert_eq!(signup.family_name, None);
         assert_eq!(code(r#"{"email":"a@example.com","given_name":"Ann\nLee"}"#), "invalid_field");
         assert_eq!(code(r#"{"email":"a@example.com","family_name":"x\u0000"}"#), "invalid_field");
-        let long = serde_json::json!({ "email": "a@example.com", "given_name": "é".repeat(101) }).to_string();
+        let at_limit = serde_json::json!({ "email": "a@example.com", "given_name": "é".repeat(40) }).to_string();
+        assert_eq!(parse(&at_limit).unwrap().given_name.map(|n| n.chars().count()), Some(40));
+        let long = serde_json::json!({ "email": "a@example.com", "given_name": "é".repeat(41) }).to_string();
         assert_eq!(code(&long), "invalid_field");
         assert_eq!(code(r#"{"email":"a@example.com","given_name":["Ann"]}"#), "invalid_field");
     }
