@@ -97,6 +97,20 @@ impl RelayServer {
 }
 
 /// The configuration a deployment would have, pointed at the sandbox.
+/// A `POST /signup` with `body` and `X-Signature: signature`, as API Gateway hands it to the
+/// handler.
+pub fn signup_request(body: &[u8], signature: &str) -> lambda_http::Request {
+    let (parts, ()) = http::Request::builder()
+        .method("POST")
+        .uri("/signup")
+        .header("content-type", "application/json")
+        .header("x-signature", signature)
+        .body(())
+        .expect("a valid request")
+        .into_parts();
+    gateway::lambda_request(&parts, &Bytes::copy_from_slice(body)).expect("a valid API Gateway event")
+}
+
 pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> Config {
     Config {
         auth_mode: AuthMode::OAuth,

@@ -30,7 +30,6 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use axum::body::Bytes;
 use keap_relay::app::App;
 use keap_relay::signup::signature;
 use keap_relay::signup::{QueueError, QueuedSignup, SignupQueue};
@@ -218,15 +217,7 @@ async fn send_one(
     for _attempt in 0..8 {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
         let header = signature::sign(&SecretString::from(SIGNING_KEY), signature::unix_seconds(SystemTime::now()), body.as_bytes());
-        let request = http::Request::builder()
-            .method("POST")
-            .uri("/signup")
-            .header("content-type", "application/json")
-            .header("x-signature", header)
-            .body(())
-            .unwrap();
-        let (parts, ()) = request.into_parts();
-        let mut event = relay_local::gateway::lambda_request(&parts, &Bytes::from(body.clone())).unwrap();
+        let mut event = relay_server::signup_request(body.as_bytes(), &header);
         // The invocation's deadline, as the Lambda runtime hands it to the handler.
         let mut context = lambda_http::Context::default();
         context.deadline = (SystemTime::now() + LAMBDA_TIMEOUT).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;

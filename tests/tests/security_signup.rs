@@ -9,7 +9,6 @@ mod relay_server;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
-use axum::body::Bytes;
 use keap_relay::SecretString;
 use keap_relay::signup::signature::{self, unix_seconds};
 use keap_relay::signup::{SignupQueue, SignupService};
@@ -89,15 +88,7 @@ impl SignupDeps for At<'_> {
 
 /// The same captured request bytes, handed to the handler as API Gateway would at `at`.
 async fn replay(relay: &RelayServer, body: &[u8], header: &str, at: SystemTime) -> u16 {
-    let request = http::Request::builder()
-        .method("POST")
-        .uri("/signup")
-        .header("content-type", "application/json")
-        .header("x-signature", header)
-        .body(())
-        .unwrap();
-    let (parts, ()) = request.into_parts();
-    let event = relay_local::gateway::lambda_request(&parts, &Bytes::copy_from_slice(body)).unwrap();
+    let event = relay_server::signup_request(body, header);
     let deps = At { inner: relay.signup.as_ref(), now: at };
     signup::handler::handle(&event, &deps).await.status().as_u16()
 }
