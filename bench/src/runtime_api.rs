@@ -177,25 +177,8 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
             .unwrap_or_else(|e| e.into_inner())
             .pop_front();
         if let Some(invocation) = invocation {
-            let mut headers = HeaderMap::new();
-            let deadline = unix_millis(SystemTime::now() + Duration::from_secs(15));
-            let header = |value: &str| {
-                HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("invalid"))
-            };
-            headers.insert(
-                "lambda-runtime-aws-request-id",
-                header(&invocation.request_id),
-            );
-            headers.insert("lambda-runtime-deadline-ms", header(&deadline.to_string()));
-            headers.insert(
-                "lambda-runtime-invoked-function-arn",
-                header(&shared.function_arn),
-            );
-            headers.insert(
-                "lambda-runtime-trace-id",
-                header("Root=1-00000000-000000000000000000000000;Sampled=0"),
-            );
-            headers.insert("content-type", HeaderValue::from_static("application/json"));
+            let deadline = SystemTime::now() + Duration::from_secs(15);
+            let headers = invocation_headers(&invocation.request_id, deadline, &shared.function_arn);
             shared
                 .sent
                 .lock()
@@ -239,4 +222,24 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
     let body = String::from_utf8_lossy(&body).into_owned();
     let _ = shared.events.send(ApiEvent::InitError { body });
     StatusCode::ACCEPTED
+}
+
+/// The headers Lambda's Runtime API sends with an invocation: request id, deadline (epoch
+/// ms), function ARN, trace id.
+pub fn invocation_headers(request_id: &str, deadline: SystemTime, function_arn: &str) -> HeaderMap {
+    let header =
+        |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("invalid"));
+    let mut headers = HeaderMap::new();
+    headers.insert("lambda-runtime-aws-request-id", header(request_id));
+    headers.insert(
+        "lambda-runtime-deadline-ms",
+        header(&unix_millis(deadline).to_string()),
+    );
+    headers.insert("lambda-runtime-invoked-function-arn", header(function_arn));
+    headers.insert(
+        "lambda-runtime-trace-id",
+        header("Root=1-00000000-000000000000000000000000;Sampled=0"),
+    );
+    headers.insert("content-type", HeaderValue::from_static("application/json"));
+    headers
 }

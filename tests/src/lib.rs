@@ -1,4 +1,5 @@
 //! Helpers shared by the integration tests.
 
+pub mod lambda_pool;
 pub mod rotation;
 pub mod sm_fault_proxy;

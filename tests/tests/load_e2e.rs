@@ -1,0 +1,797 @@
+//! Load and faults end to end, with the real function binaries: `signup`, `signup-retry` and
+//! `refresh` run as separate OS processes, several of each, under a Lambda Runtime API of
+//! their own (`relay_tests::lambda_pool`), against the Keap sandbox, moto's Secrets Manager
+//! (through a fault proxy) and moto's SQS (a queue with a dead-letter queue and a redrive
+//! policy; this test polls it as Lambda's event source mapping does).
+//!
+//! A stream of signed signups goes through the signup processes while, at random points:
+//! Keap answers 5xx, 429 bursts with and without `Retry-After`, Keap is slow, every access
+//! token expires, Secrets Manager throttles reads and swaps or loses the answer to writes
+//! that took effect, and a signup or signup-retry process is SIGKILLed mid-request. The
+//! scheduled refresh runs all along and rotates the pair every time.
+//!
+//! Then it reconciles what the sender saw with what Keap, the queues and the store hold:
+//! every 2xx is a tagged contact with at most one welcome email; every 202 is delivered after
+//! the queue drains or sits in the dead-letter queue with its reason; no 5xx without
+//! `Retry-After` other than the gateway's answer for a process this test killed (which the
+//! sender retries); the store holds a working pair; Keap issued exactly as many pairs as the
+//! store recorded (no issued pair lost, no refresh token spent twice). What the processes
+//! logged (at TRACE for the relay's crates) holds no token or secret.
+//!
+//! Size: `LOAD_E2E_SIGNUPS` (default 300), `LOAD_E2E_RATE` (arrivals per second, 25),
+//! `LOAD_E2E_FAULT_MS` (mean time between fault switches, 700 ms), `LOAD_E2E_SIGNUP_PROCESSES`
+//! (4), `LOAD_E2E_RETRY_PROCESSES` (2), `LOAD_E2E_SEED`. The report is printed and written to
+//! `target/load-e2e/report.json`:
+//! `LOAD_E2E_SIGNUPS=5000 cargo test -p relay-tests --test load_e2e -- --nocapture`.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use keap_relay::signup::QueuedSignup;
+use keap_relay::store::SecretStore;
+use keap_relay::store::secrets_manager::SecretsManagerStore;
+use keap_relay::token::{Connection, Credential, CredentialSource, RotationPolicy, TokenSettings};
+use keap_relay::ExposeSecret;
+use keap_sandbox::{Sandbox, SandboxConfig};
+use relay_bench::deployment::{DeploymentEnv, StoreEnv};
+use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
+use relay_bench::seed;
+use relay_tests::lambda_pool::{FunctionPool, Outcome};
+use relay_tests::rotation::{MotoServer, TempDir};
+use relay_tests::sm_fault_proxy::{
+    Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE,
+};
+use serde_json::{Value, json};
+
+const APP_SECRET_ID: &str = "keap-relay/app";
+const TOKEN_SECRET_ID: &str = "keap-relay/token";
+/// The functions' timeout (template parameter ApiFunctionTimeoutSeconds, default 15).
+const FUNCTION_TIMEOUT: Duration = Duration::from_secs(15);
+/// The queue's visibility timeout, compressed from the template's minutes so that the
+/// receives of a message span several fault windows here as they span an outage there.
+const VISIBILITY_TIMEOUT_SECS: u32 = 4;
+/// `maxReceiveCount` of the template's redrive policy.
+const MAX_RECEIVES: u32 = 5;
+/// The scheduled refresh, compressed from the template's rate.
+const REFRESH_EVERY: Duration = Duration::from_millis(1500);
+/// A process is killed only this long after the last "access tokens expired" fault: only
+/// then can a signup process be rotating, and a process killed between Keap's new pair and
+/// the store write loses that pair, which Keap's single-use refresh tokens make unrecoverable
+/// (the dropped-answer case; `rotation_faults` covers it and its `needs_reauth`).
+const NO_KILL_AFTER_EXPIRY: Duration = Duration::from_secs(5);
+/// At most this many attempts per signup by the sender.
+const ATTEMPTS: usize = 8;
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// xorshift64*, seeded: the fault schedule is reproducible from `LOAD_E2E_SEED`.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        let mut x = self.0;
+        x ^= x >> 12;
+        x ^= x << 25;
+        x ^= x >> 27;
+        self.0 = x;
+        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n.max(1)
+    }
+}
+
+/// Builds the function binaries of this profile (so a run never uses stale ones) and says
+/// where they are.
+fn function_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/load_e2e-<hash>
+    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "--quiet", "--locked", "-p", "signup", "-p", "signup-retry", "-p", "refresh", "--bins"]);
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of the function binaries failed");
+    dir
+}
+
+fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
+    let config = aws_sdk_sqs::Config::builder()
+        .behavior_version(BehaviorVersion::latest())
+        .region(Region::new("us-east-1"))
+        .credentials_provider(Credentials::new("test", "test", None, None, "relay-tests"))
+        .endpoint_url(endpoint)
+        .build();
+    aws_sdk_sqs::Client::from_conf(config)
+}
+
+/// The signup queue and its dead-letter queue, as template.yaml declares them (times
+/// compressed).
+struct Queues {
+    sqs: aws_sdk_sqs::Client,
+    main: String,
+    main_arn: String,
+    dead: String,
+}
+
+impl Queues {
+    async fn create(endpoint: &str) -> Queues {
+        let sqs = sqs_client(endpoint);
+        let dead = sqs.create_queue().queue_name("keap-relay-SignupDLQ").send().await.unwrap().queue_url.unwrap();
+        let arn = |url: String| {
+            let sqs = sqs.clone();
+            async move {
+                sqs.get_queue_attributes()
+                    .queue_url(url)
+                    .attribute_names(QueueAttributeName::QueueArn)
+                    .send()
+                    .await
+                    .unwrap()
+                    .attributes
+                    .unwrap()[&QueueAttributeName::QueueArn]
+                    .clone()
+            }
+        };
+        let redrive = json!({"deadLetterTargetArn": arn(dead.clone()).await, "maxReceiveCount": MAX_RECEIVES});
+        let main = sqs
+            .create_queue()
+            .queue_name("keap-relay-SignupQueue")
+            .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_TIMEOUT_SECS.to_string())
+            .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
+        let main_arn = arn(main.clone()).await;
+        Queues { sqs, main, main_arn, dead }
+    }
+
+    /// Messages still in the main queue: visible, in flight or delayed.
+    async fn waiting(&self) -> u64 {
+        let attributes = self
+            .sqs
+            .get_queue_attributes()
+            .queue_url(&self.main)
+            .attribute_names(QueueAttributeName::All)
+            .send()
+            .await
+            .unwrap()
+            .attributes
+            .unwrap_or_default();
+        [
+            QueueAttributeName::ApproximateNumberOfMessages,
+            QueueAttributeName::ApproximateNumberOfMessagesNotVisible,
+            QueueAttributeName::ApproximateNumberOfMessagesDelayed,
+        ]
+        .iter()
+        .map(|name| attributes.get(name).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0))
+        .sum()
+    }
+
+    /// Every dead letter: (message id, body).
+    async fn dead_letters(&self) -> Vec<(String, String)> {
+        let mut letters = BTreeMap::new();
+        for _ in 0..3 {
+            let received = self
+                .sqs
+                .receive_message()
+                .queue_url(&self.dead)
+                .max_number_of_messages(10)
+                .visibility_timeout(600)
+                .send()
+                .await
+                .unwrap();
+            let messages = received.messages.unwrap_or_default();
+            if messages.is_empty() {
+                break;
+            }
+            for message in messages {
+                letters.insert(message.message_id.unwrap_or_default(), message.body.unwrap_or_default());
+            }
+        }
+        letters.into_iter().collect()
+    }
+}
+
+/// Lambda's SQS event source mapping: receive up to 10, invoke `signup-retry` with them,
+/// delete what the answer does not list in `batchItemFailures` (nothing, if it failed).
+async fn poll_once(queues: &Queues, retry: &FunctionPool, outcomes: &Mutex<BTreeMap<String, u64>>) -> usize {
+    let received = match queues
+        .sqs
+        .receive_message()
+        .queue_url(&queues.main)
+        .max_number_of_messages(10)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+    {
+        Ok(received) => received,
+        Err(_) => return 0,
+    };
+    let messages = received.messages.unwrap_or_default();
+    if messages.is_empty() {
+        return 0;
+    }
+    let records: Vec<Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: BTreeMap<String, String> = m
+                .attributes
+                .iter()
+                .flatten()
+                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                .collect();
+            json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body,
+                "eventSource": "aws:sqs", "eventSourceARN": queues.main_arn, "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    let outcome = retry.invoke(json!({ "Records": records }).to_string()).await;
+    let failed: BTreeSet<String> = match &outcome {
+        Outcome::Response(answer) => answer["batchItemFailures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+            .collect(),
+        _ => messages.iter().filter_map(|m| m.message_id.clone()).collect(),
+    };
+    *outcomes.lock().unwrap().entry(outcome_label(&outcome)).or_default() += 1;
+    let done: Vec<DeleteMessageBatchRequestEntry> = messages
+        .iter()
+        .filter(|m| m.message_id.as_ref().is_some_and(|id| !failed.contains(id)))
+        .enumerate()
+        .map(|(n, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(n.to_string())
+                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                .build()
+                .unwrap()
+        })
+        .collect();
+    let acknowledged = done.len();
+    if !done.is_empty() {
+        queues.sqs.delete_message_batch().queue_url(&queues.main).set_entries(Some(done)).send().await.unwrap();
+    }
+    acknowledged
+}
+
+fn outcome_label(outcome: &Outcome) -> String {
+    match outcome {
+        Outcome::Response(answer) => match answer.get("statusCode").and_then(Value::as_u64) {
+            Some(status) => format!("status {status}"),
+            None => match answer.get("action").and_then(Value::as_str) {
+                Some(action) => format!("{action} ({})", answer["status"].as_str().unwrap_or("?")),
+                None => "answered".into(),
+            },
+        },
+        Outcome::FunctionError(body) => {
+            let kind: Value = serde_json::from_str(body).unwrap_or(Value::Null);
+            format!("function error {}", kind["errorType"].as_str().unwrap_or("(unparsed)"))
+        }
+        Outcome::Crashed { killed: true } => "killed by the test".into(),
+        Outcome::Crashed { killed: false } => "process exited".into(),
+        Outcome::TimedOut => "timed out".into(),
+    }
+}
+
+/// What happened to one signup, from the sender's side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Fate {
+    Delivered,
+    Queued,
+    GaveUp,
+    Refused(u64),
+}
+
+#[derive(Default)]
+struct Counters {
+    attempts: AtomicU64,
+    gateway_5xx_after_kill: AtomicU64,
+    answered_503_with_retry_after: AtomicU64,
+    bad_5xx: AtomicU64,
+    relay_failures: AtomicU64,
+}
+
+/// One signup as a product's backend sends it: retried on a 5xx (honouring `Retry-After`,
+/// compressed) or on the gateway's 502 when the function process died; done on 2xx or 4xx.
+async fn send_one(pool: &FunctionPool, events: &SignupEvents, email: &str, counters: &Counters) -> Fate {
+    for _ in 0..ATTEMPTS {
+        counters.attempts.fetch_add(1, Ordering::Relaxed);
+        let outcome = pool.invoke(events.event(email).expect("a signed event")).await;
+        let answer = match outcome {
+            Outcome::Response(answer) => answer,
+            Outcome::Crashed { killed: true } => {
+                // API Gateway's 502: the sender cannot tell whether it landed, so it retries.
+                counters.gateway_5xx_after_kill.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            other => {
+                eprintln!("load_e2e: {email}: {}", outcome_label(&other));
+                counters.relay_failures.fetch_add(1, Ordering::Relaxed);
+                counters.bad_5xx.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+        };
+        let status = answer["statusCode"].as_u64().unwrap_or(0);
+        let has_retry_after =
+            answer["headers"].as_object().is_some_and(|headers| headers.keys().any(|k| k.eq_ignore_ascii_case("retry-after")));
+        match status {
+            200 | 201 => return Fate::Delivered,
+            202 => return Fate::Queued,
+            500..=599 => {
+                if has_retry_after {
+                    counters.answered_503_with_retry_after.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    eprintln!("load_e2e: {email}: {status} without Retry-After: {}", answer["body"]);
+                    counters.bad_5xx.fetch_add(1, Ordering::Relaxed);
+                }
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            _ => {
+                eprintln!("load_e2e: {email}: a valid signup got {status}: {}", answer["body"]);
+                return Fate::Refused(status);
+            }
+        }
+    }
+    Fate::GaveUp
+}
+
+struct FaultSwitch {
+    sandbox: Arc<Sandbox>,
+    proxy: Arc<FaultProxy>,
+    signup: Arc<FunctionPool>,
+    retry: Arc<FunctionPool>,
+    last_expiry: Option<Instant>,
+}
+
+impl FaultSwitch {
+    /// Injects one random fault (or clears them), and says which.
+    async fn inject(&mut self, rng: &mut Rng) -> &'static str {
+        let faults = self.sandbox.faults();
+        match rng.below(11) {
+            0 => {
+                faults.set_server_error_rate(0.3);
+                "keap 5xx 30%"
+            }
+            1 => {
+                faults.throttle_next(20, Some(1));
+                "keap 429 x20 with Retry-After"
+            }
+            2 => {
+                faults.throttle_next(20, None);
+                "keap 429 x20 without Retry-After"
+            }
+            3 => {
+                faults.set_latency(Duration::from_millis(300));
+                "slow keap 300 ms"
+            }
+            4 => {
+                self.sandbox.expire_access_tokens();
+                self.last_expiry = Some(Instant::now());
+                "access tokens expired"
+            }
+            5 => {
+                self.proxy.fail_after(GET_SECRET_VALUE, 0, &[Fault::Throttle; 3]);
+                "secrets manager reads throttled x3"
+            }
+            6 => {
+                self.proxy.fail_after(PUT_SECRET_VALUE, 0, &[Fault::ServerErrorAfterApply]);
+                self.proxy.fail_after(UPDATE_SECRET_VERSION_STAGE, 0, &[Fault::ServerErrorAfterApply]);
+                "secrets manager writes applied, answers lost"
+            }
+            7 => {
+                self.proxy.fail_after(UPDATE_SECRET_VERSION_STAGE, 0, &[Fault::Throttle, Fault::ServerError]);
+                "secrets manager swaps throttled and failed"
+            }
+            kill @ (8 | 9) => {
+                let pool = if kill == 8 { &self.signup } else { &self.retry };
+                if self.last_expiry.is_some_and(|at| at.elapsed() < NO_KILL_AFTER_EXPIRY) {
+                    "kill skipped (a rotation may be in flight)"
+                } else if !kill_when_busy(pool, rng).await {
+                    "kill skipped (no process busy)"
+                } else if kill == 8 {
+                    "signup process killed mid-request"
+                } else {
+                    "signup-retry process killed mid-batch"
+                }
+            }
+            _ => {
+                faults.clear();
+                self.proxy.clear();
+                "faults cleared"
+            }
+        }
+    }
+}
+
+/// Kills a process of `pool` in the middle of an invocation, waiting up to a second for one
+/// to be busy.
+async fn kill_when_busy(pool: &FunctionPool, rng: &mut Rng) -> bool {
+    let give_up = Instant::now() + Duration::from_secs(1);
+    while Instant::now() < give_up {
+        if pool.kill_busy(rng.next()) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    false
+}
+
+/// Every token the store ever held, and the secrets the functions were given.
+async fn secrets_to_audit(store: &SecretsManagerStore) -> Vec<String> {
+    let mut secrets: Vec<String> =
+        vec![keap_sandbox::DEFAULT_CLIENT_SECRET.into(), keap_sandbox::DEFAULT_API_KEY.into(), SIGNING_KEY.into()];
+    let versions = store
+        .client()
+        .list_secret_version_ids()
+        .secret_id(TOKEN_SECRET_ID)
+        .include_deprecated(true)
+        .max_results(100)
+        .send()
+        .await
+        .unwrap();
+    for version in versions.versions.unwrap_or_default() {
+        let value = store
+            .client()
+            .get_secret_value()
+            .secret_id(TOKEN_SECRET_ID)
+            .version_id(version.version_id.unwrap_or_default())
+            .send()
+            .await
+            .unwrap();
+        let state: Value = serde_json::from_str(value.secret_string().unwrap_or("{}")).unwrap_or(Value::Null);
+        for field in ["access_token", "refresh_token"] {
+            if let Some(token) = state[field].as_str() {
+                secrets.push(token.to_owned());
+            }
+        }
+    }
+    secrets.sort();
+    secrets.dedup();
+    secrets
+}
+
+/// The reason `signup-retry` last logged for message `id` (what an operator reads beside
+/// the dead letter).
+fn dead_letter_reason(logs: &str, id: &str) -> String {
+    let needle = format!("\"message_id\":\"{id}\"");
+    logs.lines()
+        .filter(|line| line.contains(&needle))
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .filter_map(|line| line["fields"]["reason"].as_str().map(|r| r.split([':', '(']).next().unwrap_or(r).trim().to_owned()))
+        .next_back()
+        .unwrap_or_else(|| "no reason logged (skipped in every batch)".to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_token() {
+    let signups = env_number("LOAD_E2E_SIGNUPS", 300) as usize;
+    let rate = env_number("LOAD_E2E_RATE", 25).max(1);
+    let fault_every = env_number("LOAD_E2E_FAULT_MS", 700).max(10);
+    let signup_processes = env_number("LOAD_E2E_SIGNUP_PROCESSES", 4).max(1) as usize;
+    let retry_processes = env_number("LOAD_E2E_RETRY_PROCESSES", 2).max(1) as usize;
+    let seed = env_number("LOAD_E2E_SEED", 20_261_122);
+
+    let bin_dir = function_binaries();
+    let scratch = TempDir::new("load-e2e");
+    let log_dir = scratch.path().join("logs");
+    std::fs::create_dir_all(&log_dir).unwrap();
+    std::fs::create_dir_all(scratch.path().join("home")).unwrap();
+
+    let sandbox = Arc::new(Sandbox::start(SandboxConfig::default()).await.unwrap());
+    let moto = MotoServer::start().await;
+    let proxy = Arc::new(FaultProxy::start(&moto.endpoint).await);
+    let direct = SecretsManagerStore::new(relay_tests::rotation::sm_client(&moto.endpoint));
+    let store: Arc<dyn SecretStore> = Arc::new(direct.clone());
+    seed::put_app_secret(store.as_ref(), APP_SECRET_ID).await.unwrap();
+    seed::connect(store.clone(), TOKEN_SECRET_ID, &sandbox, None).await.unwrap();
+    let operator = seed::token_source(store.clone(), TOKEN_SECRET_ID, &sandbox.token_url(), TokenSettings::default()).unwrap();
+    let first_generation = operator.status().await.unwrap().generation.unwrap();
+    let queues = Queues::create(&moto.endpoint).await;
+    sandbox.reset_stats();
+
+    // template.yaml's environment, aimed at the sandbox, moto's SQS and (through the fault
+    // proxy) moto's Secrets Manager.
+    let env_of = |function: &str, extra: &[(&str, &str)]| {
+        let mut deployment = DeploymentEnv::new(
+            function,
+            "unset",
+            &sandbox.base_url(),
+            StoreEnv::SecretsManager { endpoint: Some(moto.endpoint.clone()) },
+            &scratch.path().join("home"),
+        );
+        deployment.app_secret_id = APP_SECRET_ID.into();
+        deployment.token_secret_id = TOKEN_SECRET_ID.into();
+        deployment.queue_url = queues.main.clone();
+        let mut vars = deployment.vars();
+        let overrides = [
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint.as_str()),
+            ("SIGNUP_QUEUE_URL", queues.main.as_str()),
+            ("KEAP_WELCOME_EMAIL_SUBJECT", "Welcome aboard"),
+            ("KEAP_WELCOME_EMAIL_USER_ID", "1"),
+            ("KEAP_WELCOME_EMAIL_HTML", "<p>Welcome!</p>"),
+            ("KEAP_HTTP_TIMEOUT_SECONDS", "3"),
+            ("KEAP_LEASE_SECONDS", "10"),
+            ("RUST_LOG", "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace"),
+        ];
+        for (name, value) in overrides.iter().chain(extra) {
+            vars.retain(|(n, _)| n != name);
+            vars.push(((*name).to_owned(), (*value).to_owned()));
+        }
+        vars
+    };
+    let pool = |function: &'static str, size: usize, extra: &[(&str, &str)]| {
+        let (binary, env, log_dir) = (bin_dir.join(function), env_of(function, extra), log_dir.clone());
+        async move { FunctionPool::start(function, &binary, env, size, FUNCTION_TIMEOUT, &log_dir).await }
+    };
+    let signup_pool = Arc::new(pool("signup", signup_processes, &[]).await.unwrap());
+    let retry_pool = Arc::new(pool("signup-retry", retry_processes, &[]).await.unwrap());
+    // The scheduled refresh rotates on every run (a lead longer than the token's life).
+    let refresh_pool = Arc::new(pool("refresh", 1, &[("KEAP_REFRESH_LEAD_SECONDS", "8640000")]).await.unwrap());
+
+    let events = Arc::new(SignupEvents::new(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).unwrap());
+    let counters = Arc::new(Counters::default());
+    let running = Arc::new(AtomicBool::new(true));
+    let queue_outcomes = Arc::new(Mutex::new(BTreeMap::<String, u64>::new()));
+
+    let scheduled = {
+        let (running, refresh_pool) = (running.clone(), refresh_pool.clone());
+        let event = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/scheduled-refresh.json")).unwrap();
+        tokio::spawn(async move {
+            let mut runs = BTreeMap::<String, u64>::new();
+            while running.load(Ordering::Relaxed) {
+                *runs.entry(outcome_label(&refresh_pool.invoke(event.clone()).await)).or_default() += 1;
+                tokio::time::sleep(REFRESH_EVERY).await;
+            }
+            runs
+        })
+    };
+    let queues = Arc::new(queues);
+    let pollers: Vec<_> = (0..retry_processes)
+        .map(|_| {
+            let (running, queues, retry_pool, outcomes) =
+                (running.clone(), queues.clone(), retry_pool.clone(), queue_outcomes.clone());
+            tokio::spawn(async move {
+                while running.load(Ordering::Relaxed) {
+                    poll_once(&queues, &retry_pool, &outcomes).await;
+                }
+            })
+        })
+        .collect();
+    let fault_log = Arc::new(Mutex::new(BTreeMap::<&'static str, u64>::new()));
+    let stream_done = Arc::new(AtomicBool::new(false));
+    let injector = {
+        let mut switch = FaultSwitch {
+            sandbox: sandbox.clone(),
+            proxy: proxy.clone(),
+            signup: signup_pool.clone(),
+            retry: retry_pool.clone(),
+            last_expiry: None,
+        };
+        let (stream_done, fault_log) = (stream_done.clone(), fault_log.clone());
+        tokio::spawn(async move {
+            let mut rng = Rng(seed ^ 0x5eed);
+            while !stream_done.load(Ordering::Relaxed) {
+                let what = switch.inject(&mut rng).await;
+                *fault_log.lock().unwrap().entry(what).or_default() += 1;
+                tokio::time::sleep(Duration::from_millis(fault_every / 2 + rng.below(fault_every))).await;
+            }
+        })
+    };
+
+    // The stream: arrivals at `rate`, each signup its own task (the sender's concurrency is
+    // bounded by the signup processes, as reserved concurrency bounds it).
+    let started = Instant::now();
+    let mut arrivals = tokio::time::interval(Duration::from_micros(1_000_000 / rate));
+    let mut senders = Vec::with_capacity(signups);
+    for index in 0..signups {
+        arrivals.tick().await;
+        let (pool, events, counters) = (signup_pool.clone(), events.clone(), counters.clone());
+        let email = events.email("e2e", index);
+        senders.push(tokio::spawn(async move {
+            let fate = send_one(&pool, &events, &email, &counters).await;
+            (email, fate)
+        }));
+    }
+    let mut fates = HashMap::new();
+    for (n, sender) in senders.into_iter().enumerate() {
+        let (email, fate) = tokio::time::timeout(Duration::from_secs(300), sender).await.expect("a signup hung").unwrap();
+        fates.insert(email, fate);
+        if (n + 1) % 500 == 0 {
+            eprintln!("load_e2e: {} signups answered", n + 1);
+        }
+    }
+    let stream_time = started.elapsed();
+
+    // Faults off; the retry worker drains the queue; everything stops.
+    stream_done.store(true, Ordering::Relaxed);
+    tokio::time::timeout(Duration::from_secs(60), injector).await.expect("the injector stops").unwrap();
+    sandbox.faults().clear();
+    proxy.clear();
+    let drain_started = Instant::now();
+    let mut left = queues.waiting().await;
+    while left > 0 && drain_started.elapsed() < Duration::from_secs(240) {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        left = queues.waiting().await;
+    }
+    let drain_time = drain_started.elapsed();
+    running.store(false, Ordering::Relaxed);
+    for poller in pollers {
+        tokio::time::timeout(Duration::from_secs(60), poller).await.expect("a poller stops").unwrap();
+    }
+    let scheduled_runs = tokio::time::timeout(Duration::from_secs(60), scheduled).await.expect("the schedule stops").unwrap();
+    assert_eq!(left, 0, "the queue drains once Keap and the store are healthy");
+
+    // Reconcile the signups.
+    let dead = queues.dead_letters().await;
+    let dead_emails: BTreeSet<String> =
+        dead.iter().filter_map(|(_, body)| QueuedSignup::from_message(body).ok().map(|q| q.signup.email)).collect();
+    let listed: Value = reqwest::Client::new()
+        .get(format!("{}/v1/tags?name={WELCOME_TAG}&limit=1000", sandbox.api_url()))
+        .header("X-Keap-API-Key", keap_sandbox::DEFAULT_API_KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    // Cold processes that look the tag up at once may each create it (Keap allows duplicate
+    // names): any tag of that name is the welcome tag.
+    let welcome_tags: Vec<i64> = listed["tags"].as_array().unwrap().iter().filter_map(|t| t["id"].as_i64()).collect();
+    let mut tally = BTreeMap::<&'static str, u64>::new();
+    let mut problems = Vec::new();
+    for (email, fate) in &fates {
+        let contact = sandbox.contact_by_email(email);
+        let emails_received = contact.as_ref().map_or(0, |c| c.emails_received);
+        if emails_received > 1 {
+            problems.push(format!("{email} got {emails_received} welcome emails"));
+        }
+        *tally.entry(if emails_received == 1 { "welcome_emails_received" } else { "no_welcome_email" }).or_default() += 1;
+        let in_keap = contact.as_ref().is_some_and(|c| c.tag_ids.iter().any(|id| welcome_tags.contains(id)));
+        let bucket = match fate {
+            Fate::Delivered if in_keap => "delivered_at_once",
+            Fate::Delivered => {
+                problems.push(format!("{email} was answered 2xx but is not a tagged contact"));
+                "answered_2xx_but_missing"
+            }
+            Fate::Queued if in_keap => "queued_then_delivered",
+            Fate::Queued if dead_emails.contains(email) => "queued_then_dead_lettered",
+            Fate::Queued => {
+                problems.push(format!("{email} was queued (202) and is neither in Keap nor dead-lettered"));
+                "lost"
+            }
+            Fate::GaveUp => "sender_gave_up_after_8_attempts",
+            Fate::Refused(_) => {
+                problems.push(format!("{email}: a valid signup was refused"));
+                "refused_4xx"
+            }
+        };
+        *tally.entry(bucket).or_default() += 1;
+    }
+
+    // The store holds a working pair, and Keap issued exactly the pairs that were stored.
+    let stats = sandbox.stats();
+    let status = operator.status().await.unwrap();
+    let final_generation = status.generation.unwrap_or(first_generation);
+    let credential = operator.credential().await.expect("a credential from the stored pair");
+    let Credential::AccessToken { token, .. } = &credential else { panic!("an OAuth access token") };
+    let probe = reqwest::Client::new()
+        .get(format!("{}/v1/tags?name={WELCOME_TAG}", sandbox.api_url()))
+        .bearer_auth(token.expose_secret())
+        .send()
+        .await
+        .unwrap()
+        .status();
+    let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::from_secs(30 * 86_400) };
+    let rotated = operator.rotate_if_due(forced).await.expect("the stored refresh token works");
+    let puts_seen = proxy.count(PUT_SECRET_VALUE);
+
+    // The audit: nothing secret in anything the processes wrote.
+    let secrets = secrets_to_audit(&direct).await;
+    let mut logs = String::new();
+    for pool in [&signup_pool, &retry_pool, &refresh_pool] {
+        pool.shutdown().await;
+        for file in pool.log_files() {
+            logs.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
+        }
+    }
+    let leaked = secrets.iter().filter(|secret| logs.contains(secret.as_str())).count();
+    let mut dead_reasons = BTreeMap::<String, u64>::new();
+    for (id, _) in &dead {
+        *dead_reasons.entry(dead_letter_reason(&logs, id)).or_default() += 1;
+    }
+    let pool_figures = |pool: &FunctionPool| {
+        let c = &pool.counters;
+        json!({
+            "processes_started": c.cold_starts.load(Ordering::Relaxed),
+            "invocations": c.invocations.load(Ordering::Relaxed),
+            "killed_mid_request": c.killed.load(Ordering::Relaxed),
+            "exited_on_their_own": c.crashed.load(Ordering::Relaxed),
+            "timed_out": c.timed_out.load(Ordering::Relaxed),
+            "function_errors": c.function_errors.load(Ordering::Relaxed),
+        })
+    };
+    let report = json!({
+        "signups_sent": signups,
+        "outcomes": tally,
+        "dead_lettered": dead.len(),
+        "dead_letter_reasons": dead_reasons,
+        "sender_attempts": counters.attempts.load(Ordering::Relaxed),
+        "gateway_502_after_a_kill_retried": counters.gateway_5xx_after_kill.load(Ordering::Relaxed),
+        "answered_503_with_retry_after": counters.answered_503_with_retry_after.load(Ordering::Relaxed),
+        "5xx_without_retry_after": counters.bad_5xx.load(Ordering::Relaxed),
+        "processes": {
+            "signup": pool_figures(&signup_pool),
+            "signup-retry": pool_figures(&retry_pool),
+            "refresh": pool_figures(&refresh_pool),
+        },
+        "signup_retry_batches": *queue_outcomes.lock().unwrap(),
+        "scheduled_refresh_runs": scheduled_runs,
+        "faults_injected": *fault_log.lock().unwrap(),
+        "keap": {
+            "refreshes_served": stats.refreshes_served,
+            "refresh_failures": stats.refresh_failures,
+            "5xx_injected": stats.server_errors,
+            "429": stats.throttled,
+            "401": stats.unauthorized,
+            "contacts_created": stats.contacts_created,
+            "welcome_emails": stats.emails_queued,
+            "welcome_tags": welcome_tags.len(),
+        },
+        "store": {
+            "generations_stored": final_generation - first_generation,
+            "token_versions_written": puts_seen,
+            "secrets_manager_calls_faulted": proxy.faulted().len(),
+            "final_status": if status.needs_reauth { "needs_reauth" } else if status.connected { "connected" } else { "not connected" },
+        },
+        "log_bytes_audited": logs.len(),
+        "secrets_checked": secrets.len(),
+        "secrets_found_in_logs": leaked,
+        "stream_seconds": stream_time.as_secs_f64(),
+        "drain_seconds": drain_time.as_secs_f64(),
+    });
+    let text = serde_json::to_string_pretty(&report).unwrap();
+    println!("LOAD E2E REPORT {text}");
+    let out = Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/../target/load-e2e"));
+    if std::fs::create_dir_all(out).is_ok() {
+        let _ = std::fs::write(out.join("report.json"), &text);
+    }
+
+    assert!(problems.is_empty(), "{} signups unaccounted for: {:?}", problems.len(), &problems[..problems.len().min(10)]);
+    assert_eq!(counters.bad_5xx.load(Ordering::Relaxed), 0, "no 5xx without Retry-After (other than for a killed process)");
+    assert_eq!(counters.relay_failures.load(Ordering::Relaxed), 0, "no signup process crashed, errored or timed out on its own");
+    for pool in [&signup_pool, &retry_pool, &refresh_pool] {
+        assert_eq!(pool.counters.crashed.load(Ordering::Relaxed), 0, "{} processes exited on their own", pool.function());
+        assert_eq!(pool.counters.timed_out.load(Ordering::Relaxed), 0, "{} invocations timed out", pool.function());
+    }
+    assert!(status.connected && !status.needs_reauth, "the store holds a working pair: {status:?}");
+    assert_eq!(probe.as_u16(), 200, "the stored access token works");
+    assert_eq!(rotated.status.generation, Some(final_generation + 1), "the stored refresh token works");
+    assert_eq!(stats.refresh_failure("invalid_grant_used"), 0, "a refresh token was spent twice");
+    assert_eq!(
+        stats.refreshes_served,
+        final_generation - first_generation,
+        "every pair Keap issued was stored, and nothing else rotated"
+    );
+    assert!(proxy.count(GET_SECRET_VALUE) > 0, "the functions read Secrets Manager through the fault proxy");
+    assert_eq!(leaked, 0, "a secret appears in the functions' logs");
+    assert!(logs.contains("rotated the Keap token pair"), "the audit read the TRACE logs of the processes");
+}
