@@ -13,7 +13,7 @@ use keap_relay::config::{AuthMode, Config, WelcomeEmail};
 use keap_relay::signup::{MemoryQueue, SignupQueue};
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;
-use keap_relay::token::TokenGrant;
+use keap_relay::token::{RotationPolicy, TokenGrant};
 use keap_sandbox::{DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Sandbox, SandboxConfig};
 use lambda_http::http::StatusCode;
 use serde_json::{Value, json};
@@ -74,6 +74,30 @@ async fn oauth_mode_refreshes_after_a_401_and_the_signup_goes_through() {
     let stats = sandbox.stats();
     assert_eq!((stats.unauthorized, stats.refreshes_served), (1, 1));
     assert_eq!(stats.emails_queued, 1);
+}
+
+#[tokio::test]
+async fn a_401_on_the_token_another_process_stored_refreshes_that_one_instead_of_giving_up() {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let store = store_with(oauth_secret()).await;
+    let this = App::with_parts(config(AuthMode::OAuth, &sandbox), store.clone(), None).unwrap();
+    connect(&this, &sandbox).await;
+    let deps = AppDeps::new(this);
+    let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    // Another process (the scheduled refresh) rotates; then Keap ends every access token,
+    // the newly stored one included.
+    let other = App::with_parts(config(AuthMode::OAuth, &sandbox), store, None).unwrap();
+    let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::from_secs(30 * 86_400) };
+    other.connection.rotate_if_due(forced).await.unwrap();
+    sandbox.expire_access_tokens();
+
+    // 401 on the cached token, 401 on the stored one, then a refresh of the stored one.
+    let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let stats = sandbox.stats();
+    assert_eq!((stats.unauthorized, stats.refreshes_served), (2, 2));
 }
 
 #[tokio::test]

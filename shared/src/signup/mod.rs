@@ -137,7 +137,7 @@ impl From<CallError> for SignupError {
         match error {
             CallError::Token(token) => token.into(),
             CallError::Api(ApiError::Unauthorized { .. }) => {
-                SignupError::NotConnected { reason: "Keap refused the credential even after a re-read".into() }
+                SignupError::NotConnected { reason: "Keap refused the stored credential again after re-reading and refreshing it".into() }
             }
             CallError::Api(ApiError::Rejected { status, message, .. }) => SignupError::Rejected { status, message },
             CallError::Api(error) => {
@@ -156,11 +156,15 @@ enum Repeat {
     OnlyIfThrottled,
 }
 
+/// A 401 first re-reads the store (another process may have rotated already); if Keap refuses
+/// the stored token too (expired or revoked early), the second asks for a refresh of that one.
+const REAUTHORIZATIONS: u8 = 2;
+
 /// The state of one `process` call: the credential in use and the retry deadline.
 struct Attempt {
     credential: Mutex<Credential>,
-    /// Only one `after_unauthorized` per signup.
-    reauthorized: Mutex<bool>,
+    /// `after_unauthorized` calls so far; at most [`REAUTHORIZATIONS`] per signup.
+    reauthorized: Mutex<u8>,
     deadline: Instant,
 }
 
@@ -174,8 +178,12 @@ impl Attempt {
     }
 
     fn claim_reauthorization(&self) -> bool {
-        let mut done = self.reauthorized.lock().unwrap_or_else(|e| e.into_inner());
-        !std::mem::replace(&mut *done, true)
+        let mut used = self.reauthorized.lock().unwrap_or_else(|e| e.into_inner());
+        if *used >= REAUTHORIZATIONS {
+            return false;
+        }
+        *used += 1;
+        true
     }
 }
 
@@ -204,7 +212,7 @@ impl SignupService {
     pub async fn process(&self, signup: &Signup) -> Result<SignupOutcome, SignupError> {
         let attempt = Attempt {
             credential: Mutex::new(self.credentials.credential().await?),
-            reauthorized: Mutex::new(false),
+            reauthorized: Mutex::new(0),
             deadline: Instant::now() + self.settings.retry_budget,
         };
 
@@ -341,14 +349,15 @@ impl SignupService {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let once = || async {
-            let credential = attempt.credential();
-            match op(credential.clone()).await {
-                Err(ApiError::Unauthorized { .. }) if attempt.claim_reauthorization() => {
-                    let fresh = self.credentials.after_unauthorized(&credential).await.map_err(CallError::Token)?;
-                    attempt.replace(fresh.clone());
-                    op(fresh).await.map_err(CallError::Api)
+            let mut credential = attempt.credential();
+            loop {
+                match op(credential.clone()).await {
+                    Err(ApiError::Unauthorized { .. }) if attempt.claim_reauthorization() => {
+                        credential = self.credentials.after_unauthorized(&credential).await.map_err(CallError::Token)?;
+                        attempt.replace(credential.clone());
+                    }
+                    other => return other.map_err(CallError::Api),
                 }
-                other => other.map_err(CallError::Api),
             }
         };
         let backoff = ExponentialBuilder::default()
