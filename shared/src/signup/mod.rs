@@ -136,9 +136,12 @@ impl From<CallError> for SignupError {
     fn from(error: CallError) -> Self {
         match error {
             CallError::Token(token) => token.into(),
-            CallError::Api(ApiError::Unauthorized { .. }) => {
-                SignupError::NotConnected { reason: "Keap refused the stored credential again after re-reading and refreshing it".into() }
-            }
+            // The token source re-read and refreshed without finding the grant dead (that
+            // would be `NeedsReauth`): a passing refusal, so try again later, not park.
+            CallError::Api(ApiError::Unauthorized { operation }) => SignupError::Unavailable {
+                retry_after: None,
+                detail: format!("Keap refused a just re-read and refreshed access token ({operation})"),
+            },
             CallError::Api(ApiError::Rejected { status, message, .. }) => SignupError::Rejected { status, message },
             CallError::Api(error) => {
                 SignupError::Unavailable { retry_after: error.retry_after(), detail: error.to_string() }
