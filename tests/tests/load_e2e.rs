@@ -767,6 +767,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         "stream_seconds": stream_time.as_secs_f64(),
         "drain_seconds": drain_time.as_secs_f64(),
         "left_in_queue_after_drain": left,
+        "signups_parked_waiting_for_a_reconnection": logs.matches("signup parked until it is").count(),
     });
     let text = serde_json::to_string_pretty(&report).unwrap();
     println!("LOAD E2E REPORT {text}");
