@@ -439,24 +439,29 @@ async fn kill_when_busy(pool: &FunctionPool, rng: &mut Rng) -> bool {
 async fn secrets_to_audit(store: &SecretsManagerStore) -> Vec<String> {
     let mut secrets: Vec<String> =
         vec![keap_sandbox::DEFAULT_CLIENT_SECRET.into(), keap_sandbox::DEFAULT_API_KEY.into(), SIGNING_KEY.into()];
-    let versions = store
-        .client()
-        .list_secret_version_ids()
-        .secret_id(TOKEN_SECRET_ID)
-        .include_deprecated(true)
-        .max_results(100)
-        .send()
-        .await
-        .unwrap();
-    for version in versions.versions.unwrap_or_default() {
-        let value = store
+    // Pages until one brings nothing new (moto may repeat a page with a next token).
+    let mut version_ids = BTreeSet::new();
+    let mut next_token = None;
+    loop {
+        let page = store
             .client()
-            .get_secret_value()
+            .list_secret_version_ids()
             .secret_id(TOKEN_SECRET_ID)
-            .version_id(version.version_id.unwrap_or_default())
+            .include_deprecated(true)
+            .max_results(100)
+            .set_next_token(next_token)
             .send()
             .await
             .unwrap();
+        let before = version_ids.len();
+        version_ids.extend(page.versions.unwrap_or_default().into_iter().filter_map(|v| v.version_id));
+        next_token = page.next_token;
+        if next_token.is_none() || version_ids.len() == before {
+            break;
+        }
+    }
+    for version_id in version_ids {
+        let value = store.client().get_secret_value().secret_id(TOKEN_SECRET_ID).version_id(version_id).send().await.unwrap();
         let state: Value = serde_json::from_str(value.secret_string().unwrap_or("{}")).unwrap_or(Value::Null);
         for field in ["access_token", "refresh_token"] {
             if let Some(token) = state[field].as_str() {
@@ -626,6 +631,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     tokio::time::timeout(Duration::from_secs(60), injector).await.expect("the injector stops").unwrap();
     sandbox.faults().clear();
     proxy.clear();
+    eprintln!("load_e2e: stream done in {:.0} s; draining the queue", started.elapsed().as_secs_f64());
     let drain_started = Instant::now();
     let mut left = queues.waiting().await;
     while left > 0 && drain_started.elapsed() < Duration::from_secs(240) {
@@ -640,6 +646,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let scheduled_runs = tokio::time::timeout(Duration::from_secs(60), scheduled).await.expect("the schedule stops").unwrap();
 
     // Reconcile the signups.
+    eprintln!("load_e2e: drained ({left} left); reconciling");
     let dead = queues.dead_letters().await;
     let dead_emails: BTreeSet<String> =
         dead.iter().filter_map(|(_, body)| QueuedSignup::from_message(body).ok().map(|q| q.signup.email)).collect();
@@ -704,6 +711,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let puts_seen = proxy.count(PUT_SECRET_VALUE);
 
     // The audit: nothing secret in anything the processes wrote.
+    eprintln!("load_e2e: auditing the logs");
     let secrets = secrets_to_audit(&direct).await;
     let mut logs = String::new();
     for pool in [&signup_pool, &retry_pool, &refresh_pool] {
