@@ -435,10 +435,11 @@ async fn kill_when_busy(pool: &FunctionPool, rng: &mut Rng) -> bool {
     false
 }
 
-/// Every token the store ever held, and the secrets the functions were given.
-async fn secrets_to_audit(store: &SecretsManagerStore) -> Vec<String> {
+/// Every token Keap issued and the store still holds, and the secrets the functions were given.
+async fn secrets_to_audit(store: &SecretsManagerStore, sandbox: &Sandbox) -> Vec<String> {
     let mut secrets: Vec<String> =
         vec![keap_sandbox::DEFAULT_CLIENT_SECRET.into(), keap_sandbox::DEFAULT_API_KEY.into(), SIGNING_KEY.into()];
+    secrets.extend(sandbox.issued_tokens());
     // Pages until one brings nothing new (moto may repeat a page with a next token).
     let mut version_ids = BTreeSet::new();
     let mut next_token = None;
@@ -712,7 +713,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
 
     // The audit: nothing secret in anything the processes wrote.
     eprintln!("load_e2e: auditing the logs");
-    let secrets = secrets_to_audit(&direct).await;
+    let secrets = secrets_to_audit(&direct, &sandbox).await;
     let mut logs = String::new();
     for pool in [&signup_pool, &retry_pool, &refresh_pool] {
         pool.shutdown().await;

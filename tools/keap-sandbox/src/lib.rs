@@ -179,6 +179,12 @@ impl Sandbox {
         self.shared.mint_grant(client_id)
     }
 
+    /// Every access and refresh token issued so far, live or not (for log audits: a token a
+    /// store has since pruned must not appear in a log either).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.shared.world().oauth.issued_tokens()
+    }
+
     /// Every access token issued so far is expired from now on.
     pub fn expire_access_tokens(&self) {
         self.shared.world().oauth.expire_access_tokens();

@@ -280,6 +280,11 @@ impl OAuthStore {
         (!family.revoked && issued.expires_at > self.now()).then_some(family.client_id.as_str())
     }
 
+    /// Every access and refresh token issued so far, live or not.
+    pub(crate) fn issued_tokens(&self) -> Vec<String> {
+        self.access.keys().chain(self.refresh.keys()).cloned().collect()
+    }
+
     pub(crate) fn expire_access_tokens(&mut self) {
         let now = self.now();
         for token in self.access.values_mut() {
