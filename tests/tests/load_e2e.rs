@@ -16,7 +16,8 @@
 //! `Retry-After` other than the gateway's answer for a process this test killed (which the
 //! sender retries); the store holds a working pair; Keap issued exactly as many pairs as the
 //! store recorded (no issued pair lost, no refresh token spent twice). What the processes
-//! logged (at TRACE for the relay's crates) holds no token or secret.
+//! logged (at TRACE for the relay's crates) holds no token or secret. Last, the one case
+//! that may end in `needs_reauth`: a refresh answer lost on the way back.
 //!
 //! Size: `LOAD_E2E_SIGNUPS` (default 300), `LOAD_E2E_RATE` (arrivals per second, 25),
 //! `LOAD_E2E_FAULT_MS` (mean time between fault switches, 700 ms), `LOAD_E2E_SIGNUP_PROCESSES`
@@ -62,7 +63,7 @@ const REFRESH_EVERY: Duration = Duration::from_millis(1500);
 /// A process is killed only this long after the last "access tokens expired" fault: only
 /// then can a signup process be rotating, and a process killed between Keap's new pair and
 /// the store write loses that pair, which Keap's single-use refresh tokens make unrecoverable
-/// (the dropped-answer case; `rotation_faults` covers it and its `needs_reauth`).
+/// (the dropped-answer case, run on purpose at the end).
 const NO_KILL_AFTER_EXPIRY: Duration = Duration::from_secs(5);
 /// At most this many attempts per signup by the sender.
 const ATTEMPTS: usize = 8;
@@ -290,6 +291,16 @@ fn outcome_label(outcome: &Outcome) -> String {
         Outcome::Crashed { killed: false } => "process exited".into(),
         Outcome::TimedOut => "timed out".into(),
     }
+}
+
+/// EventBridge's scheduled event (the sample in `events/`).
+fn scheduled_event() -> String {
+    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/scheduled-refresh.json")).unwrap()
+}
+
+/// Everything the processes of `pools` wrote so far.
+fn logs_of(pools: &[&FunctionPool]) -> String {
+    pools.iter().flat_map(|pool| pool.log_files()).map(|file| std::fs::read_to_string(file).unwrap_or_default()).collect()
 }
 
 /// What happened to one signup, from the sender's side.
@@ -560,7 +571,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
 
     let scheduled = {
         let (running, refresh_pool) = (running.clone(), refresh_pool.clone());
-        let event = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/scheduled-refresh.json")).unwrap();
+        let event = scheduled_event();
         tokio::spawn(async move {
             let mut runs = BTreeMap::<String, u64>::new();
             while running.load(Ordering::Relaxed) {
@@ -711,16 +722,35 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let rotated = operator.rotate_if_due(forced).await.expect("the stored refresh token works");
     let puts_seen = proxy.count(PUT_SECRET_VALUE);
 
+    // The one case that may end in needs_reauth: Keap applies a refresh and its answer is
+    // lost. The refresh process must stop after that one call (never spend the dead token
+    // again), and a signup that then meets a refused token is queued and parked, not lost.
+    eprintln!("load_e2e: the dropped-answer case");
+    let refreshes_before_drop = sandbox.stats().refreshes_served;
+    sandbox.faults().drop_next_refresh_responses(1);
+    let dropped_run = outcome_label(&refresh_pool.invoke(scheduled_event()).await);
+    let after_drop = operator.status().await.unwrap();
+    sandbox.expire_access_tokens();
+    let last_email = events.email("e2e-after-drop", 0);
+    let last_fate = send_one(&signup_pool, &events, &last_email, &counters).await;
+    let parked = poll_once(&queues, &retry_pool, &queue_outcomes).await;
+    let dropped_case = json!({
+        "refresh_run": dropped_run,
+        "keap_token_calls": sandbox.stats().refreshes_served - refreshes_before_drop,
+        "status_after": if after_drop.needs_reauth { "needs_reauth" } else { "not needs_reauth" },
+        "next_signup": format!("{last_fate:?}"),
+        "acknowledged_by_signup_retry": parked,
+        "waiting_in_queue": queues.waiting().await,
+        "parked": logs_of(&[&retry_pool]).matches("signup parked until it is").count(),
+    });
+
     // The audit: nothing secret in anything the processes wrote.
     eprintln!("load_e2e: auditing the logs");
     let secrets = secrets_to_audit(&direct, &sandbox).await;
-    let mut logs = String::new();
     for pool in [&signup_pool, &retry_pool, &refresh_pool] {
         pool.shutdown().await;
-        for file in pool.log_files() {
-            logs.push_str(&std::fs::read_to_string(&file).unwrap_or_default());
-        }
     }
+    let logs = logs_of(&[&signup_pool, &retry_pool, &refresh_pool]);
     let leaked = secrets.iter().filter(|secret| logs.contains(secret.as_str())).count();
     let mut dead_reasons = BTreeMap::<String, u64>::new();
     for (id, _) in &dead {
@@ -773,6 +803,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         "log_bytes_audited": logs.len(),
         "secrets_checked": secrets.len(),
         "secrets_found_in_logs": leaked,
+        "dropped_refresh_answer": dropped_case,
         "stream_seconds": stream_time.as_secs_f64(),
         "drain_seconds": drain_time.as_secs_f64(),
         "left_in_queue_after_drain": left,
@@ -805,6 +836,11 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         final_generation - first_generation,
         "every pair Keap issued was stored, and nothing else rotated"
     );
+    assert_eq!(dropped_case["keap_token_calls"], 1, "a lost refresh answer ends refreshing: {dropped_case}");
+    assert_eq!(dropped_case["status_after"], "needs_reauth", "{dropped_case}");
+    assert_eq!(last_fate, Fate::Queued, "a signup after the lost answer is queued: {dropped_case}");
+    assert_eq!(dropped_case["parked"], 1, "and parked for a reconnection, not dead-lettered: {dropped_case}");
+    assert_eq!(dropped_case["waiting_in_queue"], 1, "the parked signup waits in the queue: {dropped_case}");
     assert!(proxy.count(GET_SECRET_VALUE) > 0, "the functions read Secrets Manager through the fault proxy");
     assert_eq!(leaked, 0, "a secret appears in the functions' logs");
     assert!(logs.contains("rotated the Keap token pair"), "the audit read the TRACE logs of the processes");
