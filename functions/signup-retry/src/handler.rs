@@ -39,8 +39,8 @@ pub enum RetryError {
 enum Attempt {
     /// Keap took the signup.
     Delivered,
-    /// Keap could not take it now; SQS will redeliver it.
-    Transient,
+    /// Keap could not take it now (why); SQS will redeliver it.
+    Transient(String),
     /// No usable Keap connection: park it (see the module docs).
     Disconnected(QueuedSignup),
     /// It can never succeed; failed until SQS dead-letters it.
@@ -48,11 +48,11 @@ enum Attempt {
 }
 
 /// What this batch has learnt about Keap so far.
-#[derive(Clone, Copy, PartialEq, Eq)]
+#[derive(Clone, PartialEq, Eq)]
 enum KeapSeen {
     Up,
-    /// Unavailable: skip (fail) the rest without calling it.
-    Down,
+    /// Unavailable (why): skip (fail) the rest without calling it.
+    Down(String),
     /// Not connected: park the rest without calling it.
     Disconnected,
 }
@@ -78,14 +78,14 @@ pub async fn handle_with_parking(
     let mut parked = 0;
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
-        let attempt = match keap {
+        let attempt = match &keap {
             KeapSeen::Up => process(record, message_id, service).await,
-            KeapSeen::Down => {
-                // Logged per record: a message skipped on every receive reaches the dead-letter
-                // queue, and this line is its reason.
+            KeapSeen::Down(reason) => {
+                // Logged per record with the earlier failure: a message skipped on every
+                // receive reaches the dead-letter queue, and this line is its reason.
                 let receive_count = receive_count(record);
-                tracing::warn!(message_id, receive_count, "Keap failed earlier in this batch; not tried, SQS will redeliver it");
-                Attempt::Transient
+                tracing::warn!(message_id, receive_count, reason, "Keap failed earlier in this batch; not tried, SQS will redeliver it");
+                Attempt::Transient(reason.clone())
             }
             KeapSeen::Disconnected => match parse(record, message_id) {
                 Some(queued) => Attempt::Disconnected(queued),
@@ -95,8 +95,8 @@ pub async fn handle_with_parking(
         let acknowledged = match attempt {
             Attempt::Delivered => true,
             Attempt::Poison => false,
-            Attempt::Transient => {
-                keap = KeapSeen::Down;
+            Attempt::Transient(reason) => {
+                keap = KeapSeen::Down(reason);
                 false
             }
             Attempt::Disconnected(queued) => {
@@ -194,7 +194,7 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
         }
         Err(error) => {
             tracing::warn!(message_id, signup_id, receive_count, code = error.code(), reason = %error, "Keap cannot take queued signups now");
-            Attempt::Transient
+            Attempt::Transient(error.to_string())
         }
     }
 }
