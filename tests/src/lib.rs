@@ -1,5 +1,6 @@
 //! Helpers shared by the integration tests.
 
 pub mod lambda_pool;
+pub mod load;
 pub mod rotation;
 pub mod sm_fault_proxy;

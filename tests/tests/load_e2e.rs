@@ -43,6 +43,7 @@ use relay_bench::deployment::{DeploymentEnv, StoreEnv};
 use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome};
+use relay_tests::load::{Rng, env_number, error_kind};
 use relay_tests::rotation::{MotoServer, TempDir};
 use relay_tests::sm_fault_proxy::{
     Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE,
@@ -67,28 +68,6 @@ const REFRESH_EVERY: Duration = Duration::from_millis(1500);
 const NO_KILL_AFTER_EXPIRY: Duration = Duration::from_secs(5);
 /// At most this many attempts per signup by the sender.
 const ATTEMPTS: usize = 8;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// xorshift64*, seeded: the fault schedule is reproducible from `LOAD_E2E_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// Builds the function binaries of this profile (so a run never uses stale ones) and says
 /// where they are.
@@ -438,7 +417,7 @@ impl FaultSwitch {
 async fn kill_when_busy(pool: &FunctionPool, rng: &mut Rng) -> bool {
     let give_up = Instant::now() + Duration::from_secs(1);
     while Instant::now() < give_up {
-        if pool.kill_busy(rng.next()) {
+        if pool.kill_busy(rng.next_u64()) {
             return true;
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
@@ -493,7 +472,7 @@ fn dead_letter_reason(logs: &str, id: &str) -> String {
     logs.lines()
         .filter(|line| line.contains(&needle))
         .filter_map(|line| serde_json::from_str::<Value>(line).ok())
-        .filter_map(|line| line["fields"]["reason"].as_str().map(|r| r.split([':', '(']).next().unwrap_or(r).trim().to_owned()))
+        .filter_map(|line| line["fields"]["reason"].as_str().map(error_kind))
         .next_back()
         .unwrap_or_else(|| "no reason logged (skipped in every batch)".to_owned())
 }

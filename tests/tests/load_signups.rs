@@ -38,6 +38,7 @@ use keap_relay::store::{SecretStore, StoreOp};
 use keap_relay::token::{Credential, RotationPolicy};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{Sandbox, SandboxConfig};
+use relay_tests::load::{Rng, env_number, error_kind};
 use relay_server::{ADMIN_PASSWORD, APP_SECRET_ID, SIGNING_KEY, TOKEN_SECRET_ID, WELCOME_TAG};
 
 /// The signup function's timeout (template parameter ApiFunctionTimeoutSeconds, default 15).
@@ -47,28 +48,6 @@ const LAMBDA_TIMEOUT: Duration = Duration::from_secs(15);
 const VISIBILITY_TIMEOUT: Duration = Duration::from_secs(4);
 /// SQS's `maxReceiveCount` in the template's redrive policy.
 const MAX_RECEIVES: u32 = 5;
-
-fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
-}
-
-/// xorshift64*, seeded: the fault schedule is reproducible from `LOAD_SEED`.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
 
 /// The retry queue as SQS behaves for it: messages with ids and receive counts, redelivered
 /// until acknowledged, moved to the dead-letter queue after `MAX_RECEIVES` receives.
@@ -600,9 +579,4 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
         "every pair Keap issued was stored (and nothing else rotated)"
     );
     assert_eq!(counters.timed_out.load(Ordering::Relaxed), 0, "no invocation ran into Lambda's timeout");
-}
-
-/// A short, stable label for a rotation error (for the figures, not for matching).
-fn error_kind(message: &str) -> String {
-    message.split([':', '(']).next().unwrap_or(message).trim().to_owned()
 }
