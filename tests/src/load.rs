@@ -28,3 +28,51 @@ impl Rng {
 pub fn error_kind(message: &str) -> String {
     message.split([':', '(']).next().unwrap_or(message).trim().to_owned()
 }
+
+/// How many Keap-side faults [`inject_keap_fault`] knows.
+pub const KEAP_FAULTS: u64 = 5;
+
+/// Switches on Keap-side fault `which` (`0..KEAP_FAULTS`) in the sandbox and says which:
+/// 5xx on 30 % of calls, 20 × 429 with and without `Retry-After`, slow Keap, or every access
+/// token expired at once.
+pub fn inject_keap_fault(sandbox: &keap_sandbox::Sandbox, which: u64) -> &'static str {
+    let faults = sandbox.faults();
+    match which {
+        0 => {
+            faults.set_server_error_rate(0.3);
+            "keap 5xx 30%"
+        }
+        1 => {
+            faults.throttle_next(20, Some(1));
+            "keap 429 x20 with Retry-After"
+        }
+        2 => {
+            faults.throttle_next(20, None);
+            "keap 429 x20 without Retry-After"
+        }
+        3 => {
+            faults.set_latency(std::time::Duration::from_millis(300));
+            "slow keap 300 ms"
+        }
+        _ => {
+            sandbox.expire_access_tokens();
+            "access tokens expired"
+        }
+    }
+}
+
+/// Ids of every tag named `name` in the sandbox. Cold processes that look the tag up at the
+/// same moment may each create it (Keap allows duplicate names): any of them is that tag.
+pub async fn tag_ids_named(sandbox: &keap_sandbox::Sandbox, name: &str) -> Vec<i64> {
+    let listed: serde_json::Value = reqwest::Client::new()
+        .get(format!("{}/v1/tags?limit=1000", sandbox.api_url()))
+        .query(&[("name", name)])
+        .header("X-Keap-API-Key", keap_sandbox::DEFAULT_API_KEY)
+        .send()
+        .await
+        .expect("the sandbox answers")
+        .json()
+        .await
+        .expect("a tag list");
+    listed["tags"].as_array().expect("a tag list").iter().filter_map(|t| t["id"].as_i64()).collect()
+}

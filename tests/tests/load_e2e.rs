@@ -43,7 +43,7 @@ use relay_bench::deployment::{DeploymentEnv, StoreEnv};
 use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome};
-use relay_tests::load::{Rng, env_number, error_kind};
+use relay_tests::load::{KEAP_FAULTS, Rng, env_number, error_kind, inject_keap_fault, tag_ids_named};
 use relay_tests::rotation::{MotoServer, TempDir};
 use relay_tests::sm_fault_proxy::{
     Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE,
@@ -355,28 +355,12 @@ struct FaultSwitch {
 impl FaultSwitch {
     /// Injects one random fault (or clears them), and says which.
     async fn inject(&mut self, rng: &mut Rng) -> &'static str {
-        let faults = self.sandbox.faults();
-        match rng.below(11) {
-            0 => {
-                faults.set_server_error_rate(0.3);
-                "keap 5xx 30%"
-            }
-            1 => {
-                faults.throttle_next(20, Some(1));
-                "keap 429 x20 with Retry-After"
-            }
-            2 => {
-                faults.throttle_next(20, None);
-                "keap 429 x20 without Retry-After"
-            }
-            3 => {
-                faults.set_latency(Duration::from_millis(300));
-                "slow keap 300 ms"
-            }
-            4 => {
-                self.sandbox.expire_access_tokens();
-                self.last_expiry = Some(Instant::now());
-                "access tokens expired"
+        match rng.below(KEAP_FAULTS + 6) {
+            which @ 0..KEAP_FAULTS => {
+                if which == KEAP_FAULTS - 1 {
+                    self.last_expiry = Some(Instant::now());
+                }
+                inject_keap_fault(&self.sandbox, which)
             }
             5 => {
                 self.proxy.fail_after(GET_SECRET_VALUE, 0, &[Fault::Throttle; 3]);
@@ -404,7 +388,7 @@ impl FaultSwitch {
                 }
             }
             _ => {
-                faults.clear();
+                self.sandbox.faults().clear();
                 self.proxy.clear();
                 "faults cleared"
             }
@@ -641,18 +625,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let dead = queues.dead_letters().await;
     let dead_emails: BTreeSet<String> =
         dead.iter().filter_map(|(_, body)| QueuedSignup::from_message(body).ok().map(|q| q.signup.email)).collect();
-    let listed: Value = reqwest::Client::new()
-        .get(format!("{}/v1/tags?name={WELCOME_TAG}&limit=1000", sandbox.api_url()))
-        .header("X-Keap-API-Key", keap_sandbox::DEFAULT_API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    // Cold processes that look the tag up at once may each create it (Keap allows duplicate
-    // names): any tag of that name is the welcome tag.
-    let welcome_tags: Vec<i64> = listed["tags"].as_array().unwrap().iter().filter_map(|t| t["id"].as_i64()).collect();
+    let welcome_tags = tag_ids_named(&sandbox, WELCOME_TAG).await;
     let mut tally = BTreeMap::<&'static str, u64>::new();
     let mut problems = Vec::new();
     for (email, fate) in &fates {

@@ -38,7 +38,7 @@ use keap_relay::store::{SecretStore, StoreOp};
 use keap_relay::token::{Credential, RotationPolicy};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{Sandbox, SandboxConfig};
-use relay_tests::load::{Rng, env_number, error_kind};
+use relay_tests::load::{KEAP_FAULTS, Rng, env_number, error_kind, inject_keap_fault, tag_ids_named};
 use relay_server::{ADMIN_PASSWORD, APP_SECRET_ID, SIGNING_KEY, TOKEN_SECRET_ID, WELCOME_TAG};
 
 /// The signup function's timeout (template parameter ApiFunctionTimeoutSeconds, default 15).
@@ -256,28 +256,8 @@ async fn send_one(
 
 /// Injects one random fault (or clears them), and says which.
 fn inject(rng: &mut Rng, sandbox: &Sandbox, store: &MemoryStore) -> &'static str {
-    let faults = sandbox.faults();
-    match rng.below(10) {
-        0 => {
-            faults.set_server_error_rate(0.3);
-            "keap 5xx 30%"
-        }
-        1 => {
-            faults.throttle_next(20, Some(1));
-            "429 x20 with Retry-After"
-        }
-        2 => {
-            faults.throttle_next(20, None);
-            "429 x20 without Retry-After"
-        }
-        3 => {
-            faults.set_latency(Duration::from_millis(300));
-            "slow keap 300 ms"
-        }
-        4 => {
-            sandbox.expire_access_tokens();
-            "access tokens expired"
-        }
+    match rng.below(KEAP_FAULTS + 5) {
+        which @ 0..KEAP_FAULTS => inject_keap_fault(sandbox, which),
         5 => {
             store.fail_next(StoreOp::ReadCurrent, 3, FaultPoint::BeforeApply);
             "store reads throttled x3"
@@ -292,7 +272,7 @@ fn inject(rng: &mut Rng, sandbox: &Sandbox, store: &MemoryStore) -> &'static str
             "store swaps throttled x2"
         }
         _ => {
-            faults.clear();
+            sandbox.faults().clear();
             "faults cleared"
         }
     }
@@ -443,18 +423,7 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
 
     // Reconcile.
     let dead = queue.dead_emails();
-    // Cold copies that look the tag up at the same moment may each create it (Keap allows
-    // duplicate names): any tag of that name counts as the welcome tag.
-    let listed: serde_json::Value = reqwest::Client::new()
-        .get(format!("{}/v1/tags?name={WELCOME_TAG}&limit=1000", sandbox.api_url()))
-        .header("X-Keap-API-Key", keap_sandbox::DEFAULT_API_KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let welcome_tags: Vec<i64> = listed["tags"].as_array().unwrap().iter().map(|t| t["id"].as_i64().unwrap()).collect();
+    let welcome_tags = tag_ids_named(&sandbox, WELCOME_TAG).await;
     let (mut delivered, mut queued, mut queued_then_delivered, mut gave_up, mut lost) = (0, 0, 0, 0, 0);
     for index in 0..signups {
         let email = format!("load-{index}@example.com");
