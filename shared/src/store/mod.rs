@@ -56,6 +56,10 @@ pub enum StoreError {
     Transient { operation: &'static str, detail: String },
     #[error("store refused {operation}: {detail}")]
     Permanent { operation: &'static str, detail: String },
+    /// Secrets Manager's version quota (`LimitExceededException`): no write succeeds until
+    /// versions age out (up to 24 h). Not retried within a call; see `docs/token-rotation.md`.
+    #[error("store refused {operation}: the secret's version quota is exhausted ({detail})")]
+    QuotaExceeded { operation: &'static str, detail: String },
     #[error("secret {secret_id} does not exist")]
     NotFound { secret_id: String },
 }
