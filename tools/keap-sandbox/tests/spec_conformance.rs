@@ -1,10 +1,12 @@
 //! Every v2 operation the sandbox serves exists in Keap's official v2 OpenAPI spec, answers
 //! only documented status codes, and sends bodies whose fields the spec's response schema
 //! names (checked recursively, with types and enums). The spec is read from `KEAP_V2_SPEC`
-//! or `/work/shared/reference/keap-v2-openapi.yml` next to the workspace.
+//! or the copy carried in this crate, `spec/keap-v2-openapi.yml` (source and licence in
+//! `spec/README.md`).
 //!
 //! Gateway answers (401 fault, 429 quota) are not checked: the spec documents the
-//! application's `Error` shape for them, but Keap's gateway sends its own (see keap-api.md).
+//! application's `Error` shape for them, but Keap's gateway sends its own (see "Gateway" in
+//! this crate's README.md).
 
 mod common;
 
@@ -20,7 +22,7 @@ fn spec_path() -> PathBuf {
         || {
             PathBuf::from(concat!(
                 env!("CARGO_MANIFEST_DIR"),
-                "/../../../shared/reference/keap-v2-openapi.yml"
+                "/spec/keap-v2-openapi.yml"
             ))
         },
         PathBuf::from,
