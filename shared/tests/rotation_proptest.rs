@@ -55,7 +55,7 @@ fn settings() -> TokenSettings {
     TokenSettings {
         lease_duration: Duration::from_millis(500),
         keap_timeout: Duration::from_millis(100),
-        commit_allowance: Duration::from_millis(100),
+        commit_allowance: Duration::from_millis(200),
         poll_max: Duration::from_millis(30),
         orphan_grace: Duration::from_millis(40),
         ..fast_settings()

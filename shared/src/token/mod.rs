@@ -6,8 +6,13 @@
 //! [`crate::store::SecretStore`]) and [`ApiKeySource`] (a PAT or Service Account Key).
 
 pub mod api_key;
+pub mod clock;
+pub mod invocation;
+mod protocol;
+pub mod settings;
 pub mod source;
 pub mod state;
+mod versions;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -17,7 +22,10 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 pub use api_key::ApiKeySource;
-pub use source::{TokenSettings, TokenSource};
+pub use clock::{Clock, SystemClock, TokioClock};
+pub use settings::TokenSettings;
+pub use source::TokenSource;
+pub use versions::{Step, child_version_id};
 pub use state::{LinkStatus, TokenState};
 
 use crate::config::{AppSecret, AuthMode, Config};

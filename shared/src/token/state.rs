@@ -58,6 +58,21 @@ pub struct TokenState {
     pub needs_reauth_reason: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
     pub needs_reauth_at: Option<SystemTime>,
+    /// Shared backoff (invariant 10): no process takes a lease before this time. Set when a
+    /// holder gives up without spending the token (Keap 5xx/429/unreachable, bad client).
+    #[serde(default, skip_serializing_if = "Option::is_none", with = "opt_time")]
+    pub retry_not_before: Option<SystemTime>,
+    /// Refresh attempts that failed in a row since the last new pair (drives the backoff).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub failures: u32,
+    /// Rotations in a row that a 401 forced (not the margin or the schedule); a 401-driven
+    /// refresh waits a backoff after the last refresh that grows with this count.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unauthorized_refreshes: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl std::fmt::Debug for TokenState {
@@ -73,6 +88,8 @@ impl std::fmt::Debug for TokenState {
             .field("lease", &self.lease)
             .field("last_error", &self.last_error)
             .field("needs_reauth_reason", &self.needs_reauth_reason)
+            .field("retry_not_before", &self.retry_not_before)
+            .field("failures", &self.failures)
             .finish_non_exhaustive()
     }
 }
@@ -124,9 +141,30 @@ impl TokenState {
         Self { lease: Some(Lease { holder: holder.to_owned(), until }), ..self.clone() }
     }
 
-    /// The lease dropped, `error` recorded (a refresh that failed without spending the token).
-    pub fn released(&self, error: &str, now: SystemTime) -> Self {
-        Self { lease: None, last_error: Some(error.to_owned()), last_error_at: Some(now), ..self.clone() }
+    /// The lease dropped, `error` recorded (a refresh that failed without spending the token),
+    /// and nobody to try again before `retry_not_before`.
+    pub fn released(&self, error: &str, now: SystemTime, retry_not_before: SystemTime) -> Self {
+        Self {
+            lease: None,
+            last_error: Some(error.to_owned()),
+            last_error_at: Some(now),
+            retry_not_before: Some(retry_not_before),
+            failures: self.failures.saturating_add(1),
+            ..self.clone()
+        }
+    }
+
+    /// The pair's lifetime as issued (zero when unknown).
+    pub fn lifetime(&self) -> Duration {
+        match (self.access_expires_at, self.refresh_issued_at) {
+            (Some(expires), Some(issued)) => expires.duration_since(issued).unwrap_or_default(),
+            _ => Duration::ZERO,
+        }
+    }
+
+    /// Time left before the shared backoff allows another attempt (zero when it does).
+    pub fn backoff_left(&self, now: SystemTime) -> Duration {
+        self.retry_not_before.map(|at| left(at, now)).unwrap_or_default()
     }
 
     pub fn needing_reauth(&self, reason: &str, now: SystemTime) -> Self {
