@@ -176,7 +176,7 @@ async fn a_dead_refresh_token_needs_reauth_and_keap_is_not_called_again() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dropped_refresh_answer_needs_reauth_with_a_clear_reason_and_no_retry() {
+async fn a_dropped_refresh_answer_is_retried_once_then_needs_reauth_with_a_clear_reason() {
     let (store, keap) = seeded(Duration::ZERO).await;
     keap.script([KeapFault::DropResponse]);
     let sources: Vec<TokenSource> = (0..8).map(|_| source(store.clone(), keap.clone())).collect();
@@ -188,7 +188,10 @@ async fn a_dropped_refresh_answer_needs_reauth_with_a_clear_reason_and_no_retry(
             other => panic!("expected NeedsReauth, got {other:?}"),
         }
     }
-    assert_eq!(keap.calls(), 1, "the possibly spent token is never sent again");
+    // Invariant 1's one exception: the holder retries once inside its lease; Keap refuses the
+    // spent token, and nobody sends it again.
+    assert_eq!(keap.calls(), 2, "one call and the holder's one retry");
+    assert_eq!(keap.ledger(|l| l.invalid_grants), 1);
     let stored = stored_state(&store);
     assert_eq!(stored.status, LinkStatus::NeedsReauth);
     assert!(stored.needs_reauth_reason.unwrap().contains("Keap may have rotated the token"));
@@ -199,10 +202,17 @@ async fn keap_failing_releases_the_lease_and_a_still_valid_token_stays_usable() 
     let (store, keap) = seeded(Duration::from_secs(30)).await; // inside the 60 s margin
     keap.script([KeapFault::Transient(503), KeapFault::NotSent, KeapFault::Transient(429)]);
     let source = source(store.clone(), keap.clone());
-    for _ in 0..3 {
+    for failures in 1..=3 {
         assert_eq!(token_of(&source.credential().await.unwrap()), "at-1");
         let stored = stored_state(&store);
         assert!(stored.lease.is_none() && stored.last_error.is_some(), "{stored:?}");
+        assert_eq!(stored.failures, failures);
+        // Inside the shared backoff: the still-valid token, no store write, no Keap call.
+        let versions = store.versions(SECRET_ID).len();
+        assert_eq!(token_of(&source.credential().await.unwrap()), "at-1");
+        assert_eq!(store.versions(SECRET_ID).len(), versions);
+        let wait = stored.retry_not_before.unwrap().duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        tokio::time::sleep(wait + Duration::from_millis(20)).await;
     }
     assert_eq!(keap.calls(), 2, "a refused connection never reaches Keap");
     assert_eq!(token_of(&source.credential().await.unwrap()), "at-2");
@@ -273,6 +283,12 @@ async fn a_lease_whose_holder_died_is_taken_over_after_it_expires() {
     assert!(doomed.credential().await.is_err(), "the holder's flight died");
     assert!(stored_state(&store).lease.is_some(), "its lease stays behind");
     let sources: Vec<TokenSource> = (0..4).map(|_| source(store.clone(), keap.clone())).collect();
+    // Nobody can tell it died before its call: no takeover until the late-commit grace is over.
+    for result in storm(&sources, 2).await {
+        assert!(matches!(result, Err(TokenError::Unavailable { .. })), "{result:?}");
+    }
+    assert_eq!(keap.calls(), 0);
+    tokio::time::sleep(fast_settings().late_commit_grace).await;
     for result in storm(&sources, 2).await {
         assert_eq!(token_of(&result.unwrap()), "at-2");
     }
@@ -286,6 +302,12 @@ async fn a_crash_between_keap_and_the_commit_is_the_one_counted_loss() {
     let (store, keap) = seeded(Duration::ZERO).await;
     keap.script([KeapFault::CrashAfterIssue]);
     assert!(source(store.clone(), keap.clone()).credential().await.is_err());
+    // Its lease ran out with no outcome: nobody spends the token again during the grace, in
+    // case its commit still lands.
+    let result = source(store.clone(), keap.clone()).credential().await;
+    assert!(matches!(result, Err(TokenError::Unavailable { .. })), "{result:?}");
+    assert_eq!(keap.calls(), 1);
+    tokio::time::sleep(fast_settings().late_commit_grace).await;
     let result = source(store.clone(), keap.clone()).credential().await;
     assert!(matches!(result, Err(TokenError::NeedsReauth { .. })), "{result:?}");
     keap.ledger(|l| {
@@ -317,7 +339,12 @@ async fn a_lease_put_but_not_swapped_is_swapped_in_and_taken_over() {
     assert!(source(faulty, keap.clone()).credential().await.is_err());
     let orphan = child_version_id(&store.versions(SECRET_ID)[0], Step::Lease);
     assert_eq!(store.versions(SECRET_ID)[1], orphan);
-    let result = source(store.clone(), keap.clone()).credential().await;
+    // Swapped in, the lease may be held (its writer may have retried the swap): it runs out,
+    // then the late-commit grace, then the takeover.
+    let next = source(store.clone(), keap.clone());
+    assert!(matches!(next.credential().await, Err(TokenError::Unavailable { .. })));
+    tokio::time::sleep(fast_settings().lease_duration + fast_settings().late_commit_grace).await;
+    let result = next.credential().await;
     assert_eq!(token_of(&result.unwrap()), "at-2");
     assert_eq!(keap.calls(), 1);
     assert_eq!(store.versions(SECRET_ID).len(), 4);

@@ -332,8 +332,12 @@ impl Flight<'_> {
         let takeover_at = lease_until + settings.clock_skew + settings.late_commit_grace;
         let deadline = self.instant_at(takeover_at) - settings.store_call_timeout - settings.clock_skew;
         let mut parent = leased.version_id;
+        let mut late_rounds = 0;
         loop {
-            match self.versions.write_child(&parent, Step::Commit, &value, deadline).await {
+            // A process frozen past the deadline still gets a short round when it thaws: the
+            // pair lands if the store still holds the token it spent.
+            let round_deadline = deadline.max(Instant::now() + settings.store_call_timeout * 2);
+            match self.versions.write_child(&parent, Step::Commit, &value, round_deadline).await {
                 Ok(ChildWrite::Current(version_id)) => {
                     tracing::info!(generation = committed.generation, holder = %self.holder, "rotated the Keap token pair");
                     let snapshot = self.remember(Snapshot { version_id, state: committed });
@@ -352,7 +356,11 @@ impl Flight<'_> {
                 return self.adopt(current);
             }
             if Instant::now() >= deadline {
-                return Err(unavailable("could not store the new pair in time", None));
+                late_rounds += 1;
+                if late_rounds > settings.store_attempts {
+                    tracing::error!(generation, "could not store the new Keap token pair in time; it is lost");
+                    return Err(unavailable("could not store the new pair in time", None));
+                }
             }
             parent = current.version_id;
         }

@@ -70,6 +70,8 @@ pub enum KeapFault {
     NotSent,
     /// The pair is issued (old token dead) but the answer is lost.
     DropResponse,
+    /// The answer is lost, but the request never reached Keap: nothing was issued.
+    LostBeforeIssue,
     /// The pair is issued, then the caller's process dies before it can store it.
     CrashAfterIssue,
     /// The caller's process dies before the request reaches Keap.
@@ -183,6 +185,10 @@ impl TokenEndpoint for FakeKeap {
         if fault == Some(KeapFault::CrashBefore) {
             self.state.lock().unwrap().ledger.crashes_before += 1;
             panic!("injected crash before calling Keap");
+        }
+        if fault == Some(KeapFault::LostBeforeIssue) {
+            self.state.lock().unwrap().ledger.not_sent += 1;
+            return Err(OAuthError::OutcomeUnknown("injected: timed out before Keap saw the request".into()));
         }
         if fault == Some(KeapFault::NotSent) {
             self.state.lock().unwrap().ledger.not_sent += 1;
