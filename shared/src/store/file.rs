@@ -11,8 +11,19 @@
 //! old or the new file, never a partial one. Puts and swaps run under an exclusive OS lock on
 //! `lock`, which makes "create if absent" and "move if current is still X" atomic. Reads take
 //! no lock: versions never change once written, and `current` is replaced by rename.
+//!
+//! Durability: file contents are synced before the rename, and the directory after it, so a
+//! write that returned survives a crash. Tokens are private: files are created 0600 and
+//! directories 0700 (on Unix; other platforms keep their defaults).
+//!
+//! A crash between a secret's first version file and its `current` file leaves a version file
+//! and no `current` (or a `current` naming a version that never made it to disk). Nothing was
+//! ever current then, so such version files are debris of an unfinished first write, not
+//! versions anyone saw: a put while the secret has no current version replaces a version file
+//! with another value and makes it current. While `current` names an existing version, the
+//! Secrets Manager rules hold (a version's value never changes, a put never moves `current`).
 
-use std::fs::{self, File, OpenOptions};
+use std::fs::{self, DirBuilder, File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
@@ -108,12 +119,53 @@ fn read_optional(path: &Path) -> io::Result<Option<String>> {
     }
 }
 
-/// Writes `contents` to `path` through a temporary file in the same directory and a rename.
+/// Options for a file only the owner may read or write (0600 on Unix).
+fn private_file() -> OpenOptions {
+    let mut options = OpenOptions::new();
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    options
+}
+
+/// Creates `path` and any missing parents, each 0700 on Unix, and syncs the parent of every
+/// directory it creates so that the new entries survive a crash.
+fn create_private_dirs(path: &Path) -> io::Result<()> {
+    if path.as_os_str().is_empty() || path.is_dir() {
+        return Ok(());
+    }
+    let parent = path.parent().filter(|parent| !parent.as_os_str().is_empty());
+    if let Some(parent) = parent {
+        create_private_dirs(parent)?;
+    }
+    let mut builder = DirBuilder::new();
+    #[cfg(unix)]
+    std::os::unix::fs::DirBuilderExt::mode(&mut builder, 0o700);
+    match builder.create(path) {
+        Ok(()) => sync_dir(parent.unwrap_or(Path::new("."))),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes the entries of `dir` (a rename into it, a new subdirectory) durable.
+#[cfg(unix)]
+fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Directories cannot be opened as files everywhere; elsewhere the rename is left to the OS.
+#[cfg(not(unix))]
+fn sync_dir(_dir: &Path) -> io::Result<()> {
+    Ok(())
+}
+
+/// Writes `contents` to `path` through a temporary file in the same directory, a rename and a
+/// sync of the directory (without it a crash after the return could still lose the rename).
 fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     let temp = dir.join(format!(".tmp-{}", uuid::Uuid::new_v4()));
     let result = (|| {
-        let mut file = OpenOptions::new().write(true).create_new(true).open(&temp)?;
+        let mut file = private_file().write(true).create_new(true).open(&temp)?;
         file.write_all(contents.as_bytes())?;
         file.sync_all()?;
         fs::rename(&temp, path)
@@ -121,7 +173,8 @@ fn write_atomically(path: &Path, contents: &str) -> io::Result<()> {
     if result.is_err() {
         let _ = fs::remove_file(&temp);
     }
-    result
+    result?;
+    sync_dir(dir)
 }
 
 /// Paths of one secret; every method runs on a blocking thread.
@@ -138,10 +191,19 @@ impl SecretFiles {
         self.dir.join("versions").join(version_id)
     }
 
+    /// The current version; `None` also when `current` names a version file that is missing.
     fn read_current(&self) -> io::Result<Option<StoredVersion>> {
         let Some(id) = read_optional(&self.current())? else { return Ok(None) };
         let id = id.trim().to_owned();
         self.read_version(&id)
+    }
+
+    /// Whether `current` names a version that exists (see the module docs on an unfinished
+    /// first write).
+    fn has_current(&self) -> io::Result<bool> {
+        let Some(id) = read_optional(&self.current())? else { return Ok(false) };
+        let id = id.trim();
+        Ok(check_version_id(StoreOp::ReadCurrent, id).is_ok() && self.version(id).is_file())
     }
 
     fn read_version(&self, version_id: &str) -> io::Result<Option<StoredVersion>> {
@@ -151,8 +213,8 @@ impl SecretFiles {
 
     /// Takes the secret's exclusive lock (blocking); released when the file is dropped.
     fn lock(&self) -> io::Result<File> {
-        fs::create_dir_all(self.dir.join("versions"))?;
-        let file = OpenOptions::new().read(true).write(true).create(true).truncate(false).open(self.dir.join("lock"))?;
+        create_private_dirs(&self.dir.join("versions"))?;
+        let file = private_file().read(true).write(true).create(true).truncate(false).open(self.dir.join("lock"))?;
         file.lock()?;
         Ok(file)
     }
@@ -187,14 +249,19 @@ impl SecretStore for FileStore {
             let put = || -> io::Result<PutOutcome> {
                 let _lock = files.lock()?;
                 let path = files.version(&version_id);
-                if let Some(existing) = read_optional(&path)? {
-                    return Ok(if existing == value.expose_secret() { PutOutcome::AlreadyExists } else { PutOutcome::Conflict });
+                let has_current = files.has_current()?;
+                let mut outcome = PutOutcome::Created;
+                match read_optional(&path)? {
+                    Some(existing) if existing == value.expose_secret() => outcome = PutOutcome::AlreadyExists,
+                    Some(_) if has_current => return Ok(PutOutcome::Conflict),
+                    // Without a current version, an existing file is debris of a first write
+                    // that crashed before `current` (see the module docs): nobody saw it.
+                    Some(_) | None => write_atomically(&path, value.expose_secret())?,
                 }
-                write_atomically(&path, value.expose_secret())?;
-                if read_optional(&files.current())?.is_none() {
+                if !has_current {
                     write_atomically(&files.current(), &version_id)?;
                 }
-                Ok(PutOutcome::Created)
+                Ok(outcome)
             };
             put().map_err(|e| io_error(StoreOp::Put, &files.dir, e))
         })
