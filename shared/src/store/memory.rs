@@ -3,7 +3,8 @@
 //! operation takes effect or after (the answer is lost, as with a timeout).
 
 use std::collections::{BTreeMap, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
@@ -24,13 +25,33 @@ struct Secret {
     /// Values by version id, and the order of creation (for inspection by tests).
     values: HashMap<String, String>,
     created: Vec<String>,
+    /// When each version was created (for the version quota).
+    created_at: Vec<SystemTime>,
     current: Option<String>,
+}
+
+/// Secrets Manager's version quota: puts are refused while `limit` or more versions younger
+/// than `window` exist (see `docs/token-rotation.md`, invariant 10).
+#[derive(Debug, Clone)]
+pub struct VersionQuota {
+    pub clock: Arc<dyn crate::token::Clock>,
+    pub limit: usize,
+    pub window: Duration,
+}
+
+impl VersionQuota {
+    /// AWS's numbers: about 100 versions younger than 24 h.
+    pub fn aws(clock: Arc<dyn crate::token::Clock>) -> Self {
+        Self { clock, limit: 100, window: Duration::from_secs(24 * 3600) }
+    }
 }
 
 #[derive(Debug, Default)]
 struct Inner {
     secrets: BTreeMap<String, Secret>,
     faults: HashMap<StoreOp, Vec<FaultPoint>>,
+    quota: Option<VersionQuota>,
+    quota_refusals: u64,
 }
 
 #[derive(Debug, Default)]
@@ -41,6 +62,23 @@ pub struct MemoryStore {
 impl MemoryStore {
     pub fn new() -> Self {
         Self::default()
+    }
+
+    /// A store that refuses puts as Secrets Manager does once its version quota is reached.
+    pub fn with_quota(quota: VersionQuota) -> Self {
+        let store = Self::default();
+        store.lock().quota = Some(quota);
+        store
+    }
+
+    /// Puts refused by the version quota so far.
+    pub fn quota_refusals(&self) -> u64 {
+        self.lock().quota_refusals
+    }
+
+    /// Versions of a secret created at or after `since` (by the quota's clock).
+    pub fn versions_since(&self, secret_id: &str, since: SystemTime) -> usize {
+        self.lock().secrets.get(secret_id).map_or(0, |s| s.created_at.iter().filter(|at| **at >= since).count())
     }
 
     /// The next `times` calls of `op` (on any secret) fail with [`StoreError::Transient`].
@@ -115,12 +153,25 @@ impl SecretStore for MemoryStore {
 
     async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
         self.with_faults(StoreOp::Put, |inner| {
+            let now = inner.quota.as_ref().map_or_else(SystemTime::now, |quota| quota.clock.now());
+            let quota = inner.quota.clone();
             let secret = inner.secrets.entry(secret_id.to_owned()).or_default();
             if let Some(existing) = secret.values.get(version_id) {
                 return Ok(if existing == value.expose_secret() { PutOutcome::AlreadyExists } else { PutOutcome::Conflict });
             }
+            if let Some(quota) = quota {
+                let young = secret.created_at.iter().filter(|at| now.duration_since(**at).unwrap_or_default() < quota.window).count();
+                if young >= quota.limit {
+                    inner.quota_refusals += 1;
+                    return Err(StoreError::QuotaExceeded {
+                        operation: StoreOp::Put.name(),
+                        detail: format!("LimitExceededException: {young} versions younger than {:?}", quota.window),
+                    });
+                }
+            }
             secret.values.insert(version_id.to_owned(), value.expose_secret().to_owned());
             secret.created.push(version_id.to_owned());
+            secret.created_at.push(now);
             if secret.current.is_none() {
                 secret.current = Some(version_id.to_owned());
             }

@@ -113,7 +113,7 @@ mod tests {
             drop(spent);
         });
         let started = std::time::Instant::now();
-        let seen = run(Some(deadline), async { deadline() }).await;
+        let seen = run(Some(deadline), async { super::deadline() }).await;
         assert_eq!(seen, Some(deadline));
         assert!(started.elapsed() >= Duration::from_millis(90), "returned before the commit");
         assert!(started.elapsed() < Duration::from_secs(4));

@@ -322,10 +322,16 @@ impl Flight<'_> {
         let generation = leased.state.generation;
         let spent = leased.state.refresh_token.clone();
         let lease_until = leased.state.lease.as_ref().map(|l| l.until).unwrap_or(SystemTime::UNIX_EPOCH);
-        let mut committed = leased.state.refreshed(grant, self.now());
-        if forced_by_401 {
-            committed.unauthorized_refreshes = leased.state.unauthorized_refreshes.saturating_add(1);
-        }
+        let now = self.now();
+        let mut committed = leased.state.refreshed(grant, now);
+        // The 401 count outlives other rotations (a storm of 401s must not restart its backoff
+        // at every scheduled rotation); a day without a 401-driven refresh starts it over.
+        let recent = leased.state.last_refresh_at.is_some_and(|at| now.duration_since(at).unwrap_or_default() < Duration::from_secs(24 * 3600));
+        committed.unauthorized_refreshes = match (forced_by_401, recent) {
+            (true, true) => leased.state.unauthorized_refreshes.saturating_add(1),
+            (true, false) => 1,
+            (false, _) => leased.state.unauthorized_refreshes,
+        };
         let value = committed.to_secret();
         // Nobody takes the lease over before `until + skew + late_commit_grace`; keep trying
         // until one store call before that.
@@ -344,12 +350,20 @@ impl Flight<'_> {
                     return Ok(Landed { snapshot, action: RotationAction::Rotated });
                 }
                 Ok(ChildWrite::Lost) => {}
+                // Transient: the round is over, but the pair may still land (read and decide).
+                Err(TokenError::Unavailable { detail, .. }) => {
+                    tracing::warn!(%detail, generation, "storing the new Keap token pair is taking long; still trying");
+                }
                 Err(error) => {
-                    tracing::error!(%error, generation, "could not store the new Keap token pair in time; it is lost");
+                    tracing::error!(%error, generation, "the store refused the new Keap token pair; it is lost");
                     return Err(error);
                 }
             }
-            let current = self.versions.read_connected().await?;
+            let current = match self.versions.read_connected().await {
+                Ok(current) => current,
+                Err(TokenError::Unavailable { .. }) if Instant::now() < deadline => continue,
+                Err(error) => return Err(error),
+            };
             let holds_spent = current.state.generation == generation && spent.as_ref().is_some_and(|t| current.state.same_refresh_token(t));
             if !holds_spent {
                 tracing::warn!(generation = current.state.generation, "a newer pair was stored meanwhile; ours is superseded");

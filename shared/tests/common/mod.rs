@@ -117,6 +117,8 @@ pub struct FakeKeap {
     expires_in: Duration,
     /// When set, each call checks that the stored state is not `needs_reauth`.
     watched: Mutex<Option<Arc<MemoryStore>>>,
+    /// While set, every call that reaches Keap is answered 503 (an outage of the endpoint).
+    down: AtomicBool,
 }
 
 impl FakeKeap {
@@ -127,7 +129,16 @@ impl FakeKeap {
             latency: Mutex::new(Duration::from_millis(5)),
             expires_in: Duration::from_secs(3600),
             watched: Mutex::new(None),
+            down: AtomicBool::new(false),
         })
+    }
+
+    /// A Keap whose pairs live `lifetime` (Keap's own access tokens live 24 h).
+    pub fn with_lifetime(lifetime: Duration) -> Arc<Self> {
+        let keap = Self::new();
+        let mut keap = Arc::try_unwrap(keap).expect("just made");
+        keap.expires_in = lifetime;
+        Arc::new(keap)
     }
 
     /// A first authorization (what the OAuth callback would store).
@@ -160,6 +171,11 @@ impl FakeKeap {
         *self.latency.lock().unwrap() = latency;
     }
 
+    /// Starts or ends an outage of the token endpoint (every call answered 503).
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
+    }
+
     pub fn watch(&self, store: Arc<MemoryStore>) {
         *self.watched.lock().unwrap() = Some(store);
     }
@@ -181,7 +197,10 @@ impl FakeKeap {
 impl TokenEndpoint for FakeKeap {
     async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenGrant, OAuthError> {
         let token = refresh_token.expose_secret().to_owned();
-        let fault = self.script.lock().unwrap().pop_front();
+        let mut fault = self.script.lock().unwrap().pop_front();
+        if self.down.load(Ordering::SeqCst) {
+            fault = Some(KeapFault::Transient(503));
+        }
         if fault == Some(KeapFault::CrashBefore) {
             self.state.lock().unwrap().ledger.crashes_before += 1;
             panic!("injected crash before calling Keap");
