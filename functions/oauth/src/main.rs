@@ -4,7 +4,8 @@
 use std::convert::Infallible;
 
 use keap_relay::app::{App, init_tracing};
-use lambda_http::{Error, Request, service_fn};
+use keap_relay::token::invocation;
+use lambda_http::{Error, Request, RequestExt, service_fn};
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
@@ -13,7 +14,9 @@ async fn main() -> Result<(), Error> {
     let deps = oauth::adapters::deps_from_app(&app)?;
     let deps = &deps;
     lambda_http::run(service_fn(move |request: Request| async move {
-        Ok::<_, Infallible>(oauth::handle(request, deps).await)
+        // Invariant 9: see `keap_relay::token::invocation`.
+        let deadline = request.lambda_context_ref().and_then(|c| invocation::deadline_from_millis(c.deadline, std::time::SystemTime::now()));
+        Ok::<_, Infallible>(invocation::run(deadline, oauth::handle(request, deps)).await)
     }))
     .await
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use keap_relay::app::{App, init_tracing};
+use keap_relay::token::invocation;
 use keap_relay::token::RotationPolicy;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 use refresh::handler::start_url_from_redirect;
@@ -28,7 +29,9 @@ async fn main() -> Result<(), Error> {
     };
     let deps = &deps;
     lambda_runtime::run(service_fn(move |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| async move {
-        refresh::handle(event.payload, deps).await
+        // Invariant 9: see `keap_relay::token::invocation`.
+        let deadline = invocation::deadline_from_millis(event.context.deadline, std::time::SystemTime::now());
+        invocation::run(deadline, refresh::handle(event.payload, deps)).await
     }))
     .await
 }

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::SqsEvent;
 use keap_relay::app::{App, init_tracing};
+use keap_relay::token::invocation;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
 #[tokio::main]
@@ -15,8 +16,10 @@ async fn main() -> Result<(), Error> {
     let parking = app.queue.clone();
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
         let (service, parking) = (service.clone(), parking.clone());
+        // Invariant 9: see `keap_relay::token::invocation`.
+        let deadline = invocation::deadline_from_millis(event.context.deadline, std::time::SystemTime::now());
         async move {
-            signup_retry::handler::handle_with_parking(event.payload, &service, parking.as_deref())
+            invocation::run(deadline, signup_retry::handler::handle_with_parking(event.payload, &service, parking.as_deref()))
                 .await
                 .map_err(Error::from)
         }
