@@ -181,7 +181,7 @@ impl App {
 fn http_client(config: &Config) -> Result<reqwest::Client, AppError> {
     reqwest::Client::builder()
         .timeout(config.http_timeout)
-        .connect_timeout(config.http_timeout.min(Duration::from_secs(5)))
+        .connect_timeout(config.connect_timeout())
         .user_agent(concat!("keap-relay/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| AppError::Http(e.to_string()))

@@ -173,7 +173,7 @@ impl Config {
                     .ok_or(ConfigError::Missing { name: "KEAP_WELCOME_EMAIL_HTML" })?,
             }),
         };
-        Ok(Self {
+        let config = Self {
             auth_mode,
             store,
             app_secret_id,
@@ -191,7 +191,36 @@ impl Config {
             lease_duration: seconds("KEAP_LEASE_SECONDS", 30)?,
             signup_retry_budget: Duration::from_millis(number("KEAP_SIGNUP_RETRY_BUDGET_MS", 2000)?),
             welcome_email,
-        })
+        };
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// The connect timeout of Keap calls: well under the whole call's timeout, so a connection
+    /// that never opens is told apart from a request whose answer was lost (the first is safe
+    /// to retry, the second may have spent a refresh token).
+    pub fn connect_timeout(&self) -> Duration {
+        (self.http_timeout / 2).min(Duration::from_secs(5))
+    }
+
+    /// Refuses settings that cannot work, naming the variables to change.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.http_timeout < Duration::from_secs(2) {
+            return Err(ConfigError::Invalid {
+                name: "KEAP_HTTP_TIMEOUT_SECONDS",
+                reason: "must be at least 2 seconds: a shorter timeout cannot tell a slow connection from a lost answer, and a lost answer to a refresh may cost the connection".into(),
+            });
+        }
+        if self.auth_mode == AuthMode::OAuth
+            && let Err(error) = crate::token::TokenSettings::from_config(self).check()
+        {
+            let reason = match error {
+                crate::token::TokenError::Misconfigured(reason) => reason,
+                other => other.to_string(),
+            };
+            return Err(ConfigError::Invalid { name: "KEAP_LEASE_SECONDS", reason });
+        }
+        Ok(())
     }
 }
 
@@ -200,6 +229,20 @@ mod tests {
     use secrecy::ExposeSecret;
 
     use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_are_refused_with_the_variables_to_change() {
+        let base = crate::app::local_config(AuthMode::OAuth, "http://127.0.0.1:9");
+        base.validate().unwrap();
+        let tight = Config { lease_duration: base.http_timeout + Duration::from_secs(5), ..base.clone() };
+        let error = tight.validate().unwrap_err().to_string();
+        assert!(error.contains("KEAP_LEASE_SECONDS") && error.contains("KEAP_HTTP_TIMEOUT_SECONDS"), "{error}");
+        let short = Config { http_timeout: Duration::from_secs(1), ..base.clone() };
+        assert!(short.validate().unwrap_err().to_string().contains("KEAP_HTTP_TIMEOUT_SECONDS"));
+        assert!(base.connect_timeout() < base.http_timeout);
+        let api_key = Config { auth_mode: AuthMode::ApiKey, ..tight };
+        api_key.validate().unwrap();
+    }
 
     #[test]
     fn blank_app_secret_fields_count_as_absent() {
