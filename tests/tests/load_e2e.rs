@@ -509,7 +509,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
             ("KEAP_WELCOME_EMAIL_USER_ID", "1"),
             ("KEAP_WELCOME_EMAIL_HTML", "<p>Welcome!</p>"),
             ("KEAP_HTTP_TIMEOUT_SECONDS", "3"),
-            ("KEAP_LEASE_SECONDS", "10"),
+            ("KEAP_LEASE_SECONDS", "20"),
             ("RUST_LOG", "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace"),
         ];
         for (name, value) in overrides.iter().chain(extra) {
