@@ -68,6 +68,11 @@ impl StoreError {
     pub fn is_transient(&self) -> bool {
         matches!(self, StoreError::Transient { .. })
     }
+
+    /// Secrets Manager's version quota: no write of the secret succeeds for up to 24 h.
+    pub fn is_quota_exceeded(&self) -> bool {
+        matches!(self, StoreError::QuotaExceeded { .. })
+    }
 }
 
 #[async_trait]
@@ -110,12 +115,14 @@ impl StoreOp {
 }
 
 /// Builds the store named by the configuration: Secrets Manager through the standard AWS
-/// configuration chain (which honours `AWS_ENDPOINT_URL`), or a [`file::FileStore`].
+/// configuration chain (which honours `AWS_ENDPOINT_URL`), with the time bounds and retries of
+/// [`secrets_manager::client_config`], or a [`file::FileStore`].
 pub async fn from_config(config: &Config) -> Arc<dyn SecretStore> {
     match &config.store {
         StoreKind::SecretsManager => {
             let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-            Arc::new(secrets_manager::SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws)))
+            let client = aws_sdk_secretsmanager::Client::from_conf(secrets_manager::client_config(&aws));
+            Arc::new(secrets_manager::SecretsManagerStore::new(client))
         }
         StoreKind::File(dir) => Arc::new(file::FileStore::new(dir.clone())),
     }
