@@ -15,8 +15,44 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use serde_json::{Map, Value, json};
 
+use crate::token::TokenError;
+
 /// The namespace of every keap-relay metric.
 pub const NAMESPACE: &str = "KeapRelay";
+
+/// Count 1 whenever a function meets Secrets Manager's version quota (`StoreError::QuotaExceeded`):
+/// no rotation or re-authorization can be stored until versions age out (up to 24 h). Alarmed by
+/// `SecretVersionQuotaAlarm` in template.yaml, per `FunctionName`.
+pub const SECRET_VERSION_QUOTA_EXCEEDED: &str = "SecretVersionQuotaExceeded";
+
+/// The words `StoreError::QuotaExceeded` puts in its message, for errors that reach a function
+/// only as text (`TokenError::Unavailable`, `SignupError`).
+pub const QUOTA_EXCEEDED_TEXT: &str = "version quota is exhausted";
+
+/// Whether a message carries a `StoreError::QuotaExceeded`.
+pub fn mentions_quota_exceeded(message: &str) -> bool {
+    message.contains(QUOTA_EXCEEDED_TEXT)
+}
+
+/// Whether a token error comes from the version quota, as the error itself or as its text.
+pub fn is_quota_exceeded(error: &TokenError) -> bool {
+    match error {
+        TokenError::Store(store) => store.is_quota_exceeded(),
+        other => mentions_quota_exceeded(&other.to_string()),
+    }
+}
+
+/// The EMF record of one encounter with the version quota (`SecretVersionQuotaExceeded` = 1).
+pub fn quota_exceeded_record(function_name: impl Into<String>) -> EmfRecord {
+    EmfRecord::new(NAMESPACE)
+        .dimension("FunctionName", function_name)
+        .metric(SECRET_VERSION_QUOTA_EXCEEDED, Unit::Count, 1.0)
+}
+
+/// [`quota_exceeded_record`] as a line for stdout, stamped now.
+pub fn quota_exceeded_line(function_name: impl Into<String>) -> String {
+    quota_exceeded_record(function_name).to_line(SystemTime::now())
+}
 
 /// CloudWatch units used by keap-relay (days have no CloudWatch unit: `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,7 +150,32 @@ impl EmfRecord {
 mod tests {
     use std::time::Duration;
 
+    use crate::store::StoreError;
+
     use super::*;
+
+    #[test]
+    fn the_quota_is_told_apart_as_an_error_and_as_text() {
+        let quota = StoreError::QuotaExceeded { operation: "put_version", detail: "LimitExceededException".into() };
+        assert!(mentions_quota_exceeded(&quota.to_string()), "the marker text follows StoreError's message: {quota}");
+        assert!(is_quota_exceeded(&TokenError::Store(quota.clone())));
+        assert!(is_quota_exceeded(&TokenError::Unavailable { detail: quota.to_string(), retry_after: None }));
+        let transient = StoreError::Transient { operation: "put_version", detail: "throttled".into() };
+        assert!(!is_quota_exceeded(&TokenError::Store(transient.clone())));
+        assert!(!is_quota_exceeded(&TokenError::Unavailable { detail: transient.to_string(), retry_after: None }));
+        assert!(!is_quota_exceeded(&TokenError::NotConnected));
+    }
+
+    #[test]
+    fn the_quota_line_is_one_count_per_function() {
+        let doc: Value = serde_json::from_str(&quota_exceeded_line("keap-relay-SignupFunction-abc")).unwrap();
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "KeapRelay");
+        assert_eq!(directive["Dimensions"], json!([["FunctionName"]]));
+        assert_eq!(directive["Metrics"], json!([{"Name": "SecretVersionQuotaExceeded", "Unit": "Count"}]));
+        assert_eq!(doc["FunctionName"], "keap-relay-SignupFunction-abc");
+        assert_eq!(doc["SecretVersionQuotaExceeded"], 1.0);
+    }
 
     #[test]
     fn document_follows_the_emf_specification() {

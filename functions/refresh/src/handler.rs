@@ -8,6 +8,8 @@
 //!   `Ok` so the schedule does not retry in a storm, but `NeedsReauth 1` (alarmed) and one
 //!   error-level log line naming the page to open.
 //! - Keap or the store failing for now: `Err` so Lambda records an error, `RefreshFailures 1`.
+//! - Secrets Manager's version quota (a store failure that lasts up to 24 h): as above, plus
+//!   `SecretVersionQuotaExceeded 1` (alarmed) and an error-level line saying what it means.
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -16,7 +18,7 @@ use async_trait::async_trait;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use keap_relay::config::AuthMode;
 use keap_relay::keap::api::{ApiError, KeapApi};
-use keap_relay::metrics::{EmfRecord, NAMESPACE, Unit};
+use keap_relay::metrics::{self, EmfRecord, NAMESPACE, SECRET_VERSION_QUOTA_EXCEEDED, Unit};
 use keap_relay::token::{Connection, ConnectionStatus, Credential, RotationAction, RotationPolicy, TokenError};
 use serde::Serialize;
 
@@ -146,9 +148,13 @@ async fn rotate(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshError> {
         (None, Some(status)) if !status.connected => RunStatus::NotConnected,
         (None, _) => RunStatus::Ok,
     };
-    emit_metrics(deps, action, run_status, status.as_ref());
+    let quota = error.as_ref().is_some_and(metrics::is_quota_exceeded);
+    emit_metrics(deps, action, run_status, status.as_ref(), quota);
     match (run_status, error) {
         (RunStatus::Failed, Some(error)) => {
+            if quota {
+                report_quota_exceeded(&error);
+            }
             tracing::error!(error = %error, "the scheduled token refresh failed; it runs again on schedule");
             return Err(RefreshError::Token(error));
         }
@@ -183,24 +189,24 @@ async fn check_api_key(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshErro
         Ok(credential) => deps.key_check.check_credential(&credential).await,
         Err(error) => {
             // No key to check (missing from the app secret, or the secret is unreadable).
-            emit_metrics(deps, "none", RunStatus::Failed, None);
+            emit_metrics(deps, "none", RunStatus::Failed, None, metrics::is_quota_exceeded(&error));
             tracing::error!(error = %error, "the scheduled API key check could not get the key");
             return Err(RefreshError::Token(error));
         }
     };
     match checked {
         Ok(()) => {
-            emit_metrics(deps, ACTION, RunStatus::Ok, None);
+            emit_metrics(deps, ACTION, RunStatus::Ok, None, false);
             tracing::info!(action = ACTION, "Keap accepts the API key");
             Ok(summary(deps, ACTION, RunStatus::Ok, deps.connection.status().await.ok()))
         }
         Err(ApiError::Unauthorized { .. }) => {
-            emit_metrics(deps, ACTION, RunStatus::NeedsReauth, None);
+            emit_metrics(deps, ACTION, RunStatus::NeedsReauth, None, false);
             report_needs_person(deps, RunStatus::NeedsReauth, "Keap refused the API key (401)");
             Ok(summary(deps, ACTION, RunStatus::NeedsReauth, deps.connection.status().await.ok()))
         }
         Err(error) => {
-            emit_metrics(deps, ACTION, RunStatus::Failed, None);
+            emit_metrics(deps, ACTION, RunStatus::Failed, None, false);
             tracing::error!(error = %error, "the scheduled API key check failed; it runs again on schedule");
             Err(RefreshError::KeyCheck(error))
         }
@@ -213,7 +219,8 @@ fn summary(deps: &RefreshDeps, action: &'static str, status: RunStatus, connecti
 }
 
 /// One EMF line per run, whatever the outcome (the alarms treat missing data as fine).
-fn emit_metrics(deps: &RefreshDeps, action: &str, run_status: RunStatus, status: Option<&ConnectionStatus>) {
+/// `SecretVersionQuotaExceeded` is in it only when the run met the version quota.
+fn emit_metrics(deps: &RefreshDeps, action: &str, run_status: RunStatus, status: Option<&ConnectionStatus>, quota: bool) {
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let mut record = EmfRecord::new(NAMESPACE)
         .dimension("FunctionName", deps.function_name.clone())
@@ -229,7 +236,19 @@ fn emit_metrics(deps: &RefreshDeps, action: &str, run_status: RunStatus, status:
     if let Some(days) = status.and_then(|s| s.refresh_token_age_days) {
         record = record.metric("RefreshTokenAgeDays", Unit::None, days);
     }
+    if quota {
+        record = record.metric(SECRET_VERSION_QUOTA_EXCEEDED, Unit::Count, 1.0);
+    }
     deps.metrics.emit(&record.to_line(SystemTime::now()));
+}
+
+/// What the version quota means for the operator, next to the failure line.
+fn report_quota_exceeded(error: &TokenError) {
+    tracing::error!(
+        error = %error,
+        "Secrets Manager refuses new versions of the token secret (version quota) until old versions age out, up to 24 h; \
+         until then no rotation or re-authorization can be stored (see docs/token-rotation.md)"
+    );
 }
 
 /// The one error-level line of a run that needs a person, naming what to do.

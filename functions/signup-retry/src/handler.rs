@@ -20,6 +20,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use keap_relay::metrics;
 use keap_relay::signup::{QueuedSignup, SignupError, SignupQueue, SignupService};
 
 /// How long a signup may wait for Keap to be reconnected before it goes to the dead-letter
@@ -194,6 +195,11 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
         }
         Err(error) => {
             tracing::warn!(message_id, signup_id, receive_count, code = error.code(), reason = %error, "Keap cannot take queued signups now");
+            if metrics::mentions_quota_exceeded(&error.to_string()) {
+                // The token secret cannot take new versions (up to 24 h): alarmed, see SecretVersionQuotaAlarm.
+                let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup-retry".into());
+                println!("{}", metrics::quota_exceeded_line(function));
+            }
             Attempt::Transient(error.to_string())
         }
     }

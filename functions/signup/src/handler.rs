@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keap_relay::SecretString;
+use keap_relay::metrics;
 use keap_relay::signup::{QueuedSignup, Signup, SignupError, SignupQueue, SignupService, signature};
 use lambda_http::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -113,6 +114,11 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
 /// Keap cannot take the signup now: queue it when a queue exists, else say when to retry.
 async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, deps: &D) -> Response<Body> {
     tracing::warn!(code = failure.code(), error = %failure, "Keap could not take the signup");
+    if metrics::mentions_quota_exceeded(&failure.to_string()) {
+        // The token secret cannot take new versions (up to 24 h): alarmed, see SecretVersionQuotaAlarm.
+        let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into());
+        println!("{}", metrics::quota_exceeded_line(function));
+    }
     if let Some(queue) = deps.queue() {
         let queued = QueuedSignup::new(signup, deps.now());
         match queue.enqueue(&queued, failure.retry_after().unwrap_or_default()).await {
