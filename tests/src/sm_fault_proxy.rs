@@ -3,10 +3,13 @@
 //! their `X-Amz-Target` header (`secretsmanager.PutSecretValue`, ...); per target, a plan
 //! that the test switches at run time either forwards the request as-is (moto does not check
 //! SigV4), or answers instead: a throttle, a 500, or a 500 after forwarding (the write
-//! happened, its answer was lost).
+//! happened, its answer was lost). Apart from the plans, commit puts can be held
+//! ([`FaultProxy::hold_puts_above_generation`]): forwarded late, whether or not the client
+//! still waits, like a write held up in the network that lands after its sender gave up.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::{Body, Bytes};
@@ -29,6 +32,10 @@ pub enum Fault {
     ServerError,
     /// The request reaches moto (and takes effect), then the answer is a 500.
     ServerErrorAfterApply,
+    /// The request reaches moto only after this delay, even if the client gave up meanwhile;
+    /// moto's answer is relayed if the client still waits. Set by
+    /// [`FaultProxy::hold_puts_above_generation`], not by the per-target plans.
+    Hold(Duration),
 }
 
 /// A request the proxy answered with a fault.
@@ -47,17 +54,42 @@ enum Rule {
     Always(Fault),
 }
 
+/// Hold PutSecretValue requests whose `SecretString` is a token state above a generation.
+#[derive(Debug, Clone, Copy)]
+struct HoldRule {
+    above_generation: u64,
+    delay: Duration,
+}
+
 #[derive(Debug, Default)]
 struct Plan {
     rules: HashMap<String, Rule>,
     counts: HashMap<String, usize>,
     faulted: Vec<FaultedRequest>,
+    hold: Option<HoldRule>,
+    /// Requests held so far, and those of them forwarded to moto (answered or not).
+    held: usize,
+    held_forwarded: usize,
+}
+
+/// The `generation` of the token state a PutSecretValue body carries, if it carries one.
+fn put_generation(body: &[u8]) -> Option<u64> {
+    let request: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let state: serde_json::Value = serde_json::from_str(request.get("SecretString")?.as_str()?).ok()?;
+    state.get("generation")?.as_u64()
 }
 
 impl Plan {
-    /// Counts the request and tells whether (and how) to fault it.
-    fn decide(&mut self, target: &str) -> Option<Fault> {
+    /// Counts the request and tells whether (and how) to fault it; a hold comes first.
+    fn decide(&mut self, target: &str, body: &[u8]) -> Option<Fault> {
         *self.counts.entry(target.to_owned()).or_default() += 1;
+        if target == PUT_SECRET_VALUE
+            && let Some(hold) = self.hold
+            && put_generation(body).is_some_and(|generation| generation > hold.above_generation)
+        {
+            self.held += 1;
+            return Some(Fault::Hold(hold.delay));
+        }
         match self.rules.get_mut(target)? {
             Rule::Always(fault) => Some(*fault),
             Rule::Sequence { pass, faults } => {
@@ -124,9 +156,44 @@ impl FaultProxy {
         self.plan().rules.insert(target.to_owned(), Rule::Always(fault));
     }
 
-    /// Forget every rule (counts and the faulted log stay).
+    /// Hold every PutSecretValue whose `SecretString` is a token state with a `generation`
+    /// above `generation` (a commit's put; a lease's or a release's keeps the generation) for
+    /// `delay`, then forward it to moto, whether or not the client still waits. Takes
+    /// precedence over the plan for PutSecretValue; replaces an earlier hold.
+    pub fn hold_puts_above_generation(&self, generation: u64, delay: Duration) {
+        self.plan().hold = Some(HoldRule { above_generation: generation, delay });
+    }
+
+    /// Requests held so far (each also in [`FaultProxy::faulted`], as [`Fault::Hold`]).
+    pub fn held(&self) -> usize {
+        self.plan().held
+    }
+
+    /// Held requests not forwarded to moto yet.
+    pub fn held_pending(&self) -> usize {
+        let plan = self.plan();
+        plan.held - plan.held_forwarded
+    }
+
+    /// Waits until every held request has been forwarded to moto and moto answered (or
+    /// `timeout` passed); true when none is pending.
+    pub async fn wait_held_forwarded(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while self.held_pending() > 0 {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        true
+    }
+
+    /// Forget every rule and the hold (counts and the faulted log stay; requests already held
+    /// are still forwarded).
     pub fn clear(&self) {
-        self.plan().rules.clear();
+        let mut plan = self.plan();
+        plan.rules.clear();
+        plan.hold = None;
     }
 
     /// Requests seen for `target`, faulted or not.
@@ -166,7 +233,7 @@ fn forwarded(name: &HeaderName) -> bool {
 
 async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
     let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let fault = shared.plan.lock().unwrap_or_else(|e| e.into_inner()).decide(&target);
+    let fault = shared.plan.lock().unwrap_or_else(|e| e.into_inner()).decide(&target, &body);
     if let Some(fault) = fault {
         let record = FaultedRequest {
             target: target.clone(),
@@ -182,6 +249,21 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
             Ok(_) => aws_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalServiceError", "boom"),
             Err(response) => response,
         },
+        Some(Fault::Hold(delay)) => {
+            // A task of its own: the client may drop this handler (it timed out), the write
+            // must still reach moto.
+            let held = shared.clone();
+            let task = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let answer = forward(&held, method, &uri, &headers, body).await;
+                held.plan.lock().unwrap_or_else(|e| e.into_inner()).held_forwarded += 1;
+                answer
+            });
+            match task.await {
+                Ok(answer) => answer.unwrap_or_else(|response| response),
+                Err(error) => plain(StatusCode::BAD_GATEWAY, format!("proxy: held request failed: {error}")),
+            }
+        }
         None => forward(&shared, method, &uri, &headers, body).await.unwrap_or_else(|response| response),
     }
 }
