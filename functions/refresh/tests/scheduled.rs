@@ -117,7 +117,9 @@ impl Harness {
             SecretString::from(keap_sandbox::DEFAULT_CLIENT_SECRET),
             Duration::from_secs(5),
         );
-        let source = TokenSource::new(store.clone(), TOKEN_SECRET_ID, Arc::new(refresher), TokenSettings::default()).unwrap();
+        // A short shared backoff, so a test can wait it out.
+        let settings = TokenSettings { backoff_min: Duration::from_millis(200), backoff_max: Duration::from_secs(2), ..TokenSettings::default() };
+        let source = TokenSource::new(store.clone(), TOKEN_SECRET_ID, Arc::new(refresher), settings).unwrap();
         Self::assemble(sandbox, store, AuthMode::OAuth, Arc::new(source))
     }
 
@@ -205,7 +207,7 @@ async fn a_healthy_pair_is_left_alone_and_reported() {
 #[tokio::test]
 async fn an_access_token_inside_the_lead_time_is_rotated() {
     let h = Harness::oauth().await;
-    h.seed(SystemTime::now(), HOUR, None).await;
+    h.seed(SystemTime::now() - 23 * HOUR, DAY, None).await;
     let summary = h.run().await.unwrap();
     assert_eq!(summary.action, "rotated");
     assert_eq!(summary.status, RunStatus::Ok);
@@ -240,7 +242,7 @@ async fn a_refused_refresh_token_is_reported_once_per_run_without_failing() {
     let h = Harness::oauth().await;
     let logs = Logs::default();
     let _guard = logs.capture();
-    h.seed(SystemTime::now(), HOUR, Some("a-refresh-token-keap-never-issued")).await;
+    h.seed(SystemTime::now() - 23 * HOUR, DAY, Some("a-refresh-token-keap-never-issued")).await;
 
     let summary = h.run().await.expect("needs_reauth must not fail the function");
     assert_eq!(summary.status, RunStatus::NeedsReauth);
@@ -281,7 +283,7 @@ async fn never_connected_asks_for_a_connection_without_failing() {
 #[tokio::test]
 async fn keap_failing_for_now_fails_the_run() {
     let h = Harness::oauth().await;
-    h.seed(SystemTime::now(), HOUR, None).await;
+    h.seed(SystemTime::now() - 23 * HOUR, DAY, None).await;
     h.sandbox.faults().set_server_error_rate(1.0);
     let error = h.run().await.unwrap_err();
     let diagnostic: lambda_runtime::Diagnostic = error.into();
@@ -292,8 +294,13 @@ async fn keap_failing_for_now_fails_the_run() {
     assert_eq!(metric(&doc, "Refreshes"), Some(0.0));
     assert_eq!(doc["status"], "failed");
 
-    // Keap back: the next run rotates the same, still valid, refresh token.
+    // Keap back: inside the shared backoff the next run fails without calling Keap; after
+    // it, the run rotates the same, still valid, refresh token.
     h.sandbox.faults().clear();
+    let served = h.refreshes();
+    assert!(h.run().await.is_err());
+    assert_eq!(h.refreshes(), served, "no Keap call inside the backoff");
+    tokio::time::sleep(Duration::from_millis(250)).await;
     assert_eq!(h.run().await.unwrap().action, "rotated");
 }
 

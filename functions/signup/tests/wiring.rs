@@ -89,7 +89,8 @@ async fn a_401_on_the_token_another_process_stored_refreshes_that_one_instead_of
     // Another process (the scheduled refresh) rotates; then Keap ends every access token,
     // the newly stored one included.
     let other = App::with_parts(config(AuthMode::OAuth, &sandbox), store, None).unwrap();
-    let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::from_secs(30 * 86_400) };
+    // A refresh token older than zero is always due (the lead is capped at half the pair's life).
+    let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::ZERO };
     other.connection.rotate_if_due(forced).await.unwrap();
     sandbox.expire_access_tokens();
 
