@@ -208,6 +208,8 @@ pub fn local_config(auth_mode: AuthMode, keap_base: &str) -> Config {
         refresh_lead: Duration::from_secs(6 * 3600),
         refresh_max_age: Duration::from_secs(30 * 86400),
         lease_duration: Duration::from_secs(30),
+        refresh_backoff_min: Duration::from_secs(30),
+        refresh_backoff_max: Duration::from_secs(7200),
         signup_retry_budget: Duration::from_secs(2),
         welcome_email: None,
     }

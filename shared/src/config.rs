@@ -58,6 +58,10 @@ pub struct Config {
     pub refresh_max_age: Duration,
     /// How long a rotation lease lasts; must exceed `http_timeout` plus a store round trip.
     pub lease_duration: Duration,
+    /// Shared backoff after a failed refresh: the first wait, doubling up to the second
+    /// (`docs/token-rotation.md`, invariant 10).
+    pub refresh_backoff_min: Duration,
+    pub refresh_backoff_max: Duration,
     /// Total time a signup may spend retrying Keap 429/5xx before it is queued.
     pub signup_retry_budget: Duration,
     pub welcome_email: Option<WelcomeEmail>,
@@ -189,6 +193,8 @@ impl Config {
             refresh_lead: seconds("KEAP_REFRESH_LEAD_SECONDS", 6 * 3600)?,
             refresh_max_age: seconds("KEAP_REFRESH_MAX_AGE_SECONDS", 30 * 86400)?,
             lease_duration: seconds("KEAP_LEASE_SECONDS", 30)?,
+            refresh_backoff_min: seconds("KEAP_REFRESH_BACKOFF_MIN_SECONDS", 30)?,
+            refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", 7200)?,
             signup_retry_budget: Duration::from_millis(number("KEAP_SIGNUP_RETRY_BUDGET_MS", 2000)?),
             welcome_email,
         };

@@ -128,6 +128,8 @@ pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> 
         refresh_lead: Duration::from_secs(6 * 3600),
         refresh_max_age: Duration::from_secs(30 * 86400),
         lease_duration: Duration::from_secs(30),
+        refresh_backoff_min: Duration::from_secs(30),
+        refresh_backoff_max: Duration::from_secs(7200),
         signup_retry_budget: retry_budget,
         welcome_email: Some(keap_relay::config::WelcomeEmail {
             user_id: 1,

@@ -36,7 +36,7 @@ use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeN
 use keap_relay::signup::QueuedSignup;
 use keap_relay::store::SecretStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
-use keap_relay::token::{Connection, Credential, CredentialSource, RotationPolicy, TokenSettings};
+use keap_relay::token::{Connection, Credential, CredentialSource, RotationPolicy, TokenError, TokenSettings};
 use keap_relay::ExposeSecret;
 use keap_sandbox::{Sandbox, SandboxConfig};
 use relay_bench::deployment::{DeploymentEnv, StoreEnv};
@@ -483,7 +483,8 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let store: Arc<dyn SecretStore> = Arc::new(direct.clone());
     seed::put_app_secret(store.as_ref(), APP_SECRET_ID).await.unwrap();
     seed::connect(store.clone(), TOKEN_SECRET_ID, &sandbox, None).await.unwrap();
-    let operator = seed::token_source(store.clone(), TOKEN_SECRET_ID, &sandbox.token_url(), TokenSettings::default()).unwrap();
+    let operator_settings = TokenSettings { backoff_min: Duration::from_secs(1), backoff_max: Duration::from_secs(2), ..TokenSettings::default() };
+    let operator = seed::token_source(store.clone(), TOKEN_SECRET_ID, &sandbox.token_url(), operator_settings).unwrap();
     let first_generation = operator.status().await.unwrap().generation.unwrap();
     let queues = Queues::create(&moto.endpoint).await;
     sandbox.reset_stats();
@@ -510,6 +511,9 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
             ("KEAP_WELCOME_EMAIL_HTML", "<p>Welcome!</p>"),
             ("KEAP_HTTP_TIMEOUT_SECONDS", "3"),
             ("KEAP_LEASE_SECONDS", "20"),
+            // Keap fails every few seconds here: a short shared backoff keeps the run short.
+            ("KEAP_REFRESH_BACKOFF_MIN_SECONDS", "1"),
+            ("KEAP_REFRESH_BACKOFF_MAX_SECONDS", "2"),
             ("RUST_LOG", "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace"),
         ];
         for (name, value) in overrides.iter().chain(extra) {
@@ -525,7 +529,8 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let signup_pool = Arc::new(pool("signup", signup_processes, &[]).await.unwrap());
     let retry_pool = Arc::new(pool("signup-retry", retry_processes, &[]).await.unwrap());
     // The scheduled refresh rotates on every run (a lead longer than the token's life).
-    let refresh_pool = Arc::new(pool("refresh", 1, &[("KEAP_REFRESH_LEAD_SECONDS", "8640000")]).await.unwrap());
+    // Rotates on every run: a refresh token older than 0 s is due (the lead alone is capped at half the pair's life).
+    let refresh_pool = Arc::new(pool("refresh", 1, &[("KEAP_REFRESH_MAX_AGE_SECONDS", "0")]).await.unwrap());
 
     let events = Arc::new(SignupEvents::new(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).unwrap());
     let counters = Arc::new(Counters::default());
@@ -672,7 +677,14 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         .status();
     // A refresh token older than zero is always due (the lead is capped at half the pair's life).
     let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::ZERO };
-    let rotated = operator.rotate_if_due(forced).await.expect("the stored refresh token works");
+    // A failure just before the faults stopped may have left the (2 s) shared backoff running.
+    let mut rotated = operator.rotate_if_due(forced).await;
+    for _ in 0..5 {
+        let Err(TokenError::Unavailable { retry_after, .. }) = &rotated else { break };
+        tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + Duration::from_millis(100)).await;
+        rotated = operator.rotate_if_due(forced).await;
+    }
+    let rotated = rotated.expect("the stored refresh token works");
     let puts_seen = proxy.count(PUT_SECRET_VALUE);
 
     // The one case that may end in needs_reauth: Keap applies a refresh and its answer is

@@ -307,7 +307,7 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     store.put_version(APP_SECRET_ID, "app-v1", &SecretString::from(relay_server::RelayServer::app_secret_json())).await.unwrap();
     let queue = Arc::new(SqsLike::default());
     let mut config = relay_server::config(&sandbox, "http://127.0.0.1:9/oauth/callback", Duration::from_millis(800));
-    config.lease_duration = Duration::from_secs(10);
+    config.lease_duration = Duration::from_secs(20);
     config.http_timeout = Duration::from_secs(3);
     let shared_store: Arc<dyn SecretStore> = store.clone();
     let app = |with_queue: bool| {

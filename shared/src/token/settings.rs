@@ -67,6 +67,8 @@ impl TokenSettings {
             access_margin: config.access_margin,
             lease_duration: config.lease_duration,
             keap_timeout: config.http_timeout,
+            backoff_min: config.refresh_backoff_min,
+            backoff_max: config.refresh_backoff_max,
             ..Self::default()
         }
     }
@@ -107,7 +109,10 @@ impl TokenSettings {
             ));
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
-            return bad(format!("the refresh backoff must be positive ({:?} to {:?})", self.backoff_min, self.backoff_max));
+            return bad(format!(
+                "KEAP_REFRESH_BACKOFF_MIN_SECONDS ({:?}) must be positive and at most KEAP_REFRESH_BACKOFF_MAX_SECONDS ({:?})",
+                self.backoff_min, self.backoff_max
+            ));
         }
         Ok(())
     }
