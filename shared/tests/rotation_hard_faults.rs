@@ -43,13 +43,6 @@ async fn seeded(access_left: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>) {
     (store, keap)
 }
 
-fn token_of(credential: &Credential) -> String {
-    match credential {
-        Credential::AccessToken { token, .. } => token.expose_secret().to_owned(),
-        Credential::ApiKey(_) => panic!("expected an access token"),
-    }
-}
-
 fn stored(store: &MemoryStore) -> TokenState {
     TokenState::from_json(store.peek_current(SECRET_ID).expect("a current version").value.expose_secret()).unwrap()
 }

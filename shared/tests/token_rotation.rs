@@ -41,13 +41,6 @@ async fn seeded(access_left: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>) {
     (store, keap)
 }
 
-fn token_of(credential: &Credential) -> String {
-    match credential {
-        Credential::AccessToken { token, .. } => token.expose_secret().to_owned(),
-        Credential::ApiKey(_) => panic!("expected an access token"),
-    }
-}
-
 /// Runs `callers` concurrent `credential()` calls on each of the sources.
 async fn storm(sources: &[TokenSource], callers: usize) -> Vec<Result<Credential, TokenError>> {
     let mut tasks = Vec::new();

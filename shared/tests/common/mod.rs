@@ -384,3 +384,11 @@ pub fn quiet_injected_panics() {
         }));
     });
 }
+
+/// The access token a credential carries (test tokens are not secret).
+pub fn token_of(credential: &keap_relay::token::Credential) -> String {
+    match credential {
+        keap_relay::token::Credential::AccessToken { token, .. } => token.expose_secret().to_owned(),
+        keap_relay::token::Credential::ApiKey(_) => panic!("expected an access token"),
+    }
+}
