@@ -269,6 +269,12 @@ pub struct StoreChaos {
     pub max_delay_ms: u64,
     /// Die (panic) at this call number, before or after its effect.
     pub crash_at_call: Option<(u64, bool)>,
+    /// Percent of calls that hang (never answer, no effect): only the caller's own time
+    /// bound ends them.
+    pub hang_percent: u64,
+    /// Puts of a new pair are held in the network this long: the caller's bounded call gives
+    /// up, the put still lands afterwards (a commit slower than the lease).
+    pub held_commit_ms: u64,
 }
 
 /// A decorator that injects delays, transient errors (before or after the effect) and a crash.
@@ -284,6 +290,7 @@ pub struct FaultyStore {
 
 enum Plan {
     Proceed,
+    Hang,
     FailBefore,
     FailAfter,
     CrashBefore,
@@ -297,9 +304,10 @@ impl FaultyStore {
 
     async fn plan(&self) -> Plan {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
-        let (delay, fail, before) = {
+        let (delay, fail, before, hang) = {
             let mut rng = self.rng.lock().unwrap();
-            (rng.below(self.chaos.max_delay_ms + 1), rng.chance(self.chaos.transient_percent), rng.chance(50))
+            let drawn = (rng.below(self.chaos.max_delay_ms + 1), rng.chance(self.chaos.transient_percent), rng.chance(50));
+            (drawn.0, drawn.1, drawn.2, rng.chance(self.chaos.hang_percent))
         };
         if delay > 0 {
             tokio::time::sleep(Duration::from_millis(delay)).await;
@@ -310,6 +318,9 @@ impl FaultyStore {
             && at == call
         {
             return if after { Plan::CrashAfter } else { Plan::CrashBefore };
+        }
+        if hang {
+            return Plan::Hang;
         }
         match (fail, before) {
             (false, _) => Plan::Proceed,
@@ -330,6 +341,10 @@ impl FaultyStore {
         };
         match self.plan().await {
             Plan::Proceed => call.await,
+            Plan::Hang => {
+                self.injected.fetch_add(1, Ordering::Relaxed);
+                std::future::pending().await
+            }
             Plan::FailBefore => Err(transient()),
             Plan::FailAfter => {
                 call.await?;
@@ -355,6 +370,16 @@ impl SecretStore for FaultyStore {
     }
 
     async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+        let carries_new_pair = TokenState::from_json(value.expose_secret()).is_ok_and(|state| state.generation > 1);
+        if self.chaos.held_commit_ms > 0 && carries_new_pair {
+            let (inner, delay) = (self.inner.clone(), Duration::from_millis(self.chaos.held_commit_ms));
+            let (secret_id, version_id, value) = (secret_id.to_owned(), version_id.to_owned(), value.clone());
+            let landing = tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                inner.put_version(&secret_id, &version_id, &value).await
+            });
+            return self.run(StoreOp::Put, async { landing.await.expect("held put") }).await;
+        }
         self.run(StoreOp::Put, self.inner.put_version(secret_id, version_id, value)).await
     }
 
