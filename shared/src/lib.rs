@@ -17,3 +17,4 @@ pub use secrecy::{ExposeSecret, SecretString};
 pub mod oauth_state;
 pub mod metrics;
 pub mod app;
+pub mod http_edge;
