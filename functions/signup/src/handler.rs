@@ -9,11 +9,16 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keap_relay::SecretString;
+use keap_relay::http_edge::{self, with_retry_after};
 use keap_relay::metrics;
 use keap_relay::signup::{QueuedSignup, Signup, SignupError, SignupQueue, SignupService, signature};
-use lambda_http::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use lambda_http::http::{HeaderMap, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
+use serde::Serialize;
 use serde_json::json;
+
+/// Why [`SignupDeps::signing_key`] failed: the shared [`Unavailable`](keap_relay::http_edge::Unavailable), answered 503.
+pub use keap_relay::http_edge::Unavailable as SigningKeyUnavailable;
 
 /// Largest accepted body (after API Gateway's Base64 is undone).
 pub const MAX_BODY_BYTES: usize = 64 * 1024;
@@ -26,10 +31,6 @@ const NOT_CONNECTED_RETRY_AFTER: Duration = Duration::from_secs(300);
 const GATEWAY_LIMIT: Duration = Duration::from_secs(29);
 /// Kept back from the deadline to queue the signup and answer.
 const DEADLINE_RESERVE: Duration = Duration::from_millis(2500);
-
-#[derive(Debug, thiserror::Error)]
-#[error("the signup signing key is unavailable: {0}")]
-pub struct SigningKeyUnavailable(pub String);
 
 /// What the handler needs; the function wires the real ones, tests their own.
 #[async_trait]
@@ -47,9 +48,7 @@ pub trait SignupDeps: Send + Sync {
 /// Answers one request. Never fails: every outcome is an HTTP answer.
 pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Response<Body> {
     if request.method() != Method::POST {
-        let mut response = error(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "only POST is allowed here");
-        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("POST"));
-        return response;
+        return http_edge::method_not_allowed(request.method(), "POST").map(Body::from);
     }
     let body: &[u8] = request.body().as_ref();
     if body.len() > MAX_BODY_BYTES {
@@ -63,14 +62,9 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
     let key = match deps.signing_key().await {
         Ok(key) => key,
         Err(problem) => {
-            tracing::error!(error = %problem, "cannot check signatures");
-            let mut response = error(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "signing_key_unavailable",
-                "the signup signing key could not be loaded; try again later",
-            );
-            set_retry_after(&mut response, UNAVAILABLE_RETRY_AFTER);
-            return response;
+            tracing::error!(error = %problem, "the signup signing key is unavailable: cannot check signatures");
+            let message = "the signup signing key could not be loaded; try again later";
+            return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "signing_key_unavailable", message), UNAVAILABLE_RETRY_AFTER);
         }
     };
     let header = request.headers().get(signature::HEADER).map(|v| v.to_str().unwrap_or("not-ascii"));
@@ -101,7 +95,7 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         Ok(outcome) => {
             tracing::info!(contact_id = outcome.contact_id, created = outcome.created, "signup sent to Keap");
             let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
-            json_response(status, &serde_json::to_value(&outcome).unwrap_or_default())
+            json_response(status, &outcome)
         }
         Err(SignupError::Rejected { status, message }) => {
             tracing::info!(keap_status = status, %message, "Keap refused the contact");
@@ -136,9 +130,7 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
         ),
         _ => ("Keap is unavailable right now; try again later", failure.retry_after().unwrap_or(UNAVAILABLE_RETRY_AFTER)),
     };
-    let mut response = error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message);
-    set_retry_after(&mut response, retry_after);
-    response
+    with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message), retry_after)
 }
 
 /// How long the Keap calls may take: until shortly before the Lambda deadline and never past
@@ -165,25 +157,19 @@ fn is_json(headers: &HeaderMap) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-fn set_retry_after(response: &mut Response<Body>, after: Duration) {
-    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+fn json_response<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
+    http_edge::json_response(status, value).map(Body::from)
 }
 
-fn json_response(status: StatusCode, body: &serde_json::Value) -> Response<Body> {
-    let mut response = Response::new(Body::from(body.to_string()));
-    *response.status_mut() = status;
-    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    response
-}
-
-/// The `{"error":{"code","message"}}` answer.
+/// The `{"error":{"code","message"}}` answer (see [`keap_relay::http_edge`]).
 pub fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json_response(status, &json!({ "error": { "code": code, "message": message } }))
+    http_edge::error_response(status, code, message).map(Body::from)
 }
 
 #[cfg(test)]
 mod tests {
+    use lambda_http::http::HeaderValue;
+
     use super::*;
 
     #[test]
@@ -219,14 +205,5 @@ mod tests {
         emulated.deadline = 600_000;
         let emulated = Request::default().with_lambda_context(emulated);
         assert_eq!(keap_budget(&emulated, now), GATEWAY_LIMIT - DEADLINE_RESERVE);
-    }
-
-    #[test]
-    fn retry_after_rounds_up_to_whole_seconds() {
-        let mut response = Response::new(Body::Empty);
-        set_retry_after(&mut response, Duration::from_millis(1500));
-        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
-        set_retry_after(&mut response, Duration::ZERO);
-        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
     }
 }
