@@ -7,8 +7,9 @@
 //! accepts, and no other use of the client secret produces the same MAC.
 //!
 //! Nothing is stored at `/oauth/start`: every copy of the function can verify any state.
-//! Single use is enforced outside this module (see the oauth function's callback): Keap
-//! consumes the authorization code on the first exchange, and the expiry bounds the window.
+//! Single use ([`VerifiedState::ensure_unused`]) leans on the stored pair instead of a list of
+//! used nonces; on top of that Keap consumes the authorization code on the first exchange,
+//! and the expiry bounds the window.
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -44,6 +45,9 @@ pub enum StateError {
     Expired,
     #[error("the state parameter was issued by another deployment of keap-relay (or before its client secret changed)")]
     WrongDeployment,
+    /// Refused by [`VerifiedState::ensure_unused`], never by [`StateKey::verify`].
+    #[error("the sign-in link was already used, or the connection changed after it was issued")]
+    Reused,
 }
 
 impl StateError {
@@ -55,6 +59,7 @@ impl StateError {
             StateError::BadSignature => "state_bad_signature",
             StateError::Expired => "state_expired",
             StateError::WrongDeployment => "state_wrong_deployment",
+            StateError::Reused => "state_reused",
         }
     }
 }
@@ -69,6 +74,24 @@ pub struct VerifiedState {
     /// The administrator asked to replace a connection to another Keap account.
     pub switch: bool,
     pub expires_at: SystemTime,
+}
+
+impl VerifiedState {
+    /// A state is single use. Lambda copies share no memory and `/oauth/start` stores nothing,
+    /// so instead of a list of used nonces this leans on the stored pair: completing a state
+    /// stores a pair whose issue time (`last_refresh_at`, set by every connect and refresh) is
+    /// after the state's, so any later use of the same state finds a newer pair and is
+    /// refused. A rotation during the minutes of a sign-in refuses the state as well; starting
+    /// again fixes that. `pair_issued_at` is `None` when no pair is stored.
+    ///
+    /// Both times have millisecond precision; a state issued in the same millisecond as the
+    /// pair counts as newer (a real sign-in takes seconds between `/oauth/start` and the callback).
+    pub fn ensure_unused(&self, pair_issued_at: Option<SystemTime>) -> Result<(), StateError> {
+        match pair_issued_at {
+            Some(pair_issued_at) if self.issued_at < pair_issued_at => Err(StateError::Reused),
+            _ => Ok(()),
+        }
+    }
 }
 
 /// A freshly issued state, ready for the authorize URL.
@@ -281,6 +304,18 @@ mod tests {
         let key = key("client-secret");
         let issued = key.issue("https://staging.example.com/oauth/callback", false, now());
         assert_eq!(key.verify(Some(&issued.value), REDIRECT, now()), Err(StateError::WrongDeployment));
+    }
+
+    #[test]
+    fn a_state_is_used_once_a_newer_pair_is_stored() {
+        let key = key("client-secret");
+        let issued = key.issue(REDIRECT, false, now());
+        let state = key.verify(Some(&issued.value), REDIRECT, now()).unwrap();
+        assert_eq!(state.ensure_unused(None), Ok(()), "nothing stored yet");
+        assert_eq!(state.ensure_unused(Some(now() - Duration::from_secs(60))), Ok(()), "an older pair");
+        assert_eq!(state.ensure_unused(Some(now())), Ok(()), "the same millisecond counts as newer");
+        assert_eq!(state.ensure_unused(Some(now() + Duration::from_millis(1))), Err(StateError::Reused));
+        assert_eq!(StateError::Reused.code(), "state_reused");
     }
 
     #[test]
