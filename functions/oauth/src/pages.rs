@@ -1,10 +1,18 @@
-//! The small HTML pages and JSON bodies the oauth function answers with. Every piece of
-//! text that is not a literal here goes through [`escape_html`].
+//! What the oauth function answers: small HTML pages for the browser routes, the same problems
+//! as JSON errors (`keap_relay::http_edge`) for `/status`, and the copy of every page (titles
+//! and texts, below [`Page`]). Every piece of text that is not a literal here goes through
+//! [`escape_html`].
 
-use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION};
-use lambda_http::http::{HeaderValue, StatusCode};
+use keap_relay::http_edge;
+use keap_relay::oauth_state::StateError;
+use keap_relay::token::TokenError;
+use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Response};
 use serde::Serialize;
+
+use crate::basic_auth;
+use crate::ports::ExchangeError;
 
 /// One HTML page: a title, a plain-text message and a machine-readable code.
 #[derive(Debug, Clone)]
@@ -44,64 +52,68 @@ impl Page {
         )
     }
 
+    /// The page as HTML, for the browser routes.
     pub fn into_response(self) -> Response<Body> {
-        let body = self.render();
-        let response = with_common_headers(Response::builder().status(self.status), "text/html; charset=utf-8");
-        finish(response, body)
+        html(&self, None)
+    }
+
+    /// The page's status, code and message as the JSON error envelope, for `/status`.
+    pub fn into_json_response(self) -> Response<Body> {
+        finish(http_edge::error_response(self.status, self.code, &self.message))
     }
 }
 
 /// A 302 to `location` with a tiny fallback page.
 pub fn redirect(location: &str) -> Response<Body> {
+    let Ok(header) = HeaderValue::from_str(location) else {
+        return bad_authorize_url().into_response();
+    };
     let page = Page::new(StatusCode::FOUND, "redirect", "Continue to Keap", "Your browser should continue to Keap.")
         .with_link(location, "Continue to Keap");
-    let body = page.render();
-    match HeaderValue::from_str(location) {
-        Ok(location) => {
-            let builder = Response::builder().status(StatusCode::FOUND).header(LOCATION, location);
-            finish(with_common_headers(builder, "text/html; charset=utf-8"), body)
-        }
-        Err(_) => Page::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "bad_authorize_url",
-            "Configuration error",
-            "The Keap authorize URL built from the configuration is not a valid header value.",
-        )
-        .into_response(),
-    }
+    html(&page, Some(header))
 }
 
-/// `{"error": {"code": …, "message": …}}`, the shape every JSON error of keap-relay uses.
+/// `{"error": {"code": …, "message": …}}` (see [`keap_relay::http_edge`]) with this function's headers.
 pub fn json_error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    json(status, &serde_json::json!({"error": {"code": code, "message": message}}))
+    finish(http_edge::error_response(status, code, message))
+}
+
+/// 405 for a browser route, which all take GET only.
+pub fn method_not_allowed(method: &Method) -> Response<Body> {
+    finish(http_edge::method_not_allowed(method, "GET"))
 }
 
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
-    match serde_json::to_string(value) {
-        Ok(body) => finish(with_common_headers(Response::builder().status(status), "application/json"), body),
-        Err(_) => json_error(StatusCode::INTERNAL_SERVER_ERROR, "serialization", "the response could not be encoded"),
+    finish(http_edge::json_response(status, value))
+}
+
+fn html(page: &Page, location: Option<HeaderValue>) -> Response<Body> {
+    let mut response = Response::new(page.render());
+    *response.status_mut() = page.status;
+    if let Some(location) = location {
+        response.headers_mut().insert(LOCATION, location);
     }
+    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    finish(response)
 }
 
 /// No caching (pages carry one-time links and account data), no sniffing, no referrer
-/// (the callback URL holds an authorization code), and no active content at all.
-fn with_common_headers(builder: lambda_http::http::response::Builder, content_type: &'static str) -> lambda_http::http::response::Builder {
-    builder
-        .header(CONTENT_TYPE, content_type)
-        .header(CACHE_CONTROL, "no-store")
-        .header("x-content-type-options", "nosniff")
-        .header("referrer-policy", "no-referrer")
-        .header("content-security-policy", "default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'")
-}
-
-fn finish(builder: lambda_http::http::response::Builder, body: String) -> Response<Body> {
-    // Every header above is a valid static value, so building cannot fail; keep a plain
-    // 500 as the answer if it ever did rather than a panic.
-    builder.body(Body::from(body)).unwrap_or_else(|_| {
-        let mut response = Response::new(Body::Empty);
-        *response.status_mut() = StatusCode::INTERNAL_SERVER_ERROR;
-        response
-    })
+/// (the callback URL holds an authorization code), and no active content at all. Every 401,
+/// HTML or JSON, carries the Basic challenge.
+fn finish(mut response: Response<String>) -> Response<Body> {
+    let challenge = (response.status() == StatusCode::UNAUTHORIZED).then_some(basic_auth::CHALLENGE);
+    let headers = response.headers_mut();
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
+    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        "content-security-policy",
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+    );
+    if let Some(challenge) = challenge {
+        headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+    }
+    response.map(Body::from)
 }
 
 pub fn escape_html(text: &str) -> String {
@@ -119,6 +131,182 @@ pub fn escape_html(text: &str) -> String {
     escaped
 }
 
+// The copy: one function per answer, in the order a sign-in meets them.
+
+pub fn unauthorized() -> Page {
+    Page::new(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "Sign-in required",
+        "This page is for the keap-relay administrator: sign in with the admin password.",
+    )
+}
+
+pub fn admin_password_missing() -> Page {
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "admin_password_missing",
+        "Configuration error",
+        "The app secret has no admin_password, so the administrator routes stay closed. \
+         Add admin_password to the app secret.",
+    )
+}
+
+pub fn secret_unavailable(detail: &str) -> Page {
+    Page::new(StatusCode::SERVICE_UNAVAILABLE, "app_secret_unavailable", "Configuration error", detail)
+}
+
+pub fn redirect_uri_missing() -> Page {
+    config_error("redirect_uri_missing", "KEAP_REDIRECT_URI is not set for this function.")
+}
+
+pub fn client_secret_missing() -> Page {
+    config_error("client_secret_missing", "The app secret has no client_secret, which OAuth mode needs.")
+}
+
+fn config_error(code: &'static str, message: &str) -> Page {
+    Page::new(StatusCode::SERVICE_UNAVAILABLE, code, "Configuration error", message)
+}
+
+fn bad_authorize_url() -> Page {
+    Page::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "bad_authorize_url",
+        "Configuration error",
+        "The Keap authorize URL built from the configuration is not a valid header value.",
+    )
+}
+
+pub fn oauth_not_used() -> Page {
+    Page::new(
+        StatusCode::CONFLICT,
+        "oauth_not_used",
+        "OAuth is not used",
+        "This deployment connects to Keap with an API key (KEAP_AUTH_MODE=api-key), so there is \
+         nothing to authorize. Set KEAP_AUTH_MODE=oauth to use OAuth instead.",
+    )
+}
+
+pub fn bad_switch() -> Page {
+    Page::new(
+        StatusCode::BAD_REQUEST,
+        "bad_switch",
+        "Invalid switch option",
+        "The switch parameter must be 1 (replace a connection to another Keap account) or 0.",
+    )
+}
+
+/// The callback carries `error=…` instead of a code.
+pub fn keap_declined(error: &str, description: Option<&str>) -> Page {
+    if error == "access_denied" {
+        return Page::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "Access was declined",
+            "Access was declined in Keap, so nothing was connected or changed.",
+        )
+        .with_link("start", "Start again");
+    }
+    let detail = description.map(|d| format!(": {d}")).unwrap_or_default();
+    Page::new(
+        StatusCode::BAD_REQUEST,
+        "keap_error",
+        "Keap reported an error",
+        format!("Keap did not authorize keap-relay ({error}{detail}). Nothing was changed."),
+    )
+    .with_link("start", "Start again")
+}
+
+pub fn state_refused(error: StateError) -> Page {
+    let page = match error {
+        StateError::Reused => Page::new(
+            StatusCode::BAD_REQUEST,
+            error.code(),
+            "This sign-in link was already used",
+            "This sign-in link was already used, or the connection changed after it was issued. Nothing was changed.",
+        ),
+        _ => Page::new(StatusCode::BAD_REQUEST, error.code(), "This sign-in link is not valid", error.to_string()),
+    };
+    page.with_link("start", "Start again")
+}
+
+pub fn code_missing() -> Page {
+    Page::new(
+        StatusCode::BAD_REQUEST,
+        "code_missing",
+        "No authorization code",
+        "Keap's answer carries no authorization code, so there is nothing to connect.",
+    )
+    .with_link("start", "Start again")
+}
+
+pub fn exchange_failure(error: &ExchangeError) -> Page {
+    match error {
+        ExchangeError::CodeRejected { .. } => Page::new(
+            StatusCode::BAD_REQUEST,
+            "code_rejected",
+            "Keap refused the authorization code",
+            format!(
+                "{error}. Codes work once and only for a few minutes, and only with the registered \
+                 redirect URI. Nothing was stored."
+            ),
+        )
+        .with_link("start", "Start again"),
+        ExchangeError::ClientRejected(_) => Page::new(
+            StatusCode::BAD_GATEWAY,
+            "client_rejected",
+            "Keap refused this app",
+            format!("{error}. Check client_id and client_secret in the app secret. Nothing was stored."),
+        ),
+        ExchangeError::Unavailable(_) => Page::new(
+            StatusCode::BAD_GATEWAY,
+            "keap_unavailable",
+            "Keap is not answering",
+            format!("{error}. Nothing was stored; try again in a minute."),
+        )
+        .with_link("start", "Start again"),
+        ExchangeError::Misconfigured(_) => {
+            Page::new(StatusCode::SERVICE_UNAVAILABLE, "oauth_misconfigured", "Configuration error", error.to_string())
+        }
+    }
+}
+
+pub fn connected(account: &str) -> Page {
+    Page::new(
+        StatusCode::OK,
+        "connected",
+        "Connected to Keap",
+        format!("keap-relay is now connected to the Keap account {account}. You can close this page."),
+    )
+}
+
+pub fn different_account(current: &str, requested: &str) -> Page {
+    Page::new(
+        StatusCode::CONFLICT,
+        "different_account",
+        "Already connected to another Keap account",
+        format!(
+            "keap-relay is connected to the Keap account {current}, but you signed in to {requested}. \
+             Nothing was changed. To replace the connection, start again with the switch option."
+        ),
+    )
+    .with_link("start?switch=1", "Switch to the other account")
+}
+
+pub fn store_failure(error: &TokenError) -> Page {
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "store_unavailable",
+        "Could not save the connection",
+        format!("{error}. Nothing was changed; start again in a minute."),
+    )
+    .with_link("start", "Start again")
+}
+
+/// `/status` could not read the connection (answered as JSON).
+pub fn status_unavailable(error: &TokenError) -> Page {
+    Page::new(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", "Status unavailable", error.to_string())
+}
 #[cfg(test)]
 mod tests {
     use super::*;
