@@ -7,8 +7,8 @@ use std::time::{Duration, SystemTime};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use keap_relay::SecretString;
-use keap_relay::app::{App, local_config};
-use keap_relay::config::AuthMode;
+use keap_relay::app::App;
+use keap_relay::config::{AuthMode, local_config};
 use keap_relay::oauth_state::StateKey;
 use keap_relay::signup::Signup;
 use keap_relay::signup::signature::{self, unix_seconds};

@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use keap_relay::app::{App, local_config};
-use keap_relay::config::{AuthMode, Config};
+use keap_relay::app::App;
+use keap_relay::config::{AuthMode, Config, local_config};
 use keap_relay::store::SecretStore;
 use keap_relay::store::counting::{CountingStore, StoreCounts};
 use keap_relay::store::memory::MemoryStore;

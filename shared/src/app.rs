@@ -6,12 +6,12 @@
 //! is built at that moment too, behind [`App::connection`].
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::SystemTime;
 
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
+use crate::config::{AppSecret, Config, ConfigError};
 use crate::keap::api::KeapApi;
 use crate::signup::{SignupQueue, SignupService, SignupSettings, SqsQueue};
 use crate::store::{self, AppSecretError, SecretStore};
@@ -187,32 +187,10 @@ fn http_client(config: &Config) -> Result<reqwest::Client, AppError> {
         .map_err(|e| AppError::Http(e.to_string()))
 }
 
-/// Configuration for a Keap at `keap_base` (the sandbox, in tests and local runs): REST at
-/// `{keap_base}/crm/rest`, token endpoint `{keap_base}/token`, app secret `app`, token secret
-/// `token`, and the documented defaults for everything else.
-pub fn local_config(auth_mode: AuthMode, keap_base: &str) -> Config {
-    let base = keap_base.trim_end_matches('/');
-    Config {
-        auth_mode,
-        store: StoreKind::SecretsManager,
-        app_secret_id: "app".into(),
-        token_secret_id: "token".into(),
-        redirect_uri: None,
-        api_url: format!("{base}/crm/rest"),
-        token_url: format!("{base}/token"),
-        authorize_url: format!("{base}/app/oauth/authorize"),
-        welcome_tag: None,
-        signup_queue_url: None,
-        http_timeout: Duration::from_secs(10),
-        access_margin: Duration::from_secs(300),
-        refresh_lead: Duration::from_secs(6 * 3600),
-        refresh_max_age: Duration::from_secs(30 * 86400),
-        lease_duration: Duration::from_secs(30),
-        refresh_backoff_min: Duration::from_secs(30),
-        refresh_backoff_max: Duration::from_secs(7200),
-        signup_retry_budget: Duration::from_secs(2),
-        welcome_email: None,
-    }
+/// The invocation's deadline for [`crate::token::invocation::run`] (invariant 9), from the
+/// Lambda context's `deadline` in milliseconds since the epoch.
+pub fn invocation_deadline(context_deadline_ms: u64) -> Option<SystemTime> {
+    crate::token::invocation::deadline_from_millis(context_deadline_ms, SystemTime::now())
 }
 
 /// JSON log lines on stdout (one object per event, as CloudWatch Logs likes them). The level
@@ -247,8 +225,10 @@ fn lambda_log_level(level: Option<&str>) -> &'static str {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
-    use crate::config::AuthMode;
+    use crate::config::{AuthMode, local_config};
     use crate::store::memory::MemoryStore;
     use crate::store::{PutOutcome, SecretStore};
     use secrecy::SecretString;

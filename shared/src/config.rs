@@ -42,6 +42,11 @@ pub struct Config {
     pub app_secret_id: String,
     pub token_secret_id: String,
     pub redirect_uri: Option<String>,
+    /// `KEAP_START_URL`: the page an administrator opens to (re)connect Keap, for operators'
+    /// messages (the refresh function derives it from `redirect_uri` when unset).
+    pub start_url: Option<String>,
+    /// `AWS_LAMBDA_FUNCTION_NAME`, set by Lambda itself (the metrics' `FunctionName`).
+    pub function_name: Option<String>,
     pub api_url: String,
     pub token_url: String,
     pub authorize_url: String,
@@ -127,15 +132,47 @@ fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
     }
 }
 
-fn seconds(name: &'static str, default: u64) -> Result<Duration, ConfigError> {
-    number(name, default).map(Duration::from_secs)
+fn seconds(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    number(name, default.as_secs()).map(Duration::from_secs)
 }
 
 impl Config {
-    /// Reads the configuration from the process environment.
+    /// The documented defaults (`docs/interface.md`), the one place they are written down.
+    /// The secret ids have no default: [`Config::from_env`] requires them, local and test
+    /// configurations set them.
+    pub fn defaults() -> Self {
+        Self {
+            auth_mode: AuthMode::OAuth,
+            store: StoreKind::SecretsManager,
+            app_secret_id: String::new(),
+            token_secret_id: String::new(),
+            redirect_uri: None,
+            start_url: None,
+            function_name: None,
+            api_url: DEFAULT_API_URL.into(),
+            token_url: DEFAULT_TOKEN_URL.into(),
+            authorize_url: DEFAULT_AUTHORIZE_URL.into(),
+            welcome_tag: None,
+            signup_queue_url: None,
+            http_timeout: Duration::from_secs(10),
+            access_margin: Duration::from_secs(300),
+            refresh_lead: Duration::from_secs(6 * 3600),
+            refresh_max_age: Duration::from_secs(30 * 86400),
+            lease_duration: Duration::from_secs(30),
+            refresh_backoff_min: Duration::from_secs(30),
+            refresh_backoff_max: Duration::from_secs(7200),
+            signup_retry_budget: Duration::from_millis(2000),
+            welcome_email: None,
+        }
+    }
+
+    /// Reads the configuration from the process environment: [`Config::defaults`] with every
+    /// variable that is set (and not blank) in its place, then [`Config::validate`].
     pub fn from_env() -> Result<Self, ConfigError> {
+        let defaults = Self::defaults();
         let auth_mode = match var("KEAP_AUTH_MODE").as_deref() {
-            None | Some("oauth") => AuthMode::OAuth,
+            None => defaults.auth_mode,
+            Some("oauth") => AuthMode::OAuth,
             Some("api-key") => AuthMode::ApiKey,
             Some(other) => {
                 return Err(ConfigError::Invalid {
@@ -145,7 +182,8 @@ impl Config {
             }
         };
         let store = match var("KEAP_STORE").as_deref() {
-            None | Some("secretsmanager") => StoreKind::SecretsManager,
+            None => defaults.store,
+            Some("secretsmanager") => StoreKind::SecretsManager,
             Some("file") => StoreKind::File(
                 var("KEAP_STORE_DIR").unwrap_or_else(|| ".local/secrets".into()).into(),
             ),
@@ -159,11 +197,11 @@ impl Config {
         let app_secret_id = var("KEAP_APP_SECRET_ID").ok_or(ConfigError::Missing { name: "KEAP_APP_SECRET_ID" })?;
         let token_secret_id = match (auth_mode, var("KEAP_TOKEN_SECRET_ID")) {
             (_, Some(id)) => id,
-            (AuthMode::ApiKey, None) => String::new(),
+            (AuthMode::ApiKey, None) => defaults.token_secret_id,
             (AuthMode::OAuth, None) => return Err(ConfigError::Missing { name: "KEAP_TOKEN_SECRET_ID" }),
         };
         let welcome_email = match var("KEAP_WELCOME_EMAIL_SUBJECT") {
-            None => None,
+            None => defaults.welcome_email,
             Some(subject) => Some(WelcomeEmail {
                 user_id: var("KEAP_WELCOME_EMAIL_USER_ID")
                     .ok_or(ConfigError::Missing { name: "KEAP_WELCOME_EMAIL_USER_ID" })?
@@ -182,20 +220,25 @@ impl Config {
             store,
             app_secret_id,
             token_secret_id,
-            redirect_uri: var("KEAP_REDIRECT_URI"),
-            api_url: var("KEAP_API_URL").unwrap_or_else(|| DEFAULT_API_URL.into()),
-            token_url: var("KEAP_TOKEN_URL").unwrap_or_else(|| DEFAULT_TOKEN_URL.into()),
-            authorize_url: var("KEAP_AUTHORIZE_URL").unwrap_or_else(|| DEFAULT_AUTHORIZE_URL.into()),
-            welcome_tag: var("KEAP_WELCOME_TAG"),
-            signup_queue_url: var("SIGNUP_QUEUE_URL"),
-            http_timeout: seconds("KEAP_HTTP_TIMEOUT_SECONDS", 10)?,
-            access_margin: seconds("KEAP_ACCESS_MARGIN_SECONDS", 300)?,
-            refresh_lead: seconds("KEAP_REFRESH_LEAD_SECONDS", 6 * 3600)?,
-            refresh_max_age: seconds("KEAP_REFRESH_MAX_AGE_SECONDS", 30 * 86400)?,
-            lease_duration: seconds("KEAP_LEASE_SECONDS", 30)?,
-            refresh_backoff_min: seconds("KEAP_REFRESH_BACKOFF_MIN_SECONDS", 30)?,
-            refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", 7200)?,
-            signup_retry_budget: Duration::from_millis(number("KEAP_SIGNUP_RETRY_BUDGET_MS", 2000)?),
+            redirect_uri: var("KEAP_REDIRECT_URI").or(defaults.redirect_uri),
+            start_url: var("KEAP_START_URL").or(defaults.start_url),
+            function_name: var("AWS_LAMBDA_FUNCTION_NAME").or(defaults.function_name),
+            api_url: var("KEAP_API_URL").unwrap_or(defaults.api_url),
+            token_url: var("KEAP_TOKEN_URL").unwrap_or(defaults.token_url),
+            authorize_url: var("KEAP_AUTHORIZE_URL").unwrap_or(defaults.authorize_url),
+            welcome_tag: var("KEAP_WELCOME_TAG").or(defaults.welcome_tag),
+            signup_queue_url: var("SIGNUP_QUEUE_URL").or(defaults.signup_queue_url),
+            http_timeout: seconds("KEAP_HTTP_TIMEOUT_SECONDS", defaults.http_timeout)?,
+            access_margin: seconds("KEAP_ACCESS_MARGIN_SECONDS", defaults.access_margin)?,
+            refresh_lead: seconds("KEAP_REFRESH_LEAD_SECONDS", defaults.refresh_lead)?,
+            refresh_max_age: seconds("KEAP_REFRESH_MAX_AGE_SECONDS", defaults.refresh_max_age)?,
+            lease_duration: seconds("KEAP_LEASE_SECONDS", defaults.lease_duration)?,
+            refresh_backoff_min: seconds("KEAP_REFRESH_BACKOFF_MIN_SECONDS", defaults.refresh_backoff_min)?,
+            refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", defaults.refresh_backoff_max)?,
+            signup_retry_budget: Duration::from_millis(number(
+                "KEAP_SIGNUP_RETRY_BUDGET_MS",
+                defaults.signup_retry_budget.as_millis() as u64,
+            )?),
             welcome_email,
         };
         config.validate()?;
@@ -230,6 +273,23 @@ impl Config {
     }
 }
 
+/// Configuration for a Keap at `keap_base` (the sandbox, in tests, benches and local runs):
+/// REST at `{keap_base}/crm/rest`, token endpoint `{keap_base}/token`, app secret `app`,
+/// token secret `token`, and [`Config::defaults`] for everything else.
+#[cfg(any(test, feature = "test-support"))]
+pub fn local_config(auth_mode: AuthMode, keap_base: &str) -> Config {
+    let base = keap_base.trim_end_matches('/');
+    Config {
+        auth_mode,
+        app_secret_id: "app".into(),
+        token_secret_id: "token".into(),
+        api_url: format!("{base}/crm/rest"),
+        token_url: format!("{base}/token"),
+        authorize_url: format!("{base}/app/oauth/authorize"),
+        ..Config::defaults()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use secrecy::ExposeSecret;
@@ -238,7 +298,7 @@ mod tests {
 
     #[test]
     fn settings_that_cannot_work_are_refused_with_the_variables_to_change() {
-        let base = crate::app::local_config(AuthMode::OAuth, "http://127.0.0.1:9");
+        let base = local_config(AuthMode::OAuth, "http://127.0.0.1:9");
         base.validate().unwrap();
         let tight = Config { lease_duration: base.http_timeout + Duration::from_secs(5), ..base.clone() };
         let error = tight.validate().unwrap_err().to_string();

@@ -19,7 +19,7 @@ use axum::response::{IntoResponse, Response};
 use http::StatusCode;
 use keap_relay::SecretString;
 use keap_relay::app::App;
-use keap_relay::config::{AuthMode, Config, StoreKind};
+use keap_relay::config::Config;
 use keap_relay::signup::{MemoryQueue, SignupQueue};
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;
@@ -113,8 +113,6 @@ pub fn signup_request(body: &[u8], signature: &str) -> lambda_http::Request {
 
 pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> Config {
     Config {
-        auth_mode: AuthMode::OAuth,
-        store: StoreKind::SecretsManager,
         app_secret_id: APP_SECRET_ID.into(),
         token_secret_id: TOKEN_SECRET_ID.into(),
         redirect_uri: Some(redirect_uri.to_owned()),
@@ -122,20 +120,14 @@ pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> 
         token_url: sandbox.token_url(),
         authorize_url: sandbox.authorize_url(),
         welcome_tag: Some(WELCOME_TAG.into()),
-        signup_queue_url: None,
         http_timeout: Duration::from_secs(5),
-        access_margin: Duration::from_secs(300),
-        refresh_lead: Duration::from_secs(6 * 3600),
-        refresh_max_age: Duration::from_secs(30 * 86400),
-        lease_duration: Duration::from_secs(30),
-        refresh_backoff_min: Duration::from_secs(30),
-        refresh_backoff_max: Duration::from_secs(7200),
         signup_retry_budget: retry_budget,
         welcome_email: Some(keap_relay::config::WelcomeEmail {
             user_id: 1,
             subject: "Welcome".into(),
             html_body: "<p>Welcome aboard.</p>".into(),
         }),
+        ..Config::defaults()
     }
 }
 

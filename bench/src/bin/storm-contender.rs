@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use keap_relay::ExposeSecret;
-use keap_relay::app::local_config;
-use keap_relay::config::AuthMode;
+use keap_relay::config::{AuthMode, local_config};
 use keap_relay::store::counting::CountingStore;
 use keap_relay::store::file::FileStore;
 use keap_relay::token::{Credential, CredentialSource, TokenSettings};

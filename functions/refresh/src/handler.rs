@@ -16,14 +16,16 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use keap_relay::app::App;
 use keap_relay::config::AuthMode;
 use keap_relay::keap::api::{ApiError, KeapApi};
 use keap_relay::metrics::{self, EmfRecord, NAMESPACE, SECRET_VERSION_QUOTA_EXCEEDED, Unit};
 use keap_relay::token::{Connection, ConnectionStatus, Credential, RotationAction, RotationPolicy, TokenError};
 use serde::Serialize;
 
-/// Built once per cold start in `main.rs`; tests build it with their own parts.
-pub struct RefreshDeps {
+/// The handler's dependencies: built once per cold start by [`Deps::from_app`] (in `main.rs`
+/// and the local run); tests build it with their own parts.
+pub struct Deps {
     pub mode: AuthMode,
     pub policy: RotationPolicy,
     pub connection: Arc<dyn Connection>,
@@ -35,6 +37,26 @@ pub struct RefreshDeps {
     /// The `FunctionName` dimension of the metrics (`AWS_LAMBDA_FUNCTION_NAME`).
     pub function_name: String,
     pub metrics: Arc<dyn MetricsSink>,
+}
+
+/// The name the tests and the handler use.
+pub type RefreshDeps = Deps;
+
+impl Deps {
+    /// From the process-wide [`App`]: metrics as EMF lines on stdout, the start page from
+    /// `KEAP_START_URL` or next to `KEAP_REDIRECT_URI`.
+    pub fn from_app(app: &App) -> Self {
+        let config = &app.config;
+        Self {
+            mode: config.auth_mode,
+            policy: RotationPolicy { lead: config.refresh_lead, max_refresh_age: config.refresh_max_age },
+            connection: app.connection.clone(),
+            key_check: Arc::new(app.api.clone()),
+            start_url: config.start_url.clone().or_else(|| config.redirect_uri.as_deref().and_then(start_url_from_redirect)),
+            function_name: config.function_name.clone().unwrap_or_else(|| "refresh".into()),
+            metrics: Arc::new(StdoutMetrics),
+        }
+    }
 }
 
 /// One authenticated call that tells whether Keap accepts a credential.

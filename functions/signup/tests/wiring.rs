@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use common::{SIGNING_KEY, request, signed_file};
 use keap_relay::SecretString;
-use keap_relay::app::{App, local_config};
-use keap_relay::config::{AuthMode, Config, WelcomeEmail};
+use keap_relay::app::App;
+use keap_relay::config::{AuthMode, Config, WelcomeEmail, local_config};
 use keap_relay::signup::{MemoryQueue, SignupQueue};
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;

@@ -16,10 +16,9 @@ use keap_relay::app::{App, AppError};
 use keap_relay::config::{AppSecret, Config, ConfigError};
 use keap_relay::signup::{SignupQueue, SignupService};
 use keap_relay::store::{self, AppSecretError, SecretStore};
-use keap_relay::token::RotationPolicy;
 use keap_relay::ExposeSecret;
 use keap_sandbox::{ClientConfig, Sandbox, SandboxConfig};
-use refresh::{MetricsSink, RefreshDeps, RefreshError, RefreshSummary};
+use refresh::{MetricsSink, RefreshError, RefreshSummary};
 use serde_json::json;
 use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
@@ -89,7 +88,7 @@ pub struct Stack {
     pub sandbox: Option<Sandbox>,
     pub store: Arc<dyn SecretStore>,
     pub app_secret: AppSecretState,
-    refresh: Arc<RefreshDeps>,
+    refresh: Arc<refresh::Deps>,
     retry: Arc<SignupService>,
     /// `None` when `SIGNUP_QUEUE_URL` sends queued signups to SQS instead.
     pub queue: Option<Arc<LocalQueue>>,
@@ -239,20 +238,8 @@ fn point_at_sandbox(config: &mut Config, sandbox: &Sandbox) {
 
 /// As `functions/refresh/src/main.rs` wires it, with the metrics in the debug log instead of
 /// stdout (EMF lines would drown the progress lines).
-fn refresh_deps(app: &App) -> RefreshDeps {
-    let start_url = std::env::var("KEAP_START_URL")
-        .ok()
-        .filter(|url| !url.trim().is_empty())
-        .or_else(|| app.config.redirect_uri.as_deref().and_then(refresh::handler::start_url_from_redirect));
-    RefreshDeps {
-        mode: app.config.auth_mode,
-        policy: RotationPolicy { lead: app.config.refresh_lead, max_refresh_age: app.config.refresh_max_age },
-        connection: app.connection.clone(),
-        key_check: Arc::new(app.api.clone()),
-        start_url,
-        function_name: "refresh".into(),
-        metrics: Arc::new(DebugLogMetrics),
-    }
+fn refresh_deps(app: &App) -> refresh::Deps {
+    refresh::Deps { metrics: Arc::new(DebugLogMetrics), ..refresh::Deps::from_app(app) }
 }
 
 struct DebugLogMetrics;
