@@ -332,6 +332,25 @@ mod tests {
     }
 
     #[test]
+    fn every_401_carries_the_basic_challenge() {
+        for response in [unauthorized().into_response(), unauthorized().into_json_response()] {
+            assert_eq!(response.status(), StatusCode::UNAUTHORIZED);
+            assert_eq!(response.headers()[WWW_AUTHENTICATE], basic_auth::CHALLENGE);
+        }
+        assert!(!bad_switch().into_response().headers().contains_key(WWW_AUTHENTICATE));
+    }
+
+    #[test]
+    fn a_page_as_json_is_the_error_envelope_with_the_page_headers() {
+        let response = Page::new(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", "Title", "the store \"s\" is down").into_json_response();
+        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
+        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+        let Body::Text(body) = response.body() else { panic!("a text body") };
+        assert_eq!(body, r#"{"error":{"code":"status_unavailable","message":"the store \"s\" is down"}}"#);
+    }
+
+    #[test]
     fn redirect_sets_location() {
         let response = redirect("https://accounts.example.com/authorize?a=1&b=2");
         assert_eq!(response.status(), StatusCode::FOUND);

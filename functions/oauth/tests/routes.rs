@@ -333,6 +333,8 @@ async fn wrong_methods_and_unknown_paths() {
         let response = h.run(event_with_route("status.json", "POST", path)).await;
         assert_eq!(response.status(), 405, "{path}");
         assert_eq!(header(&response, "allow"), Some("GET"));
+        let json: serde_json::Value = serde_json::from_str(&body_text(&response)).unwrap();
+        assert_eq!(json["error"]["code"], "method_not_allowed");
     }
     let response = h.run(event_with_route("status.json", "GET", "/nope")).await;
     assert_eq!(response.status(), 404);
