@@ -2,8 +2,9 @@
 //! so caches live across invocations.
 //!
 //! Cold start does no network call: the app secret is read from the store on first use and
-//! cached (a failed read is retried on the next use), and the Keap connection that needs it
-//! is built at that moment too, behind [`App::connection`].
+//! cached (a failed read is retried on the next use), and what needs it is built at that
+//! moment too: Keap's OAuth client ([`App::oauth`], one per process, shared by the token
+//! source and the oauth function) and the Keap connection ([`App::connection`]).
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -11,13 +12,16 @@ use std::time::SystemTime;
 use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
-use crate::config::{AppSecret, Config, ConfigError};
+use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
 use crate::keap::api::KeapApi;
+use crate::keap::oauth::{OAuthClient, OAuthEndpoints};
 use crate::signup::{SignupQueue, SignupService, SignupSettings, SqsQueue};
+use crate::store::file::FileStore;
+use crate::store::secrets_manager::{self, SecretsManagerStore};
 use crate::store::{self, AppSecretError, SecretStore};
 use crate::token::{
-    self, ConnectError, ConnectOutcome, Connection, ConnectionStatus, Credential, CredentialSource, RotationPolicy,
-    RotationReport, TokenError, TokenGrant,
+    ApiKeySource, ConnectError, ConnectOutcome, Connection, ConnectionStatus, Credential, CredentialSource, RotationPolicy,
+    RotationReport, TokenError, TokenGrant, TokenSettings, TokenSource,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -58,12 +62,35 @@ fn token_error(error: AppSecretError) -> TokenError {
     }
 }
 
-/// The Keap connection of `KEAP_AUTH_MODE` ([`token::connection_from_config`]), built on first
-/// use because it needs the app secret.
+/// Keap's OAuth client (authorize page, code exchange, refresh), built on first use because
+/// it needs the app secret's client id and secret; one per process.
+#[derive(Debug)]
+pub struct LazyOAuthClient {
+    endpoints: OAuthEndpoints,
+    http: reqwest::Client,
+    cell: OnceCell<Arc<OAuthClient>>,
+}
+
+impl LazyOAuthClient {
+    pub fn new(endpoints: OAuthEndpoints, http: reqwest::Client) -> Self {
+        Self { endpoints, http, cell: OnceCell::new() }
+    }
+
+    /// The client; the first call builds it with `app_secret` (the process's cached one).
+    pub async fn get(&self, app_secret: &AppSecret) -> Result<Arc<OAuthClient>, ConfigError> {
+        self.cell
+            .get_or_try_init(|| async { OAuthClient::with_app_secret(self.http.clone(), &self.endpoints, app_secret).map(Arc::new) })
+            .await
+            .cloned()
+    }
+}
+
+/// The Keap connection of `KEAP_AUTH_MODE` ([`connection_from_config`]), built on first use
+/// because it needs the app secret.
 pub struct LazyConnection {
     config: Config,
     store: Arc<dyn SecretStore>,
-    http: reqwest::Client,
+    oauth: Arc<LazyOAuthClient>,
     app_secret: Arc<AppSecretCache>,
     cell: OnceCell<Arc<dyn Connection>>,
 }
@@ -75,8 +102,8 @@ impl std::fmt::Debug for LazyConnection {
 }
 
 impl LazyConnection {
-    pub fn new(config: Config, store: Arc<dyn SecretStore>, http: reqwest::Client, app_secret: Arc<AppSecretCache>) -> Self {
-        Self { config, store, http, app_secret, cell: OnceCell::new() }
+    pub fn new(config: Config, store: Arc<dyn SecretStore>, oauth: Arc<LazyOAuthClient>, app_secret: Arc<AppSecretCache>) -> Self {
+        Self { config, store, oauth, app_secret, cell: OnceCell::new() }
     }
 
     /// The real connection, built on the first call.
@@ -84,10 +111,37 @@ impl LazyConnection {
         self.cell
             .get_or_try_init(|| async {
                 let secret = self.app_secret.get().await.map_err(token_error)?;
-                token::connection_from_config(&self.config, self.store.clone(), &secret, self.http.clone())
+                connection_from_config(&self.config, self.store.clone(), &secret, &self.oauth).await
             })
             .await
             .cloned()
+    }
+}
+
+/// The connection the handlers use, chosen by `KEAP_AUTH_MODE`: a [`TokenSource`] over the
+/// token secret (oauth) or an [`ApiKeySource`] (api-key, no store calls at all).
+async fn connection_from_config(
+    config: &Config,
+    store: Arc<dyn SecretStore>,
+    app_secret: &AppSecret,
+    oauth: &LazyOAuthClient,
+) -> Result<Arc<dyn Connection>, TokenError> {
+    match config.auth_mode {
+        AuthMode::ApiKey => {
+            let key = app_secret
+                .api_key
+                .clone()
+                .ok_or_else(|| TokenError::Misconfigured("api-key mode needs api_key in the app secret".into()))?;
+            Ok(Arc::new(ApiKeySource::new(key)))
+        }
+        AuthMode::OAuth => {
+            if config.token_secret_id.is_empty() {
+                return Err(TokenError::Misconfigured("oauth mode needs KEAP_TOKEN_SECRET_ID".into()));
+            }
+            let client = oauth.get(app_secret).await.map_err(|e| TokenError::Misconfigured(e.to_string()))?;
+            let source = TokenSource::new(store, config.token_secret_id.clone(), client, TokenSettings::from_config(config))?;
+            Ok(Arc::new(source))
+        }
     }
 }
 
@@ -124,6 +178,8 @@ pub struct App {
     pub http: reqwest::Client,
     pub store: Arc<dyn SecretStore>,
     pub app_secret: Arc<AppSecretCache>,
+    /// Keap's OAuth client: the token source's refreshes and the oauth function's routes.
+    pub oauth: Arc<LazyOAuthClient>,
     /// OAuth token source or API key, per `KEAP_AUTH_MODE`.
     pub connection: Arc<dyn Connection>,
     pub api: KeapApi,
@@ -149,14 +205,7 @@ impl App {
     }
 
     pub async fn from_config(config: Config) -> Result<App, AppError> {
-        let store = store::from_config(&config).await;
-        let queue = match &config.signup_queue_url {
-            Some(url) => {
-                let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-                Some(Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url.clone())) as Arc<dyn SignupQueue>)
-            }
-            None => None,
-        };
+        let (store, queue) = store_and_queue(&config).await;
         App::with_parts(config, store, queue)
     }
 
@@ -164,10 +213,11 @@ impl App {
     pub fn with_parts(config: Config, store: Arc<dyn SecretStore>, queue: Option<Arc<dyn SignupQueue>>) -> Result<App, AppError> {
         let http = http_client(&config)?;
         let app_secret = Arc::new(AppSecretCache::new(store.clone(), config.app_secret_id.clone()));
+        let oauth = Arc::new(LazyOAuthClient::new(OAuthEndpoints::from_config(&config)?, http.clone()));
         let connection: Arc<dyn Connection> =
-            Arc::new(LazyConnection::new(config.clone(), store.clone(), http.clone(), app_secret.clone()));
+            Arc::new(LazyConnection::new(config.clone(), store.clone(), oauth.clone(), app_secret.clone()));
         let api = KeapApi::from_config(http.clone(), &config);
-        Ok(App { config, http, store, app_secret, connection, api, queue })
+        Ok(App { config, http, store, app_secret, oauth, connection, api, queue })
     }
 
     /// A signup service over this app's connection and client (keep one per process: it
@@ -176,6 +226,27 @@ impl App {
         let credentials: Arc<dyn CredentialSource> = self.connection.clone();
         SignupService::new(self.api.clone(), credentials, SignupSettings::from_config(&self.config))
     }
+}
+
+/// The secret store (`KEAP_STORE`) and the signup queue (`SIGNUP_QUEUE_URL`, when set). The
+/// AWS configuration (standard chain, which honours `AWS_ENDPOINT_URL`; no network call) is
+/// loaded once, and only when one of them needs it. Secrets Manager gets the time bounds and
+/// retries of [`secrets_manager::client_config`].
+pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<Arc<dyn SignupQueue>>) {
+    let aws = OnceCell::new();
+    let aws = || aws.get_or_init(|| aws_config::defaults(aws_config::BehaviorVersion::latest()).load());
+    let store: Arc<dyn SecretStore> = match &config.store {
+        StoreKind::SecretsManager => {
+            let client = aws_sdk_secretsmanager::Client::from_conf(secrets_manager::client_config(aws().await));
+            Arc::new(SecretsManagerStore::new(client))
+        }
+        StoreKind::File(dir) => Arc::new(FileStore::new(dir.clone())),
+    };
+    let queue = match &config.signup_queue_url {
+        Some(url) => Some(Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(aws().await), url.clone())) as Arc<dyn SignupQueue>),
+        None => None,
+    };
+    (store, queue)
 }
 
 fn http_client(config: &Config) -> Result<reqwest::Client, AppError> {
@@ -263,6 +334,17 @@ mod tests {
         let app = App::with_parts(config(AuthMode::ApiKey), store, None).unwrap();
         let error = app.connection.credential().await.unwrap_err().to_string();
         assert!(error.contains("api_key") && !error.contains("very-secret"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn the_token_source_and_the_oauth_routes_share_one_oauth_client() {
+        let store = Arc::new(MemoryStore::new());
+        put(&store, "app", r#"{"client_id":"from-the-store","client_secret":"s"}"#).await;
+        let app = App::with_parts(config(AuthMode::OAuth), store, None).unwrap();
+        // The first use of the connection builds the token source, and with it the client.
+        let _ = app.connection.status().await;
+        let other = AppSecret::from_json(r#"{"client_id":"other","client_secret":"t"}"#).unwrap();
+        assert_eq!(app.oauth.get(&other).await.unwrap().client_id(), "from-the-store");
     }
 
     #[test]

@@ -173,7 +173,7 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     }
     let signup = Arc::new(signup::AppDeps::new(signup_app));
     let handlers = Arc::new(Handlers {
-        oauth: oauth::adapters::deps_from_app(&oauth_app).map_err(std::io::Error::other)?,
+        oauth: oauth::Deps::from_app(&oauth_app),
         signup: signup.clone(),
     });
     let router = axum::Router::new().fallback(dispatch).with_state(handlers);

@@ -3,7 +3,7 @@
 
 use std::convert::Infallible;
 
-use keap_relay::app::{App, init_tracing};
+use keap_relay::app::{App, init_tracing, invocation_deadline};
 use keap_relay::token::invocation;
 use lambda_http::{Error, Request, RequestExt, service_fn};
 
@@ -11,11 +11,10 @@ use lambda_http::{Error, Request, RequestExt, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let app = App::from_env().await?;
-    let deps = oauth::adapters::deps_from_app(&app)?;
-    let deps = &deps;
+    let deps = &oauth::Deps::from_app(&app);
     lambda_http::run(service_fn(move |request: Request| async move {
         // Invariant 9: see `keap_relay::token::invocation`.
-        let deadline = request.lambda_context_ref().and_then(|c| invocation::deadline_from_millis(c.deadline, std::time::SystemTime::now()));
+        let deadline = request.lambda_context_ref().and_then(|c| invocation_deadline(c.deadline));
         Ok::<_, Infallible>(invocation::run(deadline, oauth::handle(request, deps)).await)
     }))
     .await

@@ -14,7 +14,6 @@ use serde::Deserialize;
 use url::Url;
 
 use crate::config::{AppSecret, Config, ConfigError};
-use crate::token::TokenGrant;
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum OAuthError {
@@ -83,18 +82,24 @@ impl std::fmt::Debug for OAuthClient {
     }
 }
 
-/// A reqwest client for Keap calls (rustls), with a connect timeout; each call also sets its
-/// own total timeout.
-pub fn http_client(timeout: Duration) -> Result<reqwest::Client, ConfigError> {
-    reqwest::Client::builder()
-        .connect_timeout(timeout)
-        .timeout(timeout)
-        .build()
-        .map_err(|e| ConfigError::Invalid { name: "KEAP_HTTP_TIMEOUT_SECONDS", reason: format!("cannot build the HTTP client: {e}") })
+/// Where Keap's authorize page and token endpoint are, and how long a call may take.
+#[derive(Debug, Clone)]
+pub struct OAuthEndpoints {
+    pub authorize_url: Url,
+    pub token_url: Url,
+    pub timeout: Duration,
 }
 
-fn parse_url(name: &'static str, value: &str) -> Result<Url, ConfigError> {
-    Url::parse(value).map_err(|e| ConfigError::Invalid { name, reason: e.to_string() })
+impl OAuthEndpoints {
+    /// `KEAP_AUTHORIZE_URL`, `KEAP_TOKEN_URL` and `KEAP_HTTP_TIMEOUT_SECONDS`.
+    pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
+        let parse = |name, value: &str| Url::parse(value).map_err(|e| ConfigError::Invalid { name, reason: e.to_string() });
+        Ok(Self {
+            authorize_url: parse("KEAP_AUTHORIZE_URL", &config.authorize_url)?,
+            token_url: parse("KEAP_TOKEN_URL", &config.token_url)?,
+            timeout: config.http_timeout,
+        })
+    }
 }
 
 impl OAuthClient {
@@ -109,18 +114,18 @@ impl OAuthClient {
         Self { http, token_url, authorize_url, client_id, client_secret, timeout }
     }
 
-    /// Hosts and timeout from the configuration, credentials from the app secret.
-    pub fn from_config(config: &Config, app_secret: &AppSecret, http: reqwest::Client) -> Result<Self, ConfigError> {
+    /// The client of `endpoints` with the app secret's `client_id` and `client_secret`.
+    pub fn with_app_secret(http: reqwest::Client, endpoints: &OAuthEndpoints, app_secret: &AppSecret) -> Result<Self, ConfigError> {
         let (Some(client_id), Some(client_secret)) = (&app_secret.client_id, &app_secret.client_secret) else {
             return Err(ConfigError::AppSecret("oauth mode needs client_id and client_secret in the app secret".into()));
         };
         Ok(Self::new(
             http,
-            parse_url("KEAP_TOKEN_URL", &config.token_url)?,
-            parse_url("KEAP_AUTHORIZE_URL", &config.authorize_url)?,
+            endpoints.token_url.clone(),
+            endpoints.authorize_url.clone(),
             client_id.clone(),
             client_secret.clone(),
-            config.http_timeout,
+            endpoints.timeout,
         ))
     }
 
@@ -266,6 +271,18 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &[u8
 /// Keap's descriptions are short fixed texts; cap them anyway so no echoed input gets far.
 fn truncate(text: &str) -> String {
     text.chars().take(120).collect()
+}
+
+/// A freshly authorized pair from the OAuth callback's code exchange (or any refresh).
+#[derive(Debug, Clone)]
+pub struct TokenGrant {
+    pub access_token: SecretString,
+    pub refresh_token: SecretString,
+    pub expires_in: Duration,
+    /// Raw `scope`, e.g. `full|ab123.infusionsoft.com`.
+    pub scope: String,
+    /// The Keap account (tenant), from the part of `scope` after `|` or `x-keap-tenant-id`.
+    pub account: Option<String>,
 }
 
 #[derive(Deserialize)]

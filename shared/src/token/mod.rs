@@ -14,7 +14,6 @@ pub mod source;
 pub mod state;
 mod versions;
 
-use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
@@ -28,9 +27,8 @@ pub use source::TokenSource;
 pub use versions::{Step, child_version_id};
 pub use state::{LinkStatus, TokenState};
 
-use crate::config::{AppSecret, AuthMode, Config};
-use crate::keap::oauth::OAuthClient;
-use crate::store::SecretStore;
+/// Defined next to the token endpoint's answer it is parsed from.
+pub use crate::keap::oauth::TokenGrant;
 
 /// What authenticates one call to Keap's REST API.
 #[derive(Debug, Clone)]
@@ -86,18 +84,6 @@ pub trait CredentialSource: Send + Sync {
     /// Keap answered 401 to `rejected`: re-read the store (another process may have rotated)
     /// and hand out a different credential, refreshing only if the stored one is the rejected one.
     async fn after_unauthorized(&self, rejected: &Credential) -> Result<Credential, TokenError>;
-}
-
-/// A freshly authorized pair from the OAuth callback's code exchange (or any refresh).
-#[derive(Debug, Clone)]
-pub struct TokenGrant {
-    pub access_token: SecretString,
-    pub refresh_token: SecretString,
-    pub expires_in: Duration,
-    /// Raw `scope`, e.g. `full|ab123.infusionsoft.com`.
-    pub scope: String,
-    /// The Keap account (tenant), from the part of `scope` after `|` or `x-keap-tenant-id`.
-    pub account: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -184,34 +170,6 @@ pub(crate) mod opt_rfc3339 {
         match value {
             Some(time) => serializer.collect_str(&humantime::format_rfc3339_seconds(*time)),
             None => serializer.serialize_none(),
-        }
-    }
-}
-
-/// The connection the handlers use, chosen by `KEAP_AUTH_MODE`: a [`TokenSource`] over the
-/// token secret (oauth) or an [`ApiKeySource`] (api-key, no store calls at all). Build it once
-/// per process (outside the handler) so its cache lives across invocations.
-pub fn connection_from_config(
-    config: &Config,
-    store: Arc<dyn SecretStore>,
-    app_secret: &AppSecret,
-    http: reqwest::Client,
-) -> Result<Arc<dyn Connection>, TokenError> {
-    match config.auth_mode {
-        AuthMode::ApiKey => {
-            let key = app_secret.api_key.clone().ok_or_else(|| {
-                TokenError::Misconfigured("api-key mode needs api_key in the app secret".into())
-            })?;
-            Ok(Arc::new(ApiKeySource::new(key)))
-        }
-        AuthMode::OAuth => {
-            if config.token_secret_id.is_empty() {
-                return Err(TokenError::Misconfigured("oauth mode needs KEAP_TOKEN_SECRET_ID".into()));
-            }
-            let oauth = OAuthClient::from_config(config, app_secret, http)
-                .map_err(|e| TokenError::Misconfigured(e.to_string()))?;
-            let source = TokenSource::new(store, config.token_secret_id.clone(), Arc::new(oauth), TokenSettings::from_config(config))?;
-            Ok(Arc::new(source))
         }
     }
 }

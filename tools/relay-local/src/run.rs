@@ -137,7 +137,7 @@ pub async fn write_app_secret(local_defaults: bool, input: Option<String>) -> Ex
         progress::failed(&format!("cannot create the secret store's directory ({}): {error}", secrets::describe_store(&config)));
         return ExitCode::FAILURE;
     }
-    let store = keap_relay::store::from_config(&config).await;
+    let (store, _queue) = keap_relay::app::store_and_queue(&config).await;
     match secrets::replace_current(store.as_ref(), &config.app_secret_id, &value).await {
         Ok(()) => {
             progress::ok(&format!(

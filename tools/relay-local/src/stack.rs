@@ -12,7 +12,7 @@ use axum::Router;
 use axum::extract::State;
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
-use keap_relay::app::{App, AppError};
+use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
 use keap_relay::signup::{SignupQueue, SignupService};
 use keap_relay::store::{self, AppSecretError, SecretStore};
@@ -76,7 +76,7 @@ pub enum AppSecretState {
 
 /// The handlers' dependencies, as each Lambda function's `main.rs` builds them.
 struct Functions {
-    oauth: oauth::OAuthDeps,
+    oauth: oauth::Deps,
     signup: signup::AppDeps,
 }
 
@@ -103,7 +103,7 @@ impl Stack {
     pub async fn start(options: StackOptions) -> Result<Stack, StackError> {
         let mut config = Config::from_env()?;
         secrets::prepare_store(&config).map_err(|source| StackError::StoreDir(secrets::describe_store(&config), source))?;
-        let store = store::from_config(&config).await;
+        let (store, sqs_queue) = store_and_queue(&config).await;
         let (app_secret, sandbox) = match options.sandbox {
             Some(addr) => {
                 let (secret, seeded) =
@@ -124,15 +124,12 @@ impl Stack {
             .signup_queue_url
             .is_none()
             .then(|| Arc::new(LocalQueue::new(options.queue.max_receives, options.queue.visibility_timeout)));
+        // As on Lambda, only signup and signup-retry get the queue (in memory, or SQS).
+        let queue = local_queue.clone().map(|queue| queue as Arc<dyn SignupQueue>).or(sqs_queue);
         let function_app = |queue: Option<Arc<dyn SignupQueue>>| App::with_parts(config.clone(), store.clone(), queue);
-        let signup_app = match &local_queue {
-            Some(queue) => function_app(Some(queue.clone() as Arc<dyn SignupQueue>))?,
-            // SQS, exactly as on Lambda.
-            None => App::from_config(config.clone()).await?,
-        };
         let functions = Arc::new(Functions {
-            oauth: oauth::adapters::deps_from_app(&function_app(None)?)?,
-            signup: signup::AppDeps::new(signup_app),
+            oauth: oauth::Deps::from_app(&function_app(None)?),
+            signup: signup::AppDeps::new(function_app(queue.clone())?),
         });
         let refresh = Arc::new(refresh_deps(&function_app(None)?));
         let retry = Arc::new(function_app(None)?.signup_service());

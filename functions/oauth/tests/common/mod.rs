@@ -8,14 +8,15 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use keap_relay::config::{AppSecret, AuthMode};
-use keap_relay::keap::oauth::OAuthClient;
+use keap_relay::app::LazyOAuthClient;
+use keap_relay::keap::oauth::{OAuthClient, OAuthEndpoints};
 use keap_relay::store::SecretStore;
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::token::{ApiKeySource, Connection, ConnectionStatus, TokenGrant, TokenSettings, TokenSource};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{Sandbox, SandboxConfig};
 use lambda_http::{Body, Request, Response};
-use oauth::adapters::{KeapAuthorization, KeapEndpoints};
+use oauth::adapters::KeapAuthorization;
 use oauth::ports::{AppSecretSource, SecretUnavailable};
 use oauth::{OAuthDeps, handle};
 use serde_json::Value;
@@ -118,7 +119,7 @@ impl Harness {
     pub async fn with(mode: AuthMode, secret: AppSecret) -> Self {
         let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
         sandbox.set_auto_approve(true);
-        let endpoints = KeapEndpoints {
+        let endpoints = OAuthEndpoints {
             authorize_url: sandbox.authorize_url().parse().unwrap(),
             token_url: sandbox.token_url().parse().unwrap(),
             timeout: Duration::from_secs(5),
@@ -145,7 +146,7 @@ impl Harness {
             mode,
             redirect_uri: Some(REDIRECT_URI.into()),
             secrets: secrets.clone(),
-            keap: Arc::new(KeapAuthorization::new(endpoints, http.clone(), secrets)),
+            keap: Arc::new(KeapAuthorization::new(Arc::new(LazyOAuthClient::new(endpoints, http.clone())), secrets)),
             connection: connection.clone(),
         };
         Harness { sandbox, deps, store, connection, http }
