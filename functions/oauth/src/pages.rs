@@ -324,11 +324,14 @@ mod tests {
 
     #[test]
     fn page_response_headers() {
-        let response = Page::new(StatusCode::CONFLICT, "different_account", "Title", "Message").into_response();
-        assert_eq!(response.status(), StatusCode::CONFLICT);
-        assert_eq!(response.headers()[CONTENT_TYPE], "text/html; charset=utf-8");
-        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
-        assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+        let page = Page::new(StatusCode::CONFLICT, "different_account", "Title", "Message");
+        let answers = [(page.clone().into_response(), "text/html; charset=utf-8"), (page.into_json_response(), "application/json")];
+        for (response, content_type) in answers {
+            assert_eq!(response.status(), StatusCode::CONFLICT);
+            assert_eq!(response.headers()[CONTENT_TYPE], content_type);
+            assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+            assert_eq!(response.headers()["referrer-policy"], "no-referrer");
+        }
     }
 
     #[test]
@@ -341,11 +344,9 @@ mod tests {
     }
 
     #[test]
-    fn a_page_as_json_is_the_error_envelope_with_the_page_headers() {
-        let response = Page::new(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", "Title", "the store \"s\" is down").into_json_response();
-        assert_eq!(response.status(), StatusCode::SERVICE_UNAVAILABLE);
-        assert_eq!(response.headers()[CONTENT_TYPE], "application/json");
-        assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+    fn a_page_as_json_is_the_error_envelope() {
+        let page = Page::new(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", "Title", "the store \"s\" is down");
+        let response = page.into_json_response();
         let Body::Text(body) = response.body() else { panic!("a text body") };
         assert_eq!(body, r#"{"error":{"code":"status_unavailable","message":"the store \"s\" is down"}}"#);
     }
