@@ -129,7 +129,7 @@ fn handler_rejection(c: &mut Criterion) {
     let config = local_config(AuthMode::OAuth, NO_KEAP);
     rt.block_on(seed::put_app_secret(store.as_ref(), &config.app_secret_id))
         .expect("app secret");
-    let deps = AppDeps::new(App::with_parts(config, store, None).expect("app"));
+    let deps = AppDeps::from_app(&App::with_parts(config, store, None).expect("app"));
     let events = SignupEvents::new(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .expect("sample event");
     let event = events.event("ada.lovelace@example.com").expect("event");

@@ -156,7 +156,7 @@ pub async fn measure(events: &SignupEvents, signups: usize) -> Result<SteadyStat
     .await?;
     let app = App::with_parts(config, counting.clone(), None)
         .map_err(|e| BenchError::Failed(e.to_string()))?;
-    let deps = AppDeps::new(app);
+    let deps = AppDeps::from_app(&app);
 
     sandbox.reset_stats();
     counting.reset();

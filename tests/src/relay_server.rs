@@ -171,7 +171,7 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     if options.connected {
         oauth_app.connection.connect(grant_from_sandbox(&sandbox), false).await.map_err(std::io::Error::other)?;
     }
-    let signup = Arc::new(signup::AppDeps::new(signup_app));
+    let signup = Arc::new(signup::Deps::from_app(&signup_app));
     let handlers = Arc::new(Handlers {
         oauth: oauth::Deps::from_app(&oauth_app),
         signup: signup.clone(),

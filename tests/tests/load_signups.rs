@@ -321,7 +321,7 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     let first_generation = oauth_app.connection.status().await.unwrap().generation.unwrap();
     sandbox.reset_stats();
 
-    let copies: Arc<Vec<Arc<signup::AppDeps>>> = Arc::new((0..copies_count).map(|_| Arc::new(signup::AppDeps::new(app(true)))).collect());
+    let copies: Arc<Vec<Arc<signup::AppDeps>>> = Arc::new((0..copies_count).map(|_| Arc::new(signup::AppDeps::from_app(&app(true)))).collect());
     let retry_app = app(false);
     let retry_service = Arc::new(retry_app.signup_service());
     let refresh_app = app(false);

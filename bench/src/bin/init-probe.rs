@@ -58,7 +58,7 @@ async fn main() {
         std::process::exit(2)
     });
     record("app_with_parts_http_client");
-    let deps = signup::AppDeps::new(app);
+    let deps = signup::AppDeps::from_app(&app);
     record("signup_app_deps");
     drop(deps);
     println!("{}", Value::Object(steps));

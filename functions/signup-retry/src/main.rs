@@ -1,9 +1,7 @@
 //! Lambda entry point of `signup-retry` (SQS, partial batch failures): wiring only.
 
-use std::sync::Arc;
-
 use aws_lambda_events::event::sqs::SqsEvent;
-use keap_relay::app::{App, init_tracing};
+use keap_relay::app::{App, init_tracing, invocation_deadline};
 use keap_relay::token::invocation;
 use lambda_runtime::{Error, LambdaEvent, service_fn};
 
@@ -11,18 +9,11 @@ use lambda_runtime::{Error, LambdaEvent, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let app = App::from_env().await?;
-    let service = Arc::new(app.signup_service());
-    // Signups waiting for Keap to be reconnected go back to their own queue.
-    let parking = app.queue.clone();
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| {
-        let (service, parking) = (service.clone(), parking.clone());
+    let deps = &signup_retry::Deps::from_app(&app);
+    lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         // Invariant 9: see `keap_relay::token::invocation`.
-        let deadline = invocation::deadline_from_millis(event.context.deadline, std::time::SystemTime::now());
-        async move {
-            invocation::run(deadline, signup_retry::handler::handle_with_parking(event.payload, &service, parking.as_deref()))
-                .await
-                .map_err(Error::from)
-        }
+        let deadline = invocation_deadline(event.context.deadline);
+        invocation::run(deadline, signup_retry::handle(event.payload, deps)).await.map_err(Error::from)
     }))
     .await
 }

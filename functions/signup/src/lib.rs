@@ -1,33 +1,40 @@
-//! The `signup` function: `POST /signup` (see [`handler`]), its production wiring
-//! ([`AppDeps`]), and [`event_signing`] for the `sign-event` tool and tests.
+//! The `signup` function: `POST /signup` (see [`handler`]), its production dependencies
+//! ([`Deps`], built once by `main.rs`), and [`event_signing`] for the `sign-event` tool and tests.
 
 pub mod event_signing;
 pub mod handler;
 
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use keap_relay::SecretString;
-use keap_relay::app::App;
+use keap_relay::app::{App, AppSecretCache};
 use keap_relay::signup::{SignupQueue, SignupService};
 
+pub use handler::handle;
 use handler::{SignupDeps, SigningKeyUnavailable};
 
-/// The handler's dependencies from the process-wide [`App`].
-pub struct AppDeps {
-    app: App,
+/// The handler's dependencies over the process-wide [`App`].
+pub struct Deps {
+    app_secret: Arc<AppSecretCache>,
+    /// Keep one per process: it caches tag ids.
     service: SignupService,
+    queue: Option<Arc<dyn SignupQueue>>,
 }
 
-impl AppDeps {
-    pub fn new(app: App) -> Self {
-        let service = app.signup_service();
-        Self { app, service }
+/// The name the tests and benches use.
+pub type AppDeps = Deps;
+
+impl Deps {
+    pub fn from_app(app: &App) -> Self {
+        Self { app_secret: app.app_secret.clone(), service: app.signup_service(), queue: app.queue.clone() }
     }
 }
 
 #[async_trait]
-impl SignupDeps for AppDeps {
+impl SignupDeps for Deps {
     async fn signing_key(&self) -> Result<SecretString, SigningKeyUnavailable> {
-        let secret = self.app.app_secret.get().await.map_err(|e| SigningKeyUnavailable(e.to_string()))?;
+        let secret = self.app_secret.get().await.map_err(|e| SigningKeyUnavailable(e.to_string()))?;
         secret
             .signup_signing_key
             .clone()
@@ -39,6 +46,6 @@ impl SignupDeps for AppDeps {
     }
 
     fn queue(&self) -> Option<&dyn SignupQueue> {
-        self.app.queue.as_deref()
+        self.queue.as_deref()
     }
 }

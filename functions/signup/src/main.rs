@@ -1,22 +1,20 @@
 //! Lambda entry point of `POST /signup`: wiring only (see `handler.rs`).
 
-use std::sync::Arc;
+use std::convert::Infallible;
 
-use keap_relay::app::{App, init_tracing};
+use keap_relay::app::{App, init_tracing, invocation_deadline};
 use keap_relay::token::invocation;
 use lambda_http::{Error, Request, RequestExt, service_fn};
-use signup::AppDeps;
 
 #[tokio::main]
 async fn main() -> Result<(), Error> {
     init_tracing();
-    let deps = Arc::new(AppDeps::new(App::from_env().await?));
-    lambda_http::run(service_fn(move |request: Request| {
-        let deps = deps.clone();
-        // Invariant 9: the invocation's deadline reaches the token source, and the handler does
-        // not return while a refresh token it spent is not stored yet.
-        let deadline = request.lambda_context_ref().and_then(|c| invocation::deadline_from_millis(c.deadline, std::time::SystemTime::now()));
-        async move { Ok::<_, Error>(invocation::run(deadline, signup::handler::handle(&request, deps.as_ref())).await) }
+    let app = App::from_env().await?;
+    let deps = &signup::Deps::from_app(&app);
+    lambda_http::run(service_fn(move |request: Request| async move {
+        // Invariant 9: see `keap_relay::token::invocation`.
+        let deadline = request.lambda_context_ref().and_then(|c| invocation_deadline(c.deadline));
+        Ok::<_, Infallible>(invocation::run(deadline, signup::handle(&request, deps)).await)
     }))
     .await
 }

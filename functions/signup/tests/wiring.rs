@@ -62,7 +62,7 @@ async fn oauth_mode_refreshes_after_a_401_and_the_signup_goes_through() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let app = App::with_parts(config(AuthMode::OAuth, &sandbox), store_with(oauth_secret()).await, None).unwrap();
     connect(&app, &sandbox).await;
-    let deps = AppDeps::new(app);
+    let deps = AppDeps::from_app(&app);
 
     let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -82,7 +82,7 @@ async fn a_401_on_the_token_another_process_stored_refreshes_that_one_instead_of
     let store = store_with(oauth_secret()).await;
     let this = App::with_parts(config(AuthMode::OAuth, &sandbox), store.clone(), None).unwrap();
     connect(&this, &sandbox).await;
-    let deps = AppDeps::new(this);
+    let deps = AppDeps::from_app(&this);
     let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
 
@@ -106,13 +106,13 @@ async fn oauth_mode_before_anyone_connected_queues_or_answers_keap_not_connected
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let store = store_with(oauth_secret()).await;
 
-    let deps = AppDeps::new(App::with_parts(config(AuthMode::OAuth, &sandbox), store.clone(), None).unwrap());
+    let deps = AppDeps::from_app(&App::with_parts(config(AuthMode::OAuth, &sandbox), store.clone(), None).unwrap());
     let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!((status, &body["error"]["code"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("keap_not_connected")));
 
     let queue = Arc::new(MemoryQueue::new());
     let app = App::with_parts(config(AuthMode::OAuth, &sandbox), store, Some(queue.clone() as Arc<dyn SignupQueue>)).unwrap();
-    let (status, body) = status_and_code(&AppDeps::new(app), signed_file("signup-valid.json")).await;
+    let (status, body) = status_and_code(&AppDeps::from_app(&app), signed_file("signup-valid.json")).await;
     assert_eq!((status, body["queued"].clone()), (StatusCode::ACCEPTED, json!(true)));
     assert_eq!(queue.messages().len(), 1);
 }
@@ -121,7 +121,7 @@ async fn oauth_mode_before_anyone_connected_queues_or_answers_keap_not_connected
 async fn api_key_mode_reads_the_key_from_the_app_secret() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let store = store_with(json!({ "api_key": DEFAULT_API_KEY, "signup_signing_key": SIGNING_KEY })).await;
-    let deps = AppDeps::new(App::with_parts(config(AuthMode::ApiKey, &sandbox), store, None).unwrap());
+    let deps = AppDeps::from_app(&App::with_parts(config(AuthMode::ApiKey, &sandbox), store, None).unwrap());
 
     let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!(status, StatusCode::CREATED, "{body}");
@@ -132,7 +132,7 @@ async fn api_key_mode_reads_the_key_from_the_app_secret() {
 async fn without_a_signing_key_every_signup_is_503_and_nothing_reaches_keap() {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let store = store_with(json!({ "api_key": DEFAULT_API_KEY })).await;
-    let deps = AppDeps::new(App::with_parts(config(AuthMode::ApiKey, &sandbox), store, None).unwrap());
+    let deps = AppDeps::from_app(&App::with_parts(config(AuthMode::ApiKey, &sandbox), store, None).unwrap());
 
     let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!((status, &body["error"]["code"]), (StatusCode::SERVICE_UNAVAILABLE, &json!("signing_key_unavailable")));

@@ -1,8 +1,9 @@
 //! The local stand-in for the SQS retry queue: `signup` puts what Keap could not take now,
-//! and a timer hands visible messages to the `signup-retry` handler as a real SQS event
-//! (deserialized from the JSON Lambda would receive), with SQS's redelivery rules: a failed
-//! record comes back after the visibility timeout, and after `max_receives` receives it goes
-//! to the dead letters.
+//! and a timer hands visible messages to the `signup-retry` function ([`signup_retry::handle`],
+//! as on Lambda) as a real SQS event (deserialized from the JSON Lambda would receive), with
+//! SQS's redelivery rules: a failed record comes back after the visibility timeout, and after
+//! `max_receives` receives it goes to the dead letters. A signup that waits for Keap to be
+//! connected is parked by `signup-retry` itself: sent again to this queue with a delay.
 
 use std::collections::VecDeque;
 use std::sync::Mutex;
@@ -10,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
-use keap_relay::signup::{QueueError, QueuedSignup, SignupQueue, SignupService};
+use keap_relay::signup::{QueueError, QueuedSignup, SignupQueue};
 use serde_json::{Value, json};
 
 /// SQS's largest batch for a Lambda event source.
@@ -21,6 +22,8 @@ const MAX_DELAY: Duration = Duration::from_secs(900);
 #[derive(Debug, Clone)]
 struct Message {
     id: uuid::Uuid,
+    /// The queued signup's own id, which a parked signup keeps.
+    signup_id: uuid::Uuid,
     body: String,
     sent_at: SystemTime,
     visible_at: SystemTime,
@@ -41,6 +44,8 @@ pub struct LocalQueue {
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct DrainReport {
     pub delivered: usize,
+    /// Waiting for Keap to be connected: sent back to the queue with a delay by `signup-retry`.
+    pub parked: usize,
     /// Failed this time; back in the queue after the visibility timeout.
     pub retrying: usize,
     /// Failed for the last allowed time; now in the dead letters.
@@ -87,15 +92,16 @@ impl LocalQueue {
             .collect()
     }
 
-    /// Hands the visible messages to the `signup-retry` handler once.
-    pub async fn drain(&self, service: &SignupService) -> Result<DrainReport, DrainError> {
+    /// Hands the visible messages to the `signup-retry` function once. Its `parking` should be
+    /// this queue, as on Lambda, where it is the function's own queue.
+    pub async fn drain(&self, retry: &signup_retry::Deps) -> Result<DrainReport, DrainError> {
         let now = SystemTime::now();
         let batch = self.receive(now);
         if batch.is_empty() {
             return Ok(DrainReport::default());
         }
         let event: SqsEvent = serde_json::from_value(sqs_event(&batch))?;
-        let failed: Vec<String> = match signup_retry::handler::handle(event, service).await {
+        let failed: Vec<String> = match signup_retry::handle(event, retry).await {
             Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
             // The whole batch failed: SQS redelivers every record.
             Err(error) => {
@@ -106,7 +112,11 @@ impl LocalQueue {
         let mut report = DrainReport::default();
         for mut message in batch {
             if !failed.contains(&message.id.to_string()) {
-                report.delivered += 1;
+                if self.holds_signup(message.signup_id) {
+                    report.parked += 1;
+                } else {
+                    report.delivered += 1;
+                }
             } else if message.receive_count >= self.max_receives {
                 report.dead_lettered += 1;
                 self.dead.lock().unwrap_or_else(|e| e.into_inner()).push(message);
@@ -118,6 +128,11 @@ impl LocalQueue {
         }
         Ok(report)
     }
+
+    /// True when a pending message carries this signup (a received one was sent back).
+    fn holds_signup(&self, signup_id: uuid::Uuid) -> bool {
+        self.pending.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m.signup_id == signup_id)
+    }
 }
 
 #[async_trait]
@@ -126,6 +141,7 @@ impl SignupQueue for LocalQueue {
         let now = SystemTime::now();
         let message = Message {
             id: uuid::Uuid::new_v4(),
+            signup_id: signup.id,
             body: signup.to_message(),
             sent_at: now,
             visible_at: now + delay.min(MAX_DELAY),
@@ -173,20 +189,21 @@ mod tests {
 
     use keap_relay::SecretString;
     use keap_relay::keap::api::KeapApi;
-    use keap_relay::signup::SignupSettings;
+    use keap_relay::signup::{SignupService, SignupSettings};
     use keap_relay::token::ApiKeySource;
     use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
 
-    fn service(sandbox: &Sandbox) -> SignupService {
+    fn retry(sandbox: &Sandbox) -> signup_retry::Deps {
         let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
         let key = Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY)));
-        SignupService::new(api, key, SignupSettings { retry_budget: Duration::from_millis(50), ..SignupSettings::default() })
+        let service = SignupService::new(api, key, SignupSettings { retry_budget: Duration::from_millis(50), ..SignupSettings::default() });
+        signup_retry::Deps { service, parking: None }
     }
 
     /// A sandbox failing every call, and a queue holding one signup for it.
-    async fn failing_keap_and_one_queued_signup(max_receives: u32) -> (Sandbox, SignupService, LocalQueue) {
+    async fn failing_keap_and_one_queued_signup(max_receives: u32) -> (Sandbox, signup_retry::Deps, LocalQueue) {
         let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
-        let service = service(&sandbox);
+        let service = retry(&sandbox);
         let queue = LocalQueue::new(max_receives, Duration::ZERO);
         queue.enqueue(&queued("grace@example.com"), Duration::ZERO).await.unwrap();
         sandbox.faults().set_server_error_rate(1.0);
@@ -197,9 +214,9 @@ mod tests {
     async fn failed_records_come_back_until_the_last_receive_then_go_to_the_dead_letters() {
         let (_sandbox, service, queue) = failing_keap_and_one_queued_signup(2).await;
         let first = queue.drain(&service).await.unwrap();
-        assert_eq!(first, DrainReport { delivered: 0, retrying: 1, dead_lettered: 0 });
+        assert_eq!(first, DrainReport { retrying: 1, ..DrainReport::default() });
         let second = queue.drain(&service).await.unwrap();
-        assert_eq!(second, DrainReport { delivered: 0, retrying: 0, dead_lettered: 1 });
+        assert_eq!(second, DrainReport { dead_lettered: 1, ..DrainReport::default() });
         assert_eq!((queue.pending(), queue.dead_letters()), (0, 1));
         assert!(queue.drain(&service).await.unwrap().is_empty());
     }
@@ -210,7 +227,7 @@ mod tests {
         assert_eq!(queue.drain(&service).await.unwrap().retrying, 1);
 
         sandbox.faults().clear();
-        assert_eq!(queue.drain(&service).await.unwrap(), DrainReport { delivered: 1, retrying: 0, dead_lettered: 0 });
+        assert_eq!(queue.drain(&service).await.unwrap(), DrainReport { delivered: 1, ..DrainReport::default() });
         assert!(sandbox.contact_by_email("grace@example.com").is_some());
         assert_eq!(queue.pending(), 0);
     }

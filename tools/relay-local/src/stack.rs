@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
-use keap_relay::signup::{SignupQueue, SignupService};
+use keap_relay::signup::SignupQueue;
 use keap_relay::store::{self, AppSecretError, SecretStore};
 use keap_relay::ExposeSecret;
 use keap_sandbox::{ClientConfig, Sandbox, SandboxConfig};
@@ -77,7 +77,7 @@ pub enum AppSecretState {
 /// The handlers' dependencies, as each Lambda function's `main.rs` builds them.
 struct Functions {
     oauth: oauth::Deps,
-    signup: signup::AppDeps,
+    signup: signup::Deps,
 }
 
 pub struct Stack {
@@ -89,7 +89,7 @@ pub struct Stack {
     pub store: Arc<dyn SecretStore>,
     pub app_secret: AppSecretState,
     refresh: Arc<refresh::Deps>,
-    retry: Arc<SignupService>,
+    retry: Arc<signup_retry::Deps>,
     /// `None` when `SIGNUP_QUEUE_URL` sends queued signups to SQS instead.
     pub queue: Option<Arc<LocalQueue>>,
     stop_server: Option<oneshot::Sender<()>>,
@@ -129,10 +129,11 @@ impl Stack {
         let function_app = |queue: Option<Arc<dyn SignupQueue>>| App::with_parts(config.clone(), store.clone(), queue);
         let functions = Arc::new(Functions {
             oauth: oauth::Deps::from_app(&function_app(None)?),
-            signup: signup::AppDeps::new(function_app(queue.clone())?),
+            signup: signup::Deps::from_app(&function_app(queue.clone())?),
         });
         let refresh = Arc::new(refresh_deps(&function_app(None)?));
-        let retry = Arc::new(function_app(None)?.signup_service());
+        // Parks signups waiting for a reconnection in the same queue, as on Lambda.
+        let retry = Arc::new(signup_retry::Deps::from_app(&function_app(queue)?));
 
         let relay_addr = options.relay.local_addr().map_err(|source| StackError::Listen {
             what: "keap-relay",
@@ -304,14 +305,20 @@ pub fn run_status_name(status: refresh::RunStatus) -> String {
 fn report_drain(queue: &LocalQueue, result: Result<crate::queue::DrainReport, crate::queue::DrainError>) {
     match result {
         Ok(report) if report.is_empty() => {}
-        Ok(report) => progress::background(&format!(
-            "signup-retry: {} delivered, {} back in the queue, {} dead-lettered ({} waiting, {} dead letters)",
-            report.delivered,
-            report.retrying,
-            report.dead_lettered,
-            queue.pending(),
-            queue.dead_letters()
-        )),
+        Ok(report) => {
+            let parked = match report.parked {
+                0 => String::new(),
+                n => format!(" ({n} parked until Keap is connected)"),
+            };
+            progress::background(&format!(
+                "signup-retry: {} delivered, {} back in the queue{parked}, {} dead-lettered ({} waiting, {} dead letters)",
+                report.delivered,
+                report.retrying + report.parked,
+                report.dead_lettered,
+                queue.pending(),
+                queue.dead_letters()
+            ))
+        }
         Err(error) => progress::background(&format!("signup-retry could not run: {error}")),
     }
 }
@@ -347,7 +354,7 @@ async fn signup_route(State(functions): State<Arc<Functions>>, request: axum::ex
         return not_found().await;
     }
     match lambda_request(request).await {
-        Ok(request) => gateway::http_response(signup::handler::handle(&request, &functions.signup).await),
+        Ok(request) => gateway::http_response(signup::handle(&request, &functions.signup).await),
         Err(response) => response,
     }
 }
