@@ -85,7 +85,7 @@ impl LazyOAuthClient {
     }
 }
 
-/// The Keap connection of `KEAP_AUTH_MODE` ([`connection_from_config`]), built on first use
+/// The Keap connection of `KEAP_AUTH_MODE` (`connection_from_config` below), built on first use
 /// because it needs the app secret.
 pub struct LazyConnection {
     config: Config,

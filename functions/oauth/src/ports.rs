@@ -1,5 +1,6 @@
-//! What the oauth routes need from outside, as traits so tests inject doubles. `main.rs`
-//! adapts the shared crate's `App` (app secret, `OAuthClient`, `Connection`) to them.
+//! What the oauth routes need from outside, as traits so tests inject doubles.
+//! [`crate::Deps::from_app`] adapts the shared crate's `App` (app secret, OAuth client,
+//! `Connection`) to them (see `adapters.rs`).
 
 use std::sync::Arc;
 

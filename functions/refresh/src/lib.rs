@@ -1,5 +1,5 @@
 //! The `refresh` function: the EventBridge schedule's token rotation and health report.
-//! `main.rs` wires the real dependencies; [`handler::handle`] is plain async code.
+//! `main.rs` builds the dependencies once ([`Deps::from_app`]); [`handle`] is plain async code.
 
 pub mod handler;
 
