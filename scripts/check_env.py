@@ -18,7 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from check_iam import load_template, translate  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-# Set by the template for operators' messages (the page to re-authorize), not read by config.rs.
+# Names the template sets that config.rs reads through a helper this script does not follow.
 EXTRA = {"KEAP_START_URL"}
 # The local run's file store; meaningless on Lambda.
 LOCAL_ONLY = {"KEAP_STORE_DIR"}

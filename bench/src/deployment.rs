@@ -147,20 +147,20 @@ pub fn init_work(function: &str) -> Vec<&'static str> {
         "tokio multi-thread runtime (one worker per core)",
         "init_tracing: EnvFilter from RUST_LOG / AWS_LAMBDA_LOG_LEVEL, JSON subscriber",
         "Config::from_env: ~20 KEAP_* variables parsed",
-        "store::from_config: aws_config::defaults().load() (env/profile chain, no network) + Secrets Manager client",
+        "app::store_and_queue: one aws_config::defaults().load() (env/profile chain, no network) + Secrets Manager client",
     ];
     if function == "signup" {
-        work.push("SIGNUP_QUEUE_URL set: a second aws_config::defaults().load() + SQS client");
+        work.push("SIGNUP_QUEUE_URL set: an SQS client on the same AWS config");
     }
     work.extend([
         "reqwest::Client (rustls, timeouts, user agent): the one HTTP client for Keap",
         "AppSecretCache + LazyConnection + KeapApi: no I/O (app secret and token are read on first use)",
     ]);
     match function {
-        "oauth" => work.push("oauth::adapters::deps_from_app: Keap endpoint URLs parsed"),
-        "signup" => work.push("AppDeps::new: SignupService (tag-id cache)"),
-        "refresh" => work.push("RefreshDeps: KEAP_START_URL, rotation policy, function name"),
-        "signup-retry" => work.push("App::signup_service: SignupService"),
+        "oauth" => work.push("oauth::Deps::from_app: the app's OAuth client and secret cache"),
+        "signup" => work.push("signup::Deps::from_app: SignupService (tag-id cache)"),
+        "refresh" => work.push("refresh::Deps::from_app: start URL, rotation policy, function name from Config"),
+        "signup-retry" => work.push("signup_retry::Deps::from_app: SignupService and the parking queue"),
         _ => {}
     }
     work.push("lambda_runtime: Config::from_env (AWS_LAMBDA_* variables), hyper client for the Runtime API, first GET next");

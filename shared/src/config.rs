@@ -1,4 +1,4 @@
-//! Configuration read from the environment (names from `interface.md`) and the app secret.
+//! Configuration read from the environment (names from `docs/interface.md`) and the app secret.
 
 use std::time::Duration;
 

@@ -1,4 +1,4 @@
-//! The invariants of `token-rotation.md`, one scenario at a time, over the memory store and a
+//! The invariants of `docs/token-rotation.md`, one scenario at a time, over the memory store and a
 //! fake Keap that counts calls per refresh token.
 
 mod common;

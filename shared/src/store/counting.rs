@@ -1,5 +1,5 @@
 //! A decorator that counts calls per operation, so tests and benches can assert how often
-//! the store is touched (invariants 3 and 4 of `token-rotation.md`).
+//! the store is touched (invariants 3 and 4 of `docs/token-rotation.md`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

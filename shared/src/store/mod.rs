@@ -1,6 +1,6 @@
 //! A versioned secret store with one compare-and-swap: the move of the `current` label.
 //!
-//! The semantics are those of AWS Secrets Manager (see `../shared/reference/secrets-manager.md`),
+//! The semantics are those of AWS Secrets Manager (see `docs/secrets-manager.md`),
 //! where moto differs, AWS wins:
 //! - a version's value never changes; putting an existing version id with the same value is
 //!   an idempotent success, with a different value a [`PutOutcome::Conflict`];
@@ -16,12 +16,11 @@ pub mod file;
 pub mod memory;
 pub mod secrets_manager;
 
-use std::sync::Arc;
 
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::config::{AppSecret, Config, ConfigError, StoreKind};
+use crate::config::{AppSecret, ConfigError};
 
 
 /// One version of a secret.
@@ -114,20 +113,6 @@ impl StoreOp {
     }
 }
 
-/// Builds the store named by the configuration: Secrets Manager through the standard AWS
-/// configuration chain (which honours `AWS_ENDPOINT_URL`), with the time bounds and retries of
-/// [`secrets_manager::client_config`], or a [`file::FileStore`].
-pub async fn from_config(config: &Config) -> Arc<dyn SecretStore> {
-    match &config.store {
-        StoreKind::SecretsManager => {
-            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-            let client = aws_sdk_secretsmanager::Client::from_conf(secrets_manager::client_config(&aws));
-            Arc::new(secrets_manager::SecretsManagerStore::new(client))
-        }
-        StoreKind::File(dir) => Arc::new(file::FileStore::new(dir.clone())),
-    }
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum AppSecretError {
     #[error("the app secret {secret_id} does not exist or has no value; create it with the fields client_id, client_secret (oauth mode) or api_key (api-key mode)")]
@@ -139,7 +124,7 @@ pub enum AppSecretError {
 }
 
 /// Reads the operator-written app secret (`KEAP_APP_SECRET_ID`). Field presence per mode is
-/// checked by whoever needs the field (see [`crate::token::connection_from_config`]).
+/// checked by whoever needs the field (the connection built in [`crate::app`]).
 pub async fn load_app_secret(store: &dyn SecretStore, secret_id: &str) -> Result<AppSecret, AppSecretError> {
     let current = match store.read_current(secret_id).await {
         Ok(current) => current,

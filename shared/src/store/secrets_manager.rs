@@ -1,5 +1,5 @@
 //! [`SecretStore`] over AWS Secrets Manager (production), written to AWS semantics and safe
-//! on moto (see `secrets-manager.md`):
+//! on moto (see `docs/secrets-manager.md`):
 //! - every read names `VersionStage=AWSCURRENT` (moto may answer a plain read with an old value);
 //! - a put is `PutSecretValue` with `ClientRequestToken` = the version id and a project-owned
 //!   stage [`NEXT_STAGE`], so it never moves `AWSCURRENT` (and never uses `AWSPENDING`, which
