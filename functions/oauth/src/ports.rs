@@ -14,10 +14,9 @@ pub trait AppSecretSource: Send + Sync {
     async fn app_secret(&self) -> Result<Arc<AppSecret>, SecretUnavailable>;
 }
 
-/// Reading the app secret failed. The detail names the secret and the cause, never its value.
-#[derive(Debug, Clone, thiserror::Error)]
-#[error("the app secret could not be read: {0}")]
-pub struct SecretUnavailable(pub String);
+/// Reading the app secret failed: the shared "could not be loaded" error of the HTTP edges.
+/// The detail names the secret and the cause, never its value.
+pub use keap_relay::http_edge::Unavailable as SecretUnavailable;
 
 /// Keap's authorization server: the authorize page and the code exchange.
 #[async_trait]
