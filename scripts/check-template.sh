@@ -58,6 +58,13 @@ stage_build() {
     rustup target add aarch64-unknown-linux-gnu >&2
   fi
   say "sam build (rust-cargolambda, release, arm64) into $BUILD_DIR"
+  if [ "${CHECK_TEMPLATE_QUICK_PROFILE:-0}" = 1 ]; then
+    # The check is that `sam build` produces the four arm64 bootstraps; what the release
+    # profile's thin LTO and single codegen unit add is speed, measured by bench/, not here.
+    # They are most of a cold build's minutes on 2 cores.
+    say "quick release profile for this check (no LTO, 16 codegen units, opt-level 1)"
+    export CARGO_PROFILE_RELEASE_LTO=off CARGO_PROFILE_RELEASE_CODEGEN_UNITS=16 CARGO_PROFILE_RELEASE_OPT_LEVEL=1
+  fi
   local started=$SECONDS
   # rust-cargolambda is a SAM beta feature; the variable answers its prompt in CI.
   SAM_CLI_BETA_RUST_CARGO_LAMBDA=1 sam build --beta-features --template template.yaml --build-dir "$BUILD_DIR"

@@ -15,9 +15,11 @@ failed=0
 failures=()
 
 # step NAME COMMAND...: runs one stage, remembers whether it passed.
+timings=()
 step() {
   local name="$1"; shift
   say "$name"
+  local started=$SECONDS
   if "$@" 2>&1 | tee "$LOG_DIR/$name.log"; then
     passed_stage=1
   else
@@ -36,13 +38,19 @@ step() {
   fi
   passed=$((passed + p))
   failed=$((failed + f))
+  timings+=("$name $((SECONDS - started))s")
 }
+
+# The template check's `sam build` uses a quick release profile (the bench builds the real one);
+# CHECK_TEMPLATE_QUICK_PROFILE=0 builds it with the release profile as deployed.
+export CHECK_TEMPLATE_QUICK_PROFILE="${CHECK_TEMPLATE_QUICK_PROFILE:-1}"
 
 step rust-tests cargo test --workspace --locked --no-fail-fast
 for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh scripts/check-cargo-lambda.sh; do
   if [ -x "$extra" ]; then step "$(basename "$extra" .sh)" "$extra"; fi
 done
 
+say "stage times: ${timings[*]} (total ${SECONDS}s)"
 if [ "${#failures[@]}" -gt 0 ]; then
   say "failed stages: ${failures[*]} (logs in $LOG_DIR)"
 fi
