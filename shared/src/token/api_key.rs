@@ -38,6 +38,7 @@ impl ApiKeySource {
             needs_reauth: false,
             needs_reauth_reason: None,
             generation: None,
+            retry_not_before: None,
         }
     }
 }

@@ -145,6 +145,9 @@ pub struct ConnectionStatus {
     pub needs_reauth: bool,
     pub needs_reauth_reason: Option<String>,
     pub generation: Option<u64>,
+    /// After failed refreshes, no process tries again before this time (the shared backoff).
+    #[serde(with = "opt_rfc3339")]
+    pub retry_not_before: Option<SystemTime>,
 }
 
 /// Port used by the oauth and refresh functions.

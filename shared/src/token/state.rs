@@ -220,6 +220,7 @@ impl TokenState {
             needs_reauth: self.status == LinkStatus::NeedsReauth,
             needs_reauth_reason: self.needs_reauth_reason.clone(),
             generation: (self.status != LinkStatus::NotConnected).then_some(self.generation),
+            retry_not_before: self.retry_not_before.filter(|at| *at > now),
         }
     }
 }
