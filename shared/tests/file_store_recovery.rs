@@ -1,11 +1,12 @@
 //! The file store after a crash mid-write, and the privacy of what it writes (issue 11, finding 6).
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use keap_relay::store::file::FileStore;
 use keap_relay::store::{PutOutcome, SecretStore, SwapOutcome};
 use keap_relay::{ExposeSecret, SecretString};
+use test_support::temp::TempDir;
 
 /// Secret ids that need no encoding, so the tests can lay out their directories by hand.
 const ID: &str = "token";
@@ -13,12 +14,6 @@ const OTHER: &str = "other-token";
 
 fn secret(text: &str) -> SecretString {
     SecretString::from(text.to_owned())
-}
-
-fn temp_dir() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("keap-relay-recovery-{}", uuid::Uuid::new_v4()));
-    fs::create_dir_all(&dir).unwrap();
-    dir
 }
 
 /// What a crash between the first version file and `current` left behind: a version file,
@@ -42,9 +37,10 @@ async fn current_of(store: &FileStore, secret_id: &str) -> Option<(String, Strin
 
 #[tokio::test]
 async fn a_first_write_after_a_crash_before_current_replaces_the_debris_and_becomes_current() {
-    let dir = temp_dir();
-    crashed_first_write(&dir, ID, "v-1", "authorization lost in the crash");
-    let store = FileStore::new(&dir);
+    let temp = TempDir::new("recovery");
+    let dir = temp.path();
+    crashed_first_write(dir, ID, "v-1", "authorization lost in the crash");
+    let store = FileStore::new(dir);
     assert_eq!(current(&store).await, None, "nothing was ever current");
 
     assert_eq!(store.put_version(ID, "v-1", &secret("new authorization")).await.unwrap(), PutOutcome::Created);
@@ -61,28 +57,28 @@ async fn a_first_write_after_a_crash_before_current_replaces_the_debris_and_beco
     assert_eq!(current(&store).await, Some(("v-2".into(), "two".into())));
 
     // A first write of another version id over the debris becomes current as well.
-    crashed_first_write(&dir, OTHER, "v-1", "debris");
+    crashed_first_write(dir, OTHER, "v-1", "debris");
     assert_eq!(store.put_version(OTHER, "v-9", &secret("nine")).await.unwrap(), PutOutcome::Created);
     assert_eq!(current_of(&store, OTHER).await, Some(("v-9".into(), "nine".into())));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
 async fn a_retried_first_write_with_the_same_value_after_a_crash_becomes_current() {
-    let dir = temp_dir();
-    crashed_first_write(&dir, ID, "v-1", "one");
-    let store = FileStore::new(&dir);
+    let temp = TempDir::new("recovery");
+    let dir = temp.path();
+    crashed_first_write(dir, ID, "v-1", "one");
+    let store = FileStore::new(dir);
     assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::AlreadyExists);
     assert_eq!(current(&store).await, Some(("v-1".into(), "one".into())));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[tokio::test]
 async fn a_current_naming_a_missing_version_counts_as_no_current() {
-    let dir = temp_dir();
-    crashed_first_write(&dir, ID, "v-1", "debris");
+    let temp = TempDir::new("recovery");
+    let dir = temp.path();
+    crashed_first_write(dir, ID, "v-1", "debris");
     fs::write(dir.join(ID).join("current"), "v-gone").unwrap();
-    let store = FileStore::new(&dir);
+    let store = FileStore::new(dir);
     assert_eq!(current(&store).await, None);
 
     assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
@@ -95,7 +91,6 @@ async fn a_current_naming_a_missing_version_counts_as_no_current() {
     fs::write(dir.join(OTHER).join("current"), "v-1\n").unwrap();
     assert_eq!(store.put_version(OTHER, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
     assert_eq!(current_of(&store, OTHER).await, Some(("v-1".into(), "one".into())));
-    fs::remove_dir_all(dir).unwrap();
 }
 
 #[cfg(unix)]
@@ -104,7 +99,8 @@ async fn files_are_private_to_the_owner() {
     use std::os::unix::fs::PermissionsExt;
 
     let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
-    let dir = temp_dir();
+    let temp = TempDir::new("recovery");
+    let dir = temp.path();
     let root = dir.join("store"); // created by the store
     let store = FileStore::new(&root);
     assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
@@ -118,5 +114,4 @@ async fn files_are_private_to_the_owner() {
     for path in [secret_dir.join("versions/v-1"), secret_dir.join("versions/v-2"), secret_dir.join("current"), secret_dir.join("lock")] {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
-    fs::remove_dir_all(dir).unwrap();
 }

@@ -1,0 +1,73 @@
+//! Log lines captured in memory, for tests that check what was logged (or that nothing
+//! secret was).
+
+use std::sync::{Arc, Mutex};
+
+use serde_json::Value;
+use tracing_subscriber::fmt::MakeWriter;
+
+/// A `tracing_subscriber` writer into a shared buffer; clones write to the same buffer.
+#[derive(Clone, Default)]
+pub struct LogCapture(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for LogCapture {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> MakeWriter<'a> for LogCapture {
+    type Writer = LogCapture;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+impl LogCapture {
+    /// JSON lines at `level` and above, captured on this thread until the guard drops.
+    pub fn json_on_this_thread(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
+        let subscriber = tracing_subscriber::fmt().json().with_writer(self.clone()).with_max_level(level).finish();
+        tracing::subscriber::set_default(subscriber)
+    }
+
+    /// Everything written so far.
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.0.lock().unwrap()).into_owned()
+    }
+
+    /// Every line written so far, parsed (for JSON logs).
+    pub fn json_lines(&self) -> Vec<Value> {
+        self.text().lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))).collect()
+    }
+
+    pub fn clear(&self) {
+        self.0.lock().unwrap().clear();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn captures_json_lines_until_cleared() {
+        let logs = LogCapture::default();
+        {
+            let _guard = logs.json_on_this_thread(tracing::Level::INFO);
+            tracing::info!(answer = 42, "hello");
+            tracing::debug!("below the level");
+        }
+        tracing::info!("after the guard");
+        let lines = logs.json_lines();
+        assert_eq!(lines.len(), 1, "{lines:?}");
+        assert_eq!((lines[0]["fields"]["message"].as_str(), lines[0]["fields"]["answer"].as_u64()), (Some("hello"), Some(42)));
+        logs.clear();
+        assert!(logs.text().is_empty());
+    }
+}
