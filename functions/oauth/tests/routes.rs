@@ -349,7 +349,7 @@ async fn routes_work_under_a_named_stage() {
     json["rawPath"] = "/prod/status".into();
     json["requestContext"]["stage"] = "prod".into();
     json["requestContext"]["http"]["path"] = "/prod/status".into();
-    let response = h.run(lambda_http::request::from_str(&json.to_string()).unwrap()).await;
+    let response = h.run(to_request(&json)).await;
     assert_eq!(response.status(), 200, "{}", body_text(&response));
 }
 

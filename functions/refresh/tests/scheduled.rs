@@ -15,7 +15,7 @@ use keap_relay::SecretString;
 use keap_sandbox::{Sandbox, SandboxConfig};
 use refresh::{MetricsSink, RefreshDeps, RefreshSummary, RunStatus, handle};
 use serde_json::Value;
-use tracing_subscriber::fmt::MakeWriter;
+use test_support::logs::LogCapture;
 
 const TOKEN_SECRET_ID: &str = "keap-relay/token";
 const START_URL: &str = "https://relay.example.com/oauth/start";
@@ -23,8 +23,7 @@ const DAY: Duration = Duration::from_secs(86_400);
 const HOUR: Duration = Duration::from_secs(3_600);
 
 fn scheduled_event() -> EventBridgeEvent<Value> {
-    let path = format!("{}/../../events/scheduled-refresh.json", env!("CARGO_MANIFEST_DIR"));
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    test_support::events::parse("scheduled-refresh.json")
 }
 
 #[derive(Default)]
@@ -47,54 +46,13 @@ impl CollectedMetrics {
     }
 }
 
-/// JSON log lines captured for one test (the test runtime is single-threaded).
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Logs {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> MakeWriter<'a> for Logs {
-    type Writer = Logs;
-
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
-    }
-}
-
-impl Logs {
-    fn capture(&self) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::fmt().json().with_writer(self.clone()).with_max_level(tracing::Level::INFO).finish();
-        tracing::subscriber::set_default(subscriber)
-    }
-
-    fn lines(&self) -> Vec<Value> {
-        String::from_utf8(self.0.lock().unwrap().clone())
-            .unwrap()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap())
-            .collect()
-    }
-
-    /// Error-level lines that tell a person to re-authorize at the start URL.
-    fn reauth_errors(&self) -> usize {
-        self.lines()
-            .iter()
-            .filter(|line| line["level"] == "ERROR" && line["fields"]["message"].as_str().is_some_and(|m| m.contains(START_URL)))
-            .count()
-    }
-
-    fn clear(&self) {
-        self.0.lock().unwrap().clear();
-    }
+/// Error-level lines that tell a person to re-authorize at the start URL (JSON log lines
+/// captured for one test; the test runtime is single-threaded).
+fn reauth_errors(logs: &LogCapture) -> usize {
+    logs.json_lines()
+        .iter()
+        .filter(|line| line["level"] == "ERROR" && line["fields"]["message"].as_str().is_some_and(|m| m.contains(START_URL)))
+        .count()
 }
 
 struct Harness {
@@ -146,14 +104,9 @@ impl Harness {
     /// Stores a pair as if it had been connected at `issued_at` with `expires_in` of access
     /// life; `refresh_token` None means a pair the sandbox really issued.
     async fn seed(&self, issued_at: SystemTime, expires_in: Duration, refresh_token: Option<&str>) -> TokenGrant {
-        let minted = self.sandbox.mint_grant(keap_sandbox::DEFAULT_CLIENT_ID);
-        let grant = TokenGrant {
-            access_token: SecretString::from(minted.access_token),
-            refresh_token: SecretString::from(refresh_token.map_or(minted.refresh_token, str::to_owned)),
-            expires_in,
-            scope: minted.scope.clone(),
-            account: minted.scope.split_once('|').map(|(_, tenant)| tenant.to_owned()),
-        };
+        let minted = test_support::grant::minted(&self.sandbox);
+        let refresh_token = refresh_token.map_or(minted.refresh_token.clone(), SecretString::from);
+        let grant = TokenGrant { refresh_token, expires_in, ..minted };
         let state = TokenState::connected(&grant, 1, issued_at);
         self.store.put_version(TOKEN_SECRET_ID, "seeded", &state.to_secret()).await.unwrap();
         grant
@@ -240,8 +193,8 @@ async fn a_refresh_token_older_than_the_maximum_age_is_rotated() {
 #[tokio::test]
 async fn a_refused_refresh_token_is_reported_once_per_run_without_failing() {
     let h = Harness::oauth().await;
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    let logs = LogCapture::default();
+    let _guard = logs.json_on_this_thread(tracing::Level::INFO);
     h.seed(SystemTime::now() - 23 * HOUR, DAY, Some("a-refresh-token-keap-never-issued")).await;
 
     let summary = h.run().await.expect("needs_reauth must not fail the function");
@@ -252,7 +205,7 @@ async fn a_refused_refresh_token_is_reported_once_per_run_without_failing() {
     assert_eq!(metric(&doc, "NeedsReauth"), Some(1.0));
     assert_eq!(metric(&doc, "RefreshFailures"), Some(0.0));
     assert_eq!(doc["status"], "needs_reauth");
-    assert_eq!(logs.reauth_errors(), 1);
+    assert_eq!(reauth_errors(&logs), 1);
     let calls = h.sandbox.stats().refresh_failures_total();
     assert_eq!(calls, 1);
 
@@ -263,20 +216,20 @@ async fn a_refused_refresh_token_is_reported_once_per_run_without_failing() {
     assert_eq!(h.sandbox.stats().refresh_failures_total(), calls);
     assert_eq!(h.refreshes(), 0);
     assert_eq!(metric(&h.metrics.last(), "NeedsReauth"), Some(1.0));
-    assert_eq!(logs.reauth_errors(), 1);
+    assert_eq!(reauth_errors(&logs), 1);
     assert_eq!(h.metrics.count(), 2);
 }
 
 #[tokio::test]
 async fn never_connected_asks_for_a_connection_without_failing() {
     let h = Harness::oauth().await;
-    let logs = Logs::default();
-    let _guard = logs.capture();
+    let logs = LogCapture::default();
+    let _guard = logs.json_on_this_thread(tracing::Level::INFO);
     let summary = h.run().await.unwrap();
     assert_eq!(summary.status, RunStatus::NotConnected);
     assert_eq!(summary.start_url.as_deref(), Some(START_URL));
     assert_eq!(metric(&h.metrics.last(), "NeedsReauth"), Some(1.0));
-    assert_eq!(logs.reauth_errors(), 1);
+    assert_eq!(reauth_errors(&logs), 1);
     assert_eq!(h.refreshes(), 0);
 }
 

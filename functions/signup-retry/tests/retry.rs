@@ -20,8 +20,7 @@ const POISON: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000002";
 const THIRD: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000003";
 
 fn batch() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/../../events/sqs-signup-batch.json");
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+    test_support::events::json("sqs-signup-batch.json")
 }
 
 fn sqs_event(batch: &Value) -> SqsEvent {

@@ -2,73 +2,24 @@
 //! would queue, the message comes back as SQS delivers it, and `signup-retry` hands it to Keap.
 //!
 //! Needs `moto_server` (installed by `scripts/bootstrap.sh` into `.venv`; found through
-//! `MOTO_SERVER` or `.venv/bin/moto_server`).
+//! `MOTO_SERVER`, `.venv/bin/moto_server` or `PATH`).
 
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::SqsEvent;
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use keap_relay::SecretString;
 use keap_relay::keap::api::KeapApi;
 use keap_relay::signup::{QueuedSignup, Signup, SignupQueue, SignupService, SignupSettings, SqsQueue};
 use keap_relay::token::ApiKeySource;
 use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
 use serde_json::json;
-
-struct Moto {
-    child: Child,
-    url: String,
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn moto_binary() -> PathBuf {
-    std::env::var_os("MOTO_SERVER")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../.venv/bin/moto_server")))
-}
-
-async fn start_moto() -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let binary = moto_binary();
-    let child = Command::new(&binary)
-        .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/bootstrap.sh moto", binary.display()));
-    let moto = Moto { child, url: format!("http://127.0.0.1:{port}") };
-    for _ in 0..200 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
-            return moto;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("moto_server did not listen on port {port} within 10 s");
-}
-
-fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .endpoint_url(endpoint)
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("testing", "testing", None, None, "moto"))
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
-}
+use test_support::moto::{MotoServer, sqs_client};
 
 #[tokio::test]
 async fn a_signup_queued_in_sqs_is_delivered_by_signup_retry() {
-    let moto = start_moto().await;
-    let client = sqs_client(&moto.url);
+    let moto = MotoServer::start().await;
+    let client = sqs_client(&moto.endpoint);
     let queue_url = client.create_queue().queue_name("keap-relay-signups").send().await.unwrap().queue_url.unwrap();
 
     let signup = Signup::from_json(

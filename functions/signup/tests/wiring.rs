@@ -13,7 +13,7 @@ use keap_relay::config::{AuthMode, Config, WelcomeEmail, local_config};
 use keap_relay::signup::{MemoryQueue, SignupQueue};
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;
-use keap_relay::token::{RotationPolicy, TokenGrant};
+use keap_relay::token::RotationPolicy;
 use keap_sandbox::{DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Sandbox, SandboxConfig};
 use lambda_http::http::StatusCode;
 use serde_json::{Value, json};
@@ -46,15 +46,7 @@ async fn status_and_code(deps: &AppDeps, request: lambda_http::Request) -> (Stat
 }
 
 async fn connect(app: &App, sandbox: &Sandbox) {
-    let pair = sandbox.mint_grant(DEFAULT_CLIENT_ID);
-    let grant = TokenGrant {
-        access_token: SecretString::from(pair.access_token),
-        refresh_token: SecretString::from(pair.refresh_token),
-        expires_in: Duration::from_secs(pair.expires_in),
-        account: pair.scope.split_once('|').map(|(_, account)| account.to_owned()),
-        scope: pair.scope,
-    };
-    app.connection.connect(grant, false).await.expect("pair stored");
+    app.connection.connect(test_support::grant::minted(sandbox), false).await.expect("pair stored");
 }
 
 #[tokio::test]

@@ -25,17 +25,10 @@ pub const ADMIN_PASSWORD: &str = "local-admin-password";
 pub const REDIRECT_URI: &str = "https://relay.example.com/oauth/callback";
 
 /// The events in `events/` as JSON, to be adjusted and parsed like API Gateway's payloads.
-pub fn event_json(name: &str) -> Value {
-    let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
-    serde_json::from_str(&text).unwrap()
-}
-
+pub use test_support::events::json as event_json;
 /// An event file exactly as stored.
-pub fn event(name: &str) -> Request {
-    let path = format!("{}/../../events/{name}", env!("CARGO_MANIFEST_DIR"));
-    lambda_http::request::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
-}
+pub use test_support::events::request as event;
+pub use test_support::events::to_request;
 
 /// An event file with another query string (raw and parsed, as API Gateway sends both).
 pub fn event_with_query(name: &str, raw_query: &str) -> Request {
@@ -46,7 +39,7 @@ pub fn event_with_query(name: &str, raw_query: &str) -> Request {
     }
     json["rawQueryString"] = Value::String(raw_query.to_owned());
     json["queryStringParameters"] = Value::Object(parsed);
-    lambda_http::request::from_str(&json.to_string()).unwrap()
+    to_request(&json)
 }
 
 /// An event file with its `authorization` header replaced (or removed with `None`).
@@ -57,7 +50,7 @@ pub fn event_with_authorization(name: &str, authorization: Option<&str>) -> Requ
         Some(value) => headers.insert("authorization".into(), Value::String(value.into())),
         None => headers.remove("authorization"),
     };
-    lambda_http::request::from_str(&json.to_string()).unwrap()
+    to_request(&json)
 }
 
 /// An event file with another method and path.
@@ -66,7 +59,7 @@ pub fn event_with_route(name: &str, method: &str, path: &str) -> Request {
     json["rawPath"] = Value::String(path.into());
     json["requestContext"]["http"]["method"] = Value::String(method.into());
     json["requestContext"]["http"]["path"] = Value::String(path.into());
-    lambda_http::request::from_str(&json.to_string()).unwrap()
+    to_request(&json)
 }
 
 pub fn body_text(response: &Response<Body>) -> String {

@@ -2,7 +2,6 @@
 //! Keap sandbox, and the sample events from `events/` re-signed at test time.
 #![allow(dead_code)] // each test file uses its own part of the harness
 
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -168,23 +167,10 @@ impl Harness {
     }
 }
 
-pub fn events_dir() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../events")
-}
-
-/// An event file from `events/`, as stored.
-pub fn event_text(name: &str) -> String {
-    std::fs::read_to_string(events_dir().join(name)).unwrap_or_else(|e| panic!("events/{name}: {e}"))
-}
-
-pub fn event(name: &str) -> Value {
-    serde_json::from_str(&event_text(name)).unwrap()
-}
-
+/// An event file from `events/`, as JSON.
+pub use test_support::events::json as event;
 /// The event as API Gateway would deliver it, through lambda_http's own deserializer.
-pub fn request(event: &Value) -> Request {
-    lambda_http::request::from_str(&event.to_string()).expect("a valid API Gateway v2 event")
-}
+pub use test_support::events::to_request as request;
 
 /// The event re-signed now with `key`.
 pub fn signed_with(event: &Value, key: &str, at: i64) -> Request {
