@@ -1,31 +1,15 @@
 //! The newcomer's path, end to end: `relay-local demo --no-serve` on free ports in an empty
 //! directory, as a separate process, judged by its exit status and its progress lines.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 use std::time::SystemTime;
 
 use keap_relay::SecretString;
 use keap_relay::signup::signature;
+use test_support::temp::TempDir;
 
 const LOCAL_SECRETS: [&str; 2] = ["local-signup-signing-key", "local-admin-password"];
-
-/// An empty working directory, removed afterwards.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new() -> TempDir {
-        let dir = std::env::temp_dir().join(format!("relay-local-test-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `relay-local ARGS` in `dir`, with none of the variables that point it elsewhere.
 fn relay_local(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -64,8 +48,8 @@ const OAUTH_CHECKS: [&str; 6] =
 
 #[test]
 fn the_walkthrough_connects_signs_up_rotates_once_and_reports_connected() {
-    let dir = TempDir::new();
-    let (output, stdout) = demo_once(&dir.0, &[], &[]);
+    let dir = TempDir::new("relay-local-demo");
+    let (output, stdout) = demo_once(dir.path(), &[], &[]);
     assert_all_checks_passed(&output, &stdout, &OAUTH_CHECKS);
     assert!(stdout.contains("seeded from the local defaults"), "{stdout}");
     assert!(stdout.contains("→ POST /signup ada.lovelace@example.com (new) → 201 "), "{stdout}");
@@ -75,26 +59,26 @@ fn the_walkthrough_connects_signs_up_rotates_once_and_reports_connected() {
     assert!(!stdout.contains("Serving"), "--no-serve must not serve");
 
     // The store is where the README says, and a second run reuses it.
-    let store = dir.0.join(".local/secrets");
+    let store = dir.path().join(".local/secrets");
     assert!(store.join("keap-relay%2Flocal%2Fapp/current").is_file());
     assert!(store.join("keap-relay%2Flocal%2Ftoken/current").is_file());
-    let (output, stdout) = demo_once(&dir.0, &[], &[]);
+    let (output, stdout) = demo_once(dir.path(), &[], &[]);
     assert_all_checks_passed(&output, &stdout, &OAUTH_CHECKS);
     assert!(stdout.contains("(already there)"), "{stdout}");
 }
 
 #[test]
 fn api_key_mode_skips_the_oauth_steps() {
-    let dir = TempDir::new();
-    let (output, stdout) = demo_once(&dir.0, &[], &[("KEAP_AUTH_MODE", "api-key")]);
+    let dir = TempDir::new("relay-local-demo");
+    let (output, stdout) = demo_once(dir.path(), &[], &[("KEAP_AUTH_MODE", "api-key")]);
     let checks = ["contact created", "tag applied", "welcome email queued", "api key checked", "status connected"];
     assert_all_checks_passed(&output, &stdout, &checks);
 }
 
 #[test]
 fn a_walkthrough_that_cannot_keep_its_promises_exits_non_zero_and_says_why() {
-    let dir = TempDir::new();
-    let (output, stdout) = demo_once(&dir.0, &["--events", "no-such-dir"], &[]);
+    let dir = TempDir::new("relay-local-demo");
+    let (output, stdout) = demo_once(dir.path(), &["--events", "no-such-dir"], &[]);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
     assert!(stdout.contains("✗ sample events: no-such-dir/signup-valid.json"), "{stdout}");
     assert!(stdout.contains("1 of 1 checks failed."), "{stdout}");
@@ -102,34 +86,34 @@ fn a_walkthrough_that_cannot_keep_its_promises_exits_non_zero_and_says_why() {
 
 #[test]
 fn the_demo_refuses_a_real_keap_url() {
-    let dir = TempDir::new();
-    let (output, _) = demo_once(&dir.0, &[], &[("KEAP_API_URL", "https://api.infusionsoft.com/crm/rest")]);
+    let dir = TempDir::new("relay-local-demo");
+    let (output, _) = demo_once(dir.path(), &[], &[("KEAP_API_URL", "https://api.infusionsoft.com/crm/rest")]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("KEAP_API_URL is set"));
 }
 
 #[test]
 fn the_sandbox_never_writes_into_another_token_secret() {
-    let dir = TempDir::new();
-    let (output, _) = demo_once(&dir.0, &[], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
+    let dir = TempDir::new("relay-local-demo");
+    let (output, _) = demo_once(dir.path(), &[], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("would overwrite that token secret"));
-    let serve = relay_local(&dir.0, &["serve", "--sandbox", "--port", "0"], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
+    let serve = relay_local(dir.path(), &["serve", "--sandbox", "--port", "0"], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
     assert_eq!(serve.status.code(), Some(2));
-    assert!(!dir.0.join(".local").exists(), "nothing written");
+    assert!(!dir.path().join(".local").exists(), "nothing written");
 }
 
 #[test]
 fn sign_prints_a_header_the_signup_function_accepts() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("relay-local-demo");
     let body = r#"{"email":"you@example.com"}"#;
-    let output = relay_local(&dir.0, &["sign", "--key", "k", body], &[]);
+    let output = relay_local(dir.path(), &["sign", "--key", "k", body], &[]);
     assert!(output.status.success());
     let header = String::from_utf8(output.stdout).unwrap();
     let key = SecretString::from("k");
     assert_eq!(signature::verify(&key, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
 
-    let default = relay_local(&dir.0, &["sign", body], &[]);
+    let default = relay_local(dir.path(), &["sign", body], &[]);
     let header = String::from_utf8(default.stdout).unwrap();
     let local = SecretString::from(LOCAL_SECRETS[0]);
     assert_eq!(signature::verify(&local, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
@@ -180,10 +164,10 @@ impl Drop for Running {
 #[cfg(unix)]
 #[tokio::test]
 async fn serve_queues_what_keap_cannot_take_retries_it_and_stops_on_sigterm() {
-    let dir = TempDir::new();
+    let dir = TempDir::new("relay-local-demo");
     let mut command = Command::new(env!("CARGO_BIN_EXE_relay-local"));
     command.args(["serve", "--sandbox", "--port", "0", "--sandbox-port", "0", "--drain-every", "1"]);
-    command.current_dir(&dir.0).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    command.current_dir(dir.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("KEAP_") || name.starts_with("SIGNUP_")) {
         command.env_remove(name);
     }
