@@ -2,5 +2,6 @@
 
 pub mod lambda_pool;
 pub mod load;
+pub mod relay_server;
 pub mod rotation;
 pub mod sm_fault_proxy;

@@ -7,8 +7,6 @@
 //! Secrets live in a memory store; the queue is a memory queue, so a signup Keap cannot take
 //! is answered 202 as in a deployment with `SIGNUP_QUEUE_URL`.
 
-#![allow(dead_code)] // each user (server binary, test files) uses its own part
-
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,7 +21,6 @@ use keap_relay::config::Config;
 use keap_relay::signup::{MemoryQueue, SignupQueue};
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;
-use keap_relay::token::TokenGrant;
 use keap_sandbox::{Sandbox, SandboxConfig};
 
 use relay_local::gateway;
@@ -131,18 +128,6 @@ pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> 
     }
 }
 
-/// A sandbox pair as a grant (what the callback's code exchange yields).
-pub fn grant_from_sandbox(sandbox: &Sandbox) -> TokenGrant {
-    let pair = sandbox.mint_grant(keap_sandbox::DEFAULT_CLIENT_ID);
-    TokenGrant {
-        access_token: SecretString::from(pair.access_token),
-        refresh_token: SecretString::from(pair.refresh_token),
-        expires_in: Duration::from_secs(pair.expires_in),
-        account: pair.scope.split_once('|').map(|(_, account)| account.to_owned()),
-        scope: pair.scope,
-    }
-}
-
 struct Handlers {
     oauth: oauth::OAuthDeps,
     signup: Arc<signup::AppDeps>,
@@ -169,7 +154,7 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     let oauth_app = Arc::new(App::with_parts(config.clone(), shared_store.clone(), None).map_err(std::io::Error::other)?);
     let signup_app = App::with_parts(config, shared_store, Some(shared_queue)).map_err(std::io::Error::other)?;
     if options.connected {
-        oauth_app.connection.connect(grant_from_sandbox(&sandbox), false).await.map_err(std::io::Error::other)?;
+        oauth_app.connection.connect(test_support::grant::minted(&sandbox), false).await.map_err(std::io::Error::other)?;
     }
     let signup = Arc::new(signup::Deps::from_app(&signup_app));
     let handlers = Arc::new(Handlers {

@@ -1,16 +1,14 @@
 //! Harness of the rotation storm and fault tests: the stores under test (file, moto's Secrets
-//! Manager), a moto server started and stopped by the test, and contender processes
+//! Manager, the server from `test_support::moto`) and contender processes
 //! (`rotation-contender`), each with its own `TokenSource` and cache.
 
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
 use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 use keap_relay::store::file::FileStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_relay::store::SecretStore;
@@ -18,6 +16,7 @@ use keap_relay::token::TokenSettings;
 use keap_relay::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use test_support::moto::sm_client;
 
 /// Which store a test (and its contenders) use, in a form that fits on a command line.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -63,96 +62,6 @@ impl StoreSpec {
                 .versions()
                 .len(),
         }
-    }
-}
-
-/// A Secrets Manager client for a local endpoint (moto), with dummy credentials.
-pub fn sm_client(endpoint: &str) -> aws_sdk_secretsmanager::Client {
-    let config = aws_sdk_secretsmanager::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "relay-tests"))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_secretsmanager::Client::from_conf(config)
-}
-
-/// A fresh directory under the system temp dir, removed on drop.
-#[derive(Debug)]
-pub struct TempDir(PathBuf);
-
-impl TempDir {
-    pub fn new(label: &str) -> Self {
-        let dir = std::env::temp_dir().join(format!("relay-tests-{label}-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        Self(dir)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.0
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-/// `moto_server` on a free port, killed on drop.
-#[derive(Debug)]
-pub struct MotoServer {
-    child: Child,
-    pub endpoint: String,
-}
-
-/// Where `moto_server` is: `$MOTO_SERVER`, the workspace's `.venv`, or `PATH`.
-pub fn find_moto_server() -> Result<PathBuf, String> {
-    if let Ok(path) = std::env::var("MOTO_SERVER") {
-        return Ok(path.into());
-    }
-    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/moto_server");
-    if venv.exists() {
-        return Ok(venv);
-    }
-    std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("moto_server")).find(|p| p.exists()))
-        .ok_or_else(|| {
-            "moto_server not found: set MOTO_SERVER, or install it into .venv (scripts/bootstrap.sh), or put it on PATH".into()
-        })
-}
-
-pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
-}
-
-impl MotoServer {
-    pub async fn start() -> Self {
-        let program = find_moto_server().unwrap_or_else(|message| panic!("{message}"));
-        let port = free_port();
-        let child = Command::new(&program)
-            .args(["-p", &port.to_string(), "-H", "127.0.0.1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
-        let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let http = reqwest::Client::new();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if http.get(format!("{}/moto-api/", server.endpoint)).send().await.is_ok() {
-                return server;
-            }
-            assert!(Instant::now() < deadline, "moto_server did not answer on port {port} within 30 s");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-    }
-}
-
-impl Drop for MotoServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -397,14 +306,8 @@ impl StormSetup {
             .await
             .expect("sandbox");
         let secret_id = format!("storm-{}", uuid::Uuid::new_v4());
-        let pair = sandbox.mint_grant(keap_sandbox::DEFAULT_CLIENT_ID);
-        let grant = keap_relay::token::TokenGrant {
-            access_token: SecretString::from(pair.access_token),
-            refresh_token: SecretString::from(pair.refresh_token),
-            expires_in: if expired { Duration::ZERO } else { Duration::from_secs(pair.expires_in) },
-            account: pair.scope.split_once('|').map(|(_, tenant)| tenant.to_owned()),
-            scope: pair.scope,
-        };
+        let minted = test_support::grant::minted(&sandbox);
+        let grant = keap_relay::token::TokenGrant { expires_in: if expired { Duration::ZERO } else { minted.expires_in }, ..minted };
         let args = ContenderArgs {
             store: store.to_arg(),
             secret_id: secret_id.clone(),

@@ -17,7 +17,6 @@ use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
 use aws_sdk_secretsmanager::config::retry::RetryConfig;
-use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 
 pub const GET_SECRET_VALUE: &str = "secretsmanager.GetSecretValue";
 pub const PUT_SECRET_VALUE: &str = "secretsmanager.PutSecretValue";
@@ -209,13 +208,7 @@ impl FaultProxy {
     /// A Secrets Manager client aimed at the proxy, with dummy credentials and no SDK
     /// retries: every fault reaches the adapter.
     pub fn sm_client(&self) -> aws_sdk_secretsmanager::Client {
-        let config = aws_sdk_secretsmanager::Config::builder()
-            .behavior_version(BehaviorVersion::latest())
-            .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new("test", "test", None, None, "relay-tests"))
-            .endpoint_url(&self.endpoint)
-            .retry_config(RetryConfig::standard().with_max_attempts(1))
-            .build();
+        let config = test_support::moto::sm_config(&self.endpoint).retry_config(RetryConfig::standard().with_max_attempts(1)).build();
         aws_sdk_secretsmanager::Client::from_conf(config)
     }
 }

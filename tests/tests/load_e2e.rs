@@ -31,7 +31,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
 use keap_relay::signup::QueuedSignup;
 use keap_relay::store::SecretStore;
@@ -44,7 +43,8 @@ use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome};
 use relay_tests::load::{KEAP_FAULTS, Rng, env_number, error_kind, inject_keap_fault, tag_ids_named};
-use relay_tests::rotation::{MotoServer, TempDir};
+use test_support::moto::{MotoServer, sm_client, sqs_client};
+use test_support::temp::TempDir;
 use relay_tests::sm_fault_proxy::{
     Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE,
 };
@@ -86,16 +86,6 @@ fn function_binaries() -> PathBuf {
     let status = build.status().expect("run cargo build");
     assert!(status.success(), "cargo build of the function binaries failed");
     dir
-}
-
-fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
-    let config = aws_sdk_sqs::Config::builder()
-        .behavior_version(BehaviorVersion::latest())
-        .region(Region::new("us-east-1"))
-        .credentials_provider(Credentials::new("test", "test", None, None, "relay-tests"))
-        .endpoint_url(endpoint)
-        .build();
-    aws_sdk_sqs::Client::from_conf(config)
 }
 
 /// The signup queue and its dead-letter queue, as template.yaml declares them (times
@@ -274,7 +264,7 @@ fn outcome_label(outcome: &Outcome) -> String {
 
 /// EventBridge's scheduled event (the sample in `events/`).
 fn scheduled_event() -> String {
-    std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../events/scheduled-refresh.json")).unwrap()
+    test_support::events::text("scheduled-refresh.json")
 }
 
 /// Everything the processes of `pools` wrote so far.
@@ -479,7 +469,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let sandbox = Arc::new(Sandbox::start(SandboxConfig::default()).await.unwrap());
     let moto = MotoServer::start().await;
     let proxy = Arc::new(FaultProxy::start(&moto.endpoint).await);
-    let direct = SecretsManagerStore::new(relay_tests::rotation::sm_client(&moto.endpoint));
+    let direct = SecretsManagerStore::new(sm_client(&moto.endpoint));
     let store: Arc<dyn SecretStore> = Arc::new(direct.clone());
     seed::put_app_secret(store.as_ref(), APP_SECRET_ID).await.unwrap();
     seed::connect(store.clone(), TOKEN_SECRET_ID, &sandbox, None).await.unwrap();

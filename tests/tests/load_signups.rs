@@ -20,11 +20,7 @@
 //! `LOAD_LOG_LEVEL` (default trace).
 //! `cargo test -p relay-tests --test load_signups -- --nocapture` prints the figures.
 
-#[path = "../src/relay_server.rs"]
-mod relay_server;
-
 use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -39,7 +35,8 @@ use keap_relay::token::{Credential, RotationPolicy};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{Sandbox, SandboxConfig};
 use relay_tests::load::{KEAP_FAULTS, Rng, env_number, error_kind, inject_keap_fault, tag_ids_named};
-use relay_server::{ADMIN_PASSWORD, APP_SECRET_ID, SIGNING_KEY, TOKEN_SECRET_ID, WELCOME_TAG};
+use relay_tests::relay_server::{self, ADMIN_PASSWORD, APP_SECRET_ID, SIGNING_KEY, TOKEN_SECRET_ID, WELCOME_TAG};
+use test_support::logs::LogCapture;
 
 /// The signup function's timeout (template parameter ApiFunctionTimeoutSeconds, default 15).
 const LAMBDA_TIMEOUT: Duration = Duration::from_secs(15);
@@ -136,28 +133,6 @@ impl SqsLike {
 
     fn dead_ids(&self) -> Vec<String> {
         self.inner.lock().unwrap().dead.iter().map(|(id, _)| id.clone()).collect()
-    }
-}
-
-/// Everything the process logs, for the audit at the end.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
-impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
-    type Writer = Captured;
-    fn make_writer(&'a self) -> Self::Writer {
-        self.clone()
     }
 }
 
@@ -280,7 +255,8 @@ fn inject(rng: &mut Rng, sandbox: &Sandbox, store: &MemoryStore) -> &'static str
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no_token_is_lost() {
-    let captured = Captured::default();
+    // Everything the process logs, for the audit at the end.
+    let captured = LogCapture::default();
     let level = std::env::var("LOAD_LOG_LEVEL").unwrap_or_else(|_| "trace".into());
     // The production format (keap_relay::app::init_tracing), into a buffer; the sandbox is
     // Keap, not the relay, so its own lines are left out.
@@ -317,7 +293,7 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
 
     // The administrator connects (through the oauth function's connection), as /oauth/callback would.
     let oauth_app = app(false);
-    oauth_app.connection.connect(relay_server::grant_from_sandbox(&sandbox), false).await.unwrap();
+    oauth_app.connection.connect(test_support::grant::minted(&sandbox), false).await.unwrap();
     let first_generation = oauth_app.connection.status().await.unwrap().generation.unwrap();
     sandbox.reset_stats();
 
@@ -483,7 +459,7 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     }
     secrets.sort();
     secrets.dedup();
-    let logged = String::from_utf8_lossy(&captured.0.lock().unwrap()).into_owned();
+    let logged = captured.text();
     let log_lines = logged.lines().count();
     // Each dead letter's reason, as an operator finds it: the last line signup-retry logged
     // with its message id.

@@ -12,7 +12,8 @@ use keap_relay::store::{SecretStore, StoreOp};
 use keap_relay::token::{Credential, CredentialSource, LinkStatus, TokenState};
 use keap_relay::ExposeSecret;
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{ContenderLine, StoreSpec, StormSetup, TempDir, fingerprint, spawn_contenders, unleash};
+use relay_tests::rotation::{ContenderLine, StoreSpec, StormSetup, fingerprint, spawn_contenders, unleash};
+use test_support::temp::TempDir;
 
 const PROCESSES: usize = 4;
 const CALLERS: usize = 4;

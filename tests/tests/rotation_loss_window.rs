@@ -13,7 +13,8 @@ use keap_relay::keap::oauth::{OAuthError, TokenEndpoint};
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_relay::token::{Connection, RotationAction, RotationPolicy, TokenGrant, TokenSource};
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{MotoServer, StoreSpec, StormSetup, sm_client};
+use relay_tests::rotation::{StoreSpec, StormSetup};
+use test_support::moto::{MotoServer, sm_client};
 
 /// Keap's token endpoint, noting when each answer arrived.
 #[derive(Debug)]

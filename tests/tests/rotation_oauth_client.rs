@@ -6,7 +6,7 @@ use std::time::Duration;
 use keap_relay::keap::oauth::{OAuthClient, OAuthError};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, Sandbox, SandboxConfig};
-use relay_tests::rotation::free_port;
+use test_support::moto::free_port;
 use url::Url;
 
 const REDIRECT: &str = "http://127.0.0.1:9/oauth/callback";

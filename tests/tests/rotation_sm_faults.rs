@@ -11,7 +11,8 @@ use keap_relay::store::{SecretStore, StoreError};
 use keap_relay::token::{Credential, CredentialSource, TokenState, TokenSource};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{MotoServer, StoreSpec, StormSetup, sm_client};
+use relay_tests::rotation::{StoreSpec, StormSetup};
+use test_support::moto::{MotoServer, sm_client};
 use relay_tests::sm_fault_proxy::{
     Fault, FaultProxy, FaultedRequest, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE,
 };

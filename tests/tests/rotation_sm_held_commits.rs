@@ -14,7 +14,8 @@ use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_relay::token::{Connection, Credential, CredentialSource, LinkStatus, RotationAction, RotationPolicy, TokenError};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{MotoServer, StoreSpec, StormSetup, fingerprint};
+use relay_tests::rotation::{StoreSpec, StormSetup, fingerprint};
+use test_support::moto::MotoServer;
 use relay_tests::sm_fault_proxy::{Fault, FaultProxy, PUT_SECRET_VALUE};
 use tokio::time::Instant;
 

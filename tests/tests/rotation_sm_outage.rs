@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_relay::token::{CredentialSource, TokenError, TokenSettings, TokenSource};
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{MotoServer, StoreSpec, StormSetup, sm_client};
+use relay_tests::rotation::{StoreSpec, StormSetup};
+use test_support::moto::{MotoServer, sm_client};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_endpoint_outage_writes_versions_by_the_backoff_not_by_the_request_rate() {

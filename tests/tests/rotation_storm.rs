@@ -6,7 +6,9 @@
 use std::path::Path;
 
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{MotoServer, StoreSpec, StormSetup, TempDir, fingerprint, spawn_contenders, unleash};
+use relay_tests::rotation::{StoreSpec, StormSetup, fingerprint, spawn_contenders, unleash};
+use test_support::moto::MotoServer;
+use test_support::temp::TempDir;
 
 const PROCESSES: usize = 8;
 const CALLERS: usize = 8;

@@ -5,13 +5,10 @@
 //! states, a forged state smuggled before a genuine one, racing callbacks with one state, and hostile Basic
 //! credentials.
 
-#[path = "../src/relay_server.rs"]
-mod relay_server;
-
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
 use keap_relay::ExposeSecret;
-use relay_server::{ADMIN_PASSWORD, RelayOptions, RelayServer};
+use relay_tests::relay_server::{self, ADMIN_PASSWORD, RelayOptions, RelayServer};
 
 fn client() -> reqwest::Client {
     reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()

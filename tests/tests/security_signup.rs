@@ -3,16 +3,13 @@
 //! captured request, signatures bound to the exact bytes, hostile signature headers, bodies
 //! that are not text, Unicode edge cases in names, and the longest valid address.
 
-#[path = "../src/relay_server.rs"]
-mod relay_server;
-
 use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::signup::signature::{self, unix_seconds};
 use keap_relay::signup::{SignupQueue, SignupService};
-use relay_server::{RelayOptions, RelayServer, SIGNING_KEY};
+use relay_tests::relay_server::{self, RelayOptions, RelayServer, SIGNING_KEY};
 use serde_json::{Value, json};
 use signup::handler::{SignupDeps, SigningKeyUnavailable};
 

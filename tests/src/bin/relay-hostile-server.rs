@@ -4,10 +4,9 @@
 //!
 //! usage: relay-hostile-server [--port N]
 
-#[path = "../relay_server.rs"]
-mod relay_server;
-
 use std::net::SocketAddr;
+
+use relay_tests::relay_server;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -11,7 +11,9 @@ use std::time::Duration;
 use keap_relay::store::counting::CountingStore;
 use keap_relay::token::CredentialSource;
 use keap_sandbox::ReusePolicy;
-use relay_tests::rotation::{MotoServer, StoreSpec, StormSetup, TempDir, find_moto_server, spawn_contenders, unleash};
+use relay_tests::rotation::{StoreSpec, StormSetup, spawn_contenders, unleash};
+use test_support::moto::{MotoServer, find_moto_server};
+use test_support::temp::TempDir;
 
 const ROUNDS: usize = 3;
 
