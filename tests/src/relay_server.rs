@@ -1,8 +1,9 @@
 //! keap-relay's HTTP API on 127.0.0.1 for hostile-input tests (schemathesis, security tests):
 //! the real `oauth` and `signup` handlers wired as in production (`App` over a store, the
-//! adapters of each function), behind the same API Gateway v2 event conversion that
-//! `relay-local` uses (`relay_local::gateway`), against an
-//! in-process Keap sandbox that auto-approves.
+//! adapters of each function), behind `relay-local`'s API Gateway stand-in
+//! (`relay_local::gateway`) routing every request to a handler (`Routing::Handlers`, so the
+//! handlers' own 404 and 405 answers are exercised), against an in-process Keap sandbox that
+//! auto-approves.
 //!
 //! Secrets live in a memory store; the queue is a memory queue, so a signup Keap cannot take
 //! is answered 202 as in a deployment with `SIGNUP_QUEUE_URL`.
@@ -12,9 +13,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use http::StatusCode;
 use keap_relay::SecretString;
 use keap_relay::app::App;
 use keap_relay::config::Config;
@@ -23,7 +21,7 @@ use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;
 use keap_sandbox::{Sandbox, SandboxConfig};
 
-use relay_local::gateway;
+use relay_local::gateway::{self, Functions, Routing};
 
 pub const APP_SECRET_ID: &str = "keap-relay/app";
 pub const TOKEN_SECRET_ID: &str = "keap-relay/token";
@@ -58,8 +56,8 @@ pub struct RelayServer {
     pub queue: Arc<MemoryQueue>,
     /// The OAuth function's app (its connection reads the same token secret).
     pub oauth_app: Arc<App>,
-    /// The signup function's dependencies, for driving its handler directly.
-    pub signup: Arc<signup::AppDeps>,
+    /// The functions' dependencies (the signup function's, for driving its handler directly).
+    pub functions: Arc<Functions>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
 }
 
@@ -128,11 +126,6 @@ pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> 
     }
 }
 
-struct Handlers {
-    oauth: oauth::OAuthDeps,
-    signup: Arc<signup::AppDeps>,
-}
-
 /// Starts the sandbox and the relay.
 pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     let sandbox = Sandbox::start(SandboxConfig::default()).await?;
@@ -156,12 +149,8 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     if options.connected {
         oauth_app.connection.connect(test_support::grant::minted(&sandbox), false).await.map_err(std::io::Error::other)?;
     }
-    let signup = Arc::new(signup::Deps::from_app(&signup_app));
-    let handlers = Arc::new(Handlers {
-        oauth: oauth::Deps::from_app(&oauth_app),
-        signup: signup.clone(),
-    });
-    let router = axum::Router::new().fallback(dispatch).with_state(handlers);
+    let functions = Arc::new(Functions { oauth: oauth::Deps::from_app(&oauth_app), signup: signup::Deps::from_app(&signup_app) });
+    let router = gateway::router(functions.clone(), Routing::Handlers);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         let _ = axum::serve(listener, router)
@@ -170,26 +159,5 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
             })
             .await;
     });
-    Ok(RelayServer { addr, sandbox, store, queue, oauth_app, signup, stop: Some(stop) })
-}
-
-/// API Gateway's routing: `POST /signup` goes to the signup function, everything else to
-/// the oauth function (which answers 404 for paths it does not serve). A body larger than
-/// API Gateway would pass on is refused here, as API Gateway does.
-async fn dispatch(State(handlers): State<Arc<Handlers>>, request: http::Request<axum::body::Body>) -> Response {
-    let (parts, body) = request.into_parts();
-    let body: Bytes = match axum::body::to_bytes(body, gateway::MAX_BODY_BYTES).await {
-        Ok(body) => body,
-        Err(_) => return (StatusCode::PAYLOAD_TOO_LARGE, "request body too large for the gateway").into_response(),
-    };
-    let request = match gateway::lambda_request(&parts, &body) {
-        Ok(request) => request,
-        Err(error) => return (StatusCode::BAD_REQUEST, error.to_string()).into_response(),
-    };
-    let response = if parts.uri.path().trim_end_matches('/') == "/signup" {
-        signup::handler::handle(&request, handlers.signup.as_ref()).await
-    } else {
-        oauth::handle(request, &handlers.oauth).await
-    };
-    gateway::http_response(response)
+    Ok(RelayServer { addr, sandbox, store, queue, oauth_app, functions, stop: Some(stop) })
 }

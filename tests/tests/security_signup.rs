@@ -86,7 +86,7 @@ impl SignupDeps for At<'_> {
 /// The same captured request bytes, handed to the handler as API Gateway would at `at`.
 async fn replay(relay: &RelayServer, body: &[u8], header: &str, at: SystemTime) -> u16 {
     let event = relay_server::signup_request(body, header);
-    let deps = At { inner: relay.signup.as_ref(), now: at };
+    let deps = At { inner: &relay.functions.signup, now: at };
     signup::handler::handle(&event, &deps).await.status().as_u16()
 }
 

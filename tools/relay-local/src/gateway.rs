@@ -1,11 +1,17 @@
-//! A local stand-in for API Gateway's HTTP API (payload format 2.0).
+//! A local stand-in for API Gateway's HTTP API (payload format 2.0), used by `relay-local` and
+//! by the hostile-input tests' relay server (`tests/src/relay_server.rs`).
 //!
-//! Each incoming request is turned into the JSON event API Gateway would send and parsed with
-//! `lambda_http::request::from_str`, so the handlers run exactly the code path they run on Lambda.
+//! [`router`] routes each request to its function ([`Routing`]); the request is turned into the
+//! JSON event API Gateway would send and parsed with `lambda_http::request::from_str`, so the
+//! handlers run exactly the code path they run on Lambda, and the answer goes back as plain HTTP.
 
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use axum::Router;
 use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::{IntoResponse, Response};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use serde_json::{Map, Value, json};
@@ -18,6 +24,79 @@ pub const MAX_BODY_BYTES: usize = 1024 * 1024;
 pub enum GatewayError {
     #[error("the request could not be represented as an API Gateway event: {0}")]
     Event(#[from] serde_json::Error),
+}
+
+/// The HTTP API's functions, with their dependencies as each Lambda function's `main.rs` builds them.
+pub struct Functions {
+    pub oauth: oauth::Deps,
+    pub signup: signup::Deps,
+}
+
+/// Which function of the HTTP API a request goes to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Function {
+    OAuth,
+    Signup,
+}
+
+/// How requests are routed to the functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// As API Gateway routes `template.yaml`'s HTTP API (`relay-local`): `GET /oauth/start`,
+    /// `GET /oauth/callback` and `GET /status` to `oauth`, `POST /signup` to `signup`. Anything
+    /// else (another path, or another method on a known path) is `404 {"message":"Not Found"}`.
+    Template,
+    /// Every request reaches a handler, so that the handlers' own answers to other methods (405
+    /// with `Allow`) and paths (404) are what the client sees (hostile-input tests): `/signup`
+    /// (with any method, trailing slashes ignored) to `signup`, everything else to `oauth`.
+    Handlers,
+}
+
+impl Routing {
+    /// The function that answers `method` on `path`; `None`: the gateway answers 404.
+    pub fn function(self, method: &http::Method, path: &str) -> Option<Function> {
+        match self {
+            Routing::Template => match (method, path) {
+                (&http::Method::GET, "/oauth/start" | "/oauth/callback" | "/status") => Some(Function::OAuth),
+                (&http::Method::POST, "/signup") => Some(Function::Signup),
+                _ => None,
+            },
+            Routing::Handlers if path.trim_end_matches('/') == "/signup" => Some(Function::Signup),
+            Routing::Handlers => Some(Function::OAuth),
+        }
+    }
+}
+
+/// The HTTP server's routes: each request to its function's handler, as [`Routing`] says.
+pub fn router(functions: Arc<Functions>, routing: Routing) -> Router {
+    Router::new().fallback(route).with_state((functions, routing))
+}
+
+async fn route(State((functions, routing)): State<(Arc<Functions>, Routing)>, request: axum::extract::Request) -> Response {
+    let Some(function) = routing.function(request.method(), request.uri().path()) else {
+        return (http::StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Not Found" }))).into_response();
+    };
+    let request = match lambda_request_of(request).await {
+        Ok(request) => request,
+        Err(response) => return response,
+    };
+    match function {
+        Function::OAuth => http_response(oauth::handle(request, &functions.oauth).await),
+        Function::Signup => http_response(signup::handle(&request, &functions.signup).await),
+    }
+}
+
+/// The request as the function would receive it from API Gateway; a body over
+/// [`MAX_BODY_BYTES`] is refused as API Gateway refuses one over its limit.
+async fn lambda_request_of(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
+    let (parts, body) = request.into_parts();
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
+        return Err((http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({ "message": "Request Entity Too Large" }))).into_response());
+    };
+    lambda_request(&parts, &body).map_err(|error| {
+        tracing::warn!(%error, "could not build the API Gateway event");
+        (http::StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Bad Request" }))).into_response()
+    })
 }
 
 /// Builds the API Gateway HTTP API v2 event for one request.
@@ -163,6 +242,31 @@ mod tests {
             lambda_http::Body::Binary(data) => assert_eq!(data, &[0xff, 0x00, 0x01]),
             other => panic!("expected a binary body, got {other:?}"),
         }
+    }
+
+    #[test]
+    fn the_template_routes_only_its_four_method_and_path_pairs() {
+        use http::Method;
+        let route = |method: Method, path: &str| Routing::Template.function(&method, path);
+        for path in ["/oauth/start", "/oauth/callback", "/status"] {
+            assert_eq!(route(Method::GET, path), Some(Function::OAuth), "{path}");
+            assert_eq!(route(Method::POST, path), None, "{path}");
+            assert_eq!(route(Method::HEAD, path), None, "{path}");
+        }
+        assert_eq!(route(Method::POST, "/signup"), Some(Function::Signup));
+        for (method, path) in [(Method::GET, "/signup"), (Method::POST, "/signup/"), (Method::GET, "/"), (Method::GET, "/status/"), (Method::GET, "/prod/status")] {
+            assert_eq!(route(method.clone(), path), None, "{method} {path}");
+        }
+    }
+
+    #[test]
+    fn handler_routing_hands_every_request_to_a_function() {
+        use http::Method;
+        let route = |method: Method, path: &str| Routing::Handlers.function(&method, path);
+        assert_eq!(route(Method::POST, "/signup"), Some(Function::Signup));
+        assert_eq!(route(Method::DELETE, "/signup/"), Some(Function::Signup));
+        assert_eq!(route(Method::POST, "/status"), Some(Function::OAuth));
+        assert_eq!(route(Method::GET, "/nope"), Some(Function::OAuth));
     }
 
     #[test]

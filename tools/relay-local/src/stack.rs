@@ -8,10 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
-use axum::Router;
-use axum::extract::State;
-use axum::response::{IntoResponse, Response};
-use axum::routing::any;
 use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
 use keap_relay::signup::SignupQueue;
@@ -24,7 +20,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::defaults;
-use crate::gateway;
+use crate::gateway::{self, Functions, Routing};
 use crate::progress;
 use crate::queue::LocalQueue;
 use crate::secrets::{self, Seeded, SecretsError};
@@ -72,12 +68,6 @@ pub enum AppSecretState {
     Ready { secret: AppSecret, seeded: Seeded },
     /// Handlers will answer 503 until it is written (`relay-local app-secret`).
     Unavailable(AppSecretError),
-}
-
-/// The handlers' dependencies, as each Lambda function's `main.rs` builds them.
-struct Functions {
-    oauth: oauth::Deps,
-    signup: signup::Deps,
 }
 
 pub struct Stack {
@@ -146,7 +136,7 @@ impl Stack {
         let listener = tokio::net::TcpListener::from_std(options.relay).map_err(listen_error)?;
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, router(functions))
+            axum::serve(listener, gateway::router(functions, Routing::Template))
                 .with_graceful_shutdown(async move {
                     let _ = stopped.await;
                 })
@@ -321,54 +311,6 @@ fn report_drain(queue: &LocalQueue, result: Result<crate::queue::DrainReport, cr
         }
         Err(error) => progress::background(&format!("signup-retry could not run: {error}")),
     }
-}
-
-/// The routes of `template.yaml`'s HTTP API. Like API Gateway, anything else (another path,
-/// or another method on a known path) is `404 {"message":"Not Found"}`.
-fn router(functions: Arc<Functions>) -> Router {
-    Router::new()
-        .route("/oauth/start", any(oauth_route))
-        .route("/oauth/callback", any(oauth_route))
-        .route("/status", any(oauth_route))
-        .route("/signup", any(signup_route))
-        .fallback(not_found)
-        .with_state(functions)
-}
-
-async fn not_found() -> Response {
-    (http::StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Not Found" }))).into_response()
-}
-
-async fn oauth_route(State(functions): State<Arc<Functions>>, request: axum::extract::Request) -> Response {
-    if request.method() != http::Method::GET {
-        return not_found().await;
-    }
-    match lambda_request(request).await {
-        Ok(request) => gateway::http_response(oauth::handle(request, &functions.oauth).await),
-        Err(response) => response,
-    }
-}
-
-async fn signup_route(State(functions): State<Arc<Functions>>, request: axum::extract::Request) -> Response {
-    if request.method() != http::Method::POST {
-        return not_found().await;
-    }
-    match lambda_request(request).await {
-        Ok(request) => gateway::http_response(signup::handle(&request, &functions.signup).await),
-        Err(response) => response,
-    }
-}
-
-/// The request as the function would receive it from API Gateway.
-async fn lambda_request(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
-    let (parts, body) = request.into_parts();
-    let Ok(body) = axum::body::to_bytes(body, gateway::MAX_BODY_BYTES).await else {
-        return Err((http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({ "message": "Request Entity Too Large" }))).into_response());
-    };
-    gateway::lambda_request(&parts, &body).map_err(|error| {
-        tracing::warn!(%error, "could not build the API Gateway event");
-        (http::StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Bad Request" }))).into_response()
-    })
 }
 
 #[cfg(test)]
