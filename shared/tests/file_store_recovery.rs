@@ -26,6 +26,14 @@ fn crashed_first_write(root: &Path, secret_id: &str, version_id: &str, value: &s
     fs::write(root.join(secret_id).join("lock"), "").unwrap();
 }
 
+/// A file store in a fresh directory where a first write of `ID` crashed (`crashed_first_write`).
+fn store_after_a_crashed_first_write(value: &str) -> (TempDir, FileStore) {
+    let dir = TempDir::new("recovery");
+    crashed_first_write(dir.path(), ID, "v-1", value);
+    let store = FileStore::new(dir.path());
+    (dir, store)
+}
+
 async fn current(store: &FileStore) -> Option<(String, String)> {
     current_of(store, ID).await
 }
@@ -37,10 +45,7 @@ async fn current_of(store: &FileStore, secret_id: &str) -> Option<(String, Strin
 
 #[tokio::test]
 async fn a_first_write_after_a_crash_before_current_replaces_the_debris_and_becomes_current() {
-    let temp = TempDir::new("recovery");
-    let dir = temp.path();
-    crashed_first_write(dir, ID, "v-1", "authorization lost in the crash");
-    let store = FileStore::new(dir);
+    let (dir, store) = store_after_a_crashed_first_write("authorization lost in the crash");
     assert_eq!(current(&store).await, None, "nothing was ever current");
 
     assert_eq!(store.put_version(ID, "v-1", &secret("new authorization")).await.unwrap(), PutOutcome::Created);
@@ -57,28 +62,23 @@ async fn a_first_write_after_a_crash_before_current_replaces_the_debris_and_beco
     assert_eq!(current(&store).await, Some(("v-2".into(), "two".into())));
 
     // A first write of another version id over the debris becomes current as well.
-    crashed_first_write(dir, OTHER, "v-1", "debris");
+    crashed_first_write(dir.path(), OTHER, "v-1", "debris");
     assert_eq!(store.put_version(OTHER, "v-9", &secret("nine")).await.unwrap(), PutOutcome::Created);
     assert_eq!(current_of(&store, OTHER).await, Some(("v-9".into(), "nine".into())));
 }
 
 #[tokio::test]
 async fn a_retried_first_write_with_the_same_value_after_a_crash_becomes_current() {
-    let temp = TempDir::new("recovery");
-    let dir = temp.path();
-    crashed_first_write(dir, ID, "v-1", "one");
-    let store = FileStore::new(dir);
+    let (_dir, store) = store_after_a_crashed_first_write("one");
     assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::AlreadyExists);
     assert_eq!(current(&store).await, Some(("v-1".into(), "one".into())));
 }
 
 #[tokio::test]
 async fn a_current_naming_a_missing_version_counts_as_no_current() {
-    let temp = TempDir::new("recovery");
+    let (temp, store) = store_after_a_crashed_first_write("debris");
     let dir = temp.path();
-    crashed_first_write(dir, ID, "v-1", "debris");
     fs::write(dir.join(ID).join("current"), "v-gone").unwrap();
-    let store = FileStore::new(dir);
     assert_eq!(current(&store).await, None);
 
     assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
@@ -99,9 +99,8 @@ async fn files_are_private_to_the_owner() {
     use std::os::unix::fs::PermissionsExt;
 
     let mode = |path: &Path| fs::metadata(path).unwrap().permissions().mode() & 0o777;
-    let temp = TempDir::new("recovery");
-    let dir = temp.path();
-    let root = dir.join("store"); // created by the store
+    let dir = TempDir::new("recovery");
+    let root = dir.path().join("store"); // created by the store
     let store = FileStore::new(&root);
     assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
     assert_eq!(store.put_version(ID, "v-2", &secret("two")).await.unwrap(), PutOutcome::Created);

@@ -47,11 +47,6 @@ fn stored(store: &MemoryStore) -> TokenState {
     TokenState::from_json(store.peek_current(SECRET_ID).expect("a current version").value.expose_secret()).unwrap()
 }
 
-/// True for the put of a value carrying a new pair (generation above the first).
-fn is_commit_put(value: &SecretString) -> bool {
-    TokenState::from_json(value.expose_secret()).is_ok_and(|state| state.generation > 1)
-}
-
 /// Holds every put of a new pair in the network for `delay`: the caller's bounded call gives
 /// up, but the request still reaches the store afterwards (a proxy, or throttling with a
 /// retry queue).
@@ -71,17 +66,11 @@ impl SecretStore for HeldCommits {
         self.inner.read_version(secret_id, version_id).await
     }
     async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
-        if !is_commit_put(value) {
+        if !carries_new_pair(value) {
             return self.inner.put_version(secret_id, version_id, value).await;
         }
         self.held.fetch_add(1, Ordering::SeqCst);
-        let (inner, delay) = (self.inner.clone(), self.delay);
-        let (secret_id, version_id, value) = (secret_id.to_owned(), version_id.to_owned(), value.clone());
-        let landing = tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            inner.put_version(&secret_id, &version_id, &value).await
-        });
-        landing.await.expect("held put")
+        put_after(self.inner.clone(), self.delay, secret_id, version_id, value).await
     }
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
         self.inner.swap_current(secret_id, from, to).await
@@ -106,7 +95,7 @@ impl SecretStore for FreezeAtCommit {
         self.inner.read_version(secret_id, version_id).await
     }
     async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
-        if is_commit_put(value) && !self.frozen.swap(true, Ordering::SeqCst) {
+        if carries_new_pair(value) && !self.frozen.swap(true, Ordering::SeqCst) {
             std::thread::sleep(self.freeze);
         }
         self.inner.put_version(secret_id, version_id, value).await

@@ -370,15 +370,9 @@ impl SecretStore for FaultyStore {
     }
 
     async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
-        let carries_new_pair = TokenState::from_json(value.expose_secret()).is_ok_and(|state| state.generation > 1);
-        if self.chaos.held_commit_ms > 0 && carries_new_pair {
-            let (inner, delay) = (self.inner.clone(), Duration::from_millis(self.chaos.held_commit_ms));
-            let (secret_id, version_id, value) = (secret_id.to_owned(), version_id.to_owned(), value.clone());
-            let landing = tokio::spawn(async move {
-                tokio::time::sleep(delay).await;
-                inner.put_version(&secret_id, &version_id, &value).await
-            });
-            return self.run(StoreOp::Put, async { landing.await.expect("held put") }).await;
+        if self.chaos.held_commit_ms > 0 && carries_new_pair(value) {
+            let held = put_after(self.inner.clone(), Duration::from_millis(self.chaos.held_commit_ms), secret_id, version_id, value);
+            return self.run(StoreOp::Put, held).await;
         }
         self.run(StoreOp::Put, self.inner.put_version(secret_id, version_id, value)).await
     }
@@ -386,6 +380,22 @@ impl SecretStore for FaultyStore {
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
         self.run(StoreOp::Swap, self.inner.swap_current(secret_id, from, to)).await
     }
+}
+
+/// True for the put of a value carrying a new pair (generation above the first): a commit.
+pub fn carries_new_pair(value: &SecretString) -> bool {
+    TokenState::from_json(value.expose_secret()).is_ok_and(|state| state.generation > 1)
+}
+
+/// A put held in the network for `delay`: it reaches `inner` then, even if the caller has
+/// given up waiting (a proxy, or throttling with a retry queue).
+pub async fn put_after(inner: Arc<dyn SecretStore>, delay: Duration, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    let (secret_id, version_id, value) = (secret_id.to_owned(), version_id.to_owned(), value.clone());
+    let landing = tokio::spawn(async move {
+        tokio::time::sleep(delay).await;
+        inner.put_version(&secret_id, &version_id, &value).await
+    });
+    landing.await.expect("held put")
 }
 
 /// The stored token state (no fault hooks).
