@@ -1,5 +1,10 @@
 //! What the load runs (`load_signups.rs`, `load_e2e.rs`) share: their size knobs, a seeded
-//! random source for the fault schedule, and how a logged reason is shortened for the figures.
+//! random source for the fault schedule, the wait for every signup's answer, and how a logged
+//! reason is shortened for the figures.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::Duration;
 
 /// `name` from the environment as a number, else `default`.
 pub fn env_number(name: &str, default: u64) -> u64 {
@@ -22,6 +27,20 @@ impl Rng {
     pub fn below(&mut self, n: u64) -> u64 {
         self.next_u64() % n.max(1)
     }
+}
+
+/// Waits for every sender's `(key, answer)`, each within `limit` (a hang is a failure), and
+/// says on stderr every `every` answers how far the run is.
+pub async fn answers<K: Eq + Hash, A>(run: &str, senders: Vec<tokio::task::JoinHandle<(K, A)>>, limit: Duration, every: usize) -> HashMap<K, A> {
+    let mut answers = HashMap::new();
+    for (n, sender) in senders.into_iter().enumerate() {
+        let (key, answer) = tokio::time::timeout(limit, sender).await.expect("a signup hung").unwrap();
+        answers.insert(key, answer);
+        if (n + 1) % every == 0 {
+            eprintln!("{run}: {} signups answered", n + 1);
+        }
+    }
+    answers
 }
 
 /// A short, stable label for an error message (for the figures, not for matching).

@@ -25,7 +25,7 @@
 //! `target/load-e2e/report.json`:
 //! `LOAD_E2E_SIGNUPS=5000 cargo test -p relay-tests --test load_e2e -- --nocapture`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -42,7 +42,7 @@ use relay_bench::deployment::{DeploymentEnv, StoreEnv};
 use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome};
-use relay_tests::load::{KEAP_FAULTS, Rng, env_number, error_kind, inject_keap_fault, tag_ids_named};
+use relay_tests::load::{KEAP_FAULTS, Rng, answers, env_number, error_kind, inject_keap_fault, tag_ids_named};
 use test_support::moto::{MotoServer, sm_client, sqs_client};
 use test_support::temp::TempDir;
 use relay_tests::sm_fault_proxy::{
@@ -586,14 +586,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
             (email, fate)
         }));
     }
-    let mut fates = HashMap::new();
-    for (n, sender) in senders.into_iter().enumerate() {
-        let (email, fate) = tokio::time::timeout(Duration::from_secs(300), sender).await.expect("a signup hung").unwrap();
-        fates.insert(email, fate);
-        if (n + 1) % 500 == 0 {
-            eprintln!("load_e2e: {} signups answered", n + 1);
-        }
-    }
+    let fates = answers("load_e2e", senders, Duration::from_secs(300), 500).await;
     let stream_time = started.elapsed();
 
     // Faults off; the retry worker drains the queue; everything stops.

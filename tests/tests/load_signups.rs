@@ -20,7 +20,7 @@
 //! `LOAD_LOG_LEVEL` (default trace).
 //! `cargo test -p relay-tests --test load_signups -- --nocapture` prints the figures.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
@@ -34,7 +34,7 @@ use keap_relay::store::{SecretStore, StoreOp};
 use keap_relay::token::{Credential, RotationPolicy};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{Sandbox, SandboxConfig};
-use relay_tests::load::{KEAP_FAULTS, Rng, env_number, error_kind, inject_keap_fault, tag_ids_named};
+use relay_tests::load::{KEAP_FAULTS, Rng, answers, env_number, error_kind, inject_keap_fault, tag_ids_named};
 use relay_tests::relay_server::{self, ADMIN_PASSWORD, APP_SECRET_ID, SIGNING_KEY, TOKEN_SECRET_ID, WELCOME_TAG};
 use test_support::logs::LogCapture;
 
@@ -368,15 +368,8 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
             (index, fate)
         }));
     }
-    let mut fates = HashMap::new();
-    for sender in senders {
-        // Each signup is bounded (8 attempts of at most a few seconds): a hang is a failure.
-        let (index, fate) = tokio::time::timeout(Duration::from_secs(120), sender).await.expect("a signup hung").unwrap();
-        fates.insert(index, fate);
-        if (index + 1) % 100 == 0 {
-            eprintln!("load: {} signups answered", index + 1);
-        }
-    }
+    // Each signup is bounded (8 attempts of at most a few seconds): a hang is a failure.
+    let fates = answers("load", senders, Duration::from_secs(120), 100).await;
     let stream_time = started.elapsed();
 
     // Faults off; the queue drains; background tasks stop.
