@@ -20,6 +20,20 @@ fn authorize_query<'a>(redirect_uri: &'a str, client_id: &'a str) -> Vec<(&'stat
     ]
 }
 
+/// Submits the consent form with `decision`; Keap answers with a redirect to the client.
+async fn decide(sandbox: &keap_sandbox::Sandbox, decision: &str) -> url::Url {
+    let mut form = authorize_query(REDIRECT_URI, CLIENT_ID);
+    form.push(("decision", decision));
+    let response = client()
+        .post(sandbox.authorize_url())
+        .form(&form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::FOUND);
+    location(&response)
+}
+
 #[tokio::test]
 async fn consent_page_offers_approve_and_deny() {
     let sandbox = sandbox().await;
@@ -42,16 +56,7 @@ async fn consent_page_offers_approve_and_deny() {
 #[tokio::test]
 async fn approving_redirects_with_code_scope_and_state() {
     let sandbox = sandbox().await;
-    let mut form = authorize_query(REDIRECT_URI, CLIENT_ID);
-    form.push(("decision", "approve"));
-    let response = client()
-        .post(sandbox.authorize_url())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FOUND);
-    let target = location(&response);
+    let target = decide(&sandbox, "approve").await;
     assert!(target.as_str().starts_with(REDIRECT_URI));
     assert!(query_param(&target, "code").is_some_and(|c| !c.is_empty()));
     assert_eq!(query_param(&target, "state").as_deref(), Some("st-42"));
@@ -69,16 +74,7 @@ async fn approving_redirects_with_code_scope_and_state() {
 #[tokio::test]
 async fn denying_redirects_with_access_denied() {
     let sandbox = sandbox().await;
-    let mut form = authorize_query(REDIRECT_URI, CLIENT_ID);
-    form.push(("decision", "deny"));
-    let response = client()
-        .post(sandbox.authorize_url())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), StatusCode::FOUND);
-    let target = location(&response);
+    let target = decide(&sandbox, "deny").await;
     assert_eq!(
         query_param(&target, "error").as_deref(),
         Some("access_denied")
