@@ -14,9 +14,7 @@ use keap_relay::signup::Signup;
 use keap_relay::signup::signature::{self, unix_seconds};
 use keap_relay::store::SecretStore;
 use keap_relay::store::memory::MemoryStore;
-use keap_relay::token::{
-    ApiKeySource, Connection, CredentialSource, TokenGrant, TokenSettings, TokenState,
-};
+use keap_relay::token::{ApiKeySource, Connection, CredentialSource, TokenGrant, TokenSettings, TokenState};
 use relay_bench::events::{SIGNING_KEY, SignupEvents};
 use relay_bench::seed;
 use signup::AppDeps;
@@ -48,14 +46,7 @@ fn signup_checks(c: &mut Criterion) {
     let header = signature::sign(&key, unix_seconds(now), body.as_bytes());
     let mut group = c.benchmark_group("signup");
     group.bench_function("verify_signature", |b| {
-        b.iter(|| {
-            signature::verify(
-                &key,
-                Some(black_box(header.as_str())),
-                black_box(body.as_bytes()),
-                now,
-            )
-        })
+        b.iter(|| signature::verify(&key, Some(black_box(header.as_str())), black_box(body.as_bytes()), now))
     });
     group.bench_function("validate_body", |b| {
         b.iter(|| Signup::from_json(black_box(body.as_bytes())))
@@ -70,9 +61,7 @@ fn state_codecs(c: &mut Criterion) {
         state.to_secret().expose_secret().to_owned()
     };
     let mut group = c.benchmark_group("token_state");
-    group.bench_function("parse", |b| {
-        b.iter(|| TokenState::from_json(black_box(&json)))
-    });
+    group.bench_function("parse", |b| b.iter(|| TokenState::from_json(black_box(&json))));
     group.bench_function("serialize", |b| b.iter(|| black_box(&state).to_secret()));
     group.finish();
 
@@ -84,13 +73,7 @@ fn state_codecs(c: &mut Criterion) {
         b.iter(|| key.issue(black_box(redirect), false, SystemTime::now()))
     });
     group.bench_function("verify", |b| {
-        b.iter(|| {
-            key.verify(
-                Some(black_box(issued.value.as_str())),
-                redirect,
-                SystemTime::now(),
-            )
-        })
+        b.iter(|| key.verify(Some(black_box(issued.value.as_str())), redirect, SystemTime::now()))
     });
     group.finish();
 }
@@ -107,16 +90,11 @@ fn cached_credentials(c: &mut Criterion) {
     .expect("token source");
     rt.block_on(async {
         source.connect(grant(), false).await.expect("connect");
-        source
-            .credential()
-            .await
-            .expect("first credential fills the cache");
+        source.credential().await.expect("first credential fills the cache");
     });
     let api_key = ApiKeySource::new(SecretString::from("KeapAK-bench"));
     let mut group = c.benchmark_group("credential");
-    group.bench_function("cached_oauth_token", |b| {
-        b.to_async(&rt).iter(|| source.credential())
-    });
+    group.bench_function("cached_oauth_token", |b| b.to_async(&rt).iter(|| source.credential()));
     group.bench_function("api_key", |b| b.to_async(&rt).iter(|| api_key.credential()));
     group.finish();
 }
@@ -130,15 +108,13 @@ fn handler_rejection(c: &mut Criterion) {
     rt.block_on(seed::put_app_secret(store.as_ref(), &config.app_secret_id))
         .expect("app secret");
     let deps = AppDeps::from_app(&App::with_parts(config, store, None).expect("app"));
-    let events = SignupEvents::new(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-        .expect("sample event");
+    let events = SignupEvents::new(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..")).expect("sample event");
     let event = events.event("ada.lovelace@example.com").expect("event");
     let forged = event.replace("v1=", "v1=00");
     let request = lambda_http::request::from_str(&forged).expect("request");
     let mut group = c.benchmark_group("handler");
     group.bench_function("reject_bad_signature", |b| {
-        b.to_async(&rt)
-            .iter(|| signup::handler::handle(&request, &deps))
+        b.to_async(&rt).iter(|| signup::handler::handle(&request, &deps))
     });
     group.finish();
 }

@@ -26,13 +26,8 @@ pub struct FunctionProcess {
 impl FunctionProcess {
     /// Starts `binary` with exactly `env` (nothing inherited). Logs (stdout) are discarded as
     /// Lambda's log pipe would take them; stderr goes to `stderr` for error reports.
-    pub fn spawn(
-        binary: &Path,
-        env: &[(String, String)],
-        stderr: &Path,
-    ) -> Result<FunctionProcess> {
-        let stderr_file =
-            std::fs::File::create(stderr).map_err(BenchError::io_at("create", stderr))?;
+    pub fn spawn(binary: &Path, env: &[(String, String)], stderr: &Path) -> Result<FunctionProcess> {
+        let stderr_file = std::fs::File::create(stderr).map_err(BenchError::io_at("create", stderr))?;
         let child = Command::new(binary)
             .env_clear()
             .envs(env.iter().map(|(k, v)| (k, v)))
@@ -59,13 +54,7 @@ impl FunctionProcess {
             status
                 .lines()
                 .find_map(|line| line.strip_prefix(name))
-                .and_then(|rest| {
-                    rest.trim()
-                        .trim_end_matches("kB")
-                        .trim()
-                        .parse::<u64>()
-                        .ok()
-                })
+                .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
                 .unwrap_or(0)
         };
         Ok(MemoryKib {
@@ -171,11 +160,7 @@ pub async fn measure(
 }
 
 /// Median time of each init step of the signup function (`init-probe`, fresh process each run).
-pub fn init_breakdown(
-    probe: &Path,
-    env: &[(String, String)],
-    runs: usize,
-) -> Result<BTreeMap<String, f64>> {
+pub fn init_breakdown(probe: &Path, env: &[(String, String)], runs: usize) -> Result<BTreeMap<String, f64>> {
     let mut samples: BTreeMap<String, Vec<f64>> = BTreeMap::new();
     for _ in 0..runs {
         let output = Command::new(probe)
@@ -194,8 +179,7 @@ pub fn init_breakdown(
         // The last line is the probe's; tracing may have written before it.
         let text = String::from_utf8_lossy(&output.stdout);
         let line = text.lines().last().unwrap_or_default();
-        let steps: BTreeMap<String, f64> =
-            serde_json::from_str(line).map_err(BenchError::json("init-probe output"))?;
+        let steps: BTreeMap<String, f64> = serde_json::from_str(line).map_err(BenchError::json("init-probe output"))?;
         for (step, value) in steps {
             samples.entry(step).or_default().push(value);
         }

@@ -125,8 +125,8 @@ struct Usage {
 
 fn price(usage: Usage, prices: &Prices, assumptions: &Assumptions) -> CostLine {
     let gb_seconds = usage.invocations * usage.billed_ms / 1000.0 * assumptions.memory_mb / 1024.0;
-    let lambda_usd = gb_seconds * prices.lambda_arm64_per_gb_second
-        + usage.invocations * prices.lambda_per_million_requests / 1e6;
+    let lambda_usd =
+        gb_seconds * prices.lambda_arm64_per_gb_second + usage.invocations * prices.lambda_per_million_requests / 1e6;
     let secrets_manager_usd =
         usage.secrets_manager_calls * prices.secrets_manager_per_10k_calls / 1e4 + usage.fixed_usd;
     let sqs_usd = usage.sqs_requests * prices.sqs_per_million_requests / 1e6;
@@ -151,11 +151,9 @@ pub fn model(prices: Prices, assumptions: Assumptions, measured: Measured) -> Co
     let m = &measured;
     let keap_ms = m.keap_calls_per_signup * a.keap_call_ms;
     let warm_ms = (m.signup_own_ms + keap_ms).ceil();
-    let cold_ms = (m.signup_cold_start_ms
-        + m.signup_own_ms
-        + keap_ms
-        + m.store_calls_first_signup * a.secrets_manager_call_ms)
-        .ceil();
+    let cold_ms =
+        (m.signup_cold_start_ms + m.signup_own_ms + keap_ms + m.store_calls_first_signup * a.secrets_manager_call_ms)
+            .ceil();
 
     let not_due = m.refresh.not_due.total() as f64;
     let rotation = m.refresh.rotation.total() as f64;
@@ -169,13 +167,9 @@ pub fn model(prices: Prices, assumptions: Assumptions, measured: Measured) -> Co
         0.0
     };
     let idle_run_ms = init_ms + (app_secret_reads + not_due) * a.secrets_manager_call_ms;
-    let rotation_run_ms =
-        init_ms + (app_secret_reads + rotation) * a.secrets_manager_call_ms + a.keap_call_ms;
-    let refresh_ms = ((idle * idle_run_ms.ceil() + due * rotation_run_ms.ceil())
-        / a.refresh_runs_per_month)
-        .ceil();
-    let refresh_calls =
-        a.refresh_runs_per_month * app_secret_reads + idle * not_due + due * rotation;
+    let rotation_run_ms = init_ms + (app_secret_reads + rotation) * a.secrets_manager_call_ms + a.keap_call_ms;
+    let refresh_ms = ((idle * idle_run_ms.ceil() + due * rotation_run_ms.ceil()) / a.refresh_runs_per_month).ceil();
+    let refresh_calls = a.refresh_runs_per_month * app_secret_reads + idle * not_due + due * rotation;
     let idle_polls = a.idle_queue_pollers * 30.0 * 86_400.0 / a.long_poll_seconds;
 
     let signups = |scenario, billed_ms, calls_per_signup: f64| Usage {
@@ -187,16 +181,8 @@ pub fn model(prices: Prices, assumptions: Assumptions, measured: Measured) -> Co
         ..Usage::default()
     };
     let usages = [
-        signups(
-            "1,000 signups, warm",
-            warm_ms,
-            m.store_calls_per_warm_signup,
-        ),
-        signups(
-            "1,000 signups, each a cold start",
-            cold_ms,
-            m.store_calls_first_signup,
-        ),
+        signups("1,000 signups, warm", warm_ms, m.store_calls_per_warm_signup),
+        signups("1,000 signups, each a cold start", cold_ms, m.store_calls_first_signup),
         Usage {
             scenario: "1,000 signups queued (Keap down): SendMessage, Receive, Delete each",
             sqs_requests: 3000.0,
@@ -216,10 +202,7 @@ pub fn model(prices: Prices, assumptions: Assumptions, measured: Measured) -> Co
             ..Usage::default()
         },
     ];
-    let lines = usages
-        .into_iter()
-        .map(|usage| price(usage, &prices, a))
-        .collect();
+    let lines = usages.into_iter().map(|usage| price(usage, &prices, a)).collect();
     CostModel {
         prices,
         assumptions,
@@ -261,11 +244,7 @@ mod tests {
 
     #[test]
     fn warm_signups_bill_own_time_plus_assumed_keap_latency() {
-        let model = model(
-            Prices::aws_public("2026-11-22"),
-            Assumptions::default(),
-            measured(),
-        );
+        let model = model(Prices::aws_public("2026-11-22"), Assumptions::default(), measured());
         let warm = &model.lines[0];
         assert_eq!(warm.billed_ms_per_invocation, 501.0);
         // 1000 x 0.501 s x 0.125 GB
@@ -276,11 +255,7 @@ mod tests {
 
     #[test]
     fn refresh_month_counts_reads_rotations_and_cold_app_secret_reads() {
-        let model = model(
-            Prices::aws_public("2026-11-22"),
-            Assumptions::default(),
-            measured(),
-        );
+        let model = model(Prices::aws_public("2026-11-22"), Assumptions::default(), measured());
         let refresh = &model.lines[3];
         // 720 app-secret reads + 680 idle reads + 40 rotations of 5 calls
         assert_eq!(refresh.secrets_manager_calls, 720.0 + 680.0 + 200.0);

@@ -35,13 +35,7 @@ pub const ACCOUNT: &str = "123456789012";
 const API_HOST: &str = "abc123defg.execute-api.us-east-1.amazonaws.com";
 
 impl DeploymentEnv {
-    pub fn new(
-        function: &str,
-        runtime_api: &str,
-        keap_base: &str,
-        store: StoreEnv,
-        home: &Path,
-    ) -> DeploymentEnv {
+    pub fn new(function: &str, runtime_api: &str, keap_base: &str, store: StoreEnv, home: &Path) -> DeploymentEnv {
         DeploymentEnv {
             function: function.to_owned(),
             runtime_api: runtime_api.to_owned(),
@@ -49,15 +43,9 @@ impl DeploymentEnv {
             store,
             home: home.to_owned(),
             // `!Ref` of a secret is its ARN.
-            app_secret_id: format!(
-                "arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:AppSecret-AbCdEf"
-            ),
-            token_secret_id: format!(
-                "arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:TokenSecret-GhIjKl"
-            ),
-            queue_url: format!(
-                "https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/keap-relay-SignupQueue"
-            ),
+            app_secret_id: format!("arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:AppSecret-AbCdEf"),
+            token_secret_id: format!("arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:TokenSecret-GhIjKl"),
+            queue_url: format!("https://sqs.us-east-1.amazonaws.com/{ACCOUNT}/keap-relay-SignupQueue"),
         }
     }
 
@@ -97,17 +85,11 @@ impl DeploymentEnv {
             ("KEAP_AUTH_MODE", "oauth".into()),
             ("KEAP_APP_SECRET_ID", self.app_secret_id.clone()),
             ("KEAP_TOKEN_SECRET_ID", self.token_secret_id.clone()),
-            (
-                "KEAP_REDIRECT_URI",
-                format!("https://{API_HOST}/oauth/callback"),
-            ),
+            ("KEAP_REDIRECT_URI", format!("https://{API_HOST}/oauth/callback")),
             ("KEAP_START_URL", format!("https://{API_HOST}/oauth/start")),
             ("KEAP_API_URL", format!("{}/crm/rest", self.keap_base)),
             ("KEAP_TOKEN_URL", format!("{}/token", self.keap_base)),
-            (
-                "KEAP_AUTHORIZE_URL",
-                format!("{}/app/oauth/authorize", self.keap_base),
-            ),
+            ("KEAP_AUTHORIZE_URL", format!("{}/app/oauth/authorize", self.keap_base)),
             ("KEAP_WELCOME_TAG", "Welcome".into()),
             ("KEAP_WELCOME_EMAIL_SUBJECT", String::new()),
             ("KEAP_WELCOME_EMAIL_USER_ID", String::new()),
@@ -134,9 +116,7 @@ impl DeploymentEnv {
         if self.function == "signup" {
             vars.push(("SIGNUP_QUEUE_URL", self.queue_url.clone()));
         }
-        vars.into_iter()
-            .map(|(name, value)| (name.to_owned(), value))
-            .collect()
+        vars.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
     }
 }
 
@@ -163,6 +143,8 @@ pub fn init_work(function: &str) -> Vec<&'static str> {
         "signup-retry" => work.push("signup_retry::Deps::from_app: SignupService and the parking queue"),
         _ => {}
     }
-    work.push("lambda_runtime: Config::from_env (AWS_LAMBDA_* variables), hyper client for the Runtime API, first GET next");
+    work.push(
+        "lambda_runtime: Config::from_env (AWS_LAMBDA_* variables), hyper client for the Runtime API, first GET next",
+    );
     work
 }

@@ -5,15 +5,9 @@ use std::path::Path;
 #[derive(Debug, thiserror::Error)]
 pub enum BenchError {
     #[error("{context}: {source}")]
-    Io {
-        context: String,
-        source: std::io::Error,
-    },
+    Io { context: String, source: std::io::Error },
     #[error("{context}: {source}")]
-    Json {
-        context: String,
-        source: serde_json::Error,
-    },
+    Json { context: String, source: serde_json::Error },
     /// A process or server the bench needs did not behave (it exited, timed out, answered wrong).
     #[error("{0}")]
     Failed(String),

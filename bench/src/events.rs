@@ -29,8 +29,7 @@ impl SignupEvents {
     pub fn new(workspace: &Path) -> Result<SignupEvents> {
         let path = workspace.join("events/signup-valid.json");
         let text = std::fs::read_to_string(&path).map_err(BenchError::io_at("read", &path))?;
-        let template = serde_json::from_str(&text)
-            .map_err(BenchError::json(format!("parse {}", path.display())))?;
+        let template = serde_json::from_str(&text).map_err(BenchError::json(format!("parse {}", path.display())))?;
         let run = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
         Ok(SignupEvents {
             template,

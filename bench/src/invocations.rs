@@ -45,32 +45,24 @@ pub async fn run_signups(
             event: events.event(&email)?,
         });
     }
-    let mut process =
-        FunctionProcess::spawn(binary, env, &scratch.join("signup-invocations.stderr"))?;
+    let mut process = FunctionProcess::spawn(binary, env, &scratch.join("signup-invocations.stderr"))?;
     let mut round_trips = Vec::with_capacity(invocations);
     let mut failures = Vec::new();
     let mut succeeded = 0;
-    let deadline =
-        Instant::now() + Duration::from_secs(30) + Duration::from_millis(50) * invocations as u32;
+    let deadline = Instant::now() + Duration::from_secs(30) + Duration::from_millis(50) * invocations as u32;
     let mut answered = 0;
     while answered < invocations {
         let left = deadline.saturating_duration_since(Instant::now());
         match api.next_event(left).await {
             Some(ApiEvent::Next { .. }) => {}
-            Some(ApiEvent::Response {
-                request_id,
-                at,
-                status,
-            }) => {
+            Some(ApiEvent::Response { request_id, at, status }) => {
                 answered += 1;
                 if let Some(sent) = api.sent_at(&request_id) {
                     round_trips.push(ms(at.saturating_duration_since(sent)));
                 }
                 match status {
                     Some(200 | 201) => succeeded += 1,
-                    other if failures.len() < 5 => {
-                        failures.push(format!("{request_id}: status {other:?}"))
-                    }
+                    other if failures.len() < 5 => failures.push(format!("{request_id}: status {other:?}")),
                     _ => {}
                 }
             }

@@ -20,9 +20,7 @@ use relay_bench::cost::{self, Assumptions, Measured, Prices};
 use relay_bench::deployment::{self, DeploymentEnv, FUNCTIONS, StoreEnv};
 use relay_bench::events::SignupEvents;
 use relay_bench::invocations::{self, InvocationRun};
-use relay_bench::report::{
-    self, ColdStartRow, ColdStarts, Headline, Meta, Report, Section, Storm, mb, mb_of_kib,
-};
+use relay_bench::report::{self, ColdStartRow, ColdStarts, Headline, Meta, Report, Section, Storm, mb, mb_of_kib};
 use relay_bench::runtime_api::RuntimeApi;
 use relay_bench::{BenchError, Result, moto, probes, seed, steady, storm};
 
@@ -134,12 +132,7 @@ fn step(name: &str) {
     eprintln!("==> {name}");
 }
 
-async fn cold_starts(
-    options: &Options,
-    sizes: &Sizes,
-    sandbox: &Sandbox,
-    scratch: &Path,
-) -> Result<ColdStarts> {
+async fn cold_starts(options: &Options, sizes: &Sizes, sandbox: &Sandbox, scratch: &Path) -> Result<ColdStarts> {
     let mut rows = Vec::new();
     for function in FUNCTIONS.iter().copied().chain([BARE]) {
         let mut api = RuntimeApi::start(&format!("keap-relay-{function}")).await?;
@@ -151,25 +144,15 @@ async fn cold_starts(
             &scratch.join("home"),
         );
         let binary = options.bin_dir.join(function);
-        let measured: ColdStart = cold_start::measure(
-            &mut api,
-            function,
-            &binary,
-            &env.vars(),
-            sizes.cold_starts,
-            scratch,
-        )
-        .await?;
+        let measured: ColdStart =
+            cold_start::measure(&mut api, function, &binary, &env.vars(), sizes.cold_starts, scratch).await?;
         eprintln!("    {function}: p50 {:.2} ms", measured.first_poll.p50_ms);
         let init_work = if function == BARE {
             Vec::new()
         } else {
             deployment::init_work(function)
         };
-        rows.push(ColdStartRow {
-            measured,
-            init_work,
-        });
+        rows.push(ColdStartRow { measured, init_work });
     }
     let env = DeploymentEnv::new(
         "signup",
@@ -178,27 +161,24 @@ async fn cold_starts(
         StoreEnv::SecretsManager { endpoint: None },
         &scratch.join("home"),
     );
-    let steps = cold_start::init_breakdown(
-        &options.bin_dir.join("init-probe"),
-        &env.vars(),
-        sizes.cold_starts,
-    )
-    .map(|medians| {
-        // In execution order, as the probe runs them.
-        let order = [
-            "init_tracing",
-            "config_from_env",
-            "aws_config_load",
-            "secrets_manager_client",
-            "second_aws_config_load",
-            "sqs_client",
-            "app_with_parts_http_client",
-            "signup_app_deps",
-        ];
-        let mut steps: Vec<(String, f64)> = medians.into_iter().collect();
-        steps.sort_by_key(|(step, _)| order.iter().position(|o| o == step).unwrap_or(order.len()));
-        steps
-    });
+    let steps = cold_start::init_breakdown(&options.bin_dir.join("init-probe"), &env.vars(), sizes.cold_starts).map(
+        |medians| {
+            // In execution order, as the probe runs them.
+            let order = [
+                "init_tracing",
+                "config_from_env",
+                "aws_config_load",
+                "secrets_manager_client",
+                "second_aws_config_load",
+                "sqs_client",
+                "app_with_parts_http_client",
+                "signup_app_deps",
+            ];
+            let mut steps: Vec<(String, f64)> = medians.into_iter().collect();
+            steps.sort_by_key(|(step, _)| order.iter().position(|o| o == step).unwrap_or(order.len()));
+            steps
+        },
+    );
     Ok(ColdStarts {
         functions: rows,
         signup_init_steps: Section::from(steps),
@@ -299,18 +279,10 @@ fn headline(report: &Report) -> Vec<Headline> {
         });
     };
     if let Some(cold) = report.cold_start.ok().map(|c| &c.functions) {
-        let functions: Vec<_> = cold
-            .iter()
-            .filter(|r| r.measured.function != BARE)
-            .collect();
+        let functions: Vec<_> = cold.iter().filter(|r| r.measured.function != BARE).collect();
         let listed = functions
             .iter()
-            .map(|r| {
-                format!(
-                    "{} {:.1}",
-                    r.measured.function, r.measured.first_poll.p50_ms
-                )
-            })
+            .map(|r| format!("{} {:.1}", r.measured.function, r.measured.first_poll.p50_ms))
             .collect::<Vec<_>>()
             .join(" / ");
         let bare = cold
@@ -321,11 +293,7 @@ fn headline(report: &Report) -> Vec<Headline> {
             "Cold start, process start to first poll (p50)",
             format!("{listed} ms (bare lambda_runtime: {bare:.1} ms)"),
             "< 20 ms each",
-            Some(
-                functions
-                    .iter()
-                    .all(|r| r.measured.first_poll.p50_ms < 20.0),
-            ),
+            Some(functions.iter().all(|r| r.measured.first_poll.p50_ms < 20.0)),
         );
     }
     if let Some(s) = report.steady_state.ok() {
@@ -362,11 +330,7 @@ fn headline(report: &Report) -> Vec<Headline> {
     if let Some(b) = report.signup_binary.ok() {
         add(
             "Peak memory, signup binary (VmHWM)",
-            format!(
-                "{} after {} invocations",
-                mb_of_kib(b.memory_kib.hwm),
-                b.invocations
-            ),
+            format!("{} after {} invocations", mb_of_kib(b.memory_kib.hwm), b.invocations),
             "< 30 MB",
             Some((b.memory_kib.hwm as f64) * 1024.0 < 30e6),
         );
@@ -419,10 +383,7 @@ fn headline(report: &Report) -> Vec<Headline> {
             Some(last.iter().all(|l| *l <= storm.baseline_ms + 100.0) && errors == 0),
         );
     }
-    if let Some(artifacts) = report.build["artifacts"]
-        .as_array()
-        .filter(|a| !a.is_empty())
-    {
+    if let Some(artifacts) = report.build["artifacts"].as_array().filter(|a| !a.is_empty()) {
         let zips: Vec<f64> = artifacts
             .iter()
             .map(|a| a["zip_bytes"].as_f64().unwrap_or(f64::NAN))
@@ -446,12 +407,7 @@ fn headline(report: &Report) -> Vec<Headline> {
         );
     }
     if let Some(measured) = report::build_line(&report.build["arm64_build"]) {
-        add(
-            "Release build, 4 functions, arm64 (incremental)",
-            measured,
-            "-",
-            None,
-        );
+        add("Release build, 4 functions, arm64 (incremental)", measured, "-", None);
     }
     if let Some(cost) = report.cost.ok() {
         let warm = &cost.lines[0];
@@ -468,15 +424,8 @@ fn headline(report: &Report) -> Vec<Headline> {
 
 fn cost_model(report: &Report, prices: Prices) -> Result<cost::CostModel> {
     let missing = |what: &str| BenchError::Failed(format!("needs the {what} figures"));
-    let steady = report
-        .steady_state
-        .ok()
-        .ok_or_else(|| missing("steady-state"))?;
-    let cold = &report
-        .cold_start
-        .ok()
-        .ok_or_else(|| missing("cold-start"))?
-        .functions;
+    let steady = report.steady_state.ok().ok_or_else(|| missing("steady-state"))?;
+    let cold = &report.cold_start.ok().ok_or_else(|| missing("cold-start"))?.functions;
     let refresh = report.refresh.ok().ok_or_else(|| missing("refresh"))?;
     let cold_of = |function: &str| {
         cold.iter()
@@ -513,8 +462,7 @@ async fn run(options: Options) -> Result<Report> {
     step("cold starts");
     let cold_start = Section::from(cold_starts(&options, &sizes, &sandbox, &scratch).await);
     step("signup binary under the Runtime API emulator");
-    let signup_binary =
-        Section::from(signup_binary(&options, &sizes, &sandbox, &events, &scratch).await);
+    let signup_binary = Section::from(signup_binary(&options, &sizes, &sandbox, &events, &scratch).await);
     step("steady-state signup, in-process");
     let steady_state = Section::from(steady::measure(&events, sizes.steady_signups).await);
     step("rotation storms");
@@ -533,17 +481,9 @@ async fn run(options: Options) -> Result<Report> {
     let mut report = Report {
         schema: 1,
         meta: Meta {
-            generated_at: command_output(
-                "date",
-                &["-u", "+%Y-%m-%dT%H:%M:%SZ"],
-                &options.workspace,
-            ),
+            generated_at: command_output("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"], &options.workspace),
             mode: if options.quick { "quick" } else { "full" }.into(),
-            git_commit: command_output(
-                "git",
-                &["rev-parse", "--short", "HEAD"],
-                &options.workspace,
-            ),
+            git_commit: command_output("git", &["rev-parse", "--short", "HEAD"], &options.workspace),
             machine: machine(),
             rustc: command_output("rustc", &["--version"], &options.workspace),
             measuring_seconds: 0.0,

@@ -44,12 +44,7 @@ impl Moto {
         };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
-        while http
-            .get(format!("{}/moto-api/", moto.endpoint))
-            .send()
-            .await
-            .is_err()
-        {
+        while http.get(format!("{}/moto-api/", moto.endpoint)).send().await.is_err() {
             if Instant::now() > deadline {
                 return Err(BenchError::Failed(format!(
                     "moto_server did not answer on port {port} within 30 s"
@@ -65,13 +60,7 @@ impl Moto {
         let config = aws_sdk_secretsmanager::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(Credentials::new(
-                "bench",
-                "bench",
-                None,
-                None,
-                "relay-bench",
-            ))
+            .credentials_provider(Credentials::new("bench", "bench", None, None, "relay-bench"))
             .endpoint_url(&self.endpoint)
             .build();
         aws_sdk_secretsmanager::Client::from_conf(config)

@@ -29,11 +29,7 @@ pub struct RoundTrips {
     pub store_write: Summary,
 }
 
-pub async fn round_trips(
-    sandbox: &Sandbox,
-    store_dir: &Path,
-    samples: usize,
-) -> Result<RoundTrips> {
+pub async fn round_trips(sandbox: &Sandbox, store_dir: &Path, samples: usize) -> Result<RoundTrips> {
     let mut keap = Vec::new();
     for _ in 0..samples + 1 {
         let grant = seed::grant(sandbox, None);
@@ -51,10 +47,7 @@ pub async fn round_trips(
     let secret_id = format!("round-trip-{}", uuid::Uuid::new_v4().simple());
     let value = SecretString::from(seed::app_secret_json());
     let fail = |e: keap_relay::store::StoreError| BenchError::Failed(format!("file store: {e}"));
-    store
-        .put_version(&secret_id, "v0", &value)
-        .await
-        .map_err(fail)?;
+    store.put_version(&secret_id, "v0", &value).await.map_err(fail)?;
     let (mut reads, mut writes) = (Vec::new(), Vec::new());
     let mut current = "v0".to_owned();
     for index in 0..samples {
@@ -63,14 +56,8 @@ pub async fn round_trips(
         reads.push(ms(started.elapsed()));
         let next = format!("v{}", index + 1);
         let started = Instant::now();
-        store
-            .put_version(&secret_id, &next, &value)
-            .await
-            .map_err(fail)?;
-        store
-            .swap_current(&secret_id, &current, &next)
-            .await
-            .map_err(fail)?;
+        store.put_version(&secret_id, &next, &value).await.map_err(fail)?;
+        store.swap_current(&secret_id, &current, &next).await.map_err(fail)?;
         writes.push(ms(started.elapsed()));
         current = next;
     }
@@ -130,9 +117,7 @@ pub async fn refresh_calls(sandbox: &Sandbox) -> Result<RefreshCalls> {
     };
     let (action, not_due, _, _) = run(Duration::from_secs(24 * 3600)).await?;
     if action != RotationAction::NotDue {
-        return Err(BenchError::Failed(format!(
-            "a fresh token was rotated: {action:?}"
-        )));
+        return Err(BenchError::Failed(format!("a fresh token was rotated: {action:?}")));
     }
     let (action, rotation, keap, took) = run(Duration::from_secs(3600)).await?;
     if action != RotationAction::Rotated {

@@ -229,8 +229,7 @@ fn time_ns(ns: f64) -> String {
 impl Report {
     pub fn write(&self, dir: &Path) -> Result<()> {
         std::fs::create_dir_all(dir).map_err(BenchError::io_at("create", dir))?;
-        let json =
-            serde_json::to_string_pretty(self).map_err(BenchError::json("serialize the report"))?;
+        let json = serde_json::to_string_pretty(self).map_err(BenchError::json("serialize the report"))?;
         let json_path = dir.join("latest.json");
         std::fs::write(&json_path, json + "\n").map_err(BenchError::io_at("write", &json_path))?;
         let md_path = dir.join("latest.md");
@@ -257,10 +256,7 @@ impl Report {
         let m = &self.meta;
         let _ = writeln!(out, "# keap-relay benchmark results\n");
         let took = match m.total_seconds {
-            Some(total) => format!(
-                "{total:.0} s in all, {:.0} s of it measuring",
-                m.measuring_seconds
-            ),
+            Some(total) => format!("{total:.0} s in all, {:.0} s of it measuring", m.measuring_seconds),
             None => format!("{:.0} s", m.measuring_seconds),
         };
         let _ = writeln!(
@@ -287,11 +283,7 @@ impl Report {
     }
 
     fn cold_start_md(&self, out: &mut String) {
-        let Some(cold) = heading(
-            out,
-            "Cold start: process start to first `next` poll",
-            &self.cold_start,
-        ) else {
+        let Some(cold) = heading(out, "Cold start: process start to first `next` poll", &self.cold_start) else {
             return;
         };
         let rows = &cold.functions;
@@ -323,12 +315,7 @@ impl Report {
             "\nInit work before the first poll (from `main.rs` and `shared/src/app.rs`; no network call is made):\n"
         );
         for row in rows.iter().filter(|r| !r.init_work.is_empty()) {
-            let _ = writeln!(
-                out,
-                "- **{}**: {}",
-                row.measured.function,
-                row.init_work.join("; ")
-            );
+            let _ = writeln!(out, "- **{}**: {}", row.measured.function, row.init_work.join("; "));
         }
         match &cold.signup_init_steps {
             Section::Measured(steps) => {
@@ -351,11 +338,7 @@ impl Report {
     }
 
     fn steady_md(&self, out: &mut String) {
-        let Some(s) = heading(
-            out,
-            "Steady-state signup (in-process handler)",
-            &self.steady_state,
-        ) else {
+        let Some(s) = heading(out, "Steady-state signup (in-process handler)", &self.steady_state) else {
             return;
         };
         let _ = writeln!(
@@ -399,11 +382,7 @@ impl Report {
     }
 
     fn binary_md(&self, out: &mut String) {
-        let Some(r) = heading(
-            out,
-            "Signup binary under the Runtime API emulator",
-            &self.signup_binary,
-        ) else {
+        let Some(r) = heading(out, "Signup binary under the Runtime API emulator", &self.signup_binary) else {
             return;
         };
         let _ = writeln!(
@@ -482,11 +461,7 @@ impl Report {
     }
 
     fn refresh_md(&self, out: &mut String) {
-        let Some(r) = heading(
-            out,
-            "Scheduled refresh: store and Keap calls per run",
-            &self.refresh,
-        ) else {
+        let Some(r) = heading(out, "Scheduled refresh: store and Keap calls per run", &self.refresh) else {
             return;
         };
         let _ = writeln!(
@@ -545,10 +520,7 @@ impl Report {
                 "arm64_build",
                 "arm64 release build (`cargo lambda build --release --arm64`, 4 functions)",
             ),
-            (
-                "native_build",
-                "native release build (functions + bench harness)",
-            ),
+            ("native_build", "native release build (functions + bench harness)"),
         ] {
             let line = build_line(&b[key]).unwrap_or_else(|| {
                 format!(
@@ -661,10 +633,7 @@ pub fn build_line(build: &serde_json::Value) -> Option<String> {
             describe(last)
         )),
         (Some(_), _) => Some(describe(build)),
-        (None, Some(at)) => Some(format!(
-            "not built in this run; last rebuild {} ({at})",
-            describe(last)
-        )),
+        (None, Some(at)) => Some(format!("not built in this run; last rebuild {} ({at})", describe(last))),
         (None, None) => None,
     }
 }

@@ -86,10 +86,7 @@ impl RuntimeApi {
         });
         let app = Router::new()
             .route("/2018-06-01/runtime/invocation/next", get(next))
-            .route(
-                "/2018-06-01/runtime/invocation/{id}/response",
-                post(response),
-            )
+            .route("/2018-06-01/runtime/invocation/{id}/response", post(response))
             .route("/2018-06-01/runtime/invocation/{id}/error", post(error))
             .route("/2018-06-01/runtime/init/error", post(init_error))
             .with_state(shared.clone());
@@ -132,24 +129,13 @@ impl RuntimeApi {
 
     /// The next event, or `None` after `timeout`.
     pub async fn next_event(&mut self, timeout: Duration) -> Option<ApiEvent> {
-        tokio::time::timeout(timeout, self.events.recv())
-            .await
-            .ok()
-            .flatten()
+        tokio::time::timeout(timeout, self.events.recv()).await.ok().flatten()
     }
 
     /// Forgets queued invocations and unread events (between two processes).
     pub fn reset(&mut self) {
-        self.shared
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
-        self.shared
-            .sent
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clear();
+        self.shared.queue.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.shared.sent.lock().unwrap_or_else(|e| e.into_inner()).clear();
         while self.events.try_recv().is_ok() {}
     }
 }
@@ -161,9 +147,7 @@ impl Drop for RuntimeApi {
 }
 
 fn unix_millis(time: SystemTime) -> u128 {
-    time.duration_since(UNIX_EPOCH)
-        .unwrap_or_default()
-        .as_millis()
+    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis()
 }
 
 async fn next(State(shared): State<Arc<Shared>>) -> Response {
@@ -171,11 +155,7 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     loop {
         // Registered before the queue is checked, so a push in between is not missed.
         let queued = shared.queued.notified();
-        let invocation = shared
-            .queue
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .pop_front();
+        let invocation = shared.queue.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
         if let Some(invocation) = invocation {
             let deadline = SystemTime::now() + Duration::from_secs(15);
             let headers = invocation_headers(&invocation.request_id, deadline, &shared.function_arn);
@@ -190,29 +170,17 @@ async fn next(State(shared): State<Arc<Shared>>) -> Response {
     }
 }
 
-async fn response(
-    State(shared): State<Arc<Shared>>,
-    Path(request_id): Path<String>,
-    body: Bytes,
-) -> StatusCode {
+async fn response(State(shared): State<Arc<Shared>>, Path(request_id): Path<String>, body: Bytes) -> StatusCode {
     let at = Instant::now();
     let status = serde_json::from_slice::<serde_json::Value>(&body)
         .ok()
         .and_then(|answer| answer.get("statusCode").and_then(serde_json::Value::as_u64))
         .and_then(|code| u16::try_from(code).ok());
-    let _ = shared.events.send(ApiEvent::Response {
-        request_id,
-        at,
-        status,
-    });
+    let _ = shared.events.send(ApiEvent::Response { request_id, at, status });
     StatusCode::ACCEPTED
 }
 
-async fn error(
-    State(shared): State<Arc<Shared>>,
-    Path(request_id): Path<String>,
-    body: Bytes,
-) -> StatusCode {
+async fn error(State(shared): State<Arc<Shared>>, Path(request_id): Path<String>, body: Bytes) -> StatusCode {
     let body = String::from_utf8_lossy(&body).into_owned();
     let _ = shared.events.send(ApiEvent::Error { request_id, body });
     StatusCode::ACCEPTED
@@ -227,14 +195,10 @@ async fn init_error(State(shared): State<Arc<Shared>>, body: Bytes) -> StatusCod
 /// The headers Lambda's Runtime API sends with an invocation: request id, deadline (epoch
 /// ms), function ARN, trace id.
 pub fn invocation_headers(request_id: &str, deadline: SystemTime, function_arn: &str) -> HeaderMap {
-    let header =
-        |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("invalid"));
+    let header = |value: &str| HeaderValue::from_str(value).unwrap_or(HeaderValue::from_static("invalid"));
     let mut headers = HeaderMap::new();
     headers.insert("lambda-runtime-aws-request-id", header(request_id));
-    headers.insert(
-        "lambda-runtime-deadline-ms",
-        header(&unix_millis(deadline).to_string()),
-    );
+    headers.insert("lambda-runtime-deadline-ms", header(&unix_millis(deadline).to_string()));
     headers.insert("lambda-runtime-invoked-function-arn", header(function_arn));
     headers.insert(
         "lambda-runtime-trace-id",

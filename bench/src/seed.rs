@@ -32,11 +32,7 @@ pub fn app_secret_json() -> String {
 
 pub async fn put_app_secret(store: &dyn SecretStore, secret_id: &str) -> Result<()> {
     store
-        .put_version(
-            secret_id,
-            OPERATOR_VERSION,
-            &SecretString::from(app_secret_json()),
-        )
+        .put_version(secret_id, OPERATOR_VERSION, &SecretString::from(app_secret_json()))
         .await
         .map(drop)
         .map_err(|e| BenchError::Failed(format!("could not store the app secret: {e}")))
@@ -50,8 +46,7 @@ pub fn token_source(
     settings: TokenSettings,
 ) -> Result<TokenSource> {
     let oauth = token_source_client(token_url)?;
-    TokenSource::new(store, secret_id, Arc::new(oauth), settings)
-        .map_err(|e| BenchError::Failed(e.to_string()))
+    TokenSource::new(store, secret_id, Arc::new(oauth), settings).map_err(|e| BenchError::Failed(e.to_string()))
 }
 
 /// A pair freshly issued by the sandbox; `expires_in` overrides its lifetime as stored.
@@ -61,10 +56,7 @@ pub fn grant(sandbox: &Sandbox, expires_in: Option<Duration>) -> TokenGrant {
         access_token: SecretString::from(pair.access_token),
         refresh_token: SecretString::from(pair.refresh_token),
         expires_in: expires_in.unwrap_or(Duration::from_secs(pair.expires_in)),
-        account: pair
-            .scope
-            .split_once('|')
-            .map(|(_, tenant)| tenant.to_owned()),
+        account: pair.scope.split_once('|').map(|(_, tenant)| tenant.to_owned()),
         scope: pair.scope,
     }
 }
@@ -77,12 +69,7 @@ pub async fn connect(
     expires_in: Option<Duration>,
 ) -> Result<TokenGrant> {
     let grant = grant(sandbox, expires_in);
-    let source = token_source(
-        store,
-        secret_id,
-        &sandbox.token_url(),
-        TokenSettings::default(),
-    )?;
+    let source = token_source(store, secret_id, &sandbox.token_url(), TokenSettings::default())?;
     source
         .connect(grant.clone(), false)
         .await
@@ -92,9 +79,7 @@ pub async fn connect(
 
 /// The OAuth client of [`token_source`], for a bare token call.
 pub fn token_source_client(token_url: &str) -> Result<OAuthClient> {
-    let parse = |url: &str| {
-        url::Url::parse(url).map_err(|e| BenchError::Failed(format!("bad URL {url}: {e}")))
-    };
+    let parse = |url: &str| url::Url::parse(url).map_err(|e| BenchError::Failed(format!("bad URL {url}: {e}")));
     Ok(OAuthClient::new(
         reqwest::Client::new(),
         parse(token_url)?,

@@ -62,14 +62,8 @@ mod tests {
     fn nearest_rank_percentiles_are_samples() {
         let samples: Vec<f64> = (1..=100).map(f64::from).collect();
         let summary = Summary::of_ms(&samples);
-        assert_eq!(
-            (summary.p50_ms, summary.p90_ms, summary.p99_ms),
-            (50.0, 90.0, 99.0)
-        );
-        assert_eq!(
-            (summary.min_ms, summary.max_ms, summary.mean_ms),
-            (1.0, 100.0, 50.5)
-        );
+        assert_eq!((summary.p50_ms, summary.p90_ms, summary.p99_ms), (50.0, 90.0, 99.0));
+        assert_eq!((summary.min_ms, summary.max_ms, summary.mean_ms), (1.0, 100.0, 50.5));
         assert_eq!(Summary::of_ms(&[7.0]).p99_ms, 7.0);
         assert!(Summary::of_ms(&[]).p50_ms.is_nan());
     }

@@ -82,11 +82,7 @@ struct Baseline {
 
 impl Baseline {
     /// Sends `request` with the API key and reads its JSON answer, as `KeapApi` does.
-    async fn call(
-        &self,
-        what: &str,
-        request: reqwest::RequestBuilder,
-    ) -> Result<serde_json::Value> {
+    async fn call(&self, what: &str, request: reqwest::RequestBuilder) -> Result<serde_json::Value> {
         let failed = |e: reqwest::Error| BenchError::Failed(format!("baseline {what}: {e}"));
         request
             .header("X-Keap-API-Key", DEFAULT_API_KEY)
@@ -112,9 +108,7 @@ impl Baseline {
         let contact = self
             .call(
                 "upsert",
-                self.http
-                    .put(format!("{}/v1/contacts", self.api))
-                    .json(&upsert),
+                self.http.put(format!("{}/v1/contacts", self.api)).json(&upsert),
             )
             .await?;
         let id = contact["id"]
@@ -154,8 +148,7 @@ pub async fn measure(events: &SignupEvents, signups: usize) -> Result<SteadyStat
         None,
     )
     .await?;
-    let app = App::with_parts(config, counting.clone(), None)
-        .map_err(|e| BenchError::Failed(e.to_string()))?;
+    let app = App::with_parts(config, counting.clone(), None).map_err(|e| BenchError::Failed(e.to_string()))?;
     let deps = AppDeps::from_app(&app);
 
     sandbox.reset_stats();

@@ -52,12 +52,7 @@ pub enum ContenderLine {
 
 /// Nanoseconds since the epoch (u64 lasts until 2554; serde's tagged enums refuse u128).
 pub fn unix_ns(time: SystemTime) -> u64 {
-    u64::try_from(
-        time.duration_since(UNIX_EPOCH)
-            .unwrap_or_default()
-            .as_nanos(),
-    )
-    .unwrap_or(u64::MAX)
+    u64::try_from(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_nanos()).unwrap_or(u64::MAX)
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -106,10 +101,7 @@ impl Contender {
             .ok_or_else(|| BenchError::Failed("contender stdout".into()))?;
         let (send, lines) = mpsc::channel();
         std::thread::spawn(move || {
-            for line in BufReader::new(stdout)
-                .lines()
-                .map_while(std::result::Result::ok)
-            {
+            for line in BufReader::new(stdout).lines().map_while(std::result::Result::ok) {
                 match serde_json::from_str::<ContenderLine>(&line) {
                     Ok(parsed) => {
                         if send.send(parsed).is_err() {
@@ -121,11 +113,7 @@ impl Contender {
             }
         });
         let stdin = child.stdin.take();
-        Ok(Contender {
-            child,
-            stdin,
-            lines,
-        })
+        Ok(Contender { child, stdin, lines })
     }
 
     fn line(&self, deadline: Instant) -> Result<ContenderLine> {
@@ -193,9 +181,7 @@ pub async fn run(
             match process.line(ready_by)? {
                 ContenderLine::Ready => {}
                 other => {
-                    return Err(BenchError::Failed(format!(
-                        "contender not ready: {other:?}"
-                    )));
+                    return Err(BenchError::Failed(format!("contender not ready: {other:?}")));
                 }
             }
         }
@@ -257,9 +243,7 @@ pub async fn run(
             run.store_calls += store_calls;
             run.store_writes += store_writes;
             waits.push(to_ms(finished_unix_ns.saturating_sub(start)));
-            run.start_skew_ms = run
-                .start_skew_ms
-                .max(to_ms(started_unix_ns.saturating_sub(start)));
+            run.start_skew_ms = run.start_skew_ms.max(to_ms(started_unix_ns.saturating_sub(start)));
         }
     }
     run.distinct_tokens = tokens.len();

@@ -22,8 +22,8 @@ use keap_relay::token::{
 };
 use lambda_http::Body;
 use libfuzzer_sys::fuzz_target;
-use oauth::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable};
 use oauth::OAuthDeps;
+use oauth::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable};
 use serde_json::{Map, Value, json};
 
 const CLIENT_SECRET: &str = "fuzz-client-secret";
@@ -53,7 +53,9 @@ struct Keap;
 #[async_trait]
 impl AuthorizationServer for Keap {
     async fn authorize_url(&self, redirect_uri: &str, state: &str) -> Result<String, ExchangeError> {
-        Ok(format!("https://keap.example/authorize?redirect_uri={redirect_uri}&state={state}"))
+        Ok(format!(
+            "https://keap.example/authorize?redirect_uri={redirect_uri}&state={state}"
+        ))
     }
 
     async fn exchange_code(&self, code: &str, _redirect_uri: &str) -> Result<TokenGrant, ExchangeError> {
@@ -61,7 +63,12 @@ impl AuthorizationServer for Keap {
             "good" => "ab123.infusionsoft.com",
             "other-account" => "zz999.infusionsoft.com",
             "down" => return Err(ExchangeError::Unavailable("HTTP 503".into())),
-            _ => return Err(ExchangeError::CodeRejected { error: "invalid_grant".into(), description: None }),
+            _ => {
+                return Err(ExchangeError::CodeRejected {
+                    error: "invalid_grant".into(),
+                    description: None,
+                });
+            }
         };
         Ok(TokenGrant {
             access_token: SecretString::from(ISSUED_ACCESS),
@@ -95,7 +102,10 @@ impl Connection for Store {
                 current: "ab123.infusionsoft.com".into(),
                 requested: "zz999.infusionsoft.com".into(),
             }),
-            account => Ok(ConnectOutcome::Connected { account: account.map(str::to_owned), replaced: true }),
+            account => Ok(ConnectOutcome::Connected {
+                account: account.map(str::to_owned),
+                replaced: true,
+            }),
         }
     }
 
@@ -129,7 +139,10 @@ struct World {
 fn world() -> &'static World {
     static WORLD: OnceLock<World> = OnceLock::new();
     WORLD.get_or_init(|| World {
-        runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a runtime"),
+        runtime: tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("a runtime"),
         deps: OAuthDeps {
             mode: AuthMode::OAuth,
             redirect_uri: Some(REDIRECT_URI.into()),
@@ -160,12 +173,19 @@ fn parameters(raw: &str) -> Map<String, Value> {
 
 fuzz_target!(|data: &[u8]| {
     let world = world();
-    let issued = world.key.issue(REDIRECT_URI, data.first().is_some_and(|b| b & 1 == 1), SystemTime::now());
+    let issued = world.key.issue(
+        REDIRECT_URI,
+        data.first().is_some_and(|b| b & 1 == 1),
+        SystemTime::now(),
+    );
     let raw = String::from_utf8_lossy(data).replace("state=VALID", &format!("state={}", issued.value));
     // An HTTP request line carries only a valid URI; lambda_http panics ("failed to build
     // request") on an event whose raw query is not one (see docs/security.md), so such input
     // is outside what API Gateway delivers and outside this target.
-    if format!("/oauth/callback?{raw}").parse::<lambda_http::http::Uri>().is_err() {
+    if format!("/oauth/callback?{raw}")
+        .parse::<lambda_http::http::Uri>()
+        .is_err()
+    {
         return;
     }
     let mut event = json!({
@@ -196,7 +216,10 @@ fuzz_target!(|data: &[u8]| {
     };
     let response = world.runtime.block_on(oauth::handle(request, &world.deps));
     let status = response.status().as_u16();
-    assert!(matches!(status, 200 | 400 | 403 | 409 | 502 | 503), "undocumented status {status} for {raw:?}");
+    assert!(
+        matches!(status, 200 | 400 | 403 | 409 | 502 | 503),
+        "undocumented status {status} for {raw:?}"
+    );
     let body = match response.body() {
         Body::Text(text) => text.clone(),
         Body::Binary(bytes) => String::from_utf8_lossy(bytes).into_owned(),
@@ -206,5 +229,8 @@ fuzz_target!(|data: &[u8]| {
         assert!(!body.contains(secret), "a secret in the answer to {raw:?}");
     }
     let lower = body.to_ascii_lowercase();
-    assert!(!lower.contains("<script") && !lower.contains("<img") && !lower.contains("<svg"), "markup from the input: {body}");
+    assert!(
+        !lower.contains("<script") && !lower.contains("<img") && !lower.contains("<svg"),
+        "markup from the input: {body}"
+    );
 });

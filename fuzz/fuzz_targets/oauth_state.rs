@@ -20,15 +20,26 @@ fuzz_target!(|data: &[u8]| {
 
     // Arbitrary input: never accepted (it cannot carry our MAC), never a panic.
     let candidate = String::from_utf8_lossy(data);
-    assert!(key.verify(Some(&candidate), REDIRECT, now).is_err(), "an arbitrary state verified: {candidate:?}");
+    assert!(
+        key.verify(Some(&candidate), REDIRECT, now).is_err(),
+        "an arbitrary state verified: {candidate:?}"
+    );
 
     // A genuine state, then one character of it replaced.
     let switch = data.first().is_some_and(|b| b & 1 == 1);
     let issued = key.issue(REDIRECT, switch, now);
-    let verified = key.verify(Some(&issued.value), REDIRECT, now + Duration::from_secs(1)).expect("an issued state verifies");
+    let verified = key
+        .verify(Some(&issued.value), REDIRECT, now + Duration::from_secs(1))
+        .expect("an issued state verifies");
     assert_eq!((verified.nonce, verified.switch), (issued.nonce, switch));
-    assert!(key.verify(Some(&issued.value), REDIRECT, now + STATE_TTL).is_err(), "expired state accepted");
-    assert!(key.verify(Some(&issued.value), "https://other.example.com/oauth/callback", now).is_err());
+    assert!(
+        key.verify(Some(&issued.value), REDIRECT, now + STATE_TTL).is_err(),
+        "expired state accepted"
+    );
+    assert!(
+        key.verify(Some(&issued.value), "https://other.example.com/oauth/callback", now)
+            .is_err()
+    );
     let foreign = StateKey::derive(&SecretString::from("another-deployment"));
     assert!(foreign.verify(Some(&issued.value), REDIRECT, now).is_err());
 
@@ -39,7 +50,10 @@ fuzz_target!(|data: &[u8]| {
         if chars[index] != replacement && !replacement.is_whitespace() {
             chars[index] = replacement;
             let tampered: String = chars.into_iter().collect();
-            assert!(key.verify(Some(&tampered), REDIRECT, now).is_err(), "tampered state verified: {tampered:?}");
+            assert!(
+                key.verify(Some(&tampered), REDIRECT, now).is_err(),
+                "tampered state verified: {tampered:?}"
+            );
         }
     }
 });

@@ -27,7 +27,8 @@ fuzz_target!(|data: &[u8]| {
         // Only possible if the header carries the genuine MAC for some timestamp in range
         // (hex digits in either case: the bytes are what is compared).
         let lower = header.to_ascii_lowercase();
-        let genuine = (NOW - 300..=NOW + 300).any(|t| lower.contains(signature::sign(&key, t, body).split_once("v1=").unwrap().1));
+        let genuine = (NOW - 300..=NOW + 300)
+            .any(|t| lower.contains(signature::sign(&key, t, body).split_once("v1=").unwrap().1));
         assert!(genuine, "a header without the real MAC verified: {header:?}");
     }
 
@@ -37,7 +38,13 @@ fuzz_target!(|data: &[u8]| {
     assert_eq!(signature::verify(&key, Some(&signed), body, now), Ok(()));
     let mut other = body.to_vec();
     other.push(b'x');
-    assert_eq!(signature::verify(&key, Some(&signed), &other, now), Err(SignatureError::Mismatch));
+    assert_eq!(
+        signature::verify(&key, Some(&signed), &other, now),
+        Err(SignatureError::Mismatch)
+    );
     let later = now + Duration::from_secs(301 + offset.unsigned_abs() * 2);
-    assert_eq!(signature::verify(&key, Some(&signed), body, later), Err(SignatureError::Expired));
+    assert_eq!(
+        signature::verify(&key, Some(&signed), body, later),
+        Err(SignatureError::Expired)
+    );
 });

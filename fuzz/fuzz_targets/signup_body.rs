@@ -20,8 +20,14 @@ fuzz_target!(|data: &[u8]| {
     let Ok(signup) = Signup::from_json(data) else {
         return;
     };
-    assert!(clean_text(&signup.email, MAX_EMAIL_CHARS) && signup.email.contains('@'), "{signup:?}");
-    for text in [&signup.given_name, &signup.family_name, &signup.source].into_iter().flatten() {
+    assert!(
+        clean_text(&signup.email, MAX_EMAIL_CHARS) && signup.email.contains('@'),
+        "{signup:?}"
+    );
+    for text in [&signup.given_name, &signup.family_name, &signup.source]
+        .into_iter()
+        .flatten()
+    {
         assert!(clean_text(text, MAX_TEXT_CHARS), "{signup:?}");
     }
     assert!(signup.tags.len() <= MAX_TAGS);

@@ -20,8 +20,8 @@ use crate::store::file::FileStore;
 use crate::store::secrets_manager::{self, SecretsManagerStore};
 use crate::store::{self, AppSecretError, SecretStore};
 use crate::token::{
-    ApiKeySource, ConnectError, ConnectOutcome, Connection, ConnectionStatus, Credential, CredentialSource, RotationPolicy,
-    RotationReport, TokenError, TokenGrant, TokenSettings, TokenSource,
+    ApiKeySource, ConnectError, ConnectOutcome, Connection, ConnectionStatus, Credential, CredentialSource,
+    RotationPolicy, RotationReport, TokenError, TokenGrant, TokenSettings, TokenSource,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -42,13 +42,21 @@ pub struct AppSecretCache {
 
 impl AppSecretCache {
     pub fn new(store: Arc<dyn SecretStore>, secret_id: impl Into<String>) -> Self {
-        Self { store, secret_id: secret_id.into(), cell: OnceCell::new() }
+        Self {
+            store,
+            secret_id: secret_id.into(),
+            cell: OnceCell::new(),
+        }
     }
 
     /// The app secret; one store read per process unless a read fails.
     pub async fn get(&self) -> Result<Arc<AppSecret>, AppSecretError> {
         self.cell
-            .get_or_try_init(|| async { store::load_app_secret(self.store.as_ref(), &self.secret_id).await.map(Arc::new) })
+            .get_or_try_init(|| async {
+                store::load_app_secret(self.store.as_ref(), &self.secret_id)
+                    .await
+                    .map(Arc::new)
+            })
             .await
             .cloned()
     }
@@ -73,13 +81,19 @@ pub struct LazyOAuthClient {
 
 impl LazyOAuthClient {
     pub fn new(endpoints: OAuthEndpoints, http: reqwest::Client) -> Self {
-        Self { endpoints, http, cell: OnceCell::new() }
+        Self {
+            endpoints,
+            http,
+            cell: OnceCell::new(),
+        }
     }
 
     /// The client; the first call builds it with `app_secret` (the process's cached one).
     pub async fn get(&self, app_secret: &AppSecret) -> Result<Arc<OAuthClient>, ConfigError> {
         self.cell
-            .get_or_try_init(|| async { OAuthClient::with_app_secret(self.http.clone(), &self.endpoints, app_secret).map(Arc::new) })
+            .get_or_try_init(|| async {
+                OAuthClient::with_app_secret(self.http.clone(), &self.endpoints, app_secret).map(Arc::new)
+            })
             .await
             .cloned()
     }
@@ -97,13 +111,27 @@ pub struct LazyConnection {
 
 impl std::fmt::Debug for LazyConnection {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LazyConnection").field("mode", &self.config.auth_mode).field("built", &self.cell.initialized()).finish()
+        f.debug_struct("LazyConnection")
+            .field("mode", &self.config.auth_mode)
+            .field("built", &self.cell.initialized())
+            .finish()
     }
 }
 
 impl LazyConnection {
-    pub fn new(config: Config, store: Arc<dyn SecretStore>, oauth: Arc<LazyOAuthClient>, app_secret: Arc<AppSecretCache>) -> Self {
-        Self { config, store, oauth, app_secret, cell: OnceCell::new() }
+    pub fn new(
+        config: Config,
+        store: Arc<dyn SecretStore>,
+        oauth: Arc<LazyOAuthClient>,
+        app_secret: Arc<AppSecretCache>,
+    ) -> Self {
+        Self {
+            config,
+            store,
+            oauth,
+            app_secret,
+            cell: OnceCell::new(),
+        }
     }
 
     /// The real connection, built on the first call.
@@ -136,10 +164,20 @@ async fn connection_from_config(
         }
         AuthMode::OAuth => {
             if config.token_secret_id.is_empty() {
-                return Err(TokenError::Misconfigured("oauth mode needs KEAP_TOKEN_SECRET_ID".into()));
+                return Err(TokenError::Misconfigured(
+                    "oauth mode needs KEAP_TOKEN_SECRET_ID".into(),
+                ));
             }
-            let client = oauth.get(app_secret).await.map_err(|e| TokenError::Misconfigured(e.to_string()))?;
-            let source = TokenSource::new(store, config.token_secret_id.clone(), client, TokenSettings::from_config(config))?;
+            let client = oauth
+                .get(app_secret)
+                .await
+                .map_err(|e| TokenError::Misconfigured(e.to_string()))?;
+            let source = TokenSource::new(
+                store,
+                config.token_secret_id.clone(),
+                client,
+                TokenSettings::from_config(config),
+            )?;
             Ok(Arc::new(source))
         }
     }
@@ -210,14 +248,34 @@ impl App {
     }
 
     /// Wires an app over a given store and queue (the local run and tests).
-    pub fn with_parts(config: Config, store: Arc<dyn SecretStore>, queue: Option<Arc<dyn SignupQueue>>) -> Result<App, AppError> {
+    pub fn with_parts(
+        config: Config,
+        store: Arc<dyn SecretStore>,
+        queue: Option<Arc<dyn SignupQueue>>,
+    ) -> Result<App, AppError> {
         let http = http_client(&config)?;
         let app_secret = Arc::new(AppSecretCache::new(store.clone(), config.app_secret_id.clone()));
-        let oauth = Arc::new(LazyOAuthClient::new(OAuthEndpoints::from_config(&config)?, http.clone()));
-        let connection: Arc<dyn Connection> =
-            Arc::new(LazyConnection::new(config.clone(), store.clone(), oauth.clone(), app_secret.clone()));
+        let oauth = Arc::new(LazyOAuthClient::new(
+            OAuthEndpoints::from_config(&config)?,
+            http.clone(),
+        ));
+        let connection: Arc<dyn Connection> = Arc::new(LazyConnection::new(
+            config.clone(),
+            store.clone(),
+            oauth.clone(),
+            app_secret.clone(),
+        ));
         let api = KeapApi::from_config(http.clone(), &config);
-        Ok(App { config, http, store, app_secret, oauth, connection, api, queue })
+        Ok(App {
+            config,
+            http,
+            store,
+            app_secret,
+            oauth,
+            connection,
+            api,
+            queue,
+        })
     }
 
     /// A signup service over this app's connection and client (keep one per process: it
@@ -243,7 +301,9 @@ pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<A
         StoreKind::File(dir) => Arc::new(FileStore::new(dir.clone())),
     };
     let queue = match &config.signup_queue_url {
-        Some(url) => Some(Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(aws().await), url.clone())) as Arc<dyn SignupQueue>),
+        Some(url) => {
+            Some(Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(aws().await), url.clone())) as Arc<dyn SignupQueue>)
+        }
         None => None,
     };
     (store, queue)
@@ -305,7 +365,10 @@ mod tests {
     use secrecy::SecretString;
 
     fn config(mode: AuthMode) -> Config {
-        Config { signup_retry_budget: Duration::from_millis(100), ..local_config(mode, "http://127.0.0.1:9") }
+        Config {
+            signup_retry_budget: Duration::from_millis(100),
+            ..local_config(mode, "http://127.0.0.1:9")
+        }
     }
 
     async fn put(store: &MemoryStore, id: &str, value: &str) {

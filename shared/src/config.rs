@@ -113,7 +113,12 @@ impl AppSecret {
     /// value (serde's messages quote the offending value, which here is a secret).
     pub fn from_json(json: &str) -> Result<Self, ConfigError> {
         serde_json::from_str(json).map_err(|e| {
-            ConfigError::AppSecret(format!("{:?} error at line {}, column {}", e.classify(), e.line(), e.column()))
+            ConfigError::AppSecret(format!(
+                "{:?} error at line {}, column {}",
+                e.classify(),
+                e.line(),
+                e.column()
+            ))
         })
     }
 }
@@ -125,10 +130,10 @@ fn var(name: &'static str) -> Option<String> {
 fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
     match var(name) {
         None => Ok(default),
-        Some(v) => v
-            .trim()
-            .parse::<u64>()
-            .map_err(|e| ConfigError::Invalid { name, reason: e.to_string() }),
+        Some(v) => v.trim().parse::<u64>().map_err(|e| ConfigError::Invalid {
+            name,
+            reason: e.to_string(),
+        }),
     }
 }
 
@@ -184,9 +189,7 @@ impl Config {
         let store = match var("KEAP_STORE").as_deref() {
             None => defaults.store,
             Some("secretsmanager") => StoreKind::SecretsManager,
-            Some("file") => StoreKind::File(
-                var("KEAP_STORE_DIR").unwrap_or_else(|| ".local/secrets".into()).into(),
-            ),
+            Some("file") => StoreKind::File(var("KEAP_STORE_DIR").unwrap_or_else(|| ".local/secrets".into()).into()),
             Some(other) => {
                 return Err(ConfigError::Invalid {
                     name: "KEAP_STORE",
@@ -194,25 +197,34 @@ impl Config {
                 });
             }
         };
-        let app_secret_id = var("KEAP_APP_SECRET_ID").ok_or(ConfigError::Missing { name: "KEAP_APP_SECRET_ID" })?;
+        let app_secret_id = var("KEAP_APP_SECRET_ID").ok_or(ConfigError::Missing {
+            name: "KEAP_APP_SECRET_ID",
+        })?;
         let token_secret_id = match (auth_mode, var("KEAP_TOKEN_SECRET_ID")) {
             (_, Some(id)) => id,
             (AuthMode::ApiKey, None) => defaults.token_secret_id,
-            (AuthMode::OAuth, None) => return Err(ConfigError::Missing { name: "KEAP_TOKEN_SECRET_ID" }),
+            (AuthMode::OAuth, None) => {
+                return Err(ConfigError::Missing {
+                    name: "KEAP_TOKEN_SECRET_ID",
+                });
+            }
         };
         let welcome_email = match var("KEAP_WELCOME_EMAIL_SUBJECT") {
             None => defaults.welcome_email,
             Some(subject) => Some(WelcomeEmail {
                 user_id: var("KEAP_WELCOME_EMAIL_USER_ID")
-                    .ok_or(ConfigError::Missing { name: "KEAP_WELCOME_EMAIL_USER_ID" })?
+                    .ok_or(ConfigError::Missing {
+                        name: "KEAP_WELCOME_EMAIL_USER_ID",
+                    })?
                     .parse()
                     .map_err(|e: std::num::ParseIntError| ConfigError::Invalid {
                         name: "KEAP_WELCOME_EMAIL_USER_ID",
                         reason: e.to_string(),
                     })?,
                 subject,
-                html_body: var("KEAP_WELCOME_EMAIL_HTML")
-                    .ok_or(ConfigError::Missing { name: "KEAP_WELCOME_EMAIL_HTML" })?,
+                html_body: var("KEAP_WELCOME_EMAIL_HTML").ok_or(ConfigError::Missing {
+                    name: "KEAP_WELCOME_EMAIL_HTML",
+                })?,
             }),
         };
         let config = Self {
@@ -267,7 +279,10 @@ impl Config {
                 crate::token::TokenError::Misconfigured(reason) => reason,
                 other => other.to_string(),
             };
-            return Err(ConfigError::Invalid { name: "KEAP_LEASE_SECONDS", reason });
+            return Err(ConfigError::Invalid {
+                name: "KEAP_LEASE_SECONDS",
+                reason,
+            });
         }
         Ok(())
     }
@@ -300,13 +315,31 @@ mod tests {
     fn settings_that_cannot_work_are_refused_with_the_variables_to_change() {
         let base = local_config(AuthMode::OAuth, "http://127.0.0.1:9");
         base.validate().unwrap();
-        let tight = Config { lease_duration: base.http_timeout + Duration::from_secs(5), ..base.clone() };
+        let tight = Config {
+            lease_duration: base.http_timeout + Duration::from_secs(5),
+            ..base.clone()
+        };
         let error = tight.validate().unwrap_err().to_string();
-        assert!(error.contains("KEAP_LEASE_SECONDS") && error.contains("KEAP_HTTP_TIMEOUT_SECONDS"), "{error}");
-        let short = Config { http_timeout: Duration::from_secs(1), ..base.clone() };
-        assert!(short.validate().unwrap_err().to_string().contains("KEAP_HTTP_TIMEOUT_SECONDS"));
+        assert!(
+            error.contains("KEAP_LEASE_SECONDS") && error.contains("KEAP_HTTP_TIMEOUT_SECONDS"),
+            "{error}"
+        );
+        let short = Config {
+            http_timeout: Duration::from_secs(1),
+            ..base.clone()
+        };
+        assert!(
+            short
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("KEAP_HTTP_TIMEOUT_SECONDS")
+        );
         assert!(base.connect_timeout() < base.http_timeout);
-        let api_key = Config { auth_mode: AuthMode::ApiKey, ..tight };
+        let api_key = Config {
+            auth_mode: AuthMode::ApiKey,
+            ..tight
+        };
         api_key.validate().unwrap();
     }
 
@@ -325,7 +358,9 @@ mod tests {
 
     #[test]
     fn an_app_secret_error_never_echoes_the_value() {
-        let error = AppSecret::from_json(r#"{"client_secret": 12345678}"#).unwrap_err().to_string();
+        let error = AppSecret::from_json(r#"{"client_secret": 12345678}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!error.contains("12345678"), "{error}");
     }
 }

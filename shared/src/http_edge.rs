@@ -27,14 +27,21 @@ pub struct Unavailable(pub String);
 
 /// `{"error":{"code":…,"message":…}}` with `status`.
 pub fn error_response(status: StatusCode, code: &str, message: &str) -> Response<String> {
-    json_body(status, serde_json::json!({ "error": { "code": code, "message": message } }).to_string())
+    json_body(
+        status,
+        serde_json::json!({ "error": { "code": code, "message": message } }).to_string(),
+    )
 }
 
 /// `value` as JSON with `status`; a value that cannot be encoded becomes a 500 `serialization` error.
 pub fn json_response<T: Serialize + ?Sized>(status: StatusCode, value: &T) -> Response<String> {
     match serde_json::to_string(value) {
         Ok(body) => json_body(status, body),
-        Err(_) => error_response(StatusCode::INTERNAL_SERVER_ERROR, "serialization", "the response could not be encoded"),
+        Err(_) => error_response(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "serialization",
+            "the response could not be encoded",
+        ),
     }
 }
 
@@ -51,14 +58,18 @@ pub fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Stri
 /// 0 would retry at once).
 pub fn with_retry_after<B>(mut response: Response<B>, after: Duration) -> Response<B> {
     let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
-    response.headers_mut().insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
+    response
+        .headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));
     response
 }
 
 fn json_body(status: StatusCode, body: String) -> Response<String> {
     let mut response = Response::new(body);
     *response.status_mut() = status;
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(JSON_CONTENT_TYPE));
     response
 }
 
@@ -71,7 +82,10 @@ mod tests {
         let response = error_response(StatusCode::BAD_REQUEST, "invalid_json", "the body is \"not\" JSON");
         assert_eq!(response.status(), StatusCode::BAD_REQUEST);
         assert_eq!(response.headers()[CONTENT_TYPE], JSON_CONTENT_TYPE);
-        assert_eq!(response.body(), r#"{"error":{"code":"invalid_json","message":"the body is \"not\" JSON"}}"#);
+        assert_eq!(
+            response.body(),
+            r#"{"error":{"code":"invalid_json","message":"the body is \"not\" JSON"}}"#
+        );
     }
 
     #[test]
@@ -97,6 +111,9 @@ mod tests {
         assert_eq!(response.headers()[RETRY_AFTER], "2");
         let response = with_retry_after(response, Duration::ZERO);
         assert_eq!(response.headers()[RETRY_AFTER], "1");
-        assert_eq!(with_retry_after(Response::new(()), Duration::from_secs(300)).headers()[RETRY_AFTER], "300");
+        assert_eq!(
+            with_retry_after(Response::new(()), Duration::from_secs(300)).headers()[RETRY_AFTER],
+            "300"
+        );
     }
 }

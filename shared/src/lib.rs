@@ -14,7 +14,7 @@ pub mod store;
 pub mod token;
 
 pub use secrecy::{ExposeSecret, SecretString};
-pub mod oauth_state;
-pub mod metrics;
 pub mod app;
 pub mod http_edge;
+pub mod metrics;
+pub mod oauth_state;

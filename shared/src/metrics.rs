@@ -84,7 +84,12 @@ pub struct EmfRecord {
 
 impl EmfRecord {
     pub fn new(namespace: impl Into<String>) -> Self {
-        Self { namespace: namespace.into(), dimensions: Vec::new(), metrics: Vec::new(), properties: Map::new() }
+        Self {
+            namespace: namespace.into(),
+            dimensions: Vec::new(),
+            metrics: Vec::new(),
+            properties: Map::new(),
+        }
     }
 
     pub fn dimension(mut self, name: impl Into<String>, value: impl Into<String>) -> Self {
@@ -112,7 +117,10 @@ impl EmfRecord {
     }
 
     pub fn to_json(&self, timestamp: SystemTime) -> Value {
-        let millis = timestamp.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+        let millis = timestamp
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
         let mut root = self.properties.clone();
         for (name, value) in &self.dimensions {
             root.insert(name.clone(), Value::String(value.clone()));
@@ -156,13 +164,28 @@ mod tests {
 
     #[test]
     fn the_quota_is_told_apart_as_an_error_and_as_text() {
-        let quota = StoreError::QuotaExceeded { operation: "put_version", detail: "LimitExceededException".into() };
-        assert!(mentions_quota_exceeded(&quota.to_string()), "the marker text follows StoreError's message: {quota}");
+        let quota = StoreError::QuotaExceeded {
+            operation: "put_version",
+            detail: "LimitExceededException".into(),
+        };
+        assert!(
+            mentions_quota_exceeded(&quota.to_string()),
+            "the marker text follows StoreError's message: {quota}"
+        );
         assert!(is_quota_exceeded(&TokenError::Store(quota.clone())));
-        assert!(is_quota_exceeded(&TokenError::Unavailable { detail: quota.to_string(), retry_after: None }));
-        let transient = StoreError::Transient { operation: "put_version", detail: "throttled".into() };
+        assert!(is_quota_exceeded(&TokenError::Unavailable {
+            detail: quota.to_string(),
+            retry_after: None
+        }));
+        let transient = StoreError::Transient {
+            operation: "put_version",
+            detail: "throttled".into(),
+        };
         assert!(!is_quota_exceeded(&TokenError::Store(transient.clone())));
-        assert!(!is_quota_exceeded(&TokenError::Unavailable { detail: transient.to_string(), retry_after: None }));
+        assert!(!is_quota_exceeded(&TokenError::Unavailable {
+            detail: transient.to_string(),
+            retry_after: None
+        }));
         assert!(!is_quota_exceeded(&TokenError::NotConnected));
     }
 
@@ -172,7 +195,10 @@ mod tests {
         let directive = &doc["_aws"]["CloudWatchMetrics"][0];
         assert_eq!(directive["Namespace"], "KeapRelay");
         assert_eq!(directive["Dimensions"], json!([["FunctionName"]]));
-        assert_eq!(directive["Metrics"], json!([{"Name": "SecretVersionQuotaExceeded", "Unit": "Count"}]));
+        assert_eq!(
+            directive["Metrics"],
+            json!([{"Name": "SecretVersionQuotaExceeded", "Unit": "Count"}])
+        );
         assert_eq!(doc["FunctionName"], "keap-relay-SignupFunction-abc");
         assert_eq!(doc["SecretVersionQuotaExceeded"], 1.0);
     }
@@ -201,6 +227,9 @@ mod tests {
         assert_eq!(doc["AccessTokenSecondsToExpiry"], 86_000.0);
         assert!(doc.get("Broken").is_none());
         assert_eq!(doc["action"], "rotated");
-        assert_eq!(record.metric_names().collect::<Vec<_>>(), ["Refreshes", "AccessTokenSecondsToExpiry"]);
+        assert_eq!(
+            record.metric_names().collect::<Vec<_>>(),
+            ["Refreshes", "AccessTokenSecondsToExpiry"]
+        );
     }
 }

@@ -128,7 +128,9 @@ pub struct StateKey {
 
 impl std::fmt::Debug for StateKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("StateKey").field("key_id", &self.key_id).finish_non_exhaustive()
+        f.debug_struct("StateKey")
+            .field("key_id", &self.key_id)
+            .finish_non_exhaustive()
     }
 }
 
@@ -160,19 +162,35 @@ impl StateKey {
         let json = serde_json::to_vec(&payload).expect("a struct of strings, numbers and bools always serializes");
         let payload_part = URL_SAFE_NO_PAD.encode(json);
         let signature = URL_SAFE_NO_PAD.encode(mac(&self.key, payload_part.as_bytes()));
-        IssuedState { value: format!("{payload_part}.{signature}"), nonce, expires_at }
+        IssuedState {
+            value: format!("{payload_part}.{signature}"),
+            nonce,
+            expires_at,
+        }
     }
 
     /// Checks a state received by the callback: signature (constant time), deployment,
     /// redirect URI binding and expiry.
-    pub fn verify(&self, state: Option<&str>, redirect_uri: &str, now: SystemTime) -> Result<VerifiedState, StateError> {
-        let state = state.map(str::trim).filter(|s| !s.is_empty()).ok_or(StateError::Missing)?;
+    pub fn verify(
+        &self,
+        state: Option<&str>,
+        redirect_uri: &str,
+        now: SystemTime,
+    ) -> Result<VerifiedState, StateError> {
+        let state = state
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or(StateError::Missing)?;
         if state.len() > MAX_STATE_LEN {
             return Err(StateError::Malformed);
         }
         let (payload_part, signature_part) = state.split_once('.').ok_or(StateError::Malformed)?;
-        let signature = URL_SAFE_NO_PAD.decode(signature_part).map_err(|_| StateError::Malformed)?;
-        let payload_bytes = URL_SAFE_NO_PAD.decode(payload_part).map_err(|_| StateError::Malformed)?;
+        let signature = URL_SAFE_NO_PAD
+            .decode(signature_part)
+            .map_err(|_| StateError::Malformed)?;
+        let payload_bytes = URL_SAFE_NO_PAD
+            .decode(payload_part)
+            .map_err(|_| StateError::Malformed)?;
         let payload: Option<Payload> = serde_json::from_slice(&payload_bytes).ok();
 
         let mut verifier = HmacSha256::new_from_slice(&self.key).expect("HMAC takes keys of any length");
@@ -197,7 +215,12 @@ impl StateKey {
         if now >= expires_at {
             return Err(StateError::Expired);
         }
-        Ok(VerifiedState { nonce: payload.n, switch: payload.s, issued_at: expires_at.checked_sub(STATE_TTL).unwrap_or(UNIX_EPOCH), expires_at })
+        Ok(VerifiedState {
+            nonce: payload.n,
+            switch: payload.s,
+            issued_at: expires_at.checked_sub(STATE_TTL).unwrap_or(UNIX_EPOCH),
+            expires_at,
+        })
     }
 }
 
@@ -212,7 +235,9 @@ fn redirect_hash(redirect_uri: &str) -> String {
 }
 
 fn unix_millis(time: SystemTime) -> u64 {
-    time.duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+    time.duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
 }
 
 #[cfg(test)]
@@ -234,7 +259,9 @@ mod tests {
         let key = key("client-secret");
         for switch in [false, true] {
             let issued = key.issue(REDIRECT, switch, now());
-            let verified = key.verify(Some(&issued.value), REDIRECT, now() + Duration::from_secs(60)).unwrap();
+            let verified = key
+                .verify(Some(&issued.value), REDIRECT, now() + Duration::from_secs(60))
+                .unwrap();
             assert_eq!(verified.nonce, issued.nonce);
             assert_eq!(verified.switch, switch);
             assert_eq!(verified.expires_at, now() + STATE_TTL);
@@ -249,15 +276,29 @@ mod tests {
         let b = key.issue(REDIRECT, false, now());
         assert_ne!(a.value, b.value);
         assert_ne!(a.nonce, b.nonce);
-        assert!(a.value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)), "{}", a.value);
+        assert!(
+            a.value.chars().all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c)),
+            "{}",
+            a.value
+        );
     }
 
     #[test]
     fn expires_after_ten_minutes() {
         let key = key("client-secret");
         let issued = key.issue(REDIRECT, false, now());
-        assert!(key.verify(Some(&issued.value), REDIRECT, now() + STATE_TTL - Duration::from_secs(1)).is_ok());
-        assert_eq!(key.verify(Some(&issued.value), REDIRECT, now() + STATE_TTL), Err(StateError::Expired));
+        assert!(
+            key.verify(
+                Some(&issued.value),
+                REDIRECT,
+                now() + STATE_TTL - Duration::from_secs(1)
+            )
+            .is_ok()
+        );
+        assert_eq!(
+            key.verify(Some(&issued.value), REDIRECT, now() + STATE_TTL),
+            Err(StateError::Expired)
+        );
     }
 
     #[test]
@@ -271,7 +312,11 @@ mod tests {
     fn garbage_is_malformed() {
         let key = key("client-secret");
         for bad in ["abc", "a.b.c", "!!!.###", "e30.", &"A".repeat(5000)] {
-            assert_eq!(key.verify(Some(bad), REDIRECT, now()), Err(StateError::Malformed), "{bad}");
+            assert_eq!(
+                key.verify(Some(bad), REDIRECT, now()),
+                Err(StateError::Malformed),
+                "{bad}"
+            );
         }
     }
 
@@ -283,27 +328,39 @@ mod tests {
         let mut fields: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
         fields["s"] = true.into();
         let forged = format!("{}.{signature}", URL_SAFE_NO_PAD.encode(fields.to_string()));
-        assert_eq!(key.verify(Some(&forged), REDIRECT, now()), Err(StateError::BadSignature));
+        assert_eq!(
+            key.verify(Some(&forged), REDIRECT, now()),
+            Err(StateError::BadSignature)
+        );
 
         let mut flipped = issued.value.clone();
         let last = flipped.pop().unwrap();
         // The last character of a 32-byte MAC carries 4 bits plus 2 zero bits; swap it for
         // another canonical one ('A' and 'E' differ in a data bit), so it still decodes.
         flipped.push(if last == 'A' { 'E' } else { 'A' });
-        assert_eq!(key.verify(Some(&flipped), REDIRECT, now()), Err(StateError::BadSignature));
+        assert_eq!(
+            key.verify(Some(&flipped), REDIRECT, now()),
+            Err(StateError::BadSignature)
+        );
     }
 
     #[test]
     fn state_from_another_client_secret_is_wrong_deployment() {
         let issued = key("other-deployment-secret").issue(REDIRECT, true, now());
-        assert_eq!(key("client-secret").verify(Some(&issued.value), REDIRECT, now()), Err(StateError::WrongDeployment));
+        assert_eq!(
+            key("client-secret").verify(Some(&issued.value), REDIRECT, now()),
+            Err(StateError::WrongDeployment)
+        );
     }
 
     #[test]
     fn state_for_another_redirect_uri_is_wrong_deployment() {
         let key = key("client-secret");
         let issued = key.issue("https://staging.example.com/oauth/callback", false, now());
-        assert_eq!(key.verify(Some(&issued.value), REDIRECT, now()), Err(StateError::WrongDeployment));
+        assert_eq!(
+            key.verify(Some(&issued.value), REDIRECT, now()),
+            Err(StateError::WrongDeployment)
+        );
     }
 
     #[test]
@@ -312,9 +369,20 @@ mod tests {
         let issued = key.issue(REDIRECT, false, now());
         let state = key.verify(Some(&issued.value), REDIRECT, now()).unwrap();
         assert_eq!(state.ensure_unused(None), Ok(()), "nothing stored yet");
-        assert_eq!(state.ensure_unused(Some(now() - Duration::from_secs(60))), Ok(()), "an older pair");
-        assert_eq!(state.ensure_unused(Some(now())), Ok(()), "the same millisecond counts as newer");
-        assert_eq!(state.ensure_unused(Some(now() + Duration::from_millis(1))), Err(StateError::Reused));
+        assert_eq!(
+            state.ensure_unused(Some(now() - Duration::from_secs(60))),
+            Ok(()),
+            "an older pair"
+        );
+        assert_eq!(
+            state.ensure_unused(Some(now())),
+            Ok(()),
+            "the same millisecond counts as newer"
+        );
+        assert_eq!(
+            state.ensure_unused(Some(now() + Duration::from_millis(1))),
+            Err(StateError::Reused)
+        );
         assert_eq!(StateError::Reused.code(), "state_reused");
     }
 

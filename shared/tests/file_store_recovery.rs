@@ -48,29 +48,60 @@ async fn a_first_write_after_a_crash_before_current_replaces_the_debris_and_beco
     let (dir, store) = store_after_a_crashed_first_write("authorization lost in the crash");
     assert_eq!(current(&store).await, None, "nothing was ever current");
 
-    assert_eq!(store.put_version(ID, "v-1", &secret("new authorization")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store
+            .put_version(ID, "v-1", &secret("new authorization"))
+            .await
+            .unwrap(),
+        PutOutcome::Created
+    );
     assert_eq!(current(&store).await, Some(("v-1".into(), "new authorization".into())));
     let version = store.read_version(ID, "v-1").await.unwrap().unwrap();
     assert_eq!(version.value.expose_secret(), "new authorization");
 
     // Once current exists, the usual rules hold again.
-    assert_eq!(store.put_version(ID, "v-1", &secret("yet another")).await.unwrap(), PutOutcome::Conflict);
-    assert_eq!(store.put_version(ID, "v-1", &secret("new authorization")).await.unwrap(), PutOutcome::AlreadyExists);
-    assert_eq!(store.put_version(ID, "v-2", &secret("two")).await.unwrap(), PutOutcome::Created);
-    assert_eq!(current(&store).await, Some(("v-1".into(), "new authorization".into())), "a put never moves current");
-    assert_eq!(store.swap_current(ID, "v-1", "v-2").await.unwrap(), SwapOutcome::Swapped);
+    assert_eq!(
+        store.put_version(ID, "v-1", &secret("yet another")).await.unwrap(),
+        PutOutcome::Conflict
+    );
+    assert_eq!(
+        store
+            .put_version(ID, "v-1", &secret("new authorization"))
+            .await
+            .unwrap(),
+        PutOutcome::AlreadyExists
+    );
+    assert_eq!(
+        store.put_version(ID, "v-2", &secret("two")).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        current(&store).await,
+        Some(("v-1".into(), "new authorization".into())),
+        "a put never moves current"
+    );
+    assert_eq!(
+        store.swap_current(ID, "v-1", "v-2").await.unwrap(),
+        SwapOutcome::Swapped
+    );
     assert_eq!(current(&store).await, Some(("v-2".into(), "two".into())));
 
     // A first write of another version id over the debris becomes current as well.
     crashed_first_write(dir.path(), OTHER, "v-1", "debris");
-    assert_eq!(store.put_version(OTHER, "v-9", &secret("nine")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_version(OTHER, "v-9", &secret("nine")).await.unwrap(),
+        PutOutcome::Created
+    );
     assert_eq!(current_of(&store, OTHER).await, Some(("v-9".into(), "nine".into())));
 }
 
 #[tokio::test]
 async fn a_retried_first_write_with_the_same_value_after_a_crash_becomes_current() {
     let (_dir, store) = store_after_a_crashed_first_write("one");
-    assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::AlreadyExists);
+    assert_eq!(
+        store.put_version(ID, "v-1", &secret("one")).await.unwrap(),
+        PutOutcome::AlreadyExists
+    );
     assert_eq!(current(&store).await, Some(("v-1".into(), "one".into())));
 }
 
@@ -81,15 +112,28 @@ async fn a_current_naming_a_missing_version_counts_as_no_current() {
     fs::write(dir.join(ID).join("current"), "v-gone").unwrap();
     assert_eq!(current(&store).await, None);
 
-    assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_version(ID, "v-1", &secret("one")).await.unwrap(),
+        PutOutcome::Created
+    );
     assert_eq!(current(&store).await, Some(("v-1".into(), "one".into())));
-    assert_eq!(store.put_version(ID, "v-2", &secret("two")).await.unwrap(), PutOutcome::Created);
-    assert_eq!(current(&store).await, Some(("v-1".into(), "one".into())), "a put never moves current");
+    assert_eq!(
+        store.put_version(ID, "v-2", &secret("two")).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        current(&store).await,
+        Some(("v-1".into(), "one".into())),
+        "a put never moves current"
+    );
 
     // A put of the very version that `current` names, but that never reached the disk.
     fs::create_dir_all(dir.join(OTHER).join("versions")).unwrap();
     fs::write(dir.join(OTHER).join("current"), "v-1\n").unwrap();
-    assert_eq!(store.put_version(OTHER, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_version(OTHER, "v-1", &secret("one")).await.unwrap(),
+        PutOutcome::Created
+    );
     assert_eq!(current_of(&store, OTHER).await, Some(("v-1".into(), "one".into())));
 }
 
@@ -102,15 +146,29 @@ async fn files_are_private_to_the_owner() {
     let dir = TempDir::new("recovery");
     let root = dir.path().join("store"); // created by the store
     let store = FileStore::new(&root);
-    assert_eq!(store.put_version(ID, "v-1", &secret("one")).await.unwrap(), PutOutcome::Created);
-    assert_eq!(store.put_version(ID, "v-2", &secret("two")).await.unwrap(), PutOutcome::Created);
-    assert_eq!(store.swap_current(ID, "v-1", "v-2").await.unwrap(), SwapOutcome::Swapped);
+    assert_eq!(
+        store.put_version(ID, "v-1", &secret("one")).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store.put_version(ID, "v-2", &secret("two")).await.unwrap(),
+        PutOutcome::Created
+    );
+    assert_eq!(
+        store.swap_current(ID, "v-1", "v-2").await.unwrap(),
+        SwapOutcome::Swapped
+    );
 
     let secret_dir = root.join(ID);
     for path in [root.clone(), secret_dir.clone(), secret_dir.join("versions")] {
         assert_eq!(mode(&path), 0o700, "{}", path.display());
     }
-    for path in [secret_dir.join("versions/v-1"), secret_dir.join("versions/v-2"), secret_dir.join("current"), secret_dir.join("lock")] {
+    for path in [
+        secret_dir.join("versions/v-1"),
+        secret_dir.join("versions/v-2"),
+        secret_dir.join("current"),
+        secret_dir.join("lock"),
+    ] {
         assert_eq!(mode(&path), 0o600, "{}", path.display());
     }
 }

@@ -20,7 +20,12 @@ use keap_relay::token::{
 use keap_relay::token::{Step, child_version_id};
 use keap_relay::{ExposeSecret, SecretString};
 
-fn source_on(store: Arc<dyn SecretStore>, keap: Arc<FakeKeap>, settings: TokenSettings, clock: Arc<dyn Clock>) -> TokenSource {
+fn source_on(
+    store: Arc<dyn SecretStore>,
+    keap: Arc<FakeKeap>,
+    settings: TokenSettings,
+    clock: Arc<dyn Clock>,
+) -> TokenSource {
     TokenSource::with_clock(store, SECRET_ID, keap, settings, clock).expect("valid settings")
 }
 
@@ -32,7 +37,10 @@ fn source(store: Arc<dyn SecretStore>, keap: Arc<FakeKeap>) -> TokenSource {
 async fn seed(store: &MemoryStore, keap: &FakeKeap, access_left: Duration, now: SystemTime) {
     let grant = keap.authorize();
     let state = TokenState::connected(&grant, 1, now - (grant.expires_in - access_left));
-    store.put_version(SECRET_ID, &child_version_id("root", Step::Connect), &state.to_secret()).await.expect("first version");
+    store
+        .put_version(SECRET_ID, &child_version_id("root", Step::Connect), &state.to_secret())
+        .await
+        .expect("first version");
 }
 
 async fn seeded(access_left: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>) {
@@ -44,7 +52,14 @@ async fn seeded(access_left: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>) {
 }
 
 fn stored(store: &MemoryStore) -> TokenState {
-    TokenState::from_json(store.peek_current(SECRET_ID).expect("a current version").value.expose_secret()).unwrap()
+    TokenState::from_json(
+        store
+            .peek_current(SECRET_ID)
+            .expect("a current version")
+            .value
+            .expose_secret(),
+    )
+    .unwrap()
 }
 
 /// Holds every put of a new pair in the network for `delay`: the caller's bounded call gives
@@ -65,7 +80,12 @@ impl SecretStore for HeldCommits {
     async fn read_version(&self, secret_id: &str, version_id: &str) -> Result<Option<StoredVersion>, StoreError> {
         self.inner.read_version(secret_id, version_id).await
     }
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         if !carries_new_pair(value) {
             return self.inner.put_version(secret_id, version_id, value).await;
         }
@@ -94,7 +114,12 @@ impl SecretStore for FreezeAtCommit {
     async fn read_version(&self, secret_id: &str, version_id: &str) -> Result<Option<StoredVersion>, StoreError> {
         self.inner.read_version(secret_id, version_id).await
     }
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         if carries_new_pair(value) && !self.frozen.swap(true, Ordering::SeqCst) {
             std::thread::sleep(self.freeze);
         }
@@ -117,7 +142,12 @@ impl SecretStore for HungReads {
     async fn read_version(&self, secret_id: &str, version_id: &str) -> Result<Option<StoredVersion>, StoreError> {
         self.0.read_version(secret_id, version_id).await
     }
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         self.0.put_version(secret_id, version_id, value).await
     }
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
@@ -126,7 +156,12 @@ impl SecretStore for HungReads {
 }
 
 /// New processes calling `credential()` every `every` for `span`, each once.
-async fn contenders_through(store: Arc<dyn SecretStore>, keap: Arc<FakeKeap>, every: Duration, span: Duration) -> Vec<Result<Credential, TokenError>> {
+async fn contenders_through(
+    store: Arc<dyn SecretStore>,
+    keap: Arc<FakeKeap>,
+    every: Duration,
+    span: Duration,
+) -> Vec<Result<Credential, TokenError>> {
     let end = tokio::time::Instant::now() + span;
     let mut tasks = Vec::new();
     while tokio::time::Instant::now() < end {
@@ -145,7 +180,11 @@ async fn contenders_through(store: Arc<dyn SecretStore>, keap: Arc<FakeKeap>, ev
 async fn commit_puts_held_past_the_lease_still_land_and_the_token_is_never_spent_twice() {
     let (store, keap) = seeded(Duration::ZERO).await;
     let settings = fast_settings();
-    let held = Arc::new(HeldCommits { inner: store.clone(), delay: settings.lease_duration + Duration::from_millis(150), held: AtomicU64::new(0) });
+    let held = Arc::new(HeldCommits {
+        inner: store.clone(),
+        delay: settings.lease_duration + Duration::from_millis(150),
+        held: AtomicU64::new(0),
+    });
     let slow: Arc<dyn SecretStore> = held.clone();
     let holder = source(slow.clone(), keap.clone());
     let first = tokio::spawn(async move { holder.credential().await });
@@ -154,11 +193,20 @@ async fn commit_puts_held_past_the_lease_still_land_and_the_token_is_never_spent
     let first = first.await.unwrap();
 
     assert!(held.held.load(Ordering::SeqCst) >= 1, "the commit put was held");
-    keap.ledger(|l| assert_eq!((l.calls, l.successes, l.invalid_grants), (1, 1, 0), "one Keap call, no reuse"));
+    keap.ledger(|l| {
+        assert_eq!(
+            (l.calls, l.successes, l.invalid_grants),
+            (1, 1, 0),
+            "one Keap call, no reuse"
+        )
+    });
     let state = stored(&store);
     assert_eq!((state.generation, state.status), (2, LinkStatus::Connected));
     assert!(state.lease.is_none());
-    assert_eq!(state.access_token.as_ref().map(|t| t.expose_secret().to_owned()), keap.last_issued().map(|(access, _)| access));
+    assert_eq!(
+        state.access_token.as_ref().map(|t| t.expose_secret().to_owned()),
+        keap.last_issued().map(|(access, _)| access)
+    );
     assert_eq!(token_of(first.as_ref().expect("the holder ends with the pair")), "at-2");
     for result in &results {
         match result {
@@ -166,17 +214,27 @@ async fn commit_puts_held_past_the_lease_still_land_and_the_token_is_never_spent
             Err(error) => assert!(matches!(error, TokenError::Unavailable { .. }), "{error:?}"),
         }
     }
-    assert!(results.iter().any(Result::is_ok), "contenders after the landing use the new pair");
+    assert!(
+        results.iter().any(Result::is_ok),
+        "contenders after the landing use the new pair"
+    );
 }
 
 /// The holder runs in a process of its own (a thread with its own runtime) that is frozen
 /// between Keap's answer and the commit for `freeze`; new processes keep arriving meanwhile.
 async fn freeze_case(freeze: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>, Result<Credential, TokenError>) {
     let (store, keap) = seeded(Duration::ZERO).await;
-    let frozen: Arc<dyn SecretStore> = Arc::new(FreezeAtCommit { inner: store.clone(), freeze, frozen: Default::default() });
+    let frozen: Arc<dyn SecretStore> = Arc::new(FreezeAtCommit {
+        inner: store.clone(),
+        freeze,
+        frozen: Default::default(),
+    });
     let (holder_store, holder_keap) = (frozen.clone(), keap.clone());
     let holder = std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
         runtime.block_on(async move { source(holder_store, holder_keap).credential().await })
     });
     while keap.calls() == 0 {
@@ -184,7 +242,9 @@ async fn freeze_case(freeze: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>, Resu
     }
     let span = freeze + Duration::from_millis(200);
     let _ = contenders_through(store.clone(), keap.clone(), Duration::from_millis(25), span).await;
-    let holder = tokio::task::spawn_blocking(move || holder.join().expect("holder thread")).await.unwrap();
+    let holder = tokio::task::spawn_blocking(move || holder.join().expect("holder thread"))
+        .await
+        .unwrap();
     (store, keap, holder)
 }
 
@@ -193,7 +253,13 @@ async fn a_process_frozen_after_keaps_answer_for_longer_than_the_lease_still_com
     let settings = fast_settings();
     let (store, keap, holder) = freeze_case(settings.lease_duration + Duration::from_millis(150)).await;
     assert_eq!(token_of(&holder.expect("the thawed holder commits")), "at-2");
-    keap.ledger(|l| assert_eq!((l.calls, l.invalid_grants), (1, 0), "nobody spent the token while it was frozen"));
+    keap.ledger(|l| {
+        assert_eq!(
+            (l.calls, l.invalid_grants),
+            (1, 0),
+            "nobody spent the token while it was frozen"
+        )
+    });
     let state = stored(&store);
     assert_eq!((state.generation, state.status), (2, LinkStatus::Connected));
 }
@@ -205,12 +271,23 @@ async fn a_process_frozen_after_keaps_answer_for_longer_than_the_lease_still_com
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_commit_thawed_after_the_grace_lands_on_the_version_that_holds_its_spent_token() {
     let settings = fast_settings();
-    let freeze = settings.lease_duration + settings.clock_skew + settings.late_commit_grace + Duration::from_millis(250);
+    let freeze =
+        settings.lease_duration + settings.clock_skew + settings.late_commit_grace + Duration::from_millis(250);
     let (store, keap, holder) = freeze_case(freeze).await;
     assert_eq!(token_of(&holder.expect("the late commit lands")), "at-2");
-    keap.ledger(|l| assert_eq!((l.successes, l.invalid_grants), (1, 1), "the takeover's reuse is the counted window"));
+    keap.ledger(|l| {
+        assert_eq!(
+            (l.successes, l.invalid_grants),
+            (1, 1),
+            "the takeover's reuse is the counted window"
+        )
+    });
     let state = stored(&store);
-    assert_eq!((state.generation, state.status), (2, LinkStatus::Connected), "{state:?}");
+    assert_eq!(
+        (state.generation, state.status),
+        (2, LinkStatus::Connected),
+        "{state:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -228,14 +305,21 @@ async fn after_a_lost_answer_the_stored_access_token_is_served_until_keap_refuse
     let (store, keap) = seeded(Duration::from_secs(30)).await; // valid, but inside the margin
     keap.script([KeapFault::DropResponse]);
     let source = source(store.clone(), keap.clone());
-    assert_eq!(token_of(&source.credential().await.unwrap()), "at-1", "still valid: still served");
+    assert_eq!(
+        token_of(&source.credential().await.unwrap()),
+        "at-1",
+        "still valid: still served"
+    );
     assert_eq!(stored(&store).status, LinkStatus::NeedsReauth);
     assert_eq!(keap.calls(), 2, "one call and the one retry, then never again");
     assert_eq!(token_of(&source.credential().await.unwrap()), "at-1");
     let refused = source.after_unauthorized(&source.credential().await.unwrap()).await;
     assert!(matches!(refused, Err(TokenError::NeedsReauth { .. })), "{refused:?}");
     let after = source.credential().await;
-    assert!(matches!(after, Err(TokenError::NeedsReauth { .. })), "a refused token is not served again: {after:?}");
+    assert!(
+        matches!(after, Err(TokenError::NeedsReauth { .. })),
+        "a refused token is not served again: {after:?}"
+    );
     assert_eq!(keap.calls(), 2);
 }
 
@@ -243,7 +327,11 @@ async fn after_a_lost_answer_the_stored_access_token_is_served_until_keap_refuse
 async fn a_hung_store_call_is_bounded_and_the_still_valid_token_is_served() {
     let (store, keap) = seeded(Duration::from_secs(30)).await;
     let warm = source(store.clone(), keap.clone());
-    assert_eq!(token_of(&warm.credential().await.unwrap()), "at-2", "warm: rotated once");
+    assert_eq!(
+        token_of(&warm.credential().await.unwrap()),
+        "at-2",
+        "warm: rotated once"
+    );
     // A process whose cache holds a valid token inside the margin, and whose store hangs.
     let (store, keap) = seeded(Duration::from_secs(30)).await;
     let cached = source(store.clone(), keap.clone());
@@ -252,7 +340,9 @@ async fn a_hung_store_call_is_bounded_and_the_still_valid_token_is_served() {
     tokio::time::sleep(fast_settings().backoff_max).await;
     let hung = source(Arc::new(HungReads(store.clone())), keap.clone());
     let started = std::time::Instant::now();
-    let result = tokio::time::timeout(Duration::from_secs(5), hung.credential()).await.expect("bounded");
+    let result = tokio::time::timeout(Duration::from_secs(5), hung.credential())
+        .await
+        .expect("bounded");
     assert!(matches!(result, Err(TokenError::Unavailable { .. })), "{result:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
 }
@@ -265,7 +355,11 @@ async fn no_lease_is_taken_when_the_invocation_cannot_see_the_refresh_through() 
     let deadline = SystemTime::now() + Duration::from_millis(200); // less than Keap's timeout + the commit
     let result = invocation::run(Some(deadline), source.credential()).await;
     assert!(matches!(result, Err(TokenError::Unavailable { .. })), "{result:?}");
-    assert_eq!((store.versions(SECRET_ID).len(), keap.calls()), (versions, 0), "no write, no Keap call");
+    assert_eq!(
+        (store.versions(SECRET_ID).len(), keap.calls()),
+        (versions, 0),
+        "no write, no Keap call"
+    );
     let result = invocation::run(Some(SystemTime::now() + Duration::from_secs(5)), source.credential()).await;
     assert_eq!(token_of(&result.unwrap()), "at-2");
 }
@@ -282,14 +376,18 @@ async fn outage_day(rate: u64) -> (usize, u64) {
     keap.set_down(true);
     let settings = TokenSettings::default();
     let backoff_max = settings.backoff_max;
-    let processes: Vec<TokenSource> =
-        (0..4).map(|_| source_on(store.clone(), keap.clone(), settings.clone(), clock.clone())).collect();
+    let processes: Vec<TokenSource> = (0..4)
+        .map(|_| source_on(store.clone(), keap.clone(), settings.clone(), clock.clone()))
+        .collect();
     let tick = |second: u64| {
         let processes = &processes;
         async move {
             for n in 0..rate {
                 let result = processes[((second * rate + n) % 4) as usize].credential().await;
-                assert!(matches!(result, Err(TokenError::Unavailable { .. }) | Ok(_)), "{result:?}");
+                assert!(
+                    matches!(result, Err(TokenError::Unavailable { .. }) | Ok(_)),
+                    "{result:?}"
+                );
             }
         }
     };
@@ -306,7 +404,10 @@ async fn outage_day(rate: u64) -> (usize, u64) {
         tick(second).await;
         tokio::time::sleep(Duration::from_secs(1)).await;
         second += 1;
-        assert!(Duration::from_secs(second) <= backoff_max + Duration::from_secs(2), "no rotation within one backoff period");
+        assert!(
+            Duration::from_secs(second) <= backoff_max + Duration::from_secs(2),
+            "no rotation within one backoff period"
+        );
     }
     let recovered = clock.now().duration_since(back).unwrap().as_secs();
     (day, recovered)

@@ -15,10 +15,12 @@ use std::time::Duration;
 use async_trait::async_trait;
 use common::*;
 use keap_relay::keap::oauth::{OAuthError, TokenEndpoint};
-use keap_relay::store::counting::CountingStore;
 use keap_relay::store::SecretStore;
+use keap_relay::store::counting::CountingStore;
 use keap_relay::store::memory::MemoryStore;
-use keap_relay::token::{Connection, Credential, CredentialSource, LinkStatus, TokenError, TokenGrant, TokenSettings, TokenSource};
+use keap_relay::token::{
+    Connection, Credential, CredentialSource, LinkStatus, TokenError, TokenGrant, TokenSettings, TokenSource,
+};
 use keap_relay::{ExposeSecret, SecretString};
 use proptest::prelude::*;
 
@@ -82,7 +84,11 @@ async fn run_case(case: Case) {
     let keap = FakeKeap::new();
     let mut grant = keap.authorize();
     grant.expires_in = Duration::ZERO; // every contender finds it expired
-    TokenSource::new(store.clone(), SECRET_ID, keap.clone(), settings()).unwrap().connect(grant, false).await.unwrap();
+    TokenSource::new(store.clone(), SECRET_ID, keap.clone(), settings())
+        .unwrap()
+        .connect(grant, false)
+        .await
+        .unwrap();
     keap.watch(store.clone());
     keap.set_latency(Duration::from_millis(case.seed % 8));
     if let Some(fault) = case.keap_fault {
@@ -91,7 +97,10 @@ async fn run_case(case: Case) {
 
     let mut contenders = Vec::new();
     for index in 0..case.contenders {
-        let crash = case.crash.filter(|(who, _, _)| *who == index).map(|(_, at, after)| (at, after));
+        let crash = case
+            .crash
+            .filter(|(who, _, _)| *who == index)
+            .map(|(_, at, after)| (at, after));
         let chaos = StoreChaos {
             seed: case.seed.wrapping_add(index as u64 * 7919),
             transient_percent: case.transient_percent,
@@ -102,7 +111,11 @@ async fn run_case(case: Case) {
         };
         let faulty = Arc::new(FaultyStore::new(store.clone(), chaos));
         let counting = Arc::new(CountingStore::new(faulty.clone()));
-        let endpoint = Arc::new(ContenderKeap { keap: keap.clone(), calls: AtomicU64::new(0), successes: AtomicU64::new(0) });
+        let endpoint = Arc::new(ContenderKeap {
+            keap: keap.clone(),
+            calls: AtomicU64::new(0),
+            successes: AtomicU64::new(0),
+        });
         let source = TokenSource::new(counting.clone(), SECRET_ID, endpoint.clone(), settings()).unwrap();
         contenders.push((source, faulty, counting, endpoint));
     }
@@ -117,7 +130,9 @@ async fn run_case(case: Case) {
                     Ok(Credential::AccessToken { token, .. }) => Ending::Token(token.expose_secret().to_owned()),
                     Ok(Credential::ApiKey(_)) => unreachable!(),
                     Err(TokenError::NeedsReauth { .. }) => Ending::NeedsReauth,
-                    Err(TokenError::Unavailable { detail, .. }) if detail.contains("refresh task failed") => Ending::Crashed,
+                    Err(TokenError::Unavailable { detail, .. }) if detail.contains("refresh task failed") => {
+                        Ending::Crashed
+                    }
                     Err(TokenError::Unavailable { .. }) => Ending::Unavailable,
                     Err(other) => panic!("unexpected error {other:?}"),
                 };
@@ -126,7 +141,9 @@ async fn run_case(case: Case) {
         }
     }
     // Invariant 5: everybody is done within a bounded time (a few lease periods).
-    tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks)).await.expect("bounded waiting");
+    tokio::time::timeout(Duration::from_secs(10), futures::future::join_all(tasks))
+        .await
+        .expect("bounded waiting");
     if case.held_commit_ms > 0 {
         // A held put lands after everybody gave up waiting: the next request swaps it in.
         tokio::time::sleep(Duration::from_millis(case.held_commit_ms + 100)).await;
@@ -134,10 +151,28 @@ async fn run_case(case: Case) {
         let _ = next.credential().await;
     }
 
-    let ledger = keap.ledger(|l| (l.calls, l.invalid_grants, l.max_in_flight_per_token, l.calls_while_needs_reauth, l.crashes_after_issue, l.dropped, l.transient_failures));
-    let (calls, invalid_grants, max_in_flight, calls_while_reauth, crashes_after_issue, dropped, keap_transients) = ledger;
-    let store_crashes: Vec<usize> = contenders.iter().enumerate().filter(|(_, c)| c.1.crashed.load(Ordering::SeqCst)).map(|(i, _)| i).collect();
-    let crash_after_success = store_crashes.iter().any(|&i| contenders[i].3.successes.load(Ordering::SeqCst) > 0);
+    let ledger = keap.ledger(|l| {
+        (
+            l.calls,
+            l.invalid_grants,
+            l.max_in_flight_per_token,
+            l.calls_while_needs_reauth,
+            l.crashes_after_issue,
+            l.dropped,
+            l.transient_failures,
+        )
+    });
+    let (calls, invalid_grants, max_in_flight, calls_while_reauth, crashes_after_issue, dropped, keap_transients) =
+        ledger;
+    let store_crashes: Vec<usize> = contenders
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.1.crashed.load(Ordering::SeqCst))
+        .map(|(i, _)| i)
+        .collect();
+    let crash_after_success = store_crashes
+        .iter()
+        .any(|&i| contenders[i].3.successes.load(Ordering::SeqCst) > 0);
     // The only losses a store cannot prevent: a pair issued but never seen (dropped answer),
     // or a holder dying between Keap's answer and its commit.
     let allowed_losses = crashes_after_issue + dropped + u64::from(crash_after_success);
@@ -146,15 +181,23 @@ async fn run_case(case: Case) {
 
     // Invariant 1: one call per refresh token; a second use only after a counted loss.
     assert!(max_in_flight <= 1, "two calls in flight with one token");
-    assert!(invalid_grants <= allowed_losses, "{invalid_grants} invalid_grant answers, {allowed_losses} losses: {case:?}");
-    assert!(calls <= 1 + keap_transients + crashes + allowed_losses, "{calls} Keap calls: {case:?}");
+    assert!(
+        invalid_grants <= allowed_losses,
+        "{invalid_grants} invalid_grant answers, {allowed_losses} losses: {case:?}"
+    );
+    assert!(
+        calls <= 1 + keap_transients + crashes + allowed_losses,
+        "{calls} Keap calls: {case:?}"
+    );
     // Invariant 6: nobody calls Keap once the connection needs re-authorization.
     assert_eq!(calls_while_reauth, 0);
 
     // Invariant 2: the last issued pair is the stored one, unless a counted loss happened.
     let stored = stored_state(&store);
     let last = keap.last_issued();
-    let holds_last = last.as_ref().is_none_or(|(_, refresh)| stored.same_refresh_token(&SecretString::from(refresh.clone())));
+    let holds_last = last
+        .as_ref()
+        .is_none_or(|(_, refresh)| stored.same_refresh_token(&SecretString::from(refresh.clone())));
     if allowed_losses == 0 {
         assert!(holds_last, "an issued pair was lost: {case:?} {stored:?}");
         assert_ne!(stored.status, LinkStatus::NeedsReauth, "{case:?}");
@@ -173,7 +216,10 @@ async fn run_case(case: Case) {
             released_short += 1;
         }
     }
-    assert!(versions <= 2 + 2 * attempts + 2 * crashes + 2 * released_short, "{versions} versions for {attempts} attempts: {case:?}");
+    assert!(
+        versions <= 2 + 2 * attempts + 2 * crashes + 2 * released_short,
+        "{versions} versions for {attempts} attempts: {case:?}"
+    );
     if case.transient_percent == 0 && case.keap_fault.is_none() && case.crash.is_none() && case.hang_percent == 0 {
         assert_eq!(versions, 3, "connect, lease, commit");
         assert_eq!(calls, 1);
@@ -181,7 +227,11 @@ async fn run_case(case: Case) {
     // Losers write nothing: a contender that never called Keap created no version.
     for (index, (_, faulty, counting, endpoint)) in contenders.iter().enumerate() {
         if endpoint.calls.load(Ordering::SeqCst) == 0 && !faulty.crashed.load(Ordering::SeqCst) && crashes == 0 {
-            assert_eq!(counting.counts().created, 0, "contender {index} wrote without calling Keap: {case:?}");
+            assert_eq!(
+                counting.counts().created,
+                0,
+                "contender {index} wrote without calling Keap: {case:?}"
+            );
         }
     }
 
@@ -191,7 +241,11 @@ async fn run_case(case: Case) {
         match ending {
             Ending::Token(token) => {
                 if allowed_losses == 0 {
-                    assert_eq!(Some(token), last.as_ref().map(|(access, _)| access), "contender {index}: {case:?}");
+                    assert_eq!(
+                        Some(token),
+                        last.as_ref().map(|(access, _)| access),
+                        "contender {index}: {case:?}"
+                    );
                 }
             }
             Ending::NeedsReauth => assert!(allowed_losses > 0, "needs_reauth without a loss: {case:?}"),
@@ -211,7 +265,12 @@ async fn run_case(case: Case) {
         *m.entry(matches!(e, Ending::Token(_))).or_default() += 1;
         m
     });
-    if case.transient_percent == 0 && case.keap_fault.is_none() && case.crash.is_none() && case.hang_percent == 0 && case.held_commit_ms == 0 {
+    if case.transient_percent == 0
+        && case.keap_fault.is_none()
+        && case.crash.is_none()
+        && case.hang_percent == 0
+        && case.held_commit_ms == 0
+    {
         assert_eq!(got_token.get(&false), None, "every contender got the new token");
     }
 }
@@ -239,16 +298,18 @@ fn case() -> impl Strategy<Value = Case> {
         prop_oneof![3 => Just(0u64), 1 => 1u64..=10],
         prop_oneof![3 => Just(0u64), 1 => 100u64..=650],
     )
-        .prop_map(|(seed, contenders, callers, transient_percent, keap_fault, crash, hang_percent, held_commit_ms)| Case {
-            seed,
-            contenders,
-            callers,
-            transient_percent,
-            keap_fault,
-            crash: crash.map(|(who, at, after)| (who % contenders, at, after)),
-            hang_percent,
-            held_commit_ms,
-        })
+        .prop_map(
+            |(seed, contenders, callers, transient_percent, keap_fault, crash, hang_percent, held_commit_ms)| Case {
+                seed,
+                contenders,
+                callers,
+                transient_percent,
+                keap_fault,
+                crash: crash.map(|(who, at, after)| (who % contenders, at, after)),
+                hang_percent,
+                held_commit_ms,
+            },
+        )
 }
 
 proptest! {
@@ -264,9 +325,22 @@ proptest! {
 
 #[test]
 fn many_contenders_without_faults_rotate_exactly_once() {
-    let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     for contenders in [1, 8, 32] {
-        let case = Case { seed: contenders as u64, contenders, callers: 2, transient_percent: 0, keap_fault: None, crash: None, hang_percent: 0, held_commit_ms: 0 };
+        let case = Case {
+            seed: contenders as u64,
+            contenders,
+            callers: 2,
+            transient_percent: 0,
+            keap_fault: None,
+            crash: None,
+            hang_percent: 0,
+            held_commit_ms: 0,
+        };
         runtime.block_on(run_case(case));
     }
 }

@@ -36,7 +36,10 @@ async fn seeded(access_left: Duration) -> (Arc<MemoryStore>, Arc<FakeKeap>) {
     let issued = std::time::SystemTime::now() - (grant.expires_in - access_left);
     let state = keap_relay::token::TokenState::connected(&grant, 1, issued);
     let first = child_version_id("root", Step::Connect);
-    store.put_version(SECRET_ID, &first, &state.to_secret()).await.expect("first version");
+    store
+        .put_version(SECRET_ID, &first, &state.to_secret())
+        .await
+        .expect("first version");
     keap.watch(store.clone());
     (store, keap)
 }
@@ -134,8 +137,14 @@ impl TokenEndpoint for RotatedElsewhere {
         let next = state.refreshed(&other, std::time::SystemTime::now());
         let id = uuid::Uuid::new_v4().to_string();
         self.store.put_version(SECRET_ID, &id, &next.to_secret()).await.unwrap();
-        self.store.swap_current(SECRET_ID, &current.version_id, &id).await.unwrap();
-        Err(OAuthError::RefreshTokenRejected { error: "invalid_grant".into(), description: "Invalid refresh token".into() })
+        self.store
+            .swap_current(SECRET_ID, &current.version_id, &id)
+            .await
+            .unwrap();
+        Err(OAuthError::RefreshTokenRejected {
+            error: "invalid_grant".into(),
+            description: "Invalid refresh token".into(),
+        })
     }
 }
 
@@ -153,7 +162,10 @@ async fn a_dead_refresh_token_needs_reauth_and_keap_is_not_called_again() {
     let (store, keap) = seeded(Duration::ZERO).await;
     let _fresh_elsewhere = keap.authorize(); // kills rt-1, which the store still holds
     let first = source(store.clone(), keap.clone()).credential().await;
-    assert!(matches!(&first, Err(TokenError::NeedsReauth { reason }) if reason.contains("/oauth/start")), "{first:?}");
+    assert!(
+        matches!(&first, Err(TokenError::NeedsReauth { reason }) if reason.contains("/oauth/start")),
+        "{first:?}"
+    );
     let sources: Vec<TokenSource> = (0..4).map(|_| source(store.clone(), keap.clone())).collect();
     for result in storm(&sources, 4).await {
         assert!(matches!(result, Err(TokenError::NeedsReauth { .. })));
@@ -164,7 +176,13 @@ async fn a_dead_refresh_token_needs_reauth_and_keap_is_not_called_again() {
     assert!(status.needs_reauth && !status.connected);
     // A new authorization revives the connection.
     let outcome = sources[0].connect(keap.authorize(), false).await.unwrap();
-    assert_eq!(outcome, ConnectOutcome::Connected { account: Some("ab123.infusionsoft.com".into()), replaced: true });
+    assert_eq!(
+        outcome,
+        ConnectOutcome::Connected {
+            account: Some("ab123.infusionsoft.com".into()),
+            replaced: true
+        }
+    );
     assert!(sources[1].credential().await.is_ok());
 }
 
@@ -176,7 +194,10 @@ async fn a_dropped_refresh_answer_is_retried_once_then_needs_reauth_with_a_clear
     for result in storm(&sources, 2).await {
         match result {
             Err(TokenError::NeedsReauth { reason }) => {
-                assert!(reason.contains("answer was lost") && reason.contains("/oauth/start"), "{reason}");
+                assert!(
+                    reason.contains("answer was lost") && reason.contains("/oauth/start"),
+                    "{reason}"
+                );
             }
             other => panic!("expected NeedsReauth, got {other:?}"),
         }
@@ -187,7 +208,12 @@ async fn a_dropped_refresh_answer_is_retried_once_then_needs_reauth_with_a_clear
     assert_eq!(keap.ledger(|l| l.invalid_grants), 1);
     let stored = stored_state(&store);
     assert_eq!(stored.status, LinkStatus::NeedsReauth);
-    assert!(stored.needs_reauth_reason.unwrap().contains("Keap may have rotated the token"));
+    assert!(
+        stored
+            .needs_reauth_reason
+            .unwrap()
+            .contains("Keap may have rotated the token")
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -204,7 +230,11 @@ async fn keap_failing_releases_the_lease_and_a_still_valid_token_stays_usable() 
         let versions = store.versions(SECRET_ID).len();
         assert_eq!(token_of(&source.credential().await.unwrap()), "at-1");
         assert_eq!(store.versions(SECRET_ID).len(), versions);
-        let wait = stored.retry_not_before.unwrap().duration_since(std::time::SystemTime::now()).unwrap_or_default();
+        let wait = stored
+            .retry_not_before
+            .unwrap()
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or_default();
         tokio::time::sleep(wait + Duration::from_millis(20)).await;
     }
     assert_eq!(keap.calls(), 2, "a refused connection never reaches Keap");
@@ -218,8 +248,14 @@ async fn waiters_share_a_keap_failure_instead_of_retrying_it() {
     let (store, keap) = seeded(Duration::ZERO).await;
     keap.set_latency(Duration::from_millis(150));
     keap.script([KeapFault::Transient(502)]);
-    let settings = TokenSettings { keap_timeout: Duration::from_millis(400), lease_duration: Duration::from_millis(1200), ..fast_settings() };
-    let sources: Vec<TokenSource> = (0..6).map(|_| source_with(store.clone(), keap.clone(), settings.clone())).collect();
+    let settings = TokenSettings {
+        keap_timeout: Duration::from_millis(400),
+        lease_duration: Duration::from_millis(1200),
+        ..fast_settings()
+    };
+    let sources: Vec<TokenSource> = (0..6)
+        .map(|_| source_with(store.clone(), keap.clone(), settings.clone()))
+        .collect();
     for result in storm(&sources, 2).await {
         assert!(matches!(result, Err(TokenError::Unavailable { .. })), "{result:?}");
     }
@@ -259,8 +295,14 @@ async fn a_lost_commit_swap_after_a_lease_record_change_commits_on_top() {
     let leased = store.peek_current(SECRET_ID).unwrap();
     let state = keap_relay::token::TokenState::from_json(leased.value.expose_secret()).unwrap();
     let intruder = state.with_lease("intruder", std::time::SystemTime::now());
-    store.put_version(SECRET_ID, "intruder-version", &intruder.to_secret()).await.unwrap();
-    store.swap_current(SECRET_ID, &leased.version_id, "intruder-version").await.unwrap();
+    store
+        .put_version(SECRET_ID, "intruder-version", &intruder.to_secret())
+        .await
+        .unwrap();
+    store
+        .swap_current(SECRET_ID, &leased.version_id, "intruder-version")
+        .await
+        .unwrap();
     assert_eq!(token_of(&call.await.unwrap().unwrap()), "at-2");
     let stored = stored_state(&store);
     assert_eq!(stored.generation, 2);
@@ -314,7 +356,10 @@ async fn a_commit_put_but_not_swapped_is_finished_by_the_next_contender() {
     quiet_injected_panics();
     let (store, keap) = seeded(Duration::ZERO).await;
     // Calls of the doomed process: read, put lease, swap lease, put commit, [dies] swap commit.
-    let chaos = StoreChaos { crash_at_call: Some((4, false)), ..StoreChaos::default() };
+    let chaos = StoreChaos {
+        crash_at_call: Some((4, false)),
+        ..StoreChaos::default()
+    };
     let faulty = Arc::new(FaultyStore::new(store.clone(), chaos));
     assert!(source(faulty, keap.clone()).credential().await.is_err());
     let result = source(store.clone(), keap.clone()).credential().await;
@@ -327,7 +372,10 @@ async fn a_commit_put_but_not_swapped_is_finished_by_the_next_contender() {
 async fn a_lease_put_but_not_swapped_is_swapped_in_and_taken_over() {
     quiet_injected_panics();
     let (store, keap) = seeded(Duration::ZERO).await;
-    let chaos = StoreChaos { crash_at_call: Some((2, false)), ..StoreChaos::default() };
+    let chaos = StoreChaos {
+        crash_at_call: Some((2, false)),
+        ..StoreChaos::default()
+    };
     let faulty = Arc::new(FaultyStore::new(store.clone(), chaos));
     assert!(source(faulty, keap.clone()).credential().await.is_err());
     let orphan = child_version_id(&store.versions(SECRET_ID)[0], Step::Lease);
@@ -348,18 +396,27 @@ async fn the_scheduled_rotation_rotates_only_when_due_and_once() {
     let (store, keap) = seeded(Duration::from_secs(1800)).await; // new pairs live 3600 s
     let counting = Arc::new(CountingStore::new(store.clone()));
     let a = source(counting.clone(), keap.clone());
-    let relaxed = RotationPolicy { lead: Duration::from_secs(600), max_refresh_age: Duration::from_secs(30 * 86_400) };
+    let relaxed = RotationPolicy {
+        lead: Duration::from_secs(600),
+        max_refresh_age: Duration::from_secs(30 * 86_400),
+    };
     let report = a.rotate_if_due(relaxed).await.unwrap();
     assert_eq!(report.action, RotationAction::NotDue);
     assert_eq!((counting.counts().total(), keap.calls()), (1, 0));
-    let due = RotationPolicy { lead: Duration::from_secs(2700), max_refresh_age: Duration::from_secs(30 * 86_400) };
+    let due = RotationPolicy {
+        lead: Duration::from_secs(2700),
+        max_refresh_age: Duration::from_secs(30 * 86_400),
+    };
     let b = source(store.clone(), keap.clone());
     let (ra, rb) = tokio::join!(a.rotate_if_due(due), b.rotate_if_due(due));
     let mut actions = vec![ra.unwrap().action, rb.unwrap().action];
     actions.sort_by_key(|a| format!("{a:?}"));
     assert_eq!(actions, vec![RotationAction::Rotated, RotationAction::RotatedByOther]);
     assert_eq!(keap.calls(), 1);
-    let aged = RotationPolicy { lead: Duration::from_secs(1), max_refresh_age: Duration::ZERO };
+    let aged = RotationPolicy {
+        lead: Duration::from_secs(1),
+        max_refresh_age: Duration::ZERO,
+    };
     assert_eq!(a.rotate_if_due(aged).await.unwrap().action, RotationAction::Rotated);
     assert_eq!(keap.calls(), 2);
 }
@@ -371,7 +428,10 @@ async fn a_401_first_rereads_the_store_then_refreshes_only_the_rejected_token() 
     let rejected = stale.credential().await.unwrap();
     // Another process rotates meanwhile.
     let rotator = source(store.clone(), keap.clone());
-    let forced = RotationPolicy { lead: Duration::from_secs(7200), max_refresh_age: Duration::ZERO };
+    let forced = RotationPolicy {
+        lead: Duration::from_secs(7200),
+        max_refresh_age: Duration::ZERO,
+    };
     rotator.rotate_if_due(forced).await.unwrap();
     assert_eq!(token_of(&stale.after_unauthorized(&rejected).await.unwrap()), "at-2");
     assert_eq!(keap.calls(), 1, "the stored token differs: no refresh");
@@ -388,17 +448,33 @@ async fn connecting_another_account_needs_an_explicit_switch() {
     assert!(matches!(source.credential().await, Err(TokenError::NotConnected)));
     assert!(!source.status().await.unwrap().connected);
     let first = source.connect(keap.authorize(), false).await.unwrap();
-    assert_eq!(first, ConnectOutcome::Connected { account: Some("ab123.infusionsoft.com".into()), replaced: false });
+    assert_eq!(
+        first,
+        ConnectOutcome::Connected {
+            account: Some("ab123.infusionsoft.com".into()),
+            replaced: false
+        }
+    );
     let mut other = keap.authorize();
     other.account = Some("zz999.infusionsoft.com".into());
     let refused = source.connect(other.clone(), false).await;
-    assert!(matches!(refused, Err(ConnectError::DifferentAccount { .. })), "{refused:?}");
+    assert!(
+        matches!(refused, Err(ConnectError::DifferentAccount { .. })),
+        "{refused:?}"
+    );
     assert_eq!(stored_state(&store).account.as_deref(), Some("ab123.infusionsoft.com"));
     source.connect(other, true).await.unwrap();
     let status = source.status().await.unwrap();
-    assert_eq!((status.account.as_deref(), status.generation), (Some("zz999.infusionsoft.com"), Some(2)));
+    assert_eq!(
+        (status.account.as_deref(), status.generation),
+        (Some("zz999.infusionsoft.com"), Some(2))
+    );
     let versions = store.versions(SECRET_ID);
-    assert_eq!(versions[1], child_version_id(&versions[0], Step::Connect), "version ids derive from the parent");
+    assert_eq!(
+        versions[1],
+        child_version_id(&versions[0], Step::Connect),
+        "version ids derive from the parent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -419,7 +495,13 @@ async fn the_api_key_source_hands_out_the_key_and_never_touches_a_store() {
     assert!(matches!(source.credential().await.unwrap(), Credential::ApiKey(_)));
     let status = source.status().await.unwrap();
     assert_eq!((status.mode, status.connected), ("api-key", true));
-    let report = source.rotate_if_due(RotationPolicy { lead: Duration::ZERO, max_refresh_age: Duration::ZERO }).await.unwrap();
+    let report = source
+        .rotate_if_due(RotationPolicy {
+            lead: Duration::ZERO,
+            max_refresh_age: Duration::ZERO,
+        })
+        .await
+        .unwrap();
     assert_eq!(report.action, RotationAction::ApiKeyChecked);
     assert!(!format!("{source:?}").contains("KeapAK-secret-key"));
     assert!(source.connect(FakeKeap::new().authorize(), false).await.is_err());
@@ -427,7 +509,10 @@ async fn the_api_key_source_hands_out_the_key_and_never_touches_a_store() {
 
 #[tokio::test]
 async fn a_lease_too_short_for_the_keap_call_is_refused_at_construction() {
-    let settings = TokenSettings { lease_duration: Duration::from_millis(100), ..fast_settings() };
+    let settings = TokenSettings {
+        lease_duration: Duration::from_millis(100),
+        ..fast_settings()
+    };
     let result = TokenSource::new(Arc::new(MemoryStore::new()), SECRET_ID, FakeKeap::new(), settings);
     assert!(matches!(result, Err(TokenError::Misconfigured(_))));
 }
@@ -458,5 +543,9 @@ async fn a_pair_shorter_lived_than_the_margin_is_not_refreshed_on_every_request(
     for _ in 0..10 {
         source.credential().await.unwrap();
     }
-    assert_eq!((keap.calls(), counting.counts().total()), (0, 0), "half the lifetime is left: no refresh");
+    assert_eq!(
+        (keap.calls(), counting.counts().total()),
+        (0, 0),
+        "half the lifetime is left: no refresh"
+    );
 }

@@ -29,7 +29,8 @@ pub fn parse<T: DeserializeOwned>(name: &str) -> T {
 
 /// An API Gateway v2 event file as the handler receives it, through `lambda_http`'s own deserializer.
 pub fn request(name: &str) -> Request {
-    lambda_http::request::from_str(&text(name)).unwrap_or_else(|e| panic!("events/{name} is not an API Gateway v2 event: {e}"))
+    lambda_http::request::from_str(&text(name))
+        .unwrap_or_else(|e| panic!("events/{name} is not an API Gateway v2 event: {e}"))
 }
 
 /// An (adjusted) API Gateway v2 event as the handler receives it.

@@ -32,7 +32,11 @@ impl<'a> MakeWriter<'a> for LogCapture {
 impl LogCapture {
     /// JSON lines at `level` and above, captured on this thread until the guard drops.
     pub fn json_on_this_thread(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::fmt().json().with_writer(self.clone()).with_max_level(level).finish();
+        let subscriber = tracing_subscriber::fmt()
+            .json()
+            .with_writer(self.clone())
+            .with_max_level(level)
+            .finish();
         tracing::subscriber::set_default(subscriber)
     }
 
@@ -43,7 +47,10 @@ impl LogCapture {
 
     /// Every line written so far, parsed (for JSON logs).
     pub fn json_lines(&self) -> Vec<Value> {
-        self.text().lines().map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}"))).collect()
+        self.text()
+            .lines()
+            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("not a JSON log line ({e}): {line}")))
+            .collect()
     }
 
     pub fn clear(&self) {
@@ -66,7 +73,13 @@ mod tests {
         tracing::info!("after the guard");
         let lines = logs.json_lines();
         assert_eq!(lines.len(), 1, "{lines:?}");
-        assert_eq!((lines[0]["fields"]["message"].as_str(), lines[0]["fields"]["answer"].as_u64()), (Some("hello"), Some(42)));
+        assert_eq!(
+            (
+                lines[0]["fields"]["message"].as_str(),
+                lines[0]["fields"]["answer"].as_u64()
+            ),
+            (Some("hello"), Some(42))
+        );
         logs.clear();
         assert!(logs.text().is_empty());
     }

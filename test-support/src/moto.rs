@@ -24,15 +24,23 @@ pub fn find_moto_server() -> Result<PathBuf, String> {
         return Ok(venv);
     }
     std::env::var_os("PATH")
-        .and_then(|paths| std::env::split_paths(&paths).map(|dir| dir.join("moto_server")).find(|p| p.exists()))
+        .and_then(|paths| {
+            std::env::split_paths(&paths)
+                .map(|dir| dir.join("moto_server"))
+                .find(|p| p.exists())
+        })
         .ok_or_else(|| {
-            "moto_server not found: set MOTO_SERVER, or install it into .venv (scripts/bootstrap.sh), or put it on PATH".into()
+            "moto_server not found: set MOTO_SERVER, or install it into .venv (scripts/bootstrap.sh), or put it on PATH"
+                .into()
         })
 }
 
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).expect("free port").port()
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("free port")
+        .port()
 }
 
 impl MotoServer {
@@ -45,15 +53,26 @@ impl MotoServer {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start {} ({e}); run scripts/bootstrap.sh moto", program.display()));
-        let server = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start {} ({e}); run scripts/bootstrap.sh moto",
+                    program.display()
+                )
+            });
+        let server = Self {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        };
         let http = reqwest::Client::new();
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if http.get(format!("{}/moto-api/", server.endpoint)).send().await.is_ok() {
                 return server;
             }
-            assert!(Instant::now() < deadline, "moto_server did not answer on port {port} within 30 s");
+            assert!(
+                Instant::now() < deadline,
+                "moto_server did not answer on port {port} within 30 s"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }

@@ -29,31 +29,64 @@ pub async fn check(store: Arc<dyn SecretStore>) {
     assert!(store.read_version(ID, V1).await.unwrap().is_none());
 
     // The first write becomes current.
-    assert_eq!(store.put_version(ID, V1, &secret("one")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_version(ID, V1, &secret("one")).await.unwrap(),
+        PutOutcome::Created
+    );
     let current = store.read_current(ID).await.unwrap().unwrap();
-    assert_eq!((current.version_id.as_str(), current.value.expose_secret()), (V1, "one"));
+    assert_eq!(
+        (current.version_id.as_str(), current.value.expose_secret()),
+        (V1, "one")
+    );
 
     // A put never moves current; same value is idempotent, another value conflicts. (Secrets
     // Manager does not tell an idempotent retry from the first put: both may say Created.)
-    assert_eq!(store.put_version(ID, V2, &secret("two")).await.unwrap(), PutOutcome::Created);
+    assert_eq!(
+        store.put_version(ID, V2, &secret("two")).await.unwrap(),
+        PutOutcome::Created
+    );
     assert_eq!(store.read_current(ID).await.unwrap().unwrap().version_id, V1);
     let retried = store.put_version(ID, V2, &secret("two")).await.unwrap();
-    assert!(matches!(retried, PutOutcome::AlreadyExists | PutOutcome::Created), "a retried put: {retried:?}");
-    assert_eq!(store.put_version(ID, V2, &secret("other")).await.unwrap(), PutOutcome::Conflict);
-    assert_eq!(store.read_version(ID, V2).await.unwrap().unwrap().value.expose_secret(), "two");
+    assert!(
+        matches!(retried, PutOutcome::AlreadyExists | PutOutcome::Created),
+        "a retried put: {retried:?}"
+    );
+    assert_eq!(
+        store.put_version(ID, V2, &secret("other")).await.unwrap(),
+        PutOutcome::Conflict
+    );
+    assert_eq!(
+        store.read_version(ID, V2).await.unwrap().unwrap().value.expose_secret(),
+        "two"
+    );
 
     // Compare-and-swap of current.
     assert_eq!(store.swap_current(ID, V2, V1).await.unwrap(), SwapOutcome::Stale);
     assert_eq!(store.swap_current(ID, V1, V2).await.unwrap(), SwapOutcome::Swapped);
-    assert_eq!(store.swap_current(ID, V1, V2).await.unwrap(), SwapOutcome::Stale, "a retried swap looks stale");
-    assert_eq!(store.read_current(ID).await.unwrap().unwrap().value.expose_secret(), "two");
-    assert!(matches!(store.swap_current("no-such-secret", V1, UNKNOWN).await, Err(StoreError::NotFound { .. })));
+    assert_eq!(
+        store.swap_current(ID, V1, V2).await.unwrap(),
+        SwapOutcome::Stale,
+        "a retried swap looks stale"
+    );
+    assert_eq!(
+        store.read_current(ID).await.unwrap().unwrap().value.expose_secret(),
+        "two"
+    );
+    assert!(matches!(
+        store.swap_current("no-such-secret", V1, UNKNOWN).await,
+        Err(StoreError::NotFound { .. })
+    ));
 
     // Many contenders aiming at one child: one creates it, one swap wins.
     let mut puts = Vec::new();
     for n in 0..12 {
         let store = store.clone();
-        puts.push(tokio::spawn(async move { store.put_version(ID, V3, &secret(&format!("contender {n}"))).await.unwrap() }));
+        puts.push(tokio::spawn(async move {
+            store
+                .put_version(ID, V3, &secret(&format!("contender {n}")))
+                .await
+                .unwrap()
+        }));
     }
     let mut created = 0;
     for put in puts {
@@ -67,7 +100,9 @@ pub async fn check(store: Arc<dyn SecretStore>) {
     let mut swaps = Vec::new();
     for _ in 0..12 {
         let store = store.clone();
-        swaps.push(tokio::spawn(async move { store.swap_current(ID, V2, V3).await.unwrap() }));
+        swaps.push(tokio::spawn(
+            async move { store.swap_current(ID, V2, V3).await.unwrap() },
+        ));
     }
     let mut swapped = 0;
     for swap in swaps {

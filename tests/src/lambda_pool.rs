@@ -148,7 +148,10 @@ impl FunctionPool {
         let spawner = Spawner {
             function: function.to_owned(),
             binary: binary.to_owned(),
-            env: env.into_iter().filter(|(name, _)| name != "AWS_LAMBDA_RUNTIME_API").collect(),
+            env: env
+                .into_iter()
+                .filter(|(name, _)| name != "AWS_LAMBDA_RUNTIME_API")
+                .collect(),
             log_dir: log_dir.to_owned(),
         };
         let pool = FunctionPool {
@@ -183,7 +186,10 @@ impl FunctionPool {
 
     async fn spawn(&self, environment: &Environment) -> std::io::Result<Running> {
         let slot = Arc::new(Slot {
-            function_arn: format!("arn:aws:lambda:us-east-1:123456789012:function:keap-relay-{}", self.spawner.function),
+            function_arn: format!(
+                "arn:aws:lambda:us-east-1:123456789012:function:keap-relay-{}",
+                self.spawner.function
+            ),
             pending: Mutex::new(None),
             ready: Notify::new(),
         });
@@ -198,7 +204,10 @@ impl FunctionPool {
         let server = tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
         });
-        let log = self.spawner.log_dir.join(format!("{}-{}.log", self.spawner.function, environment.index));
+        let log = self
+            .spawner
+            .log_dir
+            .join(format!("{}-{}.log", self.spawner.function, environment.index));
         let open = || std::fs::File::options().create(true).append(true).open(&log);
         let child = tokio::process::Command::new(&self.spawner.binary)
             .env_clear()
@@ -209,14 +218,20 @@ impl FunctionPool {
             .stderr(open()?)
             .kill_on_drop(true)
             .spawn()?;
-        environment.pid.store(child.id().map_or(0, u64::from), Ordering::Relaxed);
+        environment
+            .pid
+            .store(child.id().map_or(0, u64::from), Ordering::Relaxed);
         self.counters.cold_starts.fetch_add(1, Ordering::Relaxed);
         Ok(Running { child, slot, server })
     }
 
     /// Runs `event` in an idle environment (waiting for one), as Lambda would.
     pub async fn invoke(&self, event: String) -> Outcome {
-        let _permit = self.permits.acquire().await.expect("the pool's semaphore is never closed");
+        let _permit = self
+            .permits
+            .acquire()
+            .await
+            .expect("the pool's semaphore is never closed");
         let index = self.lock_idle().pop().expect("a permit means an idle environment");
         let environment = self.environments[index].clone();
         let outcome = self.invoke_in(&environment, event).await;
@@ -247,10 +262,16 @@ impl FunctionPool {
             self.next_request.fetch_add(1, Ordering::Relaxed)
         );
         // A process that died while idle is replaced first, as Lambda would never pick it.
-        let dead = running.as_mut().is_none_or(|current| !matches!(current.child.try_wait(), Ok(None)));
+        let dead = running
+            .as_mut()
+            .is_none_or(|current| !matches!(current.child.try_wait(), Ok(None)));
         if dead {
             environment.kill_requested.store(false, Ordering::Relaxed);
-            *running = self.spawn(environment).await.map_err(|error| eprintln!("{}: could not restart a process: {error}", self.spawner.function)).ok();
+            *running = self
+                .spawn(environment)
+                .await
+                .map_err(|error| eprintln!("{}: could not restart a process: {error}", self.spawner.function))
+                .ok();
         }
         let (answer, mut answered) = oneshot::channel();
         let deadline = SystemTime::now() + self.timeout;
@@ -306,8 +327,11 @@ impl FunctionPool {
     /// SIGKILLs the process of one environment that is running an invocation, if any;
     /// `pick` chooses among the busy ones. Returns whether a process was killed.
     pub fn kill_busy(&self, pick: u64) -> bool {
-        let busy: Vec<&Arc<Environment>> =
-            self.environments.iter().filter(|e| e.busy.load(Ordering::Relaxed)).collect();
+        let busy: Vec<&Arc<Environment>> = self
+            .environments
+            .iter()
+            .filter(|e| e.busy.load(Ordering::Relaxed))
+            .collect();
         if busy.is_empty() {
             return false;
         }
@@ -338,7 +362,11 @@ impl FunctionPool {
     /// The log files of this pool's processes.
     pub fn log_files(&self) -> Vec<PathBuf> {
         (0..self.environments.len())
-            .map(|index| self.spawner.log_dir.join(format!("{}-{index}.log", self.spawner.function)))
+            .map(|index| {
+                self.spawner
+                    .log_dir
+                    .join(format!("{}-{index}.log", self.spawner.function))
+            })
             .collect()
     }
 }
@@ -369,14 +397,20 @@ async fn response(State(slot): State<Arc<Slot>>, UrlPath(request_id): UrlPath<St
 }
 
 async fn error(State(slot): State<Arc<Slot>>, UrlPath(request_id): UrlPath<String>, body: Bytes) -> StatusCode {
-    slot.answer(&request_id, Outcome::FunctionError(String::from_utf8_lossy(&body).into_owned()))
+    slot.answer(
+        &request_id,
+        Outcome::FunctionError(String::from_utf8_lossy(&body).into_owned()),
+    )
 }
 
 /// An init error fails the invocation waiting for this process (the process then exits).
 async fn init_error(State(slot): State<Arc<Slot>>, body: Bytes) -> StatusCode {
     let request_id = slot.pending().as_ref().map(|p| p.request_id.clone());
     if let Some(request_id) = request_id {
-        slot.answer(&request_id, Outcome::FunctionError(format!("init: {}", String::from_utf8_lossy(&body))));
+        slot.answer(
+            &request_id,
+            Outcome::FunctionError(format!("init: {}", String::from_utf8_lossy(&body))),
+        );
     }
     StatusCode::ACCEPTED
 }

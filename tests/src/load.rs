@@ -31,10 +31,18 @@ impl Rng {
 
 /// Waits for every sender's `(key, answer)`, each within `limit` (a hang is a failure), and
 /// says on stderr every `every` answers how far the run is.
-pub async fn answers<K: Eq + Hash, A>(run: &str, senders: Vec<tokio::task::JoinHandle<(K, A)>>, limit: Duration, every: usize) -> HashMap<K, A> {
+pub async fn answers<K: Eq + Hash, A>(
+    run: &str,
+    senders: Vec<tokio::task::JoinHandle<(K, A)>>,
+    limit: Duration,
+    every: usize,
+) -> HashMap<K, A> {
     let mut answers = HashMap::new();
     for (n, sender) in senders.into_iter().enumerate() {
-        let (key, answer) = tokio::time::timeout(limit, sender).await.expect("a signup hung").unwrap();
+        let (key, answer) = tokio::time::timeout(limit, sender)
+            .await
+            .expect("a signup hung")
+            .unwrap();
         answers.insert(key, answer);
         if (n + 1) % every == 0 {
             eprintln!("{run}: {} signups answered", n + 1);
@@ -93,5 +101,10 @@ pub async fn tag_ids_named(sandbox: &keap_sandbox::Sandbox, name: &str) -> Vec<i
         .json()
         .await
         .expect("a tag list");
-    listed["tags"].as_array().expect("a tag list").iter().filter_map(|t| t["id"].as_i64()).collect()
+    listed["tags"]
+        .as_array()
+        .expect("a tag list")
+        .iter()
+        .filter_map(|t| t["id"].as_i64())
+        .collect()
 }

@@ -17,8 +17,8 @@ use keap_relay::SecretString;
 use keap_relay::app::App;
 use keap_relay::config::Config;
 use keap_relay::signup::{MemoryQueue, SignupQueue};
-use keap_relay::store::memory::MemoryStore;
 use keap_relay::store::SecretStore;
+use keap_relay::store::memory::MemoryStore;
 use keap_sandbox::{Sandbox, SandboxConfig};
 
 use relay_local::gateway::{self, Functions, Routing};
@@ -44,7 +44,11 @@ pub struct RelayOptions {
 
 impl Default for RelayOptions {
     fn default() -> Self {
-        Self { connected: true, listen: SocketAddr::from(([127, 0, 0, 1], 0)), retry_budget: Duration::from_millis(500) }
+        Self {
+            connected: true,
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            retry_budget: Duration::from_millis(500),
+        }
     }
 }
 
@@ -136,7 +140,11 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
 
     let store = Arc::new(MemoryStore::new());
     store
-        .put_version(APP_SECRET_ID, "app-v1", &SecretString::from(RelayServer::app_secret_json()))
+        .put_version(
+            APP_SECRET_ID,
+            "app-v1",
+            &SecretString::from(RelayServer::app_secret_json()),
+        )
         .await
         .map_err(std::io::Error::other)?;
     let queue = Arc::new(MemoryQueue::new());
@@ -144,12 +152,20 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     let shared_store: Arc<dyn SecretStore> = store.clone();
     let shared_queue: Arc<dyn SignupQueue> = queue.clone();
     // One app per function, as two Lambda functions share nothing but the store.
-    let oauth_app = Arc::new(App::with_parts(config.clone(), shared_store.clone(), None).map_err(std::io::Error::other)?);
+    let oauth_app =
+        Arc::new(App::with_parts(config.clone(), shared_store.clone(), None).map_err(std::io::Error::other)?);
     let signup_app = App::with_parts(config, shared_store, Some(shared_queue)).map_err(std::io::Error::other)?;
     if options.connected {
-        oauth_app.connection.connect(test_support::grant::minted(&sandbox), false).await.map_err(std::io::Error::other)?;
+        oauth_app
+            .connection
+            .connect(test_support::grant::minted(&sandbox), false)
+            .await
+            .map_err(std::io::Error::other)?;
     }
-    let functions = Arc::new(Functions { oauth: oauth::Deps::from_app(&oauth_app), signup: signup::Deps::from_app(&signup_app) });
+    let functions = Arc::new(Functions {
+        oauth: oauth::Deps::from_app(&oauth_app),
+        signup: signup::Deps::from_app(&signup_app),
+    });
     let router = gateway::router(functions.clone(), Routing::Handlers);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
@@ -159,5 +175,13 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
             })
             .await;
     });
-    Ok(RelayServer { addr, sandbox, store, queue, oauth_app, functions, stop: Some(stop) })
+    Ok(RelayServer {
+        addr,
+        sandbox,
+        store,
+        queue,
+        oauth_app,
+        functions,
+        stop: Some(stop),
+    })
 }

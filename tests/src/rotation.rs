@@ -9,9 +9,9 @@ use std::sync::Arc;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use keap_relay::store::SecretStore;
 use keap_relay::store::file::FileStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
-use keap_relay::store::SecretStore;
 use keap_relay::token::TokenSettings;
 use keap_relay::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
@@ -29,7 +29,9 @@ impl StoreSpec {
     pub fn parse(text: &str) -> Result<Self, String> {
         match text.split_once(':') {
             Some(("file", dir)) => Ok(StoreSpec::File(dir.into())),
-            Some(("sm", endpoint)) => Ok(StoreSpec::SecretsManager { endpoint: endpoint.into() }),
+            Some(("sm", endpoint)) => Ok(StoreSpec::SecretsManager {
+                endpoint: endpoint.into(),
+            }),
             _ => Err(format!("store must be file:<dir> or sm:<endpoint>, not {text:?}")),
         }
     }
@@ -76,7 +78,12 @@ pub struct ContenderTimings {
 
 impl Default for ContenderTimings {
     fn default() -> Self {
-        Self { lease_ms: 4000, keap_timeout_ms: 1500, commit_allowance_ms: 1500, margin_s: 60 }
+        Self {
+            lease_ms: 4000,
+            keap_timeout_ms: 1500,
+            commit_allowance_ms: 1500,
+            margin_s: 60,
+        }
     }
 }
 
@@ -122,9 +129,21 @@ pub struct ContenderArgs {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum ContenderLine {
-    Ready { process_id: String },
-    Call { ok: bool, fingerprint: Option<String>, generation: Option<u64>, error: Option<String>, elapsed_ms: u64 },
-    Done { store_calls: u64, store_writes: u64, created: u64 },
+    Ready {
+        process_id: String,
+    },
+    Call {
+        ok: bool,
+        fingerprint: Option<String>,
+        generation: Option<u64>,
+        error: Option<String>,
+        elapsed_ms: u64,
+    },
+    Done {
+        store_calls: u64,
+        store_writes: u64,
+        created: u64,
+    },
 }
 
 /// A short hash that tells tokens apart without printing them.
@@ -166,11 +185,18 @@ impl Contender {
             }
         });
         let stdin = child.stdin.take();
-        Contender { child, stdin, lines, process_id: String::new() }
+        Contender {
+            child,
+            stdin,
+            lines,
+            process_id: String::new(),
+        }
     }
 
     fn next_line(&self, deadline: Instant) -> Option<ContenderLine> {
-        self.lines.recv_timeout(deadline.saturating_duration_since(Instant::now())).ok()
+        self.lines
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .ok()
     }
 
     pub fn wait_ready(&mut self, deadline: Instant) {
@@ -182,7 +208,10 @@ impl Contender {
 
     pub fn go(&mut self) {
         let stdin = self.stdin.as_mut().expect("stdin open");
-        stdin.write_all(b"go\n").and_then(|_| stdin.flush()).expect("signal contender");
+        stdin
+            .write_all(b"go\n")
+            .and_then(|_| stdin.flush())
+            .expect("signal contender");
     }
 
     /// The caller lines and the summary; `None` when the process died first.
@@ -268,7 +297,12 @@ pub async fn unleash(contenders: Vec<Contender>) -> StormOutcome {
         for contender in &mut contenders {
             let (calls, done) = contender.collect(deadline).expect("a contender died or hung");
             outcome.calls.extend(calls);
-            if let ContenderLine::Done { store_calls, store_writes, created } = done {
+            if let ContenderLine::Done {
+                store_calls,
+                store_writes,
+                created,
+            } = done
+            {
                 outcome.store_calls += store_calls;
                 outcome.store_writes += store_writes;
                 outcome.created += created;
@@ -302,12 +336,18 @@ impl StormSetup {
     /// `expired`: the stored access token's expiry is in the past and the sandbox has expired
     /// it too, so every contender must refresh.
     pub async fn new(store: StoreSpec, policy: keap_sandbox::ReusePolicy, expired: bool) -> StormSetup {
-        let sandbox = keap_sandbox::Sandbox::start(keap_sandbox::SandboxConfig { reuse_policy: policy, ..Default::default() })
-            .await
-            .expect("sandbox");
+        let sandbox = keap_sandbox::Sandbox::start(keap_sandbox::SandboxConfig {
+            reuse_policy: policy,
+            ..Default::default()
+        })
+        .await
+        .expect("sandbox");
         let secret_id = format!("storm-{}", uuid::Uuid::new_v4());
         let minted = test_support::grant::minted(&sandbox);
-        let grant = keap_relay::token::TokenGrant { expires_in: if expired { Duration::ZERO } else { minted.expires_in }, ..minted };
+        let grant = keap_relay::token::TokenGrant {
+            expires_in: if expired { Duration::ZERO } else { minted.expires_in },
+            ..minted
+        };
         let args = ContenderArgs {
             store: store.to_arg(),
             secret_id: secret_id.clone(),
@@ -322,17 +362,32 @@ impl StormSetup {
         };
         let source = args.token_source(store.open());
         use keap_relay::token::Connection;
-        source.connect(grant, false).await.expect("store the first authorization");
+        source
+            .connect(grant, false)
+            .await
+            .expect("store the first authorization");
         if expired {
             sandbox.expire_access_tokens();
         }
         sandbox.reset_stats();
         let versions_before = store.version_count(&secret_id).await;
-        StormSetup { sandbox, store, secret_id, versions_before, args }
+        StormSetup {
+            sandbox,
+            store,
+            secret_id,
+            versions_before,
+            args,
+        }
     }
 
     pub async fn stored(&self) -> keap_relay::token::TokenState {
-        let current = self.store.open().read_current(&self.secret_id).await.expect("read").expect("a current version");
+        let current = self
+            .store
+            .open()
+            .read_current(&self.secret_id)
+            .await
+            .expect("read")
+            .expect("a current version");
         keap_relay::token::TokenState::from_json(current.value.expose_secret()).expect("state parses")
     }
 
@@ -357,6 +412,7 @@ impl ContenderArgs {
     /// The `TokenSource` a contender builds, over `store`.
     pub fn token_source(&self, store: Arc<dyn SecretStore>) -> keap_relay::token::TokenSource {
         let oauth = Arc::new(self.oauth_client());
-        keap_relay::token::TokenSource::new(store, self.secret_id.clone(), oauth, self.timings.settings()).expect("settings")
+        keap_relay::token::TokenSource::new(store, self.secret_id.clone(), oauth, self.timings.settings())
+            .expect("settings")
     }
 }

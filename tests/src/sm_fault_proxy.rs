@@ -11,12 +11,12 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+use aws_sdk_secretsmanager::config::retry::RetryConfig;
 use axum::Router;
 use axum::body::{Body, Bytes};
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::Response;
-use aws_sdk_secretsmanager::config::retry::RetryConfig;
 
 pub const GET_SECRET_VALUE: &str = "secretsmanager.GetSecretValue";
 pub const PUT_SECRET_VALUE: &str = "secretsmanager.PutSecretValue";
@@ -49,7 +49,10 @@ pub struct FaultedRequest {
 #[derive(Debug)]
 enum Rule {
     /// Let `pass` requests through, then answer with `faults` in order, then forward again.
-    Sequence { pass: usize, faults: VecDeque<Fault> },
+    Sequence {
+        pass: usize,
+        faults: VecDeque<Fault>,
+    },
     Always(Fault),
 }
 
@@ -118,7 +121,9 @@ pub struct FaultProxy {
 
 impl std::fmt::Debug for FaultProxy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FaultProxy").field("endpoint", &self.endpoint).finish_non_exhaustive()
+        f.debug_struct("FaultProxy")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
     }
 }
 
@@ -130,13 +135,19 @@ impl FaultProxy {
             http: reqwest::Client::new(),
             plan: Mutex::new(Plan::default()),
         });
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind the proxy");
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind the proxy");
         let endpoint = format!("http://{}", listener.local_addr().expect("proxy address"));
         let app = Router::new().fallback(handle).with_state(shared.clone());
         let server = tokio::spawn(async move {
             axum::serve(listener, app).await.expect("proxy server");
         });
-        FaultProxy { endpoint, shared, server }
+        FaultProxy {
+            endpoint,
+            shared,
+            server,
+        }
     }
 
     fn plan(&self) -> MutexGuard<'_, Plan> {
@@ -146,7 +157,10 @@ impl FaultProxy {
     /// For `target`: forward the next `pass` requests, then answer the following ones with
     /// `faults`, one each, then forward again. Replaces any earlier rule for `target`.
     pub fn fail_after(&self, target: &str, pass: usize, faults: &[Fault]) {
-        let rule = Rule::Sequence { pass, faults: faults.iter().copied().collect() };
+        let rule = Rule::Sequence {
+            pass,
+            faults: faults.iter().copied().collect(),
+        };
         self.plan().rules.insert(target.to_owned(), rule);
     }
 
@@ -160,7 +174,10 @@ impl FaultProxy {
     /// `delay`, then forward it to moto, whether or not the client still waits. Takes
     /// precedence over the plan for PutSecretValue; replaces an earlier hold.
     pub fn hold_puts_above_generation(&self, generation: u64, delay: Duration) {
-        self.plan().hold = Some(HoldRule { above_generation: generation, delay });
+        self.plan().hold = Some(HoldRule {
+            above_generation: generation,
+            delay,
+        });
     }
 
     /// Requests held so far (each also in [`FaultProxy::faulted`], as [`Fault::Hold`]).
@@ -208,7 +225,9 @@ impl FaultProxy {
     /// A Secrets Manager client aimed at the proxy, with dummy credentials and no SDK
     /// retries: every fault reaches the adapter.
     pub fn sm_client(&self) -> aws_sdk_secretsmanager::Client {
-        let config = test_support::moto::sm_config(&self.endpoint).retry_config(RetryConfig::standard().with_max_attempts(1)).build();
+        let config = test_support::moto::sm_config(&self.endpoint)
+            .retry_config(RetryConfig::standard().with_max_attempts(1))
+            .build();
         aws_sdk_secretsmanager::Client::from_conf(config)
     }
 }
@@ -221,19 +240,41 @@ impl Drop for FaultProxy {
 
 /// Hop-by-hop and framing headers that the HTTP clients set themselves.
 fn forwarded(name: &HeaderName) -> bool {
-    !matches!(name.as_str(), "host" | "content-length" | "connection" | "transfer-encoding" | "keep-alive")
+    !matches!(
+        name.as_str(),
+        "host" | "content-length" | "connection" | "transfer-encoding" | "keep-alive"
+    )
 }
 
-async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, headers: HeaderMap, body: Bytes) -> Response {
-    let target = headers.get("x-amz-target").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
-    let fault = shared.plan.lock().unwrap_or_else(|e| e.into_inner()).decide(&target, &body);
+async fn handle(
+    State(shared): State<Arc<Shared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let target = headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let fault = shared
+        .plan
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .decide(&target, &body);
     if let Some(fault) = fault {
         let record = FaultedRequest {
             target: target.clone(),
             fault,
             body: serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
         };
-        shared.plan.lock().unwrap_or_else(|e| e.into_inner()).faulted.push(record);
+        shared
+            .plan
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .faulted
+            .push(record);
     }
     match fault {
         Some(Fault::Throttle) => aws_error(StatusCode::BAD_REQUEST, "ThrottlingException", "Rate exceeded"),
@@ -257,21 +298,38 @@ async fn handle(State(shared): State<Arc<Shared>>, method: Method, uri: Uri, hea
                 Err(error) => plain(StatusCode::BAD_GATEWAY, format!("proxy: held request failed: {error}")),
             }
         }
-        None => forward(&shared, method, &uri, &headers, body).await.unwrap_or_else(|response| response),
+        None => forward(&shared, method, &uri, &headers, body)
+            .await
+            .unwrap_or_else(|response| response),
     }
 }
 
 /// Sends the request to moto and relays its answer; `Err` is a 502 when moto is unreachable.
-async fn forward(shared: &Shared, method: Method, uri: &Uri, headers: &HeaderMap, body: Bytes) -> Result<Response, Response> {
+async fn forward(
+    shared: &Shared,
+    method: Method,
+    uri: &Uri,
+    headers: &HeaderMap,
+    body: Bytes,
+) -> Result<Response, Response> {
     let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let mut request = shared.http.request(method, format!("{}{path}", shared.upstream)).body(body);
+    let mut request = shared
+        .http
+        .request(method, format!("{}{path}", shared.upstream))
+        .body(body);
     for (name, value) in headers.iter().filter(|(name, _)| forwarded(name)) {
         request = request.header(name, value);
     }
-    let answer = request.send().await.map_err(|e| plain(StatusCode::BAD_GATEWAY, format!("proxy: moto unreachable: {e}")))?;
+    let answer = request
+        .send()
+        .await
+        .map_err(|e| plain(StatusCode::BAD_GATEWAY, format!("proxy: moto unreachable: {e}")))?;
     let status = answer.status();
     let answer_headers = answer.headers().clone();
-    let bytes = answer.bytes().await.map_err(|e| plain(StatusCode::BAD_GATEWAY, format!("proxy: moto body: {e}")))?;
+    let bytes = answer
+        .bytes()
+        .await
+        .map_err(|e| plain(StatusCode::BAD_GATEWAY, format!("proxy: moto body: {e}")))?;
     let mut response = Response::new(Body::from(bytes));
     *response.status_mut() = status;
     for (name, value) in answer_headers.iter().filter(|(name, _)| forwarded(name)) {
@@ -285,9 +343,15 @@ fn aws_error(status: StatusCode, code: &'static str, message: &str) -> Response 
     let mut response = Response::new(Body::from(body));
     *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/x-amz-json-1.1"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-amz-json-1.1"),
+    );
     headers.insert("x-amzn-errortype", HeaderValue::from_static(code));
-    headers.insert("x-amzn-requestid", HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid header"));
+    headers.insert(
+        "x-amzn-requestid",
+        HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).expect("uuid header"),
+    );
     response
 }
 

@@ -32,23 +32,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use keap_relay::ExposeSecret;
 use keap_relay::signup::QueuedSignup;
 use keap_relay::store::SecretStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_relay::token::{Connection, Credential, CredentialSource, RotationPolicy, TokenError, TokenSettings};
-use keap_relay::ExposeSecret;
 use keap_sandbox::{Sandbox, SandboxConfig};
 use relay_bench::deployment::{DeploymentEnv, StoreEnv};
 use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome};
 use relay_tests::load::{KEAP_FAULTS, Rng, answers, env_number, error_kind, inject_keap_fault, tag_ids_named};
+use relay_tests::sm_fault_proxy::{Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE};
+use serde_json::{Value, json};
 use test_support::moto::{MotoServer, sm_client, sqs_client};
 use test_support::temp::TempDir;
-use relay_tests::sm_fault_proxy::{
-    Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE,
-};
-use serde_json::{Value, json};
 
 const APP_SECRET_ID: &str = "keap-relay/app";
 const TOKEN_SECRET_ID: &str = "keap-relay/token";
@@ -74,12 +72,25 @@ const ATTEMPTS: usize = 8;
 fn function_binaries() -> PathBuf {
     let exe = std::env::current_exe().expect("the test's own path");
     // target/<profile>/deps/load_e2e-<hash>
-    let dir = exe.parent().and_then(Path::parent).expect("target/<profile>").to_owned();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_owned();
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     let mut build = std::process::Command::new(cargo);
-    build
-        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
-        .args(["build", "--quiet", "--locked", "-p", "signup", "-p", "signup-retry", "-p", "refresh", "--bins"]);
+    build.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).args([
+        "build",
+        "--quiet",
+        "--locked",
+        "-p",
+        "signup",
+        "-p",
+        "signup-retry",
+        "-p",
+        "refresh",
+        "--bins",
+    ]);
     if dir.ends_with("release") {
         build.arg("--release");
     }
@@ -100,7 +111,14 @@ struct Queues {
 impl Queues {
     async fn create(endpoint: &str) -> Queues {
         let sqs = sqs_client(endpoint);
-        let dead = sqs.create_queue().queue_name("keap-relay-SignupDLQ").send().await.unwrap().queue_url.unwrap();
+        let dead = sqs
+            .create_queue()
+            .queue_name("keap-relay-SignupDLQ")
+            .send()
+            .await
+            .unwrap()
+            .queue_url
+            .unwrap();
         let arn = |url: String| {
             let sqs = sqs.clone();
             async move {
@@ -119,7 +137,10 @@ impl Queues {
         let main = sqs
             .create_queue()
             .queue_name("keap-relay-SignupQueue")
-            .attributes(QueueAttributeName::VisibilityTimeout, VISIBILITY_TIMEOUT_SECS.to_string())
+            .attributes(
+                QueueAttributeName::VisibilityTimeout,
+                VISIBILITY_TIMEOUT_SECS.to_string(),
+            )
             .attributes(QueueAttributeName::RedrivePolicy, redrive.to_string())
             .send()
             .await
@@ -127,7 +148,12 @@ impl Queues {
             .queue_url
             .unwrap();
         let main_arn = arn(main.clone()).await;
-        Queues { sqs, main, main_arn, dead }
+        Queues {
+            sqs,
+            main,
+            main_arn,
+            dead,
+        }
     }
 
     /// Messages still in the main queue: visible, in flight or delayed.
@@ -238,7 +264,14 @@ async fn poll_once(queues: &Queues, retry: &FunctionPool, outcomes: &Mutex<BTree
         .collect();
     let acknowledged = done.len();
     if !done.is_empty() {
-        queues.sqs.delete_message_batch().queue_url(&queues.main).set_entries(Some(done)).send().await.unwrap();
+        queues
+            .sqs
+            .delete_message_batch()
+            .queue_url(&queues.main)
+            .set_entries(Some(done))
+            .send()
+            .await
+            .unwrap();
     }
     acknowledged
 }
@@ -269,7 +302,11 @@ fn scheduled_event() -> String {
 
 /// Everything the processes of `pools` wrote so far.
 fn logs_of(pools: &[&FunctionPool]) -> String {
-    pools.iter().flat_map(|pool| pool.log_files()).map(|file| std::fs::read_to_string(file).unwrap_or_default()).collect()
+    pools
+        .iter()
+        .flat_map(|pool| pool.log_files())
+        .map(|file| std::fs::read_to_string(file).unwrap_or_default())
+        .collect()
 }
 
 /// What happened to one signup, from the sender's side.
@@ -311,8 +348,9 @@ async fn send_one(pool: &FunctionPool, events: &SignupEvents, email: &str, count
             }
         };
         let status = answer["statusCode"].as_u64().unwrap_or(0);
-        let has_retry_after =
-            answer["headers"].as_object().is_some_and(|headers| headers.keys().any(|k| k.eq_ignore_ascii_case("retry-after")));
+        let has_retry_after = answer["headers"]
+            .as_object()
+            .is_some_and(|headers| headers.keys().any(|k| k.eq_ignore_ascii_case("retry-after")));
         match status {
             200 | 201 => return Fate::Delivered,
             202 => return Fate::Queued,
@@ -357,12 +395,15 @@ impl FaultSwitch {
                 "secrets manager reads throttled x3"
             }
             6 => {
-                self.proxy.fail_after(PUT_SECRET_VALUE, 0, &[Fault::ServerErrorAfterApply]);
-                self.proxy.fail_after(UPDATE_SECRET_VERSION_STAGE, 0, &[Fault::ServerErrorAfterApply]);
+                self.proxy
+                    .fail_after(PUT_SECRET_VALUE, 0, &[Fault::ServerErrorAfterApply]);
+                self.proxy
+                    .fail_after(UPDATE_SECRET_VERSION_STAGE, 0, &[Fault::ServerErrorAfterApply]);
                 "secrets manager writes applied, answers lost"
             }
             7 => {
-                self.proxy.fail_after(UPDATE_SECRET_VERSION_STAGE, 0, &[Fault::Throttle, Fault::ServerError]);
+                self.proxy
+                    .fail_after(UPDATE_SECRET_VERSION_STAGE, 0, &[Fault::Throttle, Fault::ServerError]);
                 "secrets manager swaps throttled and failed"
             }
             kill @ (8 | 9) => {
@@ -401,8 +442,11 @@ async fn kill_when_busy(pool: &FunctionPool, rng: &mut Rng) -> bool {
 
 /// Every token Keap issued and the store still holds, and the secrets the functions were given.
 async fn secrets_to_audit(store: &SecretsManagerStore, sandbox: &Sandbox) -> Vec<String> {
-    let mut secrets: Vec<String> =
-        vec![keap_sandbox::DEFAULT_CLIENT_SECRET.into(), keap_sandbox::DEFAULT_API_KEY.into(), SIGNING_KEY.into()];
+    let mut secrets: Vec<String> = vec![
+        keap_sandbox::DEFAULT_CLIENT_SECRET.into(),
+        keap_sandbox::DEFAULT_API_KEY.into(),
+        SIGNING_KEY.into(),
+    ];
     secrets.extend(sandbox.issued_tokens());
     // Pages until one brings nothing new (moto may repeat a page with a next token).
     let mut version_ids = BTreeSet::new();
@@ -419,14 +463,26 @@ async fn secrets_to_audit(store: &SecretsManagerStore, sandbox: &Sandbox) -> Vec
             .await
             .unwrap();
         let before = version_ids.len();
-        version_ids.extend(page.versions.unwrap_or_default().into_iter().filter_map(|v| v.version_id));
+        version_ids.extend(
+            page.versions
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|v| v.version_id),
+        );
         next_token = page.next_token;
         if next_token.is_none() || version_ids.len() == before {
             break;
         }
     }
     for version_id in version_ids {
-        let value = store.client().get_secret_value().secret_id(TOKEN_SECRET_ID).version_id(version_id).send().await.unwrap();
+        let value = store
+            .client()
+            .get_secret_value()
+            .secret_id(TOKEN_SECRET_ID)
+            .version_id(version_id)
+            .send()
+            .await
+            .unwrap();
         let state: Value = serde_json::from_str(value.secret_string().unwrap_or("{}")).unwrap_or(Value::Null);
         for field in ["access_token", "refresh_token"] {
             if let Some(token) = state[field].as_str() {
@@ -472,8 +528,14 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let direct = SecretsManagerStore::new(sm_client(&moto.endpoint));
     let store: Arc<dyn SecretStore> = Arc::new(direct.clone());
     seed::put_app_secret(store.as_ref(), APP_SECRET_ID).await.unwrap();
-    seed::connect(store.clone(), TOKEN_SECRET_ID, &sandbox, None).await.unwrap();
-    let operator_settings = TokenSettings { backoff_min: Duration::from_secs(1), backoff_max: Duration::from_secs(2), ..TokenSettings::default() };
+    seed::connect(store.clone(), TOKEN_SECRET_ID, &sandbox, None)
+        .await
+        .unwrap();
+    let operator_settings = TokenSettings {
+        backoff_min: Duration::from_secs(1),
+        backoff_max: Duration::from_secs(2),
+        ..TokenSettings::default()
+    };
     let operator = seed::token_source(store.clone(), TOKEN_SECRET_ID, &sandbox.token_url(), operator_settings).unwrap();
     let first_generation = operator.status().await.unwrap().generation.unwrap();
     let queues = Queues::create(&moto.endpoint).await;
@@ -486,7 +548,9 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
             function,
             "unset",
             &sandbox.base_url(),
-            StoreEnv::SecretsManager { endpoint: Some(moto.endpoint.clone()) },
+            StoreEnv::SecretsManager {
+                endpoint: Some(moto.endpoint.clone()),
+            },
             &scratch.path().join("home"),
         );
         deployment.app_secret_id = APP_SECRET_ID.into();
@@ -504,7 +568,10 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
             // Keap fails every few seconds here: a short shared backoff keeps the run short.
             ("KEAP_REFRESH_BACKOFF_MIN_SECONDS", "1"),
             ("KEAP_REFRESH_BACKOFF_MAX_SECONDS", "2"),
-            ("RUST_LOG", "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace"),
+            (
+                "RUST_LOG",
+                "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace",
+            ),
         ];
         for (name, value) in overrides.iter().chain(extra) {
             vars.retain(|(n, _)| n != name);
@@ -520,7 +587,11 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let retry_pool = Arc::new(pool("signup-retry", retry_processes, &[]).await.unwrap());
     // The scheduled refresh rotates on every run (a lead longer than the token's life).
     // Rotates on every run: a refresh token older than 0 s is due (the lead alone is capped at half the pair's life).
-    let refresh_pool = Arc::new(pool("refresh", 1, &[("KEAP_REFRESH_MAX_AGE_SECONDS", "0")]).await.unwrap());
+    let refresh_pool = Arc::new(
+        pool("refresh", 1, &[("KEAP_REFRESH_MAX_AGE_SECONDS", "0")])
+            .await
+            .unwrap(),
+    );
 
     let events = Arc::new(SignupEvents::new(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).unwrap());
     let counters = Arc::new(Counters::default());
@@ -533,7 +604,9 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         tokio::spawn(async move {
             let mut runs = BTreeMap::<String, u64>::new();
             while running.load(Ordering::Relaxed) {
-                *runs.entry(outcome_label(&refresh_pool.invoke(event.clone()).await)).or_default() += 1;
+                *runs
+                    .entry(outcome_label(&refresh_pool.invoke(event.clone()).await))
+                    .or_default() += 1;
                 tokio::time::sleep(REFRESH_EVERY).await;
             }
             runs
@@ -542,8 +615,12 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let queues = Arc::new(queues);
     let pollers: Vec<_> = (0..retry_processes)
         .map(|_| {
-            let (running, queues, retry_pool, outcomes) =
-                (running.clone(), queues.clone(), retry_pool.clone(), queue_outcomes.clone());
+            let (running, queues, retry_pool, outcomes) = (
+                running.clone(),
+                queues.clone(),
+                retry_pool.clone(),
+                queue_outcomes.clone(),
+            );
             tokio::spawn(async move {
                 while running.load(Ordering::Relaxed) {
                     poll_once(&queues, &retry_pool, &outcomes).await;
@@ -591,10 +668,16 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
 
     // Faults off; the retry worker drains the queue; everything stops.
     stream_done.store(true, Ordering::Relaxed);
-    tokio::time::timeout(Duration::from_secs(60), injector).await.expect("the injector stops").unwrap();
+    tokio::time::timeout(Duration::from_secs(60), injector)
+        .await
+        .expect("the injector stops")
+        .unwrap();
     sandbox.faults().clear();
     proxy.clear();
-    eprintln!("load_e2e: stream done in {:.0} s; draining the queue", started.elapsed().as_secs_f64());
+    eprintln!(
+        "load_e2e: stream done in {:.0} s; draining the queue",
+        started.elapsed().as_secs_f64()
+    );
     let drain_started = Instant::now();
     let mut left = queues.waiting().await;
     while left > 0 && drain_started.elapsed() < Duration::from_secs(240) {
@@ -604,15 +687,23 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let drain_time = drain_started.elapsed();
     running.store(false, Ordering::Relaxed);
     for poller in pollers {
-        tokio::time::timeout(Duration::from_secs(60), poller).await.expect("a poller stops").unwrap();
+        tokio::time::timeout(Duration::from_secs(60), poller)
+            .await
+            .expect("a poller stops")
+            .unwrap();
     }
-    let scheduled_runs = tokio::time::timeout(Duration::from_secs(60), scheduled).await.expect("the schedule stops").unwrap();
+    let scheduled_runs = tokio::time::timeout(Duration::from_secs(60), scheduled)
+        .await
+        .expect("the schedule stops")
+        .unwrap();
 
     // Reconcile the signups.
     eprintln!("load_e2e: drained ({left} left); reconciling");
     let dead = queues.dead_letters().await;
-    let dead_emails: BTreeSet<String> =
-        dead.iter().filter_map(|(_, body)| QueuedSignup::from_message(body).ok().map(|q| q.signup.email)).collect();
+    let dead_emails: BTreeSet<String> = dead
+        .iter()
+        .filter_map(|(_, body)| QueuedSignup::from_message(body).ok().map(|q| q.signup.email))
+        .collect();
     let welcome_tags = tag_ids_named(&sandbox, WELCOME_TAG).await;
     let mut tally = BTreeMap::<&'static str, u64>::new();
     let mut problems = Vec::new();
@@ -622,8 +713,16 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         if emails_received > 1 {
             problems.push(format!("{email} got {emails_received} welcome emails"));
         }
-        *tally.entry(if emails_received == 1 { "welcome_emails_received" } else { "no_welcome_email" }).or_default() += 1;
-        let in_keap = contact.as_ref().is_some_and(|c| c.tag_ids.iter().any(|id| welcome_tags.contains(id)));
+        *tally
+            .entry(if emails_received == 1 {
+                "welcome_emails_received"
+            } else {
+                "no_welcome_email"
+            })
+            .or_default() += 1;
+        let in_keap = contact
+            .as_ref()
+            .is_some_and(|c| c.tag_ids.iter().any(|id| welcome_tags.contains(id)));
         let bucket = match fate {
             Fate::Delivered if in_keap => "delivered_at_once",
             Fate::Delivered => {
@@ -633,7 +732,9 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
             Fate::Queued if in_keap => "queued_then_delivered",
             Fate::Queued if dead_emails.contains(email) => "queued_then_dead_lettered",
             Fate::Queued => {
-                problems.push(format!("{email} was queued (202) and is neither in Keap nor dead-lettered"));
+                problems.push(format!(
+                    "{email} was queued (202) and is neither in Keap nor dead-lettered"
+                ));
                 "lost"
             }
             Fate::GaveUp => "sender_gave_up_after_8_attempts",
@@ -650,7 +751,9 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let status = operator.status().await.unwrap();
     let final_generation = status.generation.unwrap_or(first_generation);
     let credential = operator.credential().await.expect("a credential from the stored pair");
-    let Credential::AccessToken { token, .. } = &credential else { panic!("an OAuth access token") };
+    let Credential::AccessToken { token, .. } = &credential else {
+        panic!("an OAuth access token")
+    };
     let probe = reqwest::Client::new()
         .get(format!("{}/v1/tags?name={WELCOME_TAG}", sandbox.api_url()))
         .bearer_auth(token.expose_secret())
@@ -659,11 +762,16 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         .unwrap()
         .status();
     // A refresh token older than zero is always due (the lead is capped at half the pair's life).
-    let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::ZERO };
+    let forced = RotationPolicy {
+        lead: Duration::from_secs(100 * 86_400),
+        max_refresh_age: Duration::ZERO,
+    };
     // A failure just before the faults stopped may have left the (2 s) shared backoff running.
     let mut rotated = operator.rotate_if_due(forced).await;
     for _ in 0..5 {
-        let Err(TokenError::Unavailable { retry_after, .. }) = &rotated else { break };
+        let Err(TokenError::Unavailable { retry_after, .. }) = &rotated else {
+            break;
+        };
         tokio::time::sleep(retry_after.unwrap_or(Duration::from_secs(1)) + Duration::from_millis(100)).await;
         rotated = operator.rotate_if_due(forced).await;
     }
@@ -768,28 +876,81 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
 
     assert_eq!(left, 0, "the queue drains once Keap and the store are healthy");
 
-    assert!(problems.is_empty(), "{} signups unaccounted for: {:?}", problems.len(), &problems[..problems.len().min(10)]);
-    assert_eq!(counters.bad_5xx.load(Ordering::Relaxed), 0, "no 5xx without Retry-After (other than for a killed process)");
-    assert_eq!(counters.relay_failures.load(Ordering::Relaxed), 0, "no signup process crashed, errored or timed out on its own");
+    assert!(
+        problems.is_empty(),
+        "{} signups unaccounted for: {:?}",
+        problems.len(),
+        &problems[..problems.len().min(10)]
+    );
+    assert_eq!(
+        counters.bad_5xx.load(Ordering::Relaxed),
+        0,
+        "no 5xx without Retry-After (other than for a killed process)"
+    );
+    assert_eq!(
+        counters.relay_failures.load(Ordering::Relaxed),
+        0,
+        "no signup process crashed, errored or timed out on its own"
+    );
     for pool in [&signup_pool, &retry_pool, &refresh_pool] {
-        assert_eq!(pool.counters.crashed.load(Ordering::Relaxed), 0, "{} processes exited on their own", pool.function());
-        assert_eq!(pool.counters.timed_out.load(Ordering::Relaxed), 0, "{} invocations timed out", pool.function());
+        assert_eq!(
+            pool.counters.crashed.load(Ordering::Relaxed),
+            0,
+            "{} processes exited on their own",
+            pool.function()
+        );
+        assert_eq!(
+            pool.counters.timed_out.load(Ordering::Relaxed),
+            0,
+            "{} invocations timed out",
+            pool.function()
+        );
     }
-    assert!(status.connected && !status.needs_reauth, "the store holds a working pair: {status:?}");
+    assert!(
+        status.connected && !status.needs_reauth,
+        "the store holds a working pair: {status:?}"
+    );
     assert_eq!(probe.as_u16(), 200, "the stored access token works");
-    assert_eq!(rotated.status.generation, Some(final_generation + 1), "the stored refresh token works");
-    assert_eq!(stats.refresh_failure("invalid_grant_used"), 0, "a refresh token was spent twice");
+    assert_eq!(
+        rotated.status.generation,
+        Some(final_generation + 1),
+        "the stored refresh token works"
+    );
+    assert_eq!(
+        stats.refresh_failure("invalid_grant_used"),
+        0,
+        "a refresh token was spent twice"
+    );
     assert_eq!(
         stats.refreshes_served,
         final_generation - first_generation,
         "every pair Keap issued was stored, and nothing else rotated"
     );
-    assert_eq!(dropped_case["keap_token_calls"], 1, "a lost refresh answer ends refreshing: {dropped_case}");
+    assert_eq!(
+        dropped_case["keap_token_calls"], 1,
+        "a lost refresh answer ends refreshing: {dropped_case}"
+    );
     assert_eq!(dropped_case["status_after"], "needs_reauth", "{dropped_case}");
-    assert_eq!(last_fate, Fate::Queued, "a signup after the lost answer is queued: {dropped_case}");
-    assert_eq!(dropped_case["parked"], 1, "and parked for a reconnection, not dead-lettered: {dropped_case}");
-    assert_eq!(dropped_case["waiting_in_queue"], 1, "the parked signup waits in the queue: {dropped_case}");
-    assert!(proxy.count(GET_SECRET_VALUE) > 0, "the functions read Secrets Manager through the fault proxy");
+    assert_eq!(
+        last_fate,
+        Fate::Queued,
+        "a signup after the lost answer is queued: {dropped_case}"
+    );
+    assert_eq!(
+        dropped_case["parked"], 1,
+        "and parked for a reconnection, not dead-lettered: {dropped_case}"
+    );
+    assert_eq!(
+        dropped_case["waiting_in_queue"], 1,
+        "the parked signup waits in the queue: {dropped_case}"
+    );
+    assert!(
+        proxy.count(GET_SECRET_VALUE) > 0,
+        "the functions read Secrets Manager through the fault proxy"
+    );
     assert_eq!(leaked, 0, "a secret appears in the functions' logs");
-    assert!(logs.contains("rotated the Keap token pair"), "the audit read the TRACE logs of the processes");
+    assert!(
+        logs.contains("rotated the Keap token pair"),
+        "the audit read the TRACE logs of the processes"
+    );
 }

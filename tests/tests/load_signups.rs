@@ -67,7 +67,9 @@ impl SignupQueue for SqsLike {
         let mut state = self.inner.lock().unwrap();
         state.next_id += 1;
         let id = format!("m-{}", state.next_id);
-        state.waiting.push((id, signup.to_message(), 0, std::time::Instant::now()));
+        state
+            .waiting
+            .push((id, signup.to_message(), 0, std::time::Instant::now()));
         Ok(())
     }
 }
@@ -105,7 +107,11 @@ impl SqsLike {
             .collect();
         let event = serde_json::from_value(serde_json::json!({ "Records": records })).unwrap();
         let failed: Vec<String> = match signup_retry::handler::handle(event, service).await {
-            Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
+            Ok(response) => response
+                .batch_item_failures
+                .into_iter()
+                .map(|f| f.item_identifier)
+                .collect(),
             Err(_) => batch.iter().map(|(id, _, _)| id.clone()).collect(),
         };
         let mut state = self.inner.lock().unwrap();
@@ -117,7 +123,9 @@ impl SqsLike {
                 state.dead.push((id, body));
             } else {
                 // Invisible for the visibility timeout, then received again.
-                state.waiting.push((id, body, count, std::time::Instant::now() + VISIBILITY_TIMEOUT));
+                state
+                    .waiting
+                    .push((id, body, count, std::time::Instant::now() + VISIBILITY_TIMEOUT));
             }
         }
         acknowledged
@@ -128,11 +136,23 @@ impl SqsLike {
     }
 
     fn dead_emails(&self) -> Vec<String> {
-        self.inner.lock().unwrap().dead.iter().map(|(_, body)| QueuedSignup::from_message(body).unwrap().signup.email).collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .dead
+            .iter()
+            .map(|(_, body)| QueuedSignup::from_message(body).unwrap().signup.email)
+            .collect()
     }
 
     fn dead_ids(&self) -> Vec<String> {
-        self.inner.lock().unwrap().dead.iter().map(|(id, _)| id.clone()).collect()
+        self.inner
+            .lock()
+            .unwrap()
+            .dead
+            .iter()
+            .map(|(id, _)| id.clone())
+            .collect()
     }
 }
 
@@ -154,12 +174,7 @@ struct Counters {
     unexpected_4xx: AtomicU64,
 }
 
-async fn send_one(
-    copies: &[Arc<signup::AppDeps>],
-    index: u64,
-    rng_seed: u64,
-    counters: &Counters,
-) -> Fate {
+async fn send_one(copies: &[Arc<signup::AppDeps>], index: u64, rng_seed: u64, counters: &Counters) -> Fate {
     let mut rng = Rng(rng_seed | 1);
     let body = serde_json::json!({
         "email": format!("load-{index}@example.com"),
@@ -170,11 +185,18 @@ async fn send_one(
     .to_string();
     for _attempt in 0..8 {
         counters.attempts.fetch_add(1, Ordering::Relaxed);
-        let header = signature::sign(&SecretString::from(SIGNING_KEY), signature::unix_seconds(SystemTime::now()), body.as_bytes());
+        let header = signature::sign(
+            &SecretString::from(SIGNING_KEY),
+            signature::unix_seconds(SystemTime::now()),
+            body.as_bytes(),
+        );
         let mut event = relay_server::signup_request(body.as_bytes(), &header);
         // The invocation's deadline, as the Lambda runtime hands it to the handler.
         let mut context = lambda_http::Context::default();
-        context.deadline = (SystemTime::now() + LAMBDA_TIMEOUT).duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64;
+        context.deadline = (SystemTime::now() + LAMBDA_TIMEOUT)
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
         event.extensions_mut().insert(context);
         let deps = copies[rng.below(copies.len() as u64) as usize].clone();
         let kill = rng.below(100) == 0;
@@ -280,9 +302,20 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
 
     let sandbox = Arc::new(Sandbox::start(SandboxConfig::default()).await.unwrap());
     let store = Arc::new(MemoryStore::new());
-    store.put_version(APP_SECRET_ID, "app-v1", &SecretString::from(relay_server::RelayServer::app_secret_json())).await.unwrap();
+    store
+        .put_version(
+            APP_SECRET_ID,
+            "app-v1",
+            &SecretString::from(relay_server::RelayServer::app_secret_json()),
+        )
+        .await
+        .unwrap();
     let queue = Arc::new(SqsLike::default());
-    let mut config = relay_server::config(&sandbox, "http://127.0.0.1:9/oauth/callback", Duration::from_millis(800));
+    let mut config = relay_server::config(
+        &sandbox,
+        "http://127.0.0.1:9/oauth/callback",
+        Duration::from_millis(800),
+    );
     config.lease_duration = Duration::from_secs(20);
     config.http_timeout = Duration::from_secs(3);
     let shared_store: Arc<dyn SecretStore> = store.clone();
@@ -293,11 +326,19 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
 
     // The administrator connects (through the oauth function's connection), as /oauth/callback would.
     let oauth_app = app(false);
-    oauth_app.connection.connect(test_support::grant::minted(&sandbox), false).await.unwrap();
+    oauth_app
+        .connection
+        .connect(test_support::grant::minted(&sandbox), false)
+        .await
+        .unwrap();
     let first_generation = oauth_app.connection.status().await.unwrap().generation.unwrap();
     sandbox.reset_stats();
 
-    let copies: Arc<Vec<Arc<signup::AppDeps>>> = Arc::new((0..copies_count).map(|_| Arc::new(signup::AppDeps::from_app(&app(true)))).collect());
+    let copies: Arc<Vec<Arc<signup::AppDeps>>> = Arc::new(
+        (0..copies_count)
+            .map(|_| Arc::new(signup::AppDeps::from_app(&app(true))))
+            .collect(),
+    );
     let retry_app = app(false);
     let retry_service = Arc::new(retry_app.signup_service());
     let refresh_app = app(false);
@@ -306,7 +347,10 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
 
     // The scheduled refresh, concurrently and often, forcing a rotation each time.
     // A refresh token older than zero is always due (the lead is capped at half the pair's life).
-    let forced = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::ZERO };
+    let forced = RotationPolicy {
+        lead: Duration::from_secs(100 * 86_400),
+        max_refresh_age: Duration::ZERO,
+    };
     let scheduled = {
         let running = running.clone();
         tokio::spawn(async move {
@@ -375,10 +419,19 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     // Faults off; the queue drains; background tasks stop.
     running.store(false, Ordering::Relaxed);
     let bounded = Duration::from_secs(60);
-    tokio::time::timeout(bounded, injector).await.expect("the fault injector stops").unwrap();
+    tokio::time::timeout(bounded, injector)
+        .await
+        .expect("the fault injector stops")
+        .unwrap();
     sandbox.faults().clear();
-    tokio::time::timeout(bounded, worker).await.expect("the retry worker stops").unwrap();
-    let scheduled_runs = tokio::time::timeout(bounded, scheduled).await.expect("the scheduled refresh stops").unwrap();
+    tokio::time::timeout(bounded, worker)
+        .await
+        .expect("the retry worker stops")
+        .unwrap();
+    let scheduled_runs = tokio::time::timeout(bounded, scheduled)
+        .await
+        .expect("the scheduled refresh stops")
+        .unwrap();
     eprintln!("load: stream done, draining {} queued", queue.waiting());
     let drain_deadline = std::time::Instant::now() + Duration::from_secs(120);
     while queue.waiting() > 0 && std::time::Instant::now() < drain_deadline {
@@ -399,9 +452,15 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
         let email = format!("load-{index}@example.com");
         let contact = sandbox.contact_by_email(&email);
         if let Some(contact) = &contact {
-            assert!(contact.emails_received <= 1, "{email} got {} welcome emails", contact.emails_received);
+            assert!(
+                contact.emails_received <= 1,
+                "{email} got {} welcome emails",
+                contact.emails_received
+            );
         }
-        let in_keap = contact.as_ref().is_some_and(|c| c.tag_ids.iter().any(|id| welcome_tags.contains(id)));
+        let in_keap = contact
+            .as_ref()
+            .is_some_and(|c| c.tag_ids.iter().any(|id| welcome_tags.contains(id)));
         match fates[&index] {
             Fate::Delivered => {
                 delivered += 1;
@@ -425,11 +484,23 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     let final_generation = status.generation.unwrap();
     let stats = sandbox.stats();
     let fresh = app(false);
-    let credential = fresh.connection.credential().await.expect("a credential from the stored pair");
+    let credential = fresh
+        .connection
+        .credential()
+        .await
+        .expect("a credential from the stored pair");
     assert!(matches!(credential, Credential::AccessToken { .. }));
-    let probe = fresh.api.find_tag_by_name(&credential, WELCOME_TAG).await.expect("the stored access token works");
+    let probe = fresh
+        .api
+        .find_tag_by_name(&credential, WELCOME_TAG)
+        .await
+        .expect("the stored access token works");
     assert!(probe.is_some_and(|id| welcome_tags.contains(&id)));
-    let rotated = fresh.connection.rotate_if_due(forced).await.expect("the stored refresh token works");
+    let rotated = fresh
+        .connection
+        .rotate_if_due(forced)
+        .await
+        .expect("the stored refresh token works");
     assert_eq!(rotated.status.generation, Some(final_generation + 1));
     let refreshes_before_probe = stats.refreshes_served;
     let versions = store.versions(TOKEN_SECRET_ID).len();
@@ -474,7 +545,11 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
         std::fs::write(path, &logged).unwrap();
     }
     for secret in &secrets {
-        assert!(!logged.contains(secret.as_str()), "a secret ({} chars) appears in the logs", secret.len());
+        assert!(
+            !logged.contains(secret.as_str()),
+            "a secret ({} chars) appears in the logs",
+            secret.len()
+        );
     }
 
     let report = serde_json::json!({
@@ -510,12 +585,24 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     println!("LOAD REPORT {}", serde_json::to_string_pretty(&report).unwrap());
 
     assert_eq!(lost, 0, "every 202 is delivered or dead-lettered");
-    assert_eq!(counters.bad_5xx.load(Ordering::Relaxed), 0, "no 5xx without Retry-After");
-    assert_eq!(stats.refresh_failure("invalid_grant_used"), 0, "a refresh token was spent twice");
+    assert_eq!(
+        counters.bad_5xx.load(Ordering::Relaxed),
+        0,
+        "no 5xx without Retry-After"
+    );
+    assert_eq!(
+        stats.refresh_failure("invalid_grant_used"),
+        0,
+        "a refresh token was spent twice"
+    );
     assert_eq!(
         refreshes_before_probe,
         final_generation - first_generation,
         "every pair Keap issued was stored (and nothing else rotated)"
     );
-    assert_eq!(counters.timed_out.load(Ordering::Relaxed), 0, "no invocation ran into Lambda's timeout");
+    assert_eq!(
+        counters.timed_out.load(Ordering::Relaxed),
+        0,
+        "no invocation ran into Lambda's timeout"
+    );
 }

@@ -36,13 +36,26 @@ impl TokenEndpoint for Timed {
 async fn the_window_between_keaps_answer_and_the_stored_pair_fits_the_commit_window() {
     const ROTATIONS: usize = 30;
     let moto = MotoServer::start().await;
-    let setup = StormSetup::new(StoreSpec::SecretsManager { endpoint: moto.endpoint.clone() }, ReusePolicy::RevokeFamily, false).await;
+    let setup = StormSetup::new(
+        StoreSpec::SecretsManager {
+            endpoint: moto.endpoint.clone(),
+        },
+        ReusePolicy::RevokeFamily,
+        false,
+    )
+    .await;
     let settings = setup.args.timings.settings();
-    let keap = Arc::new(Timed { inner: setup.args.oauth_client(), answered: Mutex::new(None) });
+    let keap = Arc::new(Timed {
+        inner: setup.args.oauth_client(),
+        answered: Mutex::new(None),
+    });
     let store = Arc::new(SecretsManagerStore::new(sm_client(&moto.endpoint)));
     let source = TokenSource::new(store, setup.secret_id.clone(), keap.clone(), settings.clone()).expect("settings");
     // A lead longer than any lifetime: every run is due.
-    let always = RotationPolicy { lead: Duration::from_secs(100 * 86_400), max_refresh_age: Duration::ZERO };
+    let always = RotationPolicy {
+        lead: Duration::from_secs(100 * 86_400),
+        max_refresh_age: Duration::ZERO,
+    };
     let mut windows = Vec::with_capacity(ROTATIONS);
     for _ in 0..ROTATIONS {
         let report = source.rotate_if_due(always).await.expect("rotates");
@@ -53,7 +66,11 @@ async fn the_window_between_keaps_answer_and_the_stored_pair_fits_the_commit_win
     }
     windows.sort();
     let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    let (p50, p99, max) = (windows[ROTATIONS / 2], windows[ROTATIONS * 99 / 100], windows[ROTATIONS - 1]);
+    let (p50, p99, max) = (
+        windows[ROTATIONS / 2],
+        windows[ROTATIONS * 99 / 100],
+        windows[ROTATIONS - 1],
+    );
     println!(
         "loss window over moto (commit put + swap, {ROTATIONS} rotations): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
         ms(p50),
@@ -62,5 +79,8 @@ async fn the_window_between_keaps_answer_and_the_stored_pair_fits_the_commit_win
     );
     assert_eq!(setup.sandbox.stats().refreshes_served, ROTATIONS as u64);
     assert_eq!(setup.sandbox.stats().refresh_failures_total(), 0);
-    assert!(max < settings.commit_allowance, "the commit must fit its window: {max:?}");
+    assert!(
+        max < settings.commit_allowance,
+        "the commit must fit its window: {max:?}"
+    );
 }

@@ -32,7 +32,10 @@ async fn authorize_exchange_and_refresh_against_the_sandbox() {
     sandbox.set_auto_approve(true);
     let oauth = client(&sandbox, DEFAULT_CLIENT_SECRET, Duration::from_secs(5));
     let authorize = oauth.authorize_url(REDIRECT, "state-123");
-    let no_redirects = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let no_redirects = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let answer = no_redirects.get(authorize).send().await.unwrap();
     assert!(answer.status().is_redirection(), "{}", answer.status());
     let location = Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
@@ -46,7 +49,10 @@ async fn authorize_exchange_and_refresh_against_the_sandbox() {
     assert!(matches!(used_again, OAuthError::CodeRejected { .. }), "{used_again:?}");
 
     let refreshed = oauth.refresh(&grant.refresh_token).await.unwrap();
-    assert_ne!(refreshed.refresh_token.expose_secret(), grant.refresh_token.expose_secret());
+    assert_ne!(
+        refreshed.refresh_token.expose_secret(),
+        grant.refresh_token.expose_secret()
+    );
     let reused = oauth.refresh(&grant.refresh_token).await.unwrap_err();
     assert!(matches!(reused, OAuthError::RefreshTokenRejected { .. }), "{reused:?}");
     assert!(!reused.may_have_rotated());
@@ -60,24 +66,36 @@ async fn failures_are_classified_by_what_they_mean_for_the_token() {
     let pair = sandbox.mint_grant(DEFAULT_CLIENT_ID);
     let token = SecretString::from(pair.refresh_token);
 
-    let wrong_secret = client(&sandbox, "not-the-secret", Duration::from_secs(5)).refresh(&token).await.unwrap_err();
+    let wrong_secret = client(&sandbox, "not-the-secret", Duration::from_secs(5))
+        .refresh(&token)
+        .await
+        .unwrap_err();
     assert!(matches!(wrong_secret, OAuthError::InvalidClient(_)), "{wrong_secret:?}");
     assert!(!wrong_secret.to_string().contains("not-the-secret"));
 
     let oauth = client(&sandbox, DEFAULT_CLIENT_SECRET, Duration::from_millis(500));
     sandbox.faults().set_server_error_rate(1.0);
-    assert!(matches!(oauth.refresh(&token).await, Err(OAuthError::Transient { status: 502 | 503, .. })));
+    assert!(matches!(
+        oauth.refresh(&token).await,
+        Err(OAuthError::Transient { status: 502 | 503, .. })
+    ));
     sandbox.faults().clear();
 
     sandbox.faults().set_token_latency(Duration::from_millis(1500));
     let slow = oauth.refresh(&token).await.unwrap_err();
-    assert!(matches!(slow, OAuthError::OutcomeUnknown(_)) && slow.may_have_rotated(), "{slow:?}");
+    assert!(
+        matches!(slow, OAuthError::OutcomeUnknown(_)) && slow.may_have_rotated(),
+        "{slow:?}"
+    );
     sandbox.faults().clear();
     tokio::time::sleep(Duration::from_millis(1200)).await; // the slow call lands meanwhile
 
     let pair = sandbox.mint_grant(DEFAULT_CLIENT_ID);
     sandbox.faults().drop_next_refresh_responses(1);
-    let dropped = oauth.refresh(&SecretString::from(pair.refresh_token)).await.unwrap_err();
+    let dropped = oauth
+        .refresh(&SecretString::from(pair.refresh_token))
+        .await
+        .unwrap_err();
     assert!(matches!(dropped, OAuthError::OutcomeUnknown(_)), "{dropped:?}");
 
     let nowhere = OAuthClient::new(

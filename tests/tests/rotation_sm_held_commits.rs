@@ -11,12 +11,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use keap_relay::store::secrets_manager::SecretsManagerStore;
-use keap_relay::token::{Connection, Credential, CredentialSource, LinkStatus, RotationAction, RotationPolicy, TokenError};
+use keap_relay::token::{
+    Connection, Credential, CredentialSource, LinkStatus, RotationAction, RotationPolicy, TokenError,
+};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::ReusePolicy;
 use relay_tests::rotation::{StoreSpec, StormSetup, fingerprint};
-use test_support::moto::MotoServer;
 use relay_tests::sm_fault_proxy::{Fault, FaultProxy, PUT_SECRET_VALUE};
+use test_support::moto::MotoServer;
 use tokio::time::Instant;
 
 /// A new contender every so often, from the start until past the lease and the grace.
@@ -43,18 +45,29 @@ async fn accepted_by_keap(setup: &StormSetup, token: &SecretString) -> bool {
 
 async fn held_commits_storm(policy: ReusePolicy) {
     // RUST_LOG=keap_relay=debug shows the protocol's steps.
-    let _ = tracing_subscriber::fmt().with_env_filter(tracing_subscriber::EnvFilter::from_default_env()).with_test_writer().try_init();
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
     let started = Instant::now();
     let moto = MotoServer::start().await;
     let proxy = FaultProxy::start(&moto.endpoint).await;
     // The first authorization is written through moto directly; its access token has expired.
-    let setup = StormSetup::new(StoreSpec::SecretsManager { endpoint: moto.endpoint.clone() }, policy, true).await;
+    let setup = StormSetup::new(
+        StoreSpec::SecretsManager {
+            endpoint: moto.endpoint.clone(),
+        },
+        policy,
+        true,
+    )
+    .await;
     let settings = setup.args.timings.settings();
     let before = setup.stored().await;
     let old_access = before.access_token.clone().expect("a first access token");
     let hold = settings.lease_duration + Duration::from_secs(1);
     assert!(
-        hold > settings.lease_duration + settings.clock_skew && hold + settings.store_call_timeout < settings.lease_duration + settings.late_commit_grace,
+        hold > settings.lease_duration + settings.clock_skew
+            && hold + settings.store_call_timeout < settings.lease_duration + settings.late_commit_grace,
         "the hold must outlast the lease and leave the commit inside the grace: {settings:?}"
     );
     proxy.hold_puts_above_generation(before.generation, hold);
@@ -65,7 +78,9 @@ async fn held_commits_storm(policy: ReusePolicy) {
     let storm_start = Instant::now();
     let mut contenders = Vec::new();
     for i in 0..count {
-        let source = setup.args.token_source(Arc::new(SecretsManagerStore::new(proxy.sm_client())));
+        let source = setup
+            .args
+            .token_source(Arc::new(SecretsManagerStore::new(proxy.sm_client())));
         let arrive = storm_start + ARRIVAL_EVERY * i;
         contenders.push(tokio::spawn(async move {
             tokio::time::sleep_until(arrive).await;
@@ -85,30 +100,65 @@ async fn held_commits_storm(policy: ReusePolicy) {
     }
     let storm = storm_start.elapsed();
     // Every held put reaches moto before anything is checked (they are idempotent retries).
-    assert!(proxy.wait_held_forwarded(hold + Duration::from_secs(5)).await, "held puts still pending: {}", proxy.held_pending());
+    assert!(
+        proxy.wait_held_forwarded(hold + Duration::from_secs(5)).await,
+        "held puts still pending: {}",
+        proxy.held_pending()
+    );
 
     let stats = setup.sandbox.stats();
-    assert_eq!(stats.refreshes_served, 1, "{policy:?}: exactly one refresh reached Keap");
-    assert_eq!(stats.refresh_failures_total(), 0, "{policy:?}: no refresh token spent twice: {:?}", stats.refresh_failures);
+    assert_eq!(
+        stats.refreshes_served, 1,
+        "{policy:?}: exactly one refresh reached Keap"
+    );
+    assert_eq!(
+        stats.refresh_failures_total(),
+        0,
+        "{policy:?}: no refresh token spent twice: {:?}",
+        stats.refresh_failures
+    );
 
     let stored = setup.stored().await;
     assert_eq!(stored.generation, before.generation + 1, "{policy:?}: one new pair");
     assert_eq!(stored.status, LinkStatus::Connected, "{policy:?}");
     assert!(stored.lease.is_none(), "{policy:?}: no lease left behind");
-    assert!(!stored.same_refresh_token(before.refresh_token.as_ref().unwrap()), "{policy:?}: moto holds the new refresh token");
+    assert!(
+        !stored.same_refresh_token(before.refresh_token.as_ref().unwrap()),
+        "{policy:?}: moto holds the new refresh token"
+    );
     let new_access = stored.access_token.clone().expect("a stored access token");
     // Keap issued two access tokens (the first authorization and the one refresh): the stored
     // one is the other, i.e. the last issued, and Keap takes it.
-    assert_ne!(fingerprint(&new_access), fingerprint(&old_access), "{policy:?}: the stored access token is new");
-    assert!(setup.sandbox.issued_tokens().contains(&new_access.expose_secret().to_owned()), "{policy:?}: issued by Keap");
-    assert!(accepted_by_keap(&setup, &new_access).await, "{policy:?}: Keap accepts the stored access token");
-    assert!(!accepted_by_keap(&setup, &old_access).await, "{policy:?}: the first access token had expired");
+    assert_ne!(
+        fingerprint(&new_access),
+        fingerprint(&old_access),
+        "{policy:?}: the stored access token is new"
+    );
+    assert!(
+        setup
+            .sandbox
+            .issued_tokens()
+            .contains(&new_access.expose_secret().to_owned()),
+        "{policy:?}: issued by Keap"
+    );
+    assert!(
+        accepted_by_keap(&setup, &new_access).await,
+        "{policy:?}: Keap accepts the stored access token"
+    );
+    assert!(
+        !accepted_by_keap(&setup, &old_access).await,
+        "{policy:?}: the first access token had expired"
+    );
 
     let (mut ok, mut unavailable, mut in_grace) = (0, 0, 0);
     for (arrived, took, outcome) in &outcomes {
         match outcome {
             Outcome::Token(token) => {
-                assert_eq!(fingerprint(token), fingerprint(&new_access), "{policy:?}: contender at {arrived:?} got the new token");
+                assert_eq!(
+                    fingerprint(token),
+                    fingerprint(&new_access),
+                    "{policy:?}: contender at {arrived:?} got the new token"
+                );
                 ok += 1;
             }
             Outcome::Unavailable(detail) => {
@@ -119,16 +169,29 @@ async fn held_commits_storm(policy: ReusePolicy) {
             Outcome::Other(error) => panic!("{policy:?}: contender at {arrived:?} (after {took:?}): {error:?}"),
         }
     }
-    assert!(ok >= 1, "{policy:?}: at least one contender got the new token: {outcomes:?}");
+    assert!(
+        ok >= 1,
+        "{policy:?}: at least one contender got the new token: {outcomes:?}"
+    );
     // The first contender held the lease: its own puts never answer in time, but it finds its
     // pair swapped in by a later contender and hands it out.
-    assert!(matches!(outcomes[0].2, Outcome::Token(_)), "{policy:?}: the lease holder ended with the new token: {:?}", outcomes[0]);
+    assert!(
+        matches!(outcomes[0].2, Outcome::Token(_)),
+        "{policy:?}: the lease holder ended with the new token: {:?}",
+        outcomes[0]
+    );
     let held = proxy.held();
     assert!(held >= 1, "{policy:?}: the commit put was held");
-    let held_puts: Vec<_> = proxy.faulted().into_iter().filter(|f| f.target == PUT_SECRET_VALUE && f.fault == Fault::Hold(hold)).collect();
+    let held_puts: Vec<_> = proxy
+        .faulted()
+        .into_iter()
+        .filter(|f| f.target == PUT_SECRET_VALUE && f.fault == Fault::Hold(hold))
+        .collect();
     assert_eq!(held_puts.len(), held);
     assert!(
-        held_puts.iter().all(|f| f.body["ClientRequestToken"] == held_puts[0].body["ClientRequestToken"]),
+        held_puts
+            .iter()
+            .all(|f| f.body["ClientRequestToken"] == held_puts[0].body["ClientRequestToken"]),
         "{policy:?}: every held put was the same commit (same version id)"
     );
     let versions = setup.new_versions().await;
@@ -136,17 +199,33 @@ async fn held_commits_storm(policy: ReusePolicy) {
 
     // The last pair works for one more rotation, by a fresh source straight on moto.
     let fresh = setup.args.token_source(setup.store.open());
-    let due_now = RotationPolicy { lead: Duration::ZERO, max_refresh_age: Duration::ZERO };
-    let report = fresh.rotate_if_due(due_now).await.expect("one more rotation with the stored pair");
+    let due_now = RotationPolicy {
+        lead: Duration::ZERO,
+        max_refresh_age: Duration::ZERO,
+    };
+    let report = fresh
+        .rotate_if_due(due_now)
+        .await
+        .expect("one more rotation with the stored pair");
     assert_eq!(report.action, RotationAction::Rotated, "{policy:?}");
     let stats = setup.sandbox.stats();
-    assert_eq!((stats.refreshes_served, stats.refresh_failures_total()), (2, 0), "{policy:?}: {:?}", stats.refresh_failures);
+    assert_eq!(
+        (stats.refreshes_served, stats.refresh_failures_total()),
+        (2, 0),
+        "{policy:?}: {:?}",
+        stats.refresh_failures
+    );
     let rotated = setup.stored().await;
     assert_eq!(rotated.generation, before.generation + 2);
-    let Credential::AccessToken { token, .. } = fresh.credential().await.expect("a credential after the extra rotation") else {
+    let Credential::AccessToken { token, .. } =
+        fresh.credential().await.expect("a credential after the extra rotation")
+    else {
         panic!("an OAuth access token")
     };
-    assert!(rotated.same_access_token(&token) && accepted_by_keap(&setup, &token).await, "{policy:?}");
+    assert!(
+        rotated.same_access_token(&token) && accepted_by_keap(&setup, &token).await,
+        "{policy:?}"
+    );
 
     println!(
         "held commits {policy:?}: {held} held puts, {count} contenders ({ok} ok, {unavailable} unavailable, {in_grace} of them in the grace), {versions} versions written, \

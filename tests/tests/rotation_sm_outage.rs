@@ -20,7 +20,14 @@ async fn a_token_endpoint_outage_writes_versions_by_the_backoff_not_by_the_reque
     const RATE_PER_SECOND: u64 = 40;
     const OUTAGE: Duration = Duration::from_secs(8);
     let moto = MotoServer::start().await;
-    let setup = StormSetup::new(StoreSpec::SecretsManager { endpoint: moto.endpoint.clone() }, ReusePolicy::RevokeFamily, true).await;
+    let setup = StormSetup::new(
+        StoreSpec::SecretsManager {
+            endpoint: moto.endpoint.clone(),
+        },
+        ReusePolicy::RevokeFamily,
+        true,
+    )
+    .await;
     let settings = TokenSettings {
         backoff_min: Duration::from_millis(250),
         backoff_max: Duration::from_secs(1),
@@ -29,7 +36,13 @@ async fn a_token_endpoint_outage_writes_versions_by_the_backoff_not_by_the_reque
     let processes: Vec<TokenSource> = (0..PROCESSES)
         .map(|_| {
             let store = Arc::new(SecretsManagerStore::new(sm_client(&moto.endpoint)));
-            TokenSource::new(store, setup.secret_id.clone(), Arc::new(setup.args.oauth_client()), settings.clone()).unwrap()
+            TokenSource::new(
+                store,
+                setup.secret_id.clone(),
+                Arc::new(setup.args.oauth_client()),
+                settings.clone(),
+            )
+            .unwrap()
         })
         .collect();
     setup.sandbox.faults().set_server_error_rate(1.0);
@@ -49,7 +62,10 @@ async fn a_token_endpoint_outage_writes_versions_by_the_backoff_not_by_the_reque
     // cached backoff ran out at the same moment: they race for one lease, losers write nothing).
     let attempts_allowed = 2 + OUTAGE.as_secs() + 1;
     println!("outage over moto: {requests} requests, {token_calls} token calls, {versions} versions in {OUTAGE:?}");
-    assert!(versions as u64 <= 2 * attempts_allowed, "{versions} versions for {requests} requests");
+    assert!(
+        versions as u64 <= 2 * attempts_allowed,
+        "{versions} versions for {requests} requests"
+    );
     assert!(token_calls <= attempts_allowed, "{token_calls} token calls");
     assert_eq!(setup.sandbox.stats().refreshes_served, 0);
 
@@ -62,7 +78,10 @@ async fn a_token_endpoint_outage_writes_versions_by_the_backoff_not_by_the_reque
         if result.is_ok() {
             break;
         }
-        assert!(back.elapsed() < settings.backoff_max + Duration::from_secs(1), "no rotation within one backoff: {result:?}");
+        assert!(
+            back.elapsed() < settings.backoff_max + Duration::from_secs(1),
+            "no rotation within one backoff: {result:?}"
+        );
         tokio::time::sleep(every).await;
     }
     println!("rotated {} ms after Keap came back", back.elapsed().as_millis());

@@ -25,8 +25,16 @@ async fn storm_rotates_exactly_once(store: StoreSpec, policy: ReusePolicy) {
     let outcome = unleash(contenders).await;
 
     let stats = setup.sandbox.stats();
-    assert_eq!(stats.refreshes_served, 1, "exactly one refresh reached Keap ({policy:?})");
-    assert_eq!(stats.refresh_failures_total(), 0, "no invalid_grant: {:?}", stats.refresh_failures);
+    assert_eq!(
+        stats.refreshes_served, 1,
+        "exactly one refresh reached Keap ({policy:?})"
+    );
+    assert_eq!(
+        stats.refresh_failures_total(),
+        0,
+        "no invalid_grant: {:?}",
+        stats.refresh_failures
+    );
     assert_eq!(outcome.calls.len(), PROCESSES * CALLERS);
     assert!(outcome.errors().is_empty(), "{:?}", outcome.errors());
 
@@ -34,10 +42,16 @@ async fn storm_rotates_exactly_once(store: StoreSpec, policy: ReusePolicy) {
     assert_eq!(stored.generation, before.generation + 1);
     assert!(stored.lease.is_none());
     let stored_access = stored.access_token.clone().expect("stored access token");
-    assert!(!stored.same_refresh_token(before.refresh_token.as_ref().unwrap()), "the store holds the new pair");
+    assert!(
+        !stored.same_refresh_token(before.refresh_token.as_ref().unwrap()),
+        "the store holds the new pair"
+    );
     let fingerprints = outcome.fingerprints();
     assert_eq!(fingerprints.len(), 1, "every contender ended with one token");
-    assert_eq!(fingerprints.into_iter().next().unwrap(), Some(fingerprint(&stored_access)));
+    assert_eq!(
+        fingerprints.into_iter().next().unwrap(),
+        Some(fingerprint(&stored_access))
+    );
     assert!(setup.new_versions().await <= 2, "at most a lease and a commit");
     assert_eq!(outcome.created, 2, "losers created no version");
     println!(
@@ -62,7 +76,13 @@ async fn storm_over_the_file_store_when_keap_revokes_the_family() {
 async fn storm_over_moto_secrets_manager_under_both_reuse_policies() {
     let moto = MotoServer::start().await;
     for policy in [ReusePolicy::Reject, ReusePolicy::RevokeFamily] {
-        storm_rotates_exactly_once(StoreSpec::SecretsManager { endpoint: moto.endpoint.clone() }, policy).await;
+        storm_rotates_exactly_once(
+            StoreSpec::SecretsManager {
+                endpoint: moto.endpoint.clone(),
+            },
+            policy,
+        )
+        .await;
     }
 }
 

@@ -26,7 +26,9 @@ fn function_body(file: &str, name: &str) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n");
-    let start = code.find(&format!("fn {name}(")).unwrap_or_else(|| panic!("no fn {name} in {file}"));
+    let start = code
+        .find(&format!("fn {name}("))
+        .unwrap_or_else(|| panic!("no fn {name} in {file}"));
     let open = start + code[start..].find('{').expect("a body");
     let mut depth = 0usize;
     for (offset, c) in code[open..].char_indices() {
@@ -54,18 +56,34 @@ fn plain_comparisons_of<'a>(body: &'a str, secret_names: &[&str]) -> Vec<&'a str
 
 fn assert_constant_time(file: &str, function: &str, secret_names: &[&str]) {
     let body = function_body(file, function);
-    assert!(body.contains(".verify_slice("), "{file}: fn {function} no longer compares with hmac's verify_slice:\n{body}");
+    assert!(
+        body.contains(".verify_slice("),
+        "{file}: fn {function} no longer compares with hmac's verify_slice:\n{body}"
+    );
     let plain = plain_comparisons_of(&body, secret_names);
-    assert!(plain.is_empty(), "{file}: fn {function} compares secret-derived bytes with ==/!=: {plain:?}");
+    assert!(
+        plain.is_empty(),
+        "{file}: fn {function} compares secret-derived bytes with ==/!=: {plain:?}"
+    );
     for banned in [".starts_with(", ".ends_with(", "memcmp", ".cmp(", ".eq("] {
-        let hits: Vec<&str> = body.lines().filter(|l| l.contains(banned) && secret_names.iter().any(|n| l.contains(n))).collect();
-        assert!(hits.is_empty(), "{file}: fn {function} compares secret-derived bytes with {banned}: {hits:?}");
+        let hits: Vec<&str> = body
+            .lines()
+            .filter(|l| l.contains(banned) && secret_names.iter().any(|n| l.contains(n)))
+            .collect();
+        assert!(
+            hits.is_empty(),
+            "{file}: fn {function} compares secret-derived bytes with {banned}: {hits:?}"
+        );
     }
 }
 
 #[test]
 fn the_signup_signature_is_compared_in_constant_time() {
-    assert_constant_time("shared/src/signup/signature.rs", "verify", &["signature", "expected", "bytes", "mac"]);
+    assert_constant_time(
+        "shared/src/signup/signature.rs",
+        "verify",
+        &["signature", "expected", "bytes", "mac"],
+    );
     // The audited function is the one in use: one flipped hex digit anywhere is a mismatch.
     let key = SecretString::from("k");
     let now = SystemTime::now();
@@ -77,7 +95,11 @@ fn the_signup_signature_is_compared_in_constant_time() {
         let mut bad = good.clone().into_bytes();
         bad[position] = if bad[position] == b'0' { b'1' } else { b'0' };
         let bad = String::from_utf8(bad).unwrap();
-        assert_eq!(signature::verify(&key, Some(&bad), b"{}", now), Err(SignatureError::Mismatch), "{bad}");
+        assert_eq!(
+            signature::verify(&key, Some(&bad), b"{}", now),
+            Err(SignatureError::Mismatch),
+            "{bad}"
+        );
     }
 }
 
@@ -92,16 +114,33 @@ fn the_oauth_state_mac_is_compared_in_constant_time() {
     let (_, other_signature) = other.value.split_once('.').unwrap();
     // A genuine MAC of another state does not verify this payload.
     let spliced = format!("{payload}.{other_signature}");
-    assert_eq!(key.verify(Some(&spliced), "https://relay.example.com/oauth/callback", now + Duration::from_secs(1)), Err(StateError::BadSignature));
+    assert_eq!(
+        key.verify(
+            Some(&spliced),
+            "https://relay.example.com/oauth/callback",
+            now + Duration::from_secs(1)
+        ),
+        Err(StateError::BadSignature)
+    );
 }
 
 #[test]
 fn the_admin_password_is_compared_in_constant_time() {
-    assert_constant_time("functions/oauth/src/basic_auth.rs", "password_matches", &["presented", "expected", "password"]);
+    assert_constant_time(
+        "functions/oauth/src/basic_auth.rs",
+        "password_matches",
+        &["presented", "expected", "password"],
+    );
     let expected = SecretString::from("correct horse");
-    assert!(oauth::basic_auth::password_matches(&SecretString::from("correct horse"), &expected));
+    assert!(oauth::basic_auth::password_matches(
+        &SecretString::from("correct horse"),
+        &expected
+    ));
     // Same length, different last byte; a prefix; a longer string: all refused alike.
     for wrong in ["correct horsf", "correct hors", "correct horse battery"] {
-        assert!(!oauth::basic_auth::password_matches(&SecretString::from(wrong), &expected), "{wrong}");
+        assert!(
+            !oauth::basic_auth::password_matches(&SecretString::from(wrong), &expected),
+            "{wrong}"
+        );
     }
 }

@@ -11,14 +11,20 @@ use keap_relay::ExposeSecret;
 use relay_tests::relay_server::{self, ADMIN_PASSWORD, RelayOptions, RelayServer};
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap()
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 /// `(status, body)`, asserting no 5xx.
 async fn get(url: &str, authorization: Option<&[u8]>) -> (u16, String) {
     let mut request = client().get(url);
     if let Some(value) = authorization {
-        request = request.header("authorization", reqwest::header::HeaderValue::from_bytes(value).unwrap());
+        request = request.header(
+            "authorization",
+            reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+        );
     }
     let response = request.send().await.expect("the relay answers");
     let status = response.status().as_u16();
@@ -32,13 +38,19 @@ fn basic(password: &str) -> Vec<u8> {
 }
 
 fn page_code(body: &str) -> &str {
-    body.rsplit_once("keap-relay: ").map(|(_, rest)| rest.split('<').next().unwrap_or_default()).unwrap_or("<none>")
+    body.rsplit_once("keap-relay: ")
+        .map(|(_, rest)| rest.split('<').next().unwrap_or_default())
+        .unwrap_or("<none>")
 }
 
 /// `/oauth/start` as the administrator, then Keap's (auto-approving) authorize page: the query
 /// Keap sends the browser back with.
 async fn authorize(relay: &RelayServer, start_query: &str) -> String {
-    let (status, _) = get(&format!("{}/oauth/start?{start_query}", relay.url()), Some(&basic(ADMIN_PASSWORD))).await;
+    let (status, _) = get(
+        &format!("{}/oauth/start?{start_query}", relay.url()),
+        Some(&basic(ADMIN_PASSWORD)),
+    )
+    .await;
     assert_eq!(status, 302);
     let start = client()
         .get(format!("{}/oauth/start?{start_query}", relay.url()))
@@ -46,7 +58,11 @@ async fn authorize(relay: &RelayServer, start_query: &str) -> String {
         .send()
         .await
         .unwrap();
-    let keap = client().get(start.headers()["location"].to_str().unwrap()).send().await.unwrap();
+    let keap = client()
+        .get(start.headers()["location"].to_str().unwrap())
+        .send()
+        .await
+        .unwrap();
     assert_eq!(keap.status(), 302, "the sandbox approves");
     let back = url::Url::parse(keap.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(back.path(), relay_server::REDIRECT_PATH);
@@ -54,7 +70,10 @@ async fn authorize(relay: &RelayServer, start_query: &str) -> String {
 }
 
 fn param(query: &str, name: &str) -> String {
-    form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned()).unwrap()
+    form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .unwrap()
 }
 
 fn with_state(query: &str, state: &str) -> String {
@@ -70,7 +89,12 @@ async fn callback(relay: &RelayServer, query: &str) -> (u16, String) {
 }
 
 async fn not_connected() -> RelayServer {
-    relay_server::start(RelayOptions { connected: false, ..RelayOptions::default() }).await.unwrap()
+    relay_server::start(RelayOptions {
+        connected: false,
+        ..RelayOptions::default()
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test]
@@ -78,8 +102,14 @@ async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent(
     let relay = not_connected().await;
     let first = authorize(&relay, "").await;
     let second = authorize(&relay, "switch=1").await;
-    let (payload, _) = param(&first, "state").split_once('.').map(|(p, s)| (p.to_owned(), s.to_owned())).unwrap();
-    let (_, other_signature) = param(&second, "state").split_once('.').map(|(p, s)| (p.to_owned(), s.to_owned())).unwrap();
+    let (payload, _) = param(&first, "state")
+        .split_once('.')
+        .map(|(p, s)| (p.to_owned(), s.to_owned()))
+        .unwrap();
+    let (_, other_signature) = param(&second, "state")
+        .split_once('.')
+        .map(|(p, s)| (p.to_owned(), s.to_owned()))
+        .unwrap();
     let state = param(&first, "state");
     // The switch=1 state's payload relabelled with this payload's fields but the key id kept:
     // only the MAC decides, the key id merely picks the message.
@@ -87,13 +117,29 @@ async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent(
     fields["e"] = (fields["e"].as_u64().unwrap() + 3_600_000).into();
     let extended = format!("{}.{other_signature}", URL_SAFE_NO_PAD.encode(fields.to_string()));
     let cases = [
-        ("another genuine state's MAC", format!("{payload}.{other_signature}"), &["state_bad_signature"][..]),
+        (
+            "another genuine state's MAC",
+            format!("{payload}.{other_signature}"),
+            &["state_bad_signature"][..],
+        ),
         ("expiry pushed an hour", extended, &["state_bad_signature"]),
         // Cut inside a Base64 group the rest may not even decode: either refusal is right.
-        ("MAC cut short", state[..state.len() - 4].to_owned(), &["state_bad_signature", "state_malformed"]),
+        (
+            "MAC cut short",
+            state[..state.len() - 4].to_owned(),
+            &["state_bad_signature", "state_malformed"],
+        ),
         ("no MAC", format!("{payload}."), &["state_bad_signature"]),
-        ("two states joined as API Gateway joins a repeated parameter", format!("{state},{state}"), &["state_malformed"]),
-        ("over 1024 characters", format!("{state}{}", "A".repeat(1024)), &["state_malformed"]),
+        (
+            "two states joined as API Gateway joins a repeated parameter",
+            format!("{state},{state}"),
+            &["state_malformed"],
+        ),
+        (
+            "over 1024 characters",
+            format!("{state}{}", "A".repeat(1024)),
+            &["state_malformed"],
+        ),
     ];
     for (what, state, codes) in cases {
         let (status, body) = callback(&relay, &with_state(&first, &state)).await;
@@ -102,10 +148,21 @@ async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent(
     }
     // A repeated parameter resolves to its first value: a forged state first and the genuine
     // one after it is still refused.
-    let smuggled = format!("{}&state={state}", with_state(&first, &format!("{payload}.{other_signature}")));
+    let smuggled = format!(
+        "{}&state={state}",
+        with_state(&first, &format!("{payload}.{other_signature}"))
+    );
     let (status, body) = callback(&relay, &smuggled).await;
-    assert_eq!((status, page_code(&body)), (400, "state_bad_signature"), "forged state first, genuine second");
-    assert_eq!(relay.sandbox.stats().code_exchanges, 0, "no code spent on a refused state");
+    assert_eq!(
+        (status, page_code(&body)),
+        (400, "state_bad_signature"),
+        "forged state first, genuine second"
+    );
+    assert_eq!(
+        relay.sandbox.stats().code_exchanges,
+        0,
+        "no code spent on a refused state"
+    );
     assert!(relay.oauth_app.connection.status().await.is_ok_and(|s| !s.connected));
 }
 
@@ -119,7 +176,14 @@ async fn callbacks_racing_with_one_state_connect_at_most_once() {
     let raced = with_state(&second, &state);
     let (a, b) = tokio::join!(callback(&relay, &first), callback(&relay, &raced));
     let connected = [a.0, b.0].iter().filter(|&&s| s == 200).count();
-    let generation = relay.oauth_app.connection.status().await.unwrap().generation.unwrap_or(0);
+    let generation = relay
+        .oauth_app
+        .connection
+        .status()
+        .await
+        .unwrap()
+        .generation
+        .unwrap_or(0);
     // Whatever the interleaving, the store holds one working pair; a second success is only
     // possible when both exchanges finished before either stored (see docs/security.md).
     assert!(connected >= 1, "{a:?} {b:?}");
@@ -138,10 +202,22 @@ async fn hostile_basic_credentials_are_401_on_both_admin_routes() {
         ("16 KiB password", Some(long_password)),
         ("decoded bytes not UTF-8", Some(not_utf8)),
         ("not base64", Some(b"Basic !!!!".to_vec())),
-        ("no colon", Some(format!("Basic {}", STANDARD.encode(ADMIN_PASSWORD)).into_bytes())),
-        ("password as user name", Some(format!("Basic {}", STANDARD.encode(format!("{ADMIN_PASSWORD}:"))).into_bytes())),
-        ("password with a trailing NUL", Some(basic(&format!("{ADMIN_PASSWORD}\0")))),
-        ("password prefix", Some(basic(&ADMIN_PASSWORD[..ADMIN_PASSWORD.len() - 1]))),
+        (
+            "no colon",
+            Some(format!("Basic {}", STANDARD.encode(ADMIN_PASSWORD)).into_bytes()),
+        ),
+        (
+            "password as user name",
+            Some(format!("Basic {}", STANDARD.encode(format!("{ADMIN_PASSWORD}:"))).into_bytes()),
+        ),
+        (
+            "password with a trailing NUL",
+            Some(basic(&format!("{ADMIN_PASSWORD}\0"))),
+        ),
+        (
+            "password prefix",
+            Some(basic(&ADMIN_PASSWORD[..ADMIN_PASSWORD.len() - 1])),
+        ),
         ("bearer scheme", Some(format!("Bearer {ADMIN_PASSWORD}").into_bytes())),
         ("non-ASCII header bytes", Some(b"Basic \xe9\xe9".to_vec())),
     ];
@@ -150,21 +226,42 @@ async fn hostile_basic_credentials_are_401_on_both_admin_routes() {
             let response = client()
                 .get(format!("{}{route}", relay.url()))
                 .headers(match authorization {
-                    Some(value) => [(reqwest::header::AUTHORIZATION, reqwest::header::HeaderValue::from_bytes(value).unwrap())].into_iter().collect(),
+                    Some(value) => [(
+                        reqwest::header::AUTHORIZATION,
+                        reqwest::header::HeaderValue::from_bytes(value).unwrap(),
+                    )]
+                    .into_iter()
+                    .collect(),
                     None => Default::default(),
                 })
                 .send()
                 .await
                 .unwrap();
             assert_eq!(response.status(), 401, "{route}: {what}");
-            assert!(response.headers()["www-authenticate"].to_str().unwrap().starts_with("Basic"), "{route}: {what}");
+            assert!(
+                response.headers()["www-authenticate"]
+                    .to_str()
+                    .unwrap()
+                    .starts_with("Basic"),
+                "{route}: {what}"
+            );
             let body = response.text().await.unwrap();
             assert!(!body.contains(ADMIN_PASSWORD), "{route}: {what}");
         }
     }
     // And the right password still works on both.
-    assert_eq!(get(&format!("{}/status", relay.url()), Some(&basic(ADMIN_PASSWORD))).await.0, 200);
-    assert_eq!(get(&format!("{}/oauth/start", relay.url()), Some(&basic(ADMIN_PASSWORD))).await.0, 302);
+    assert_eq!(
+        get(&format!("{}/status", relay.url()), Some(&basic(ADMIN_PASSWORD)))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        get(&format!("{}/oauth/start", relay.url()), Some(&basic(ADMIN_PASSWORD)))
+            .await
+            .0,
+        302
+    );
 }
 
 #[tokio::test]
@@ -172,7 +269,10 @@ async fn status_and_pages_never_carry_a_stored_token() {
     let relay = relay_server::start(RelayOptions::default()).await.unwrap();
     let stored = relay.store.peek_current(relay_server::TOKEN_SECRET_ID).unwrap();
     let state: serde_json::Value = serde_json::from_str(stored.value.expose_secret()).unwrap();
-    let tokens = [state["access_token"].as_str().unwrap().to_owned(), state["refresh_token"].as_str().unwrap().to_owned()];
+    let tokens = [
+        state["access_token"].as_str().unwrap().to_owned(),
+        state["refresh_token"].as_str().unwrap().to_owned(),
+    ];
     let (_, status) = get(&format!("{}/status", relay.url()), Some(&basic(ADMIN_PASSWORD))).await;
     let (_, start) = get(&format!("{}/oauth/start", relay.url()), Some(&basic(ADMIN_PASSWORD))).await;
     let query = authorize(&relay, "").await;

@@ -11,7 +11,7 @@ use keap_relay::signup::signature::{self, unix_seconds};
 use keap_relay::signup::{SignupQueue, SignupService};
 use relay_tests::relay_server::{self, RelayOptions, RelayServer, SIGNING_KEY};
 use serde_json::{Value, json};
-use signup::handler::{SignupDeps, SigningKeyUnavailable};
+use signup::handler::{SigningKeyUnavailable, SignupDeps};
 
 struct Answer {
     status: u16,
@@ -33,15 +33,22 @@ fn key() -> SecretString {
 }
 
 async fn start() -> RelayServer {
-    relay_server::start(RelayOptions::default()).await.expect("relay starts")
+    relay_server::start(RelayOptions::default())
+        .await
+        .expect("relay starts")
 }
 
 async fn post(relay: &RelayServer, body: impl Into<Vec<u8>>, headers: &[(&str, &[u8])]) -> Answer {
-    let mut request = reqwest::Client::new().post(format!("{}/signup", relay.url())).body(body.into());
+    let mut request = reqwest::Client::new()
+        .post(format!("{}/signup", relay.url()))
+        .body(body.into());
     let mut has_content_type = false;
     for (name, value) in headers {
         has_content_type |= name.eq_ignore_ascii_case("content-type");
-        request = request.header(*name, reqwest::header::HeaderValue::from_bytes(value).expect("a header value"));
+        request = request.header(
+            *name,
+            reqwest::header::HeaderValue::from_bytes(value).expect("a header value"),
+        );
     }
     if !has_content_type {
         request = request.header("content-type", "application/json");
@@ -50,7 +57,10 @@ async fn post(relay: &RelayServer, body: impl Into<Vec<u8>>, headers: &[(&str, &
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     assert!(status < 500, "a 5xx ({status}) for hostile input: {text}");
-    Answer { status, json: serde_json::from_str(&text).unwrap_or(Value::String(text)) }
+    Answer {
+        status,
+        json: serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    }
 }
 
 async fn post_signed(relay: &RelayServer, body: &[u8]) -> Answer {
@@ -86,7 +96,10 @@ impl SignupDeps for At<'_> {
 /// The same captured request bytes, handed to the handler as API Gateway would at `at`.
 async fn replay(relay: &RelayServer, body: &[u8], header: &str, at: SystemTime) -> u16 {
     let event = relay_server::signup_request(body, header);
-    let deps = At { inner: &relay.functions.signup, now: at };
+    let deps = At {
+        inner: &relay.functions.signup,
+        now: at,
+    };
     signup::handler::handle(&event, &deps).await.status().as_u16()
 }
 
@@ -100,10 +113,19 @@ async fn a_captured_request_replayed_is_harmless_inside_the_window_and_refused_a
     assert_eq!(replay(&relay, body, &header, signed_at).await, 201);
     // Inside the 300 s window a replay is accepted but changes nothing that matters: the
     // contact is updated, the welcome tag is a duplicate, no second email goes out.
-    assert_eq!(replay(&relay, body, &header, signed_at + Duration::from_secs(300)).await, 200);
+    assert_eq!(
+        replay(&relay, body, &header, signed_at + Duration::from_secs(300)).await,
+        200
+    );
     // One second past the tolerance the identical bytes are refused, either way in time.
-    assert_eq!(replay(&relay, body, &header, signed_at + Duration::from_secs(301)).await, 401);
-    assert_eq!(replay(&relay, body, &header, signed_at - Duration::from_secs(301)).await, 401);
+    assert_eq!(
+        replay(&relay, body, &header, signed_at + Duration::from_secs(301)).await,
+        401
+    );
+    assert_eq!(
+        replay(&relay, body, &header, signed_at - Duration::from_secs(301)).await,
+        401
+    );
 
     let stats = relay.sandbox.stats();
     assert_eq!((stats.contacts_created, stats.emails_queued), (1, 1), "{stats:?}");
@@ -129,14 +151,24 @@ async fn a_signature_covers_the_exact_bytes_and_timestamp() {
     for moved in [t - 1, t + 1] {
         let header = format!("t={moved},v1={mac}");
         let answer = post(&relay, body, &[("x-signature", header.as_bytes())]).await;
-        assert_eq!((answer.status, answer.code()), (401, "invalid_signature"), "t moved to {moved}");
+        assert_eq!(
+            (answer.status, answer.code()),
+            (401, "invalid_signature"),
+            "t moved to {moved}"
+        );
     }
     // A signature made with another key (a leaked key of another deployment).
     let foreign = signature::sign(&SecretString::from("another-deployment-key"), t, body.as_bytes());
-    assert_eq!(post(&relay, body, &[("x-signature", foreign.as_bytes())]).await.status, 401);
+    assert_eq!(
+        post(&relay, body, &[("x-signature", foreign.as_bytes())]).await.status,
+        401
+    );
     assert_eq!(relay.sandbox.stats().contacts_created, 0);
     // The genuine one still works (the header is case-insensitive on the wire).
-    assert_eq!(post(&relay, body, &[("X-SIGNATURE", header.as_bytes())]).await.status, 201);
+    assert_eq!(
+        post(&relay, body, &[("X-SIGNATURE", header.as_bytes())]).await.status,
+        201
+    );
 }
 
 #[tokio::test]
@@ -154,13 +186,23 @@ async fn hostile_signature_headers_are_refused_with_401_never_5xx() {
         ("only separators", b",,,=,=".to_vec()),
         ("odd-length hex", format!("t={t},v1=abc").into_bytes()),
         ("the MAC as base64", format!("t={t},v1=3q2+7w==").into_bytes()),
-        ("good MAC under another scheme name", good.replace("v1=", "v0=").into_bytes()),
-        ("good header with a second timestamp", format!("{good},t={}", t - 1000).into_bytes()),
+        (
+            "good MAC under another scheme name",
+            good.replace("v1=", "v0=").into_bytes(),
+        ),
+        (
+            "good header with a second timestamp",
+            format!("{good},t={}", t - 1000).into_bytes(),
+        ),
     ];
     for (what, header) in cases {
         let answer = post(&relay, body.to_vec(), &[("x-signature", &header)]).await;
         assert_eq!(answer.status, 401, "{what}: {:?}", answer.json);
-        assert!(matches!(answer.code(), "invalid_signature" | "expired_signature"), "{what}: {}", answer.code());
+        assert!(
+            matches!(answer.code(), "invalid_signature" | "expired_signature"),
+            "{what}: {}",
+            answer.code()
+        );
     }
     // Two X-Signature lines (one forged) reach the handler joined by a comma: refused, not
     // "any line matches".
@@ -184,7 +226,11 @@ async fn bodies_that_are_not_text_or_too_big_get_precise_4xx() {
     // A lone surrogate escape, and nesting deeper than the parser's limit.
     let surrogate = br#"{"email":"a@example.com","given_name":"\ud800"}"#;
     assert_eq!(post_signed(&relay, surrogate).await.code(), "invalid_json");
-    let deep = format!(r#"{{"email":"a@example.com","x":{}{}}}"#, "[".repeat(5000), "]".repeat(5000));
+    let deep = format!(
+        r#"{{"email":"a@example.com","x":{}{}}}"#,
+        "[".repeat(5000),
+        "]".repeat(5000)
+    );
     assert_eq!(post_signed(&relay, deep.as_bytes()).await.code(), "invalid_json");
     // Size is checked before the content type and the signature: no work for an attacker's
     // megabyte, whatever it claims to be.
@@ -214,7 +260,10 @@ async fn unicode_in_names_is_kept_verbatim_and_control_characters_are_refused() 
         let body = json!({ "email": email, "given_name": name }).to_string();
         let answer = post_signed(&relay, body.as_bytes()).await;
         assert_eq!(answer.status, 201, "{name:?}: {:?}", answer.json);
-        assert!(!answer.json.to_string().contains(name.as_str()), "the name is not echoed back");
+        assert!(
+            !answer.json.to_string().contains(name.as_str()),
+            "the name is not echoed back"
+        );
         assert_eq!(&relay.sandbox.contact_by_email(email).unwrap().given_name, name);
     }
     // Past Keap's 40 characters the relay refuses the name itself, before calling Keap.
@@ -239,7 +288,10 @@ async fn exotic_valid_addresses_reach_keap_and_overlong_ones_get_a_precise_answe
     let relay = start().await;
     // 100 characters (Keap's limit), with every kind of character a real address may carry.
     let local = format!("o'brien+news_{}-x", "9".repeat(40));
-    let exotic = format!("{local}@mail.{}.sub-domain.example.co.uk", "d".repeat(100 - local.len() - 31));
+    let exotic = format!(
+        "{local}@mail.{}.sub-domain.example.co.uk",
+        "d".repeat(100 - local.len() - 31)
+    );
     assert_eq!(exotic.len(), 100);
     let answer = post_signed(&relay, json!({ "email": exotic }).to_string().as_bytes()).await;
     assert_eq!(answer.status, 201, "{:?}", answer.json);
@@ -255,7 +307,12 @@ async fn exotic_valid_addresses_reach_keap_and_overlong_ones_get_a_precise_answe
     let longest = format!("{local}@{}.{}.{}.com", "a".repeat(63), "b".repeat(63), "c".repeat(57));
     assert_eq!(longest.len(), 254);
     let answer = post_signed(&relay, json!({ "email": longest }).to_string().as_bytes()).await;
-    assert_eq!((answer.status, answer.code()), (422, "keap_rejected"), "{:?}", answer.json);
+    assert_eq!(
+        (answer.status, answer.code()),
+        (422, "keap_rejected"),
+        "{:?}",
+        answer.json
+    );
     // One more character is the relay's own 400.
     let too_long = format!("{local}@{}.{}.{}.com", "a".repeat(63), "b".repeat(63), "c".repeat(58));
     let answer = post_signed(&relay, json!({ "email": too_long }).to_string().as_bytes()).await;

@@ -16,10 +16,7 @@ async fn main() {
     let mut steps = Map::new();
     let mut lap = Instant::now();
     let mut record = |name: &str| {
-        steps.insert(
-            name.to_owned(),
-            Value::from(lap.elapsed().as_secs_f64() * 1e3),
-        );
+        steps.insert(name.to_owned(), Value::from(lap.elapsed().as_secs_f64() * 1e3));
         lap = Instant::now();
     };
     init_tracing();
@@ -32,22 +29,15 @@ async fn main() {
         }
     };
     record("config_from_env");
-    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .load()
-        .await;
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     record("aws_config_load");
-    let store = Arc::new(SecretsManagerStore::new(
-        aws_sdk_secretsmanager::Client::new(&aws),
-    ));
+    let store = Arc::new(SecretsManagerStore::new(aws_sdk_secretsmanager::Client::new(&aws)));
     record("secrets_manager_client");
     let queue = match &config.signup_queue_url {
         Some(url) => {
-            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
-                .load()
-                .await;
+            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
             record("second_aws_config_load");
-            let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url.clone()))
-                as Arc<dyn SignupQueue>;
+            let queue = Arc::new(SqsQueue::new(aws_sdk_sqs::Client::new(&aws), url.clone())) as Arc<dyn SignupQueue>;
             record("sqs_client");
             Some(queue)
         }

@@ -18,11 +18,7 @@ use sha2::{Digest, Sha256};
 
 fn emit(line: &ContenderLine) {
     let mut stdout = std::io::stdout().lock();
-    let _ = writeln!(
-        stdout,
-        "{}",
-        serde_json::to_string(line).unwrap_or_default()
-    );
+    let _ = writeln!(stdout, "{}", serde_json::to_string(line).unwrap_or_default());
     let _ = stdout.flush();
 }
 
@@ -37,9 +33,7 @@ async fn main() {
         .nth(1)
         .and_then(|arg| serde_json::from_str(&arg).ok())
         .unwrap_or_else(|| fail("expects one JSON argument (ContenderArgs)".into()));
-    let counting = Arc::new(CountingStore::new(Arc::new(FileStore::new(
-        &args.store_dir,
-    ))));
+    let counting = Arc::new(CountingStore::new(Arc::new(FileStore::new(&args.store_dir))));
     // The production timings: template defaults for margin, lease and Keap timeout.
     let settings = TokenSettings::from_config(&local_config(AuthMode::OAuth, "http://127.0.0.1"));
     let source = seed::token_source(counting.clone(), &args.secret_id, &args.token_url, settings)
@@ -66,12 +60,7 @@ async fn main() {
             let hash = Sha256::digest(token.expose_secret().as_bytes());
             (true, None, Some(hex::encode(&hash[..8])), Some(generation))
         }
-        Ok(Credential::ApiKey(_)) => (
-            false,
-            Some("an API key from an OAuth source".to_owned()),
-            None,
-            None,
-        ),
+        Ok(Credential::ApiKey(_)) => (false, Some("an API key from an OAuth source".to_owned()), None, None),
         Err(error) => (false, Some(error.to_string()), None, None),
     };
     emit(&ContenderLine::Done {

@@ -32,8 +32,15 @@ impl KeapAuthorization {
     }
 
     async fn client(&self) -> Result<Arc<OAuthClient>, ExchangeError> {
-        let secret = self.secrets.app_secret().await.map_err(|e| ExchangeError::Misconfigured(e.to_string()))?;
-        self.client.get(&secret).await.map_err(|e| ExchangeError::Misconfigured(e.to_string()))
+        let secret = self
+            .secrets
+            .app_secret()
+            .await
+            .map_err(|e| ExchangeError::Misconfigured(e.to_string()))?;
+        self.client
+            .get(&secret)
+            .await
+            .map_err(|e| ExchangeError::Misconfigured(e.to_string()))
     }
 }
 
@@ -44,14 +51,21 @@ impl AuthorizationServer for KeapAuthorization {
     }
 
     async fn exchange_code(&self, code: &str, redirect_uri: &str) -> Result<TokenGrant, ExchangeError> {
-        self.client().await?.exchange_code(code, redirect_uri).await.map_err(exchange_error)
+        self.client()
+            .await?
+            .exchange_code(code, redirect_uri)
+            .await
+            .map_err(exchange_error)
     }
 }
 
 fn exchange_error(error: OAuthError) -> ExchangeError {
     match error {
         OAuthError::CodeRejected { error, description } | OAuthError::RefreshTokenRejected { error, description } => {
-            ExchangeError::CodeRejected { error, description: Some(description).filter(|d| !d.is_empty()) }
+            ExchangeError::CodeRejected {
+                error,
+                description: Some(description).filter(|d| !d.is_empty()),
+            }
         }
         OAuthError::InvalidClient(detail) => ExchangeError::ClientRejected(detail),
         other @ (OAuthError::Transient { .. }

@@ -78,10 +78,20 @@ mod tests {
         let password = SecretString::from("local-admin-password");
         for user in ["admin", "", "someone:else"] {
             let header = basic(&format!("{user}:local-admin-password"));
-            let expected = if user.contains(':') { AdminAuth::Denied } else { AdminAuth::Granted };
+            let expected = if user.contains(':') {
+                AdminAuth::Denied
+            } else {
+                AdminAuth::Granted
+            };
             assert_eq!(check(&headers(&header), Some(&password)), expected, "{user}");
         }
-        assert_eq!(check(&headers(&basic("admin:local-admin-password").replace("Basic", "bAsIc")), Some(&password)), AdminAuth::Granted);
+        assert_eq!(
+            check(
+                &headers(&basic("admin:local-admin-password").replace("Basic", "bAsIc")),
+                Some(&password)
+            ),
+            AdminAuth::Granted
+        );
     }
 
     #[test]
@@ -111,7 +121,10 @@ mod tests {
     fn comparison_is_exact() {
         let expected = SecretString::from("local-admin-password");
         assert!(password_matches(&SecretString::from("local-admin-password"), &expected));
-        assert!(!password_matches(&SecretString::from("local-admin-passworD"), &expected));
+        assert!(!password_matches(
+            &SecretString::from("local-admin-passworD"),
+            &expected
+        ));
         assert!(!password_matches(&SecretString::from(""), &expected));
     }
 }

@@ -67,7 +67,11 @@ async fn start(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Pa
     let switch = parse_switch(request.query_string_parameters().first("switch"))?;
     let (redirect_uri, state_key) = oauth_settings(deps, &secret)?;
     let state = state_key.issue(&redirect_uri, switch, SystemTime::now());
-    let url = deps.keap.authorize_url(&redirect_uri, &state.value).await.map_err(|error| pages::exchange_failure(&error))?;
+    let url = deps
+        .keap
+        .authorize_url(&redirect_uri, &state.value)
+        .await
+        .map_err(|error| pages::exchange_failure(&error))?;
     tracing::info!(nonce = %state.nonce, switch, "sending the administrator to Keap's authorize page");
     Ok(pages::redirect(&url))
 }
@@ -88,10 +92,17 @@ async fn callback(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>,
     }
     let secret = app_secret(deps).await?;
     let (redirect_uri, state_key) = oauth_settings(deps, &secret)?;
-    let state = state_key.verify(query.first("state"), &redirect_uri, SystemTime::now()).map_err(|error| refused_state(error, None))?;
+    let state = state_key
+        .verify(query.first("state"), &redirect_uri, SystemTime::now())
+        .map_err(|error| refused_state(error, None))?;
     let pair_issued_at = pair_issued_at(deps.connection.as_ref()).await?;
-    state.ensure_unused(pair_issued_at).map_err(|error| refused_state(error, Some(state.nonce)))?;
-    let code = query.first("code").filter(|code| !code.trim().is_empty()).ok_or_else(pages::code_missing)?;
+    state
+        .ensure_unused(pair_issued_at)
+        .map_err(|error| refused_state(error, Some(state.nonce)))?;
+    let code = query
+        .first("code")
+        .filter(|code| !code.trim().is_empty())
+        .ok_or_else(pages::code_missing)?;
     let grant = deps.keap.exchange_code(code, &redirect_uri).await.map_err(|error| {
         tracing::warn!(nonce = %state.nonce, error = %error, "the authorization code exchange failed; nothing stored");
         pages::exchange_failure(&error)
@@ -141,7 +152,10 @@ async fn admin_gate(request: &Request, deps: &OAuthDeps) -> Result<Arc<AppSecret
 }
 
 async fn app_secret(deps: &OAuthDeps) -> Result<Arc<AppSecret>, Page> {
-    deps.secrets.app_secret().await.map_err(|error| pages::secret_unavailable(&error.to_string()))
+    deps.secrets
+        .app_secret()
+        .await
+        .map_err(|error| pages::secret_unavailable(&error.to_string()))
 }
 
 /// The redirect URI and the state key, or the configuration error page.

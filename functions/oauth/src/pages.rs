@@ -28,7 +28,13 @@ pub struct Page {
 
 impl Page {
     pub fn new(status: StatusCode, code: &'static str, title: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { status, code, title: title.into(), message: message.into(), link: None }
+        Self {
+            status,
+            code,
+            title: title.into(),
+            message: message.into(),
+            link: None,
+        }
     }
 
     pub fn with_link(mut self, href: impl Into<String>, text: impl Into<String>) -> Self {
@@ -68,8 +74,13 @@ pub fn redirect(location: &str) -> Response<Body> {
     let Ok(header) = HeaderValue::from_str(location) else {
         return bad_authorize_url().into_response();
     };
-    let page = Page::new(StatusCode::FOUND, "redirect", "Continue to Keap", "Your browser should continue to Keap.")
-        .with_link(location, "Continue to Keap");
+    let page = Page::new(
+        StatusCode::FOUND,
+        "redirect",
+        "Continue to Keap",
+        "Your browser should continue to Keap.",
+    )
+    .with_link(location, "Continue to Keap");
     html(&page, Some(header))
 }
 
@@ -93,7 +104,9 @@ fn html(page: &Page, location: Option<HeaderValue>) -> Response<Body> {
     if let Some(location) = location {
         response.headers_mut().insert(LOCATION, location);
     }
-    response.headers_mut().insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     finish(response)
 }
 
@@ -153,15 +166,26 @@ pub fn admin_password_missing() -> Page {
 }
 
 pub fn secret_unavailable(detail: &str) -> Page {
-    Page::new(StatusCode::SERVICE_UNAVAILABLE, "app_secret_unavailable", "Configuration error", detail)
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "app_secret_unavailable",
+        "Configuration error",
+        detail,
+    )
 }
 
 pub fn redirect_uri_missing() -> Page {
-    config_error("redirect_uri_missing", "KEAP_REDIRECT_URI is not set for this function.")
+    config_error(
+        "redirect_uri_missing",
+        "KEAP_REDIRECT_URI is not set for this function.",
+    )
 }
 
 pub fn client_secret_missing() -> Page {
-    config_error("client_secret_missing", "The app secret has no client_secret, which OAuth mode needs.")
+    config_error(
+        "client_secret_missing",
+        "The app secret has no client_secret, which OAuth mode needs.",
+    )
 }
 
 fn config_error(code: &'static str, message: &str) -> Page {
@@ -225,7 +249,12 @@ pub fn state_refused(error: StateError) -> Page {
             "This sign-in link was already used",
             "This sign-in link was already used, or the connection changed after it was issued. Nothing was changed.",
         ),
-        _ => Page::new(StatusCode::BAD_REQUEST, error.code(), "This sign-in link is not valid", error.to_string()),
+        _ => Page::new(
+            StatusCode::BAD_REQUEST,
+            error.code(),
+            "This sign-in link is not valid",
+            error.to_string(),
+        ),
     };
     page.with_link("start", "Start again")
 }
@@ -265,9 +294,12 @@ pub fn exchange_failure(error: &ExchangeError) -> Page {
             format!("{error}. Nothing was stored; try again in a minute."),
         )
         .with_link("start", "Start again"),
-        ExchangeError::Misconfigured(_) => {
-            Page::new(StatusCode::SERVICE_UNAVAILABLE, "oauth_misconfigured", "Configuration error", error.to_string())
-        }
+        ExchangeError::Misconfigured(_) => Page::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "oauth_misconfigured",
+            "Configuration error",
+            error.to_string(),
+        ),
     }
 }
 
@@ -305,7 +337,12 @@ pub fn store_failure(error: &TokenError) -> Page {
 
 /// `/status` could not read the connection (answered as JSON).
 pub fn status_unavailable(error: &TokenError) -> Page {
-    Page::new(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", "Status unavailable", error.to_string())
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "status_unavailable",
+        "Status unavailable",
+        error.to_string(),
+    )
 }
 #[cfg(test)]
 mod tests {
@@ -313,8 +350,13 @@ mod tests {
 
     #[test]
     fn everything_variable_is_escaped() {
-        let page = Page::new(StatusCode::OK, "connected", "<b>t</b>", "a & \"b\" <script>alert('x')</script>")
-            .with_link("start?switch=1&x=\"><script>", "<i>again</i>");
+        let page = Page::new(
+            StatusCode::OK,
+            "connected",
+            "<b>t</b>",
+            "a & \"b\" <script>alert('x')</script>",
+        )
+        .with_link("start?switch=1&x=\"><script>", "<i>again</i>");
         let html = page.render();
         assert!(!html.contains("<script>"), "{html}");
         assert!(!html.contains("<b>t</b>"));
@@ -325,7 +367,10 @@ mod tests {
     #[test]
     fn page_response_headers() {
         let page = Page::new(StatusCode::CONFLICT, "different_account", "Title", "Message");
-        let answers = [(page.clone().into_response(), "text/html; charset=utf-8"), (page.into_json_response(), "application/json")];
+        let answers = [
+            (page.clone().into_response(), "text/html; charset=utf-8"),
+            (page.into_json_response(), "application/json"),
+        ];
         for (response, content_type) in answers {
             assert_eq!(response.status(), StatusCode::CONFLICT);
             assert_eq!(response.headers()[CONTENT_TYPE], content_type);
@@ -345,17 +390,30 @@ mod tests {
 
     #[test]
     fn a_page_as_json_is_the_error_envelope() {
-        let page = Page::new(StatusCode::SERVICE_UNAVAILABLE, "status_unavailable", "Title", "the store \"s\" is down");
+        let page = Page::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "status_unavailable",
+            "Title",
+            "the store \"s\" is down",
+        );
         let response = page.into_json_response();
-        let Body::Text(body) = response.body() else { panic!("a text body") };
-        assert_eq!(body, r#"{"error":{"code":"status_unavailable","message":"the store \"s\" is down"}}"#);
+        let Body::Text(body) = response.body() else {
+            panic!("a text body")
+        };
+        assert_eq!(
+            body,
+            r#"{"error":{"code":"status_unavailable","message":"the store \"s\" is down"}}"#
+        );
     }
 
     #[test]
     fn redirect_sets_location() {
         let response = redirect("https://accounts.example.com/authorize?a=1&b=2");
         assert_eq!(response.status(), StatusCode::FOUND);
-        assert_eq!(response.headers()[LOCATION], "https://accounts.example.com/authorize?a=1&b=2");
+        assert_eq!(
+            response.headers()[LOCATION],
+            "https://accounts.example.com/authorize?a=1&b=2"
+        );
         let bad = redirect("https://example.com/\nx");
         assert_eq!(bad.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }

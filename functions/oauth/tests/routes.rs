@@ -33,7 +33,10 @@ fn assert_page(response: &lambda_http::Response<lambda_http::Body>, status: u16,
     let body = body_text(response);
     assert_eq!(response.status(), status, "{body}");
     assert_eq!(header(response, "content-type"), Some("text/html; charset=utf-8"));
-    assert!(body.contains(&format!("keap-relay: {code}")), "expected {code} in {body}");
+    assert!(
+        body.contains(&format!("keap-relay: {code}")),
+        "expected {code} in {body}"
+    );
 }
 
 #[tokio::test]
@@ -45,17 +48,27 @@ async fn start_redirects_the_administrator_to_keap_with_a_signed_state() {
     let location = url::Url::parse(header(&response, "location").unwrap()).unwrap();
     assert!(location.as_str().starts_with(&h.sandbox.authorize_url()), "{location}");
     let query = location.query().unwrap();
-    assert_eq!(query_value(query, "client_id").as_deref(), Some(keap_sandbox::DEFAULT_CLIENT_ID));
+    assert_eq!(
+        query_value(query, "client_id").as_deref(),
+        Some(keap_sandbox::DEFAULT_CLIENT_ID)
+    );
     assert_eq!(query_value(query, "redirect_uri").as_deref(), Some(REDIRECT_URI));
     assert_eq!(query_value(query, "response_type").as_deref(), Some("code"));
     let state = query_value(query, "state").unwrap();
-    let verified = state_key().verify(Some(&state), REDIRECT_URI, SystemTime::now()).unwrap();
+    let verified = state_key()
+        .verify(Some(&state), REDIRECT_URI, SystemTime::now())
+        .unwrap();
     assert!(!verified.switch);
 
     let switch = h.run(event_with_query("oauth-start.json", "switch=1")).await;
     let location = url::Url::parse(header(&switch, "location").unwrap()).unwrap();
     let state = query_value(location.query().unwrap(), "state").unwrap();
-    assert!(state_key().verify(Some(&state), REDIRECT_URI, SystemTime::now()).unwrap().switch);
+    assert!(
+        state_key()
+            .verify(Some(&state), REDIRECT_URI, SystemTime::now())
+            .unwrap()
+            .switch
+    );
 }
 
 #[tokio::test]
@@ -63,16 +76,29 @@ async fn start_demands_the_admin_password() {
     let h = Harness::start().await;
     let unauthorized = h.run(event("oauth-start-unauthorized.json")).await;
     assert_page(&unauthorized, 401, "unauthorized");
-    assert!(header(&unauthorized, "www-authenticate").unwrap().starts_with("Basic realm=\"keap-relay\""));
+    assert!(
+        header(&unauthorized, "www-authenticate")
+            .unwrap()
+            .starts_with("Basic realm=\"keap-relay\"")
+    );
     assert!(header(&unauthorized, "location").is_none());
 
-    for wrong in ["Basic YWRtaW46d3JvbmctcGFzc3dvcmQ=", "Bearer local-admin-password", "Basic !!"] {
+    for wrong in [
+        "Basic YWRtaW46d3JvbmctcGFzc3dvcmQ=",
+        "Bearer local-admin-password",
+        "Basic !!",
+    ] {
         let response = h.run(event_with_authorization("oauth-start.json", Some(wrong))).await;
         assert_page(&response, 401, "unauthorized");
         assert!(header(&response, "www-authenticate").is_some());
     }
-    let other_user = format!("Basic {}", base64::engine::general_purpose::STANDARD.encode("ops:local-admin-password"));
-    let response = h.run(event_with_authorization("oauth-start.json", Some(&other_user))).await;
+    let other_user = format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode("ops:local-admin-password")
+    );
+    let response = h
+        .run(event_with_authorization("oauth-start.json", Some(&other_user)))
+        .await;
     assert_eq!(response.status(), 302);
 }
 
@@ -92,14 +118,26 @@ async fn without_an_admin_password_the_admin_routes_stay_closed() {
 #[tokio::test]
 async fn start_refuses_a_bad_switch_value() {
     let h = Harness::start().await;
-    assert_page(&h.run(event_with_query("oauth-start.json", "switch=maybe")).await, 400, "bad_switch");
+    assert_page(
+        &h.run(event_with_query("oauth-start.json", "switch=maybe")).await,
+        400,
+        "bad_switch",
+    );
 }
 
 #[tokio::test]
 async fn api_key_mode_explains_that_oauth_is_not_used() {
-    let h = Harness::with(AuthMode::ApiKey, app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, Some(ADMIN_PASSWORD))).await;
+    let h = Harness::with(
+        AuthMode::ApiKey,
+        app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, Some(ADMIN_PASSWORD)),
+    )
+    .await;
     assert_page(&h.run(event("oauth-start.json")).await, 409, "oauth_not_used");
-    assert_page(&h.run(event("oauth-start-unauthorized.json")).await, 401, "unauthorized");
+    assert_page(
+        &h.run(event("oauth-start-unauthorized.json")).await,
+        401,
+        "unauthorized",
+    );
     assert_page(&h.run(event("oauth-callback.json")).await, 409, "oauth_not_used");
     let status = h.run(event("status.json")).await;
     assert_eq!(status.status(), 200);
@@ -142,7 +180,12 @@ async fn forged_state_is_refused_before_the_code_is_spent() {
     let mut fields: serde_json::Value = serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap();
     fields["s"] = true.into();
     let forged = format!("{}.{signature}", URL_SAFE_NO_PAD.encode(fields.to_string()));
-    let response = h.run(event_with_query("oauth-callback.json", &with_param(&query, "state", Some(&forged)))).await;
+    let response = h
+        .run(event_with_query(
+            "oauth-callback.json",
+            &with_param(&query, "state", Some(&forged)),
+        ))
+        .await;
     assert_page(&response, 400, "state_bad_signature");
     assert_eq!(h.sandbox.stats().code_exchanges, 0);
     assert_eq!(h.token_versions(), 0);
@@ -153,14 +196,24 @@ async fn expired_missing_and_foreign_states_are_refused() {
     let h = Harness::start().await;
     let query = h.authorize("").await;
     let expired = state_key().issue(REDIRECT_URI, false, SystemTime::now() - Duration::from_secs(11 * 60));
-    let foreign = StateKey::derive(&SecretString::from("another-deployments-secret")).issue(REDIRECT_URI, false, SystemTime::now());
+    let foreign = StateKey::derive(&SecretString::from("another-deployments-secret")).issue(
+        REDIRECT_URI,
+        false,
+        SystemTime::now(),
+    );
     let other_redirect = state_key().issue("https://staging.example.com/oauth/callback", false, SystemTime::now());
     let cases = [
         (with_param(&query, "state", Some(&expired.value)), "state_expired"),
         (with_param(&query, "state", None), "state_missing"),
         (with_param(&query, "state", Some("")), "state_missing"),
-        (with_param(&query, "state", Some(&foreign.value)), "state_wrong_deployment"),
-        (with_param(&query, "state", Some(&other_redirect.value)), "state_wrong_deployment"),
+        (
+            with_param(&query, "state", Some(&foreign.value)),
+            "state_wrong_deployment",
+        ),
+        (
+            with_param(&query, "state", Some(&other_redirect.value)),
+            "state_wrong_deployment",
+        ),
         (with_param(&query, "state", Some("not-a-state")), "state_malformed"),
     ];
     for (query, code) in cases {
@@ -178,7 +231,11 @@ async fn a_state_works_once() {
     // milliseconds, and in-process the whole round trip can fit in one).
     let earlier = state_key().issue(REDIRECT_URI, false, SystemTime::now() - Duration::from_secs(2));
     let query = with_param(&h.authorize("").await, "state", Some(&earlier.value));
-    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 200, "connected");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", &query)).await,
+        200,
+        "connected",
+    );
     let versions = h.token_versions();
 
     // The same redirect again (browser back button, or a replay).
@@ -188,7 +245,11 @@ async fn a_state_works_once() {
     // The same state with a fresh code from another authorization.
     let fresh = h.authorize("").await;
     let replay = with_param(&fresh, "state", query_value(&query, "state").as_deref());
-    assert_page(&h.run(event_with_query("oauth-callback.json", &replay)).await, 400, "state_reused");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", &replay)).await,
+        400,
+        "state_reused",
+    );
 
     assert_eq!(h.token_versions(), versions);
     assert_eq!(h.sandbox.stats().code_exchanges, 1);
@@ -219,7 +280,11 @@ async fn keap_errors_are_shown_escaped() {
 async fn a_code_keap_already_consumed_is_reported_and_nothing_changes() {
     let h = Harness::start().await;
     let first = h.authorize("").await;
-    assert_page(&h.run(event_with_query("oauth-callback.json", &first)).await, 200, "connected");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", &first)).await,
+        200,
+        "connected",
+    );
     let versions = h.token_versions();
 
     // A valid, fresh state carrying the code that was already exchanged.
@@ -245,13 +310,20 @@ async fn a_code_issued_for_another_redirect_uri_is_refused() {
         .append_pair("redirect_uri", "https://elsewhere.example.com/callback")
         .append_pair("response_type", "code")
         .append_pair("scope", "full");
-    let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
     let answer = http.get(authorize).send().await.unwrap();
     let back = url::Url::parse(answer.headers()["location"].to_str().unwrap()).unwrap();
     let foreign_code = query_value(back.query().unwrap(), "code").unwrap();
 
     let query = with_param(&ours, "code", Some(&foreign_code));
-    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 400, "code_rejected");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", &query)).await,
+        400,
+        "code_rejected",
+    );
     assert_eq!(h.token_versions(), 0);
 }
 
@@ -260,13 +332,21 @@ async fn keap_being_down_during_the_exchange_is_a_bad_gateway() {
     let h = Harness::start().await;
     let query = h.authorize("").await;
     h.sandbox.faults().set_server_error_rate(1.0);
-    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 502, "keap_unavailable");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", &query)).await,
+        502,
+        "keap_unavailable",
+    );
     assert_eq!(h.token_versions(), 0);
 }
 
 #[tokio::test]
 async fn a_wrong_client_secret_is_reported_as_a_configuration_problem() {
-    let h = Harness::with(AuthMode::OAuth, app_secret("not-the-sandbox-secret", Some(ADMIN_PASSWORD))).await;
+    let h = Harness::with(
+        AuthMode::OAuth,
+        app_secret("not-the-sandbox-secret", Some(ADMIN_PASSWORD)),
+    )
+    .await;
     let response = h.connect_via_browser("").await;
     assert_page(&response, 502, "client_rejected");
     assert!(!body_text(&response).contains("not-the-sandbox-secret"));
@@ -281,7 +361,10 @@ async fn another_account_needs_the_switch_flag() {
     let refused = h.connect_via_browser("").await;
     assert_page(&refused, 409, "different_account");
     let body = body_text(&refused);
-    assert!(body.contains("zz999.infusionsoft.com") && body.contains("ab123.infusionsoft.com"), "{body}");
+    assert!(
+        body.contains("zz999.infusionsoft.com") && body.contains("ab123.infusionsoft.com"),
+        "{body}"
+    );
     assert!(body.contains("start?switch=1"));
     assert_eq!(h.stored_account().await.as_deref(), Some("zz999.infusionsoft.com"));
 
@@ -358,15 +441,23 @@ async fn an_unreadable_app_secret_is_a_configuration_error_not_open_access() {
     struct Unreadable;
     #[async_trait::async_trait]
     impl oauth::ports::AppSecretSource for Unreadable {
-        async fn app_secret(&self) -> Result<std::sync::Arc<keap_relay::config::AppSecret>, oauth::ports::SecretUnavailable> {
-            Err(oauth::ports::SecretUnavailable("secret keap-relay/app does not exist".into()))
+        async fn app_secret(
+            &self,
+        ) -> Result<std::sync::Arc<keap_relay::config::AppSecret>, oauth::ports::SecretUnavailable> {
+            Err(oauth::ports::SecretUnavailable(
+                "secret keap-relay/app does not exist".into(),
+            ))
         }
     }
     let mut h = Harness::start().await;
     h.deps.secrets = std::sync::Arc::new(Unreadable);
     assert_page(&h.run(event("oauth-start.json")).await, 503, "app_secret_unavailable");
     let query = "code=abc&state=x.y";
-    assert_page(&h.run(event_with_query("oauth-callback.json", query)).await, 503, "app_secret_unavailable");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", query)).await,
+        503,
+        "app_secret_unavailable",
+    );
     let status = h.run(event("status.json")).await;
     assert_eq!(status.status(), 503);
     assert!(body_text(&status).contains("does not exist"));
@@ -376,7 +467,11 @@ async fn an_unreadable_app_secret_is_a_configuration_error_not_open_access() {
 async fn a_callback_without_a_code_is_refused() {
     let h = Harness::start().await;
     let query = with_param(&h.authorize("").await, "code", None);
-    assert_page(&h.run(event_with_query("oauth-callback.json", &query)).await, 400, "code_missing");
+    assert_page(
+        &h.run(event_with_query("oauth-callback.json", &query)).await,
+        400,
+        "code_missing",
+    );
     assert_eq!(h.token_versions(), 0);
 }
 
@@ -385,11 +480,18 @@ async fn status_shows_a_connection_that_needs_reauthorization() {
     let h = Harness::start().await;
     assert_eq!(h.connect_via_browser("").await.status(), 200);
     let current = h.store.peek_current(TOKEN_SECRET_ID).unwrap();
-    let state = keap_relay::token::TokenState::from_json(keap_relay::ExposeSecret::expose_secret(&current.value)).unwrap();
+    let state =
+        keap_relay::token::TokenState::from_json(keap_relay::ExposeSecret::expose_secret(&current.value)).unwrap();
     let dead = state.needing_reauth("Keap refused the refresh token (invalid_grant)", SystemTime::now());
     use keap_relay::store::SecretStore as _;
-    h.store.put_version(TOKEN_SECRET_ID, "marked", &dead.to_secret()).await.unwrap();
-    h.store.swap_current(TOKEN_SECRET_ID, &current.version_id, "marked").await.unwrap();
+    h.store
+        .put_version(TOKEN_SECRET_ID, "marked", &dead.to_secret())
+        .await
+        .unwrap();
+    h.store
+        .swap_current(TOKEN_SECRET_ID, &current.version_id, "marked")
+        .await
+        .unwrap();
 
     let response = h.run(event("status.json")).await;
     let json: serde_json::Value = serde_json::from_str(&body_text(&response)).unwrap();

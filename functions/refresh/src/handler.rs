@@ -49,10 +49,16 @@ impl Deps {
         let config = &app.config;
         Self {
             mode: config.auth_mode,
-            policy: RotationPolicy { lead: config.refresh_lead, max_refresh_age: config.refresh_max_age },
+            policy: RotationPolicy {
+                lead: config.refresh_lead,
+                max_refresh_age: config.refresh_max_age,
+            },
             connection: app.connection.clone(),
             key_check: Arc::new(app.api.clone()),
-            start_url: config.start_url.clone().or_else(|| config.redirect_uri.as_deref().and_then(start_url_from_redirect)),
+            start_url: config
+                .start_url
+                .clone()
+                .or_else(|| config.redirect_uri.as_deref().and_then(start_url_from_redirect)),
             function_name: config.function_name.clone().unwrap_or_else(|| "refresh".into()),
             metrics: Arc::new(StdoutMetrics),
         }
@@ -144,11 +150,17 @@ impl From<RefreshError> for lambda_runtime::Diagnostic {
             RefreshError::Token(_) => "KeapRelay.RefreshFailed",
             RefreshError::KeyCheck(_) => "KeapRelay.ApiKeyCheckFailed",
         };
-        lambda_runtime::Diagnostic { error_type: error_type.into(), error_message: error.to_string() }
+        lambda_runtime::Diagnostic {
+            error_type: error_type.into(),
+            error_message: error.to_string(),
+        }
     }
 }
 
-pub async fn handle(event: EventBridgeEvent<serde_json::Value>, deps: &RefreshDeps) -> Result<RefreshSummary, RefreshError> {
+pub async fn handle(
+    event: EventBridgeEvent<serde_json::Value>,
+    deps: &RefreshDeps,
+) -> Result<RefreshSummary, RefreshError> {
     tracing::debug!(event_id = event.id.as_deref().unwrap_or(""), detail_type = %event.detail_type, "scheduled refresh");
     match deps.mode {
         AuthMode::OAuth => rotate(deps).await,
@@ -211,7 +223,13 @@ async fn check_api_key(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshErro
         Ok(credential) => deps.key_check.check_credential(&credential).await,
         Err(error) => {
             // No key to check (missing from the app secret, or the secret is unreadable).
-            emit_metrics(deps, "none", RunStatus::Failed, None, metrics::is_quota_exceeded(&error));
+            emit_metrics(
+                deps,
+                "none",
+                RunStatus::Failed,
+                None,
+                metrics::is_quota_exceeded(&error),
+            );
             tracing::error!(error = %error, "the scheduled API key check could not get the key");
             return Err(RefreshError::Token(error));
         }
@@ -220,12 +238,22 @@ async fn check_api_key(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshErro
         Ok(()) => {
             emit_metrics(deps, ACTION, RunStatus::Ok, None, false);
             tracing::info!(action = ACTION, "Keap accepts the API key");
-            Ok(summary(deps, ACTION, RunStatus::Ok, deps.connection.status().await.ok()))
+            Ok(summary(
+                deps,
+                ACTION,
+                RunStatus::Ok,
+                deps.connection.status().await.ok(),
+            ))
         }
         Err(ApiError::Unauthorized { .. }) => {
             emit_metrics(deps, ACTION, RunStatus::NeedsReauth, None, false);
             report_needs_person(deps, RunStatus::NeedsReauth, "Keap refused the API key (401)");
-            Ok(summary(deps, ACTION, RunStatus::NeedsReauth, deps.connection.status().await.ok()))
+            Ok(summary(
+                deps,
+                ACTION,
+                RunStatus::NeedsReauth,
+                deps.connection.status().await.ok(),
+            ))
         }
         Err(error) => {
             emit_metrics(deps, ACTION, RunStatus::Failed, None, false);
@@ -235,14 +263,32 @@ async fn check_api_key(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshErro
     }
 }
 
-fn summary(deps: &RefreshDeps, action: &'static str, status: RunStatus, connection: Option<ConnectionStatus>) -> RefreshSummary {
-    let start_url = (status.needs_person() && deps.mode == AuthMode::OAuth).then(|| deps.start_url.clone()).flatten();
-    RefreshSummary { action, status, connection, start_url }
+fn summary(
+    deps: &RefreshDeps,
+    action: &'static str,
+    status: RunStatus,
+    connection: Option<ConnectionStatus>,
+) -> RefreshSummary {
+    let start_url = (status.needs_person() && deps.mode == AuthMode::OAuth)
+        .then(|| deps.start_url.clone())
+        .flatten();
+    RefreshSummary {
+        action,
+        status,
+        connection,
+        start_url,
+    }
 }
 
 /// One EMF line per run, whatever the outcome (the alarms treat missing data as fine).
 /// `SecretVersionQuotaExceeded` is in it only when the run met the version quota.
-fn emit_metrics(deps: &RefreshDeps, action: &str, run_status: RunStatus, status: Option<&ConnectionStatus>, quota: bool) {
+fn emit_metrics(
+    deps: &RefreshDeps,
+    action: &str,
+    run_status: RunStatus,
+    status: Option<&ConnectionStatus>,
+    quota: bool,
+) {
     let flag = |on: bool| if on { 1.0 } else { 0.0 };
     let mut record = EmfRecord::new(NAMESPACE)
         .dimension("FunctionName", deps.function_name.clone())
@@ -276,7 +322,9 @@ fn report_quota_exceeded(error: &TokenError) {
 /// The one error-level line of a run that needs a person, naming what to do.
 fn report_needs_person(deps: &RefreshDeps, status: RunStatus, reason: &str) {
     let todo = match (deps.mode, deps.start_url.as_deref()) {
-        (AuthMode::ApiKey, _) => "put a valid Personal Access Token or Service Account Key in the app secret's api_key".to_owned(),
+        (AuthMode::ApiKey, _) => {
+            "put a valid Personal Access Token or Service Account Key in the app secret's api_key".to_owned()
+        }
         (AuthMode::OAuth, Some(url)) => format!("an administrator must open {url} and connect Keap"),
         (AuthMode::OAuth, None) => "an administrator must open /oauth/start and connect Keap".to_owned(),
     };
@@ -309,7 +357,9 @@ fn action_name(action: &RotationAction) -> &'static str {
 pub fn start_url_from_redirect(redirect_uri: &str) -> Option<String> {
     let mut url = url::Url::parse(redirect_uri).ok()?;
     let path = url.path().trim_end_matches('/');
-    let base = path.strip_suffix("/oauth/callback").or_else(|| path.rsplit_once('/').map(|(base, _)| base))?;
+    let base = path
+        .strip_suffix("/oauth/callback")
+        .or_else(|| path.rsplit_once('/').map(|(base, _)| base))?;
     let start = format!("{base}/oauth/start");
     url.set_path(&start);
     url.set_query(None);

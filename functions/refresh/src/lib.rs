@@ -3,7 +3,9 @@
 
 pub mod handler;
 
-pub use handler::{CredentialCheck, Deps, MetricsSink, RefreshDeps, RefreshError, RefreshSummary, RunStatus, StdoutMetrics, handle};
+pub use handler::{
+    CredentialCheck, Deps, MetricsSink, RefreshDeps, RefreshError, RefreshSummary, RunStatus, StdoutMetrics, handle,
+};
 
 #[cfg(test)]
 mod tests {
@@ -16,15 +18,25 @@ mod tests {
     use super::Deps;
 
     fn deps(config: Config) -> Deps {
-        let config = Config { app_secret_id: "app".into(), token_secret_id: "token".into(), ..config };
+        let config = Config {
+            app_secret_id: "app".into(),
+            token_secret_id: "token".into(),
+            ..config
+        };
         Deps::from_app(&App::with_parts(config, Arc::new(MemoryStore::new()), None).unwrap())
     }
 
     #[test]
     fn the_start_page_and_function_name_come_from_the_configuration() {
         let redirect = Some("https://relay.example.com/prod/oauth/callback".to_owned());
-        let derived = deps(Config { redirect_uri: redirect.clone(), ..Config::defaults() });
-        assert_eq!(derived.start_url.as_deref(), Some("https://relay.example.com/prod/oauth/start"));
+        let derived = deps(Config {
+            redirect_uri: redirect.clone(),
+            ..Config::defaults()
+        });
+        assert_eq!(
+            derived.start_url.as_deref(),
+            Some("https://relay.example.com/prod/oauth/start")
+        );
         assert_eq!(derived.function_name, "refresh");
 
         let set = deps(Config {

@@ -10,10 +10,12 @@ async fn main() -> Result<(), Error> {
     init_tracing();
     let app = App::from_env().await?;
     let deps = &refresh::Deps::from_app(&app);
-    lambda_runtime::run(service_fn(move |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| async move {
-        // Invariant 9: see `keap_relay::token::invocation`.
-        let deadline = invocation_deadline(event.context.deadline);
-        invocation::run(deadline, refresh::handle(event.payload, deps)).await
-    }))
+    lambda_runtime::run(service_fn(
+        move |event: LambdaEvent<EventBridgeEvent<serde_json::Value>>| async move {
+            // Invariant 9: see `keap_relay::token::invocation`.
+            let deadline = invocation_deadline(event.context.deadline);
+            invocation::run(deadline, refresh::handle(event.payload, deps)).await
+        },
+    ))
     .await
 }

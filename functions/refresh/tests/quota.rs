@@ -10,8 +10,8 @@ use keap_relay::config::AuthMode;
 use keap_relay::keap::api::KeapApi;
 use keap_relay::store::StoreError;
 use keap_relay::token::{
-    ConnectError, ConnectOutcome, Connection, ConnectionStatus, Credential, CredentialSource, RotationPolicy, RotationReport,
-    TokenError, TokenGrant,
+    ConnectError, ConnectOutcome, Connection, ConnectionStatus, Credential, CredentialSource, RotationPolicy,
+    RotationReport, TokenError, TokenGrant,
 };
 use refresh::{MetricsSink, RefreshDeps, handle};
 use serde_json::Value;
@@ -55,7 +55,10 @@ impl Connection for Failing {
 }
 
 fn quota() -> StoreError {
-    StoreError::QuotaExceeded { operation: "put_version", detail: "LimitExceededException: too many versions".into() }
+    StoreError::QuotaExceeded {
+        operation: "put_version",
+        detail: "LimitExceededException: too many versions".into(),
+    }
 }
 
 /// Runs the handler once over `error` and returns the run's only EMF line.
@@ -63,16 +66,25 @@ async fn run(mode: AuthMode, error: fn() -> TokenError) -> Value {
     let metrics = Arc::new(CollectedMetrics::default());
     let deps = RefreshDeps {
         mode,
-        policy: RotationPolicy { lead: Duration::from_secs(6 * 3600), max_refresh_age: Duration::from_secs(30 * 86_400) },
+        policy: RotationPolicy {
+            lead: Duration::from_secs(6 * 3600),
+            max_refresh_age: Duration::from_secs(30 * 86_400),
+        },
         connection: Arc::new(Failing(error)),
         // Never called: the credential fails first.
-        key_check: Arc::new(KeapApi::new(reqwest::Client::new(), "http://127.0.0.1:9", Duration::from_secs(1))),
+        key_check: Arc::new(KeapApi::new(
+            reqwest::Client::new(),
+            "http://127.0.0.1:9",
+            Duration::from_secs(1),
+        )),
         start_url: None,
         function_name: "keap-relay-RefreshFunction-abc".into(),
         metrics: metrics.clone(),
     };
-    let event: EventBridgeEvent<Value> =
-        serde_json::from_value(serde_json::json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}})).unwrap();
+    let event: EventBridgeEvent<Value> = serde_json::from_value(
+        serde_json::json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}),
+    )
+    .unwrap();
     let failed = handle(event, &deps).await.unwrap_err();
     assert!(matches!(failed, refresh::RefreshError::Token(_)), "{failed}");
     let lines = metrics.0.lock().unwrap().clone();
@@ -81,7 +93,12 @@ async fn run(mode: AuthMode, error: fn() -> TokenError) -> Value {
 }
 
 fn metric_names(doc: &Value) -> Vec<String> {
-    doc["_aws"]["CloudWatchMetrics"][0]["Metrics"].as_array().unwrap().iter().map(|m| m["Name"].as_str().unwrap().to_owned()).collect()
+    doc["_aws"]["CloudWatchMetrics"][0]["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap().to_owned())
+        .collect()
 }
 
 #[tokio::test]
@@ -90,13 +107,20 @@ async fn the_quota_as_a_store_error_is_counted() {
     assert_eq!(doc["SecretVersionQuotaExceeded"], 1.0);
     assert_eq!(doc["RefreshFailures"], 1.0);
     assert!(metric_names(&doc).contains(&"SecretVersionQuotaExceeded".to_owned()));
-    assert_eq!(doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"], serde_json::json!([["FunctionName"]]));
+    assert_eq!(
+        doc["_aws"]["CloudWatchMetrics"][0]["Dimensions"],
+        serde_json::json!([["FunctionName"]])
+    );
     assert_eq!(doc["FunctionName"], "keap-relay-RefreshFunction-abc");
 }
 
 #[tokio::test]
 async fn the_quota_inside_an_unavailable_error_is_counted() {
-    let doc = run(AuthMode::OAuth, || TokenError::Unavailable { detail: quota().to_string(), retry_after: None }).await;
+    let doc = run(AuthMode::OAuth, || TokenError::Unavailable {
+        detail: quota().to_string(),
+        retry_after: None,
+    })
+    .await;
     assert_eq!(doc["SecretVersionQuotaExceeded"], 1.0);
     assert_eq!(doc["RefreshFailures"], 1.0);
 }
@@ -104,7 +128,10 @@ async fn the_quota_inside_an_unavailable_error_is_counted() {
 #[tokio::test]
 async fn other_store_failures_are_not_the_quota() {
     let doc = run(AuthMode::OAuth, || {
-        TokenError::Store(StoreError::Permanent { operation: "put_version", detail: "AccessDeniedException".into() })
+        TokenError::Store(StoreError::Permanent {
+            operation: "put_version",
+            detail: "AccessDeniedException".into(),
+        })
     })
     .await;
     assert_eq!(doc["RefreshFailures"], 1.0);

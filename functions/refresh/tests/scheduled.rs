@@ -5,13 +5,13 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use keap_relay::SecretString;
 use keap_relay::config::AuthMode;
 use keap_relay::keap::api::KeapApi;
 use keap_relay::keap::oauth::OAuthClient;
 use keap_relay::store::SecretStore;
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::token::{ApiKeySource, Connection, RotationPolicy, TokenGrant, TokenSettings, TokenSource, TokenState};
-use keap_relay::SecretString;
 use keap_sandbox::{Sandbox, SandboxConfig};
 use refresh::{MetricsSink, RefreshDeps, RefreshSummary, RunStatus, handle};
 use serde_json::Value;
@@ -51,7 +51,12 @@ impl CollectedMetrics {
 fn reauth_errors(logs: &LogCapture) -> usize {
     logs.json_lines()
         .iter()
-        .filter(|line| line["level"] == "ERROR" && line["fields"]["message"].as_str().is_some_and(|m| m.contains(START_URL)))
+        .filter(|line| {
+            line["level"] == "ERROR"
+                && line["fields"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains(START_URL))
+        })
         .count()
 }
 
@@ -76,7 +81,11 @@ impl Harness {
             Duration::from_secs(5),
         );
         // A short shared backoff, so a test can wait it out.
-        let settings = TokenSettings { backoff_min: Duration::from_millis(200), backoff_max: Duration::from_secs(2), ..TokenSettings::default() };
+        let settings = TokenSettings {
+            backoff_min: Duration::from_millis(200),
+            backoff_max: Duration::from_secs(2),
+            ..TokenSettings::default()
+        };
         let source = TokenSource::new(store.clone(), TOKEN_SECRET_ID, Arc::new(refresher), settings).unwrap();
         Self::assemble(sandbox, store, AuthMode::OAuth, Arc::new(source))
     }
@@ -91,14 +100,26 @@ impl Harness {
         let metrics = Arc::new(CollectedMetrics::default());
         let deps = RefreshDeps {
             mode,
-            policy: RotationPolicy { lead: 6 * HOUR, max_refresh_age: 30 * DAY },
+            policy: RotationPolicy {
+                lead: 6 * HOUR,
+                max_refresh_age: 30 * DAY,
+            },
             connection,
-            key_check: Arc::new(KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5))),
+            key_check: Arc::new(KeapApi::new(
+                reqwest::Client::new(),
+                &sandbox.api_url(),
+                Duration::from_secs(5),
+            )),
             start_url: Some(START_URL.into()),
             function_name: "keap-relay-RefreshFunction-abc".into(),
             metrics: metrics.clone(),
         };
-        Harness { sandbox, store, metrics, deps }
+        Harness {
+            sandbox,
+            store,
+            metrics,
+            deps,
+        }
     }
 
     /// Stores a pair as if it had been connected at `issued_at` with `expires_in` of access
@@ -106,9 +127,16 @@ impl Harness {
     async fn seed(&self, issued_at: SystemTime, expires_in: Duration, refresh_token: Option<&str>) -> TokenGrant {
         let minted = test_support::grant::minted(&self.sandbox);
         let refresh_token = refresh_token.map_or(minted.refresh_token.clone(), SecretString::from);
-        let grant = TokenGrant { refresh_token, expires_in, ..minted };
+        let grant = TokenGrant {
+            refresh_token,
+            expires_in,
+            ..minted
+        };
         let state = TokenState::connected(&grant, 1, issued_at);
-        self.store.put_version(TOKEN_SECRET_ID, "seeded", &state.to_secret()).await.unwrap();
+        self.store
+            .put_version(TOKEN_SECRET_ID, "seeded", &state.to_secret())
+            .await
+            .unwrap();
         grant
     }
 
@@ -130,8 +158,10 @@ fn the_scheduled_event_file_is_an_eventbridge_scheduled_event() {
     let event = scheduled_event();
     assert_eq!(event.detail_type, "Scheduled Event");
     assert_eq!(event.source, "aws.events");
-    let with_detail: EventBridgeEvent<Value> =
-        serde_json::from_value(serde_json::json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {"any": ["thing"]}})).unwrap();
+    let with_detail: EventBridgeEvent<Value> = serde_json::from_value(
+        serde_json::json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {"any": ["thing"]}}),
+    )
+    .unwrap();
     assert_eq!(with_detail.detail["any"][0], "thing");
 }
 
@@ -153,7 +183,10 @@ async fn a_healthy_pair_is_left_alone_and_reported() {
 
     let summary = serde_json::to_string(&summary).unwrap();
     for secret in [&grant.access_token, &grant.refresh_token] {
-        assert!(!summary.contains(keap_relay::ExposeSecret::expose_secret(secret)), "{summary}");
+        assert!(
+            !summary.contains(keap_relay::ExposeSecret::expose_secret(secret)),
+            "{summary}"
+        );
     }
 }
 
@@ -195,7 +228,12 @@ async fn a_refused_refresh_token_is_reported_once_per_run_without_failing() {
     let h = Harness::oauth().await;
     let logs = LogCapture::default();
     let _guard = logs.json_on_this_thread(tracing::Level::INFO);
-    h.seed(SystemTime::now() - 23 * HOUR, DAY, Some("a-refresh-token-keap-never-issued")).await;
+    h.seed(
+        SystemTime::now() - 23 * HOUR,
+        DAY,
+        Some("a-refresh-token-keap-never-issued"),
+    )
+    .await;
 
     let summary = h.run().await.expect("needs_reauth must not fail the function");
     assert_eq!(summary.status, RunStatus::NeedsReauth);
@@ -270,8 +308,22 @@ async fn the_emf_line_follows_the_alarms_contract() {
     assert_eq!(directive["Namespace"], "KeapRelay");
     assert_eq!(directive["Dimensions"], serde_json::json!([["FunctionName"]]));
     assert_eq!(doc["FunctionName"], "keap-relay-RefreshFunction-abc");
-    let names: Vec<&str> = directive["Metrics"].as_array().unwrap().iter().map(|m| m["Name"].as_str().unwrap()).collect();
-    assert_eq!(names, ["Refreshes", "RefreshFailures", "NeedsReauth", "AccessTokenSecondsToExpiry", "RefreshTokenAgeDays"]);
+    let names: Vec<&str> = directive["Metrics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["Name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "Refreshes",
+            "RefreshFailures",
+            "NeedsReauth",
+            "AccessTokenSecondsToExpiry",
+            "RefreshTokenAgeDays"
+        ]
+    );
     for name in names {
         assert!(doc[name].is_number(), "{name} has no value");
     }

@@ -85,7 +85,12 @@ pub async fn handle_with_parking(
                 // Logged per record with the earlier failure: a message skipped on every
                 // receive reaches the dead-letter queue, and this line is its reason.
                 let receive_count = receive_count(record);
-                tracing::warn!(message_id, receive_count, reason, "Keap failed earlier in this batch; not tried, SQS will redeliver it");
+                tracing::warn!(
+                    message_id,
+                    receive_count,
+                    reason,
+                    "Keap failed earlier in this batch; not tried, SQS will redeliver it"
+                );
                 Attempt::Transient(reason.clone())
             }
             KeapSeen::Disconnected => match parse(record, message_id) {
@@ -123,7 +128,9 @@ pub async fn handle_with_parking(
 /// Sends a signup that waits for a reconnection back to the queue. False: leave it to SQS.
 async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_id: &str) -> bool {
     let Some(queue) = parking else { return false };
-    let waited = SystemTime::now().duration_since(queued.first_seen_at).unwrap_or_default();
+    let waited = SystemTime::now()
+        .duration_since(queued.first_seen_at)
+        .unwrap_or_default();
     if waited > PARK_LIMIT {
         tracing::error!(
             message_id,
@@ -147,7 +154,11 @@ async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_
 
 /// SQS's delivery count of the record, for logs.
 fn receive_count(record: &SqsMessage) -> &str {
-    record.attributes.get("ApproximateReceiveCount").map(String::as_str).unwrap_or("?")
+    record
+        .attributes
+        .get("ApproximateReceiveCount")
+        .map(String::as_str)
+        .unwrap_or("?")
 }
 
 fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
@@ -170,11 +181,19 @@ fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
 
 async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> Attempt {
     let receive_count = receive_count(record);
-    let Some(queued) = parse(record, message_id) else { return Attempt::Poison };
+    let Some(queued) = parse(record, message_id) else {
+        return Attempt::Poison;
+    };
     let signup_id = queued.id.to_string();
     match service.process(&queued.signup).await {
         Ok(outcome) => {
-            tracing::info!(message_id, signup_id, contact_id = outcome.contact_id, created = outcome.created, "queued signup delivered");
+            tracing::info!(
+                message_id,
+                signup_id,
+                contact_id = outcome.contact_id,
+                created = outcome.created,
+                "queued signup delivered"
+            );
             Attempt::Delivered
         }
         Err(error @ SignupError::Rejected { .. }) => {

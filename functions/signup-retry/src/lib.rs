@@ -22,7 +22,10 @@ pub struct Deps {
 
 impl Deps {
     pub fn from_app(app: &App) -> Self {
-        Self { service: app.signup_service(), parking: app.queue.clone() }
+        Self {
+            service: app.signup_service(),
+            parking: app.queue.clone(),
+        }
     }
 }
 

@@ -13,7 +13,9 @@ async fn main() -> Result<(), Error> {
     lambda_runtime::run(service_fn(move |event: LambdaEvent<SqsEvent>| async move {
         // Invariant 9: see `keap_relay::token::invocation`.
         let deadline = invocation_deadline(event.context.deadline);
-        invocation::run(deadline, signup_retry::handle(event.payload, deps)).await.map_err(Error::from)
+        invocation::run(deadline, signup_retry::handle(event.payload, deps))
+            .await
+            .map_err(Error::from)
     }))
     .await
 }

@@ -8,11 +8,11 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use keap_relay::SecretString;
 use keap_relay::config::WelcomeEmail;
 use keap_relay::keap::api::KeapApi;
+use keap_relay::signup::{MemoryQueue, QueuedSignup};
 use keap_relay::signup::{SignupService, SignupSettings, TagRef};
 use keap_relay::token::ApiKeySource;
 use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
 use serde_json::{Value, json};
-use keap_relay::signup::{MemoryQueue, QueuedSignup};
 use signup_retry::handler::{PARK_LIMIT, RetryError, handle, handle_with_parking};
 
 const FIRST: &str = "0a5c2d8e-1f3b-4c6d-9e7f-000000000001";
@@ -32,15 +32,27 @@ async fn setup(api_key: &str) -> (Sandbox, SignupService) {
     let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
     let settings = SignupSettings {
         welcome_tag: Some(TagRef::parse("Welcome")),
-        welcome_email: Some(WelcomeEmail { user_id: 1, subject: "Welcome!".into(), html_body: "<p>Hi</p>".into() }),
+        welcome_email: Some(WelcomeEmail {
+            user_id: 1,
+            subject: "Welcome!".into(),
+            html_body: "<p>Hi</p>".into(),
+        }),
         retry_budget: Duration::from_millis(300),
     };
-    let service = SignupService::new(api, Arc::new(ApiKeySource::new(SecretString::from(api_key.to_owned()))), settings);
+    let service = SignupService::new(
+        api,
+        Arc::new(ApiKeySource::new(SecretString::from(api_key.to_owned()))),
+        settings,
+    );
     (sandbox, service)
 }
 
 fn failed_ids(response: &aws_lambda_events::event::sqs::SqsBatchResponse) -> Vec<&str> {
-    response.batch_item_failures.iter().map(|f| f.item_identifier.as_str()).collect()
+    response
+        .batch_item_failures
+        .iter()
+        .map(|f| f.item_identifier.as_str())
+        .collect()
 }
 
 #[tokio::test]
@@ -49,10 +61,15 @@ async fn only_the_poison_message_is_reported_failed() {
     let response = handle(sqs_event(&batch()), &service).await.unwrap();
 
     assert_eq!(failed_ids(&response), [POISON]);
-    let grace = sandbox.contact_by_email("grace.hopper@example.com").expect("first signup delivered");
+    let grace = sandbox
+        .contact_by_email("grace.hopper@example.com")
+        .expect("first signup delivered");
     assert_eq!(grace.given_name, "Grace");
     assert_eq!(grace.emails_received, 1);
-    assert!(sandbox.contact_by_email("katherine.johnson@example.com").is_some(), "third signup delivered");
+    assert!(
+        sandbox.contact_by_email("katherine.johnson@example.com").is_some(),
+        "third signup delivered"
+    );
 }
 
 #[tokio::test]
@@ -63,7 +80,10 @@ async fn a_redelivered_batch_creates_nothing_twice_and_sends_no_second_email() {
 
     assert_eq!(failed_ids(&response), [POISON]);
     let stats = sandbox.stats();
-    assert_eq!((stats.contacts_created, stats.contacts_updated, stats.emails_queued), (2, 2, 2));
+    assert_eq!(
+        (stats.contacts_created, stats.contacts_updated, stats.emails_queued),
+        (2, 2, 2)
+    );
 }
 
 #[tokio::test]
@@ -88,7 +108,11 @@ async fn throttling_beyond_the_budget_fails_the_record_for_redelivery() {
     sandbox.faults().throttle_next(1, Some(60));
     let response = handle(sqs_event(&batch()), &service).await.unwrap();
     assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
-    assert_eq!(sandbox.stats().throttled, 1, "the rest of the batch was not sent into the throttle");
+    assert_eq!(
+        sandbox.stats().throttled,
+        1,
+        "the rest of the batch was not sent into the throttle"
+    );
 }
 
 #[tokio::test]
@@ -103,7 +127,10 @@ async fn a_signup_keap_refuses_is_failed_toward_the_dead_letter_queue_and_the_re
 
     assert_eq!(failed_ids(&response), [POISON]);
     assert!(sandbox.contact_by_email(&email).is_none());
-    assert!(sandbox.stats().calls.iter().any(|c| c.status == 400), "Keap itself refused it");
+    assert!(
+        sandbox.stats().calls.iter().any(|c| c.status == 400),
+        "Keap itself refused it"
+    );
     assert!(sandbox.contact_by_email("katherine.johnson@example.com").is_some());
 }
 
@@ -120,7 +147,9 @@ fn batch_first_seen(age: Duration) -> Value {
     let mut batch = batch();
     let at = humantime::format_rfc3339_seconds(std::time::SystemTime::now() - age).to_string();
     for record in batch["Records"].as_array_mut().unwrap() {
-        let Ok(mut body) = serde_json::from_str::<Value>(record["body"].as_str().unwrap()) else { continue };
+        let Ok(mut body) = serde_json::from_str::<Value>(record["body"].as_str().unwrap()) else {
+            continue;
+        };
         body["first_seen_at"] = json!(at);
         record["body"] = json!(body.to_string());
     }
@@ -131,20 +160,36 @@ fn batch_first_seen(age: Duration) -> Value {
 async fn signups_waiting_for_a_reconnection_are_parked_instead_of_dead_lettered() {
     let (sandbox, service) = setup("KeapAK-revoked").await;
     let parking = MemoryQueue::new();
-    let response = handle_with_parking(sqs_event(&batch_first_seen(Duration::from_secs(60))), &service, Some(&parking))
-        .await
-        .unwrap();
+    let response = handle_with_parking(
+        sqs_event(&batch_first_seen(Duration::from_secs(60))),
+        &service,
+        Some(&parking),
+    )
+    .await
+    .unwrap();
 
     // Both valid signups went back to the queue and are acknowledged; the poison one still fails.
     assert_eq!(failed_ids(&response), [POISON]);
-    let parked: Vec<QueuedSignup> = parking.messages().iter().map(|m| QueuedSignup::from_message(m).unwrap()).collect();
+    let parked: Vec<QueuedSignup> = parking
+        .messages()
+        .iter()
+        .map(|m| QueuedSignup::from_message(m).unwrap())
+        .collect();
     let emails: Vec<&str> = parked.iter().map(|q| q.signup.email.as_str()).collect();
     assert_eq!(emails, ["grace.hopper@example.com", "katherine.johnson@example.com"]);
     // A parked signup keeps its id, so its logs can be followed across parkings.
     assert_eq!(parked[0].id.to_string(), "6f1c1e52-3b0a-4f1e-9d3c-2a7b8c9d0e11");
     // Keap was asked about the first record only; the rest were parked without calling it.
-    let upserts = sandbox.stats().calls.iter().filter(|c| c.path == "/crm/rest/v1/contacts").count();
-    assert!((1..=2).contains(&upserts), "one upsert and at most its retry after the 401, got {upserts}");
+    let upserts = sandbox
+        .stats()
+        .calls
+        .iter()
+        .filter(|c| c.path == "/crm/rest/v1/contacts")
+        .count();
+    assert!(
+        (1..=2).contains(&upserts),
+        "one upsert and at most its retry after the 401, got {upserts}"
+    );
 }
 
 #[tokio::test]
@@ -152,7 +197,9 @@ async fn a_signup_that_waited_past_the_park_limit_is_left_to_the_dead_letter_que
     let (_sandbox, service) = setup("KeapAK-revoked").await;
     let parking = MemoryQueue::new();
     let too_old = PARK_LIMIT + Duration::from_secs(3600);
-    let response = handle_with_parking(sqs_event(&batch_first_seen(too_old)), &service, Some(&parking)).await.unwrap();
+    let response = handle_with_parking(sqs_event(&batch_first_seen(too_old)), &service, Some(&parking))
+        .await
+        .unwrap();
     assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
     assert!(parking.messages().is_empty());
 }

@@ -20,7 +20,14 @@ use test_support::moto::{MotoServer, sqs_client};
 async fn a_signup_queued_in_sqs_is_delivered_by_signup_retry() {
     let moto = MotoServer::start().await;
     let client = sqs_client(&moto.endpoint);
-    let queue_url = client.create_queue().queue_name("keap-relay-signups").send().await.unwrap().queue_url.unwrap();
+    let queue_url = client
+        .create_queue()
+        .queue_name("keap-relay-signups")
+        .send()
+        .await
+        .unwrap()
+        .queue_url
+        .unwrap();
 
     let signup = Signup::from_json(
         json!({ "email": "mary.jackson@example.com", "given_name": "Mary", "opt_in": true, "tags": ["Newsletter"] })
@@ -29,10 +36,19 @@ async fn a_signup_queued_in_sqs_is_delivered_by_signup_retry() {
     )
     .unwrap();
     let queued = QueuedSignup::new(signup, SystemTime::now());
-    SqsQueue::new(client.clone(), queue_url.clone()).enqueue(&queued, Duration::ZERO).await.unwrap();
+    SqsQueue::new(client.clone(), queue_url.clone())
+        .enqueue(&queued, Duration::ZERO)
+        .await
+        .unwrap();
 
     // Read it back as the SQS event source mapping would deliver it.
-    let received = client.receive_message().queue_url(&queue_url).max_number_of_messages(10).send().await.unwrap();
+    let received = client
+        .receive_message()
+        .queue_url(&queue_url)
+        .max_number_of_messages(10)
+        .send()
+        .await
+        .unwrap();
     let messages = received.messages.unwrap_or_default();
     assert_eq!(messages.len(), 1);
     let records: Vec<_> = messages
@@ -40,17 +56,25 @@ async fn a_signup_queued_in_sqs_is_delivered_by_signup_retry() {
         .map(|m| json!({ "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body, "eventSource": "aws:sqs" }))
         .collect();
     let event: SqsEvent = serde_json::from_value(json!({ "Records": records })).unwrap();
-    assert_eq!(QueuedSignup::from_message(event.records[0].body.as_deref().unwrap()).unwrap(), queued);
+    assert_eq!(
+        QueuedSignup::from_message(event.records[0].body.as_deref().unwrap()).unwrap(),
+        queued
+    );
 
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
     let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
     let credentials = Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY)));
-    let settings = SignupSettings { retry_budget: Duration::from_millis(300), ..SignupSettings::default() };
+    let settings = SignupSettings {
+        retry_budget: Duration::from_millis(300),
+        ..SignupSettings::default()
+    };
     let service = SignupService::new(api, credentials, settings);
     let response = signup_retry::handler::handle(event, &service).await.unwrap();
 
     assert!(response.batch_item_failures.is_empty());
-    let contact = sandbox.contact_by_email("mary.jackson@example.com").expect("delivered to Keap");
+    let contact = sandbox
+        .contact_by_email("mary.jackson@example.com")
+        .expect("delivered to Keap");
     assert_eq!(contact.given_name, "Mary");
     assert!(contact.opt_in_reason.is_some());
 }

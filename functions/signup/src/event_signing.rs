@@ -64,14 +64,20 @@ mod tests {
         let signed: Value = serde_json::from_str(&resign_event(&event, &key, 1_700_000_000).unwrap()).unwrap();
         let headers = signed["headers"].as_object().unwrap();
         assert!(!headers.contains_key("X-Signature"));
-        assert_eq!(headers["x-signature"], signature::sign(&key, 1_700_000_000, br#"{"email":"a@example.com"}"#));
+        assert_eq!(
+            headers["x-signature"],
+            signature::sign(&key, 1_700_000_000, br#"{"email":"a@example.com"}"#)
+        );
         assert_eq!(headers["content-type"], "application/json");
     }
 
     #[test]
     fn an_event_without_headers_is_refused() {
         let key = SecretString::from("k");
-        assert!(matches!(resign_event(r#"{"body":"{}"}"#, &key, 1), Err(EventError::Shape(_))));
+        assert!(matches!(
+            resign_event(r#"{"body":"{}"}"#, &key, 1),
+            Err(EventError::Shape(_))
+        ));
         assert!(matches!(resign_event("nope", &key, 1), Err(EventError::Json(_))));
     }
 }

@@ -56,7 +56,11 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         return error(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", &message);
     }
     if !is_json(request.headers()) {
-        return error(StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type", "the body must be application/json");
+        return error(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported_media_type",
+            "the body must be application/json",
+        );
     }
 
     let key = match deps.signing_key().await {
@@ -64,10 +68,16 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         Err(problem) => {
             tracing::error!(error = %problem, "the signup signing key is unavailable: cannot check signatures");
             let message = "the signup signing key could not be loaded; try again later";
-            return with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, "signing_key_unavailable", message), UNAVAILABLE_RETRY_AFTER);
+            return with_retry_after(
+                error(StatusCode::SERVICE_UNAVAILABLE, "signing_key_unavailable", message),
+                UNAVAILABLE_RETRY_AFTER,
+            );
         }
     };
-    let header = request.headers().get(signature::HEADER).map(|v| v.to_str().unwrap_or("not-ascii"));
+    let header = request
+        .headers()
+        .get(signature::HEADER)
+        .map(|v| v.to_str().unwrap_or("not-ascii"));
     if let Err(problem) = signature::verify(&key, header, body, deps.now()) {
         tracing::info!(code = problem.code(), "signature refused");
         return error(StatusCode::UNAUTHORIZED, problem.code(), &problem.to_string());
@@ -88,13 +98,24 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         Ok(result) => result,
         Err(_elapsed) => Err(SignupError::Unavailable {
             retry_after: None,
-            detail: format!("Keap did not finish within the {} ms left before the deadline", budget.as_millis()),
+            detail: format!(
+                "Keap did not finish within the {} ms left before the deadline",
+                budget.as_millis()
+            ),
         }),
     };
     match result {
         Ok(outcome) => {
-            tracing::info!(contact_id = outcome.contact_id, created = outcome.created, "signup sent to Keap");
-            let status = if outcome.created { StatusCode::CREATED } else { StatusCode::OK };
+            tracing::info!(
+                contact_id = outcome.contact_id,
+                created = outcome.created,
+                "signup sent to Keap"
+            );
+            let status = if outcome.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
             json_response(status, &outcome)
         }
         Err(SignupError::Rejected { status, message }) => {
@@ -128,9 +149,15 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
             "Keap is not connected; an administrator must connect it, then try again",
             NOT_CONNECTED_RETRY_AFTER,
         ),
-        _ => ("Keap is unavailable right now; try again later", failure.retry_after().unwrap_or(UNAVAILABLE_RETRY_AFTER)),
+        _ => (
+            "Keap is unavailable right now; try again later",
+            failure.retry_after().unwrap_or(UNAVAILABLE_RETRY_AFTER),
+        ),
     };
-    with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message), retry_after)
+    with_retry_after(
+        error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message),
+        retry_after,
+    )
 }
 
 /// How long the Keap calls may take: until shortly before the Lambda deadline and never past
@@ -139,9 +166,11 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
 /// so then only the gateway's limit counts.
 fn keap_budget(request: &Request, now: SystemTime) -> Duration {
     let gateway = GATEWAY_LIMIT - DEADLINE_RESERVE;
-    let left = request
-        .lambda_context_ref()
-        .and_then(|context| (UNIX_EPOCH + Duration::from_millis(context.deadline)).duration_since(now).ok());
+    let left = request.lambda_context_ref().and_then(|context| {
+        (UNIX_EPOCH + Duration::from_millis(context.deadline))
+            .duration_since(now)
+            .ok()
+    });
     match left {
         Some(left) => left.saturating_sub(DEADLINE_RESERVE).min(gateway),
         None => gateway,
@@ -190,15 +219,22 @@ mod tests {
     #[test]
     fn the_keap_budget_ends_before_the_lambda_deadline_and_the_gateway_limit() {
         // Whole milliseconds, as the Lambda context carries them.
-        let now = UNIX_EPOCH + Duration::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64);
+        let now = UNIX_EPOCH
+            + Duration::from_millis(SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64);
         let with_deadline = |left: Duration| {
             let mut context = lambda_http::Context::default();
             context.deadline = (now + left).duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
             Request::default().with_lambda_context(context)
         };
-        assert_eq!(keap_budget(&with_deadline(Duration::from_secs(10)), now), Duration::from_millis(7500));
+        assert_eq!(
+            keap_budget(&with_deadline(Duration::from_secs(10)), now),
+            Duration::from_millis(7500)
+        );
         assert_eq!(keap_budget(&with_deadline(Duration::from_secs(1)), now), Duration::ZERO);
-        assert_eq!(keap_budget(&with_deadline(Duration::from_secs(900)), now), GATEWAY_LIMIT - DEADLINE_RESERVE);
+        assert_eq!(
+            keap_budget(&with_deadline(Duration::from_secs(900)), now),
+            GATEWAY_LIMIT - DEADLINE_RESERVE
+        );
         assert_eq!(keap_budget(&Request::default(), now), GATEWAY_LIMIT - DEADLINE_RESERVE);
         // cargo lambda's emulator sends a deadline of 600000 ms after the epoch
         let mut emulated = lambda_http::Context::default();

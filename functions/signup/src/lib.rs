@@ -12,7 +12,7 @@ use keap_relay::app::{App, AppSecretCache};
 use keap_relay::signup::{SignupQueue, SignupService};
 
 pub use handler::handle;
-use handler::{SignupDeps, SigningKeyUnavailable};
+use handler::{SigningKeyUnavailable, SignupDeps};
 
 /// The handler's dependencies over the process-wide [`App`].
 pub struct Deps {
@@ -27,14 +27,22 @@ pub type AppDeps = Deps;
 
 impl Deps {
     pub fn from_app(app: &App) -> Self {
-        Self { app_secret: app.app_secret.clone(), service: app.signup_service(), queue: app.queue.clone() }
+        Self {
+            app_secret: app.app_secret.clone(),
+            service: app.signup_service(),
+            queue: app.queue.clone(),
+        }
     }
 }
 
 #[async_trait]
 impl SignupDeps for Deps {
     async fn signing_key(&self) -> Result<SecretString, SigningKeyUnavailable> {
-        let secret = self.app_secret.get().await.map_err(|e| SigningKeyUnavailable(e.to_string()))?;
+        let secret = self
+            .app_secret
+            .get()
+            .await
+            .map_err(|e| SigningKeyUnavailable(e.to_string()))?;
         secret
             .signup_signing_key
             .clone()

@@ -13,7 +13,9 @@ async fn main() -> Result<(), Error> {
     let deps = &signup::Deps::from_app(&app);
     lambda_http::run(service_fn(move |request: Request| async move {
         // Invariant 9: see `keap_relay::token::invocation`.
-        let deadline = request.lambda_context_ref().and_then(|c| invocation_deadline(c.deadline));
+        let deadline = request
+            .lambda_context_ref()
+            .and_then(|c| invocation_deadline(c.deadline));
         Ok::<_, Infallible>(invocation::run(deadline, signup::handle(&request, deps)).await)
     }))
     .await

@@ -51,13 +51,24 @@ pub enum ApiError {
     Unauthorized { operation: &'static str },
     /// HTTP 429; `retry_after` when Keap sent a usable `Retry-After`.
     #[error("Keap throttled {operation} (429)")]
-    RateLimited { operation: &'static str, retry_after: Option<Duration> },
+    RateLimited {
+        operation: &'static str,
+        retry_after: Option<Duration>,
+    },
     /// 5xx, a timeout or a connection failure (`status` is `None` when no answer came).
     #[error("Keap unavailable during {operation} (status {status:?}): {detail}")]
-    Unavailable { operation: &'static str, status: Option<u16>, detail: String },
+    Unavailable {
+        operation: &'static str,
+        status: Option<u16>,
+        detail: String,
+    },
     /// A 4xx other than 401/429: Keap refused the request itself. `message` is Keap's and safe to show.
     #[error("Keap refused {operation} ({status}): {message}")]
-    Rejected { operation: &'static str, status: u16, message: String },
+    Rejected {
+        operation: &'static str,
+        status: u16,
+        message: String,
+    },
     /// Keap answered something this client cannot read.
     #[error("unexpected answer from Keap to {operation}: {detail}")]
     Protocol { operation: &'static str, detail: String },
@@ -154,7 +165,11 @@ impl KeapApi {
     /// `api_url` is the REST base (e.g. `https://api.infusionsoft.com/crm/rest`); `timeout`
     /// bounds every call.
     pub fn new(http: reqwest::Client, api_url: &str, timeout: Duration) -> Self {
-        Self { http, base: api_url.trim_end_matches('/').to_owned(), timeout }
+        Self {
+            http,
+            base: api_url.trim_end_matches('/').to_owned(),
+            timeout,
+        }
     }
 
     pub fn from_config(http: reqwest::Client, config: &Config) -> Self {
@@ -167,11 +182,18 @@ impl KeapApi {
 
     /// Creates the contact or updates the one with the same email (v1 `PUT /v1/contacts`,
     /// `duplicate_option: Email`). Only the given fields are written.
-    pub async fn upsert_contact(&self, credential: &Credential, contact: &ContactUpsert) -> Result<UpsertedContact, ApiError> {
+    pub async fn upsert_contact(
+        &self,
+        credential: &Credential,
+        contact: &ContactUpsert,
+    ) -> Result<UpsertedContact, ApiError> {
         const OP: &str = "contact upsert";
         let body = UpsertBody {
             duplicate_option: "Email",
-            email_addresses: [EmailAddressBody { email: &contact.email, field: "EMAIL1" }],
+            email_addresses: [EmailAddressBody {
+                email: &contact.email,
+                field: "EMAIL1",
+            }],
             given_name: contact.given_name.as_deref(),
             family_name: contact.family_name.as_deref(),
             opt_in_reason: contact.opt_in_reason.as_deref(),
@@ -193,14 +215,21 @@ impl KeapApi {
         // Keap's name filter is not documented as exact: prefer an exact match, then one that
         // differs only in case.
         let exact = list.tags.iter().find(|tag| tag.name.as_deref() == Some(name));
-        let folded = || list.tags.iter().find(|tag| tag.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)));
+        let folded = || {
+            list.tags
+                .iter()
+                .find(|tag| tag.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        };
         Ok(exact.or_else(folded).map(|tag| tag.id))
     }
 
     /// Creates a tag (v1 `POST /v1/tags`) and returns its id.
     pub async fn create_tag(&self, credential: &Credential, name: &str) -> Result<i64, ApiError> {
         const OP: &str = "tag creation";
-        let request = self.http.post(self.url("/v1/tags")).json(&serde_json::json!({ "name": name }));
+        let request = self
+            .http
+            .post(self.url("/v1/tags"))
+            .json(&serde_json::json!({ "name": name }));
         let response = self.send(OP, credential, request).await?;
         let IdOnly { id } = read_json(OP, response).await?;
         Ok(id)
@@ -266,7 +295,11 @@ impl KeapApi {
         credential: &Credential,
         request: reqwest::RequestBuilder,
     ) -> Result<reqwest::Response, ApiError> {
-        let request = credential.apply(request.timeout(self.timeout).header(reqwest::header::ACCEPT, "application/json"));
+        let request = credential.apply(
+            request
+                .timeout(self.timeout)
+                .header(reqwest::header::ACCEPT, "application/json"),
+        );
         let response = request.send().await.map_err(|e| transport_error(operation, e))?;
         let status = response.status();
         if status.is_success() {
@@ -275,7 +308,10 @@ impl KeapApi {
         let code = status.as_u16();
         Err(match code {
             401 => ApiError::Unauthorized { operation },
-            429 => ApiError::RateLimited { operation, retry_after: retry_after(response.headers()) },
+            429 => ApiError::RateLimited {
+                operation,
+                retry_after: retry_after(response.headers()),
+            },
             500..=599 => ApiError::Unavailable {
                 operation,
                 status: Some(code),
@@ -299,12 +335,22 @@ fn transport_error(operation: &'static str, error: reqwest::Error) -> ApiError {
         "request failed"
     };
     // Without the URL: the detail is for logs and must stay short; no header is ever in it.
-    ApiError::Unavailable { operation, status: None, detail: format!("{what}: {}", error.without_url()) }
+    ApiError::Unavailable {
+        operation,
+        status: None,
+        detail: format!("{what}: {}", error.without_url()),
+    }
 }
 
-async fn read_json<T: serde::de::DeserializeOwned>(operation: &'static str, response: reqwest::Response) -> Result<T, ApiError> {
+async fn read_json<T: serde::de::DeserializeOwned>(
+    operation: &'static str,
+    response: reqwest::Response,
+) -> Result<T, ApiError> {
     let bytes = response.bytes().await.map_err(|e| transport_error(operation, e))?;
-    serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol { operation, detail: e.to_string() })
+    serde_json::from_slice(&bytes).map_err(|e| ApiError::Protocol {
+        operation,
+        detail: e.to_string(),
+    })
 }
 
 /// `Retry-After` in seconds (the form Keap uses); an HTTP date or junk counts as absent.
@@ -338,7 +384,8 @@ mod tests {
     #[test]
     fn tag_statuses_read_known_and_unknown_values() {
         let answer: BTreeMap<String, TagApplyStatus> =
-            serde_json::from_str(r#"{"1":"SUCCESS","2":"DUPLICATE","3":"TAG_ID_NOT_FOUND","4":"SOMETHING_NEW"}"#).unwrap();
+            serde_json::from_str(r#"{"1":"SUCCESS","2":"DUPLICATE","3":"TAG_ID_NOT_FOUND","4":"SOMETHING_NEW"}"#)
+                .unwrap();
         assert_eq!(answer["1"], TagApplyStatus::Success);
         assert_eq!(answer["2"], TagApplyStatus::Duplicate);
         assert_eq!(answer["3"], TagApplyStatus::TagIdNotFound);
@@ -352,7 +399,10 @@ mod tests {
         assert_eq!(retry_after(&headers), None);
         headers.insert(reqwest::header::RETRY_AFTER, "7".parse().unwrap());
         assert_eq!(retry_after(&headers), Some(Duration::from_secs(7)));
-        headers.insert(reqwest::header::RETRY_AFTER, "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+        headers.insert(
+            reqwest::header::RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
         assert_eq!(retry_after(&headers), None);
     }
 }

@@ -93,7 +93,12 @@ pub struct OAuthEndpoints {
 impl OAuthEndpoints {
     /// `KEAP_AUTHORIZE_URL`, `KEAP_TOKEN_URL` and `KEAP_HTTP_TIMEOUT_SECONDS`.
     pub fn from_config(config: &Config) -> Result<Self, ConfigError> {
-        let parse = |name, value: &str| Url::parse(value).map_err(|e| ConfigError::Invalid { name, reason: e.to_string() });
+        let parse = |name, value: &str| {
+            Url::parse(value).map_err(|e| ConfigError::Invalid {
+                name,
+                reason: e.to_string(),
+            })
+        };
         Ok(Self {
             authorize_url: parse("KEAP_AUTHORIZE_URL", &config.authorize_url)?,
             token_url: parse("KEAP_TOKEN_URL", &config.token_url)?,
@@ -111,13 +116,26 @@ impl OAuthClient {
         client_secret: SecretString,
         timeout: Duration,
     ) -> Self {
-        Self { http, token_url, authorize_url, client_id, client_secret, timeout }
+        Self {
+            http,
+            token_url,
+            authorize_url,
+            client_id,
+            client_secret,
+            timeout,
+        }
     }
 
     /// The client of `endpoints` with the app secret's `client_id` and `client_secret`.
-    pub fn with_app_secret(http: reqwest::Client, endpoints: &OAuthEndpoints, app_secret: &AppSecret) -> Result<Self, ConfigError> {
+    pub fn with_app_secret(
+        http: reqwest::Client,
+        endpoints: &OAuthEndpoints,
+        app_secret: &AppSecret,
+    ) -> Result<Self, ConfigError> {
         let (Some(client_id), Some(client_secret)) = (&app_secret.client_id, &app_secret.client_secret) else {
-            return Err(ConfigError::AppSecret("oauth mode needs client_id and client_secret in the app secret".into()));
+            return Err(ConfigError::AppSecret(
+                "oauth mode needs client_id and client_secret in the app secret".into(),
+            ));
         };
         Ok(Self::new(
             http,
@@ -160,7 +178,10 @@ impl OAuthClient {
 
     /// Spends `refresh_token` for a new pair (client credentials as HTTP Basic).
     pub async fn refresh(&self, refresh_token: &SecretString) -> Result<TokenGrant, OAuthError> {
-        let form = [("grant_type", "refresh_token"), ("refresh_token", refresh_token.expose_secret())];
+        let form = [
+            ("grant_type", "refresh_token"),
+            ("refresh_token", refresh_token.expose_secret()),
+        ];
         let request = self
             .http
             .post(self.token_url.clone())
@@ -185,13 +206,21 @@ impl OAuthClient {
             .map(str::to_owned);
         let body = match response.bytes().await {
             Ok(body) => body,
-            Err(e) if status.is_success() => return Err(OAuthError::OutcomeUnknown(format!("reading the answer failed: {}", without_url(&e)))),
+            Err(e) if status.is_success() => {
+                return Err(OAuthError::OutcomeUnknown(format!(
+                    "reading the answer failed: {}",
+                    without_url(&e)
+                )));
+            }
             Err(_) => return Err(classify_status(status, retry_after, &[], kind)),
         };
         if !status.is_success() {
             return Err(classify_status(status, retry_after, &body, kind));
         }
-        parse_grant(&body, tenant_header).map_err(|detail| OAuthError::Protocol { status: status.as_u16(), detail })
+        parse_grant(&body, tenant_header).map_err(|detail| OAuthError::Protocol {
+            status: status.as_u16(),
+            detail,
+        })
     }
 }
 
@@ -247,7 +276,10 @@ struct ErrorBody {
 
 fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &[u8], kind: GrantKind) -> OAuthError {
     if status.is_server_error() || status == StatusCode::TOO_MANY_REQUESTS {
-        return OAuthError::Transient { status: status.as_u16(), retry_after };
+        return OAuthError::Transient {
+            status: status.as_u16(),
+            retry_after,
+        };
     }
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
     let (error, description) = parsed
@@ -255,7 +287,11 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &[u8
         .unwrap_or_default();
     match (status, error.as_str()) {
         (_, "invalid_client" | "unauthorized_client") | (StatusCode::UNAUTHORIZED, _) => {
-            OAuthError::InvalidClient(if error.is_empty() { format!("HTTP {}", status.as_u16()) } else { error })
+            OAuthError::InvalidClient(if error.is_empty() {
+                format!("HTTP {}", status.as_u16())
+            } else {
+                error
+            })
         }
         (StatusCode::BAD_REQUEST, "invalid_grant" | "invalid_request") => match kind {
             GrantKind::Refresh => OAuthError::RefreshTokenRejected { error, description },
@@ -263,7 +299,11 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &[u8
         },
         _ => OAuthError::Protocol {
             status: status.as_u16(),
-            detail: if error.is_empty() { "no OAuth error code in the body".into() } else { format!("{error}: {description}") },
+            detail: if error.is_empty() {
+                "no OAuth error code in the body".into()
+            } else {
+                format!("{error}: {description}")
+            },
         },
     }
 }
@@ -296,8 +336,13 @@ struct GrantBody {
 
 fn parse_grant(body: &[u8], tenant_header: Option<String>) -> Result<TokenGrant, String> {
     // serde_json may quote the offending value: report only the error's kind and position.
-    let grant: GrantBody = serde_json::from_slice(body)
-        .map_err(|e| format!("the token answer is not the expected JSON ({:?} error at column {})", e.classify(), e.column()))?;
+    let grant: GrantBody = serde_json::from_slice(body).map_err(|e| {
+        format!(
+            "the token answer is not the expected JSON ({:?} error at column {})",
+            e.classify(),
+            e.column()
+        )
+    })?;
     let refresh_token = grant.refresh_token.ok_or("the token answer has no refresh_token")?;
     let expires_in = match &grant.expires_in {
         Some(serde_json::Value::Number(n)) => n.as_u64(),
@@ -345,21 +390,53 @@ mod tests {
     fn malformed_answers_never_quote_their_content() {
         let error = parse_grant(br#"{"access_token":12345678,"refresh_token":"s3cr3t"}"#, None).unwrap_err();
         assert!(!error.contains("12345678") && !error.contains("s3cr3t"), "{error}");
-        assert!(parse_grant(br#"{"access_token":"a","refresh_token":"r"}"#, None).unwrap_err().contains("expires_in"));
+        assert!(
+            parse_grant(br#"{"access_token":"a","refresh_token":"r"}"#, None)
+                .unwrap_err()
+                .contains("expires_in")
+        );
     }
 
     #[test]
     fn status_codes_are_classified() {
-        let rejected = classify_status(StatusCode::BAD_REQUEST, None, br#"{"error":"invalid_request","error_description":"Invalid Refresh Token"}"#, GrantKind::Refresh);
+        let rejected = classify_status(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":"invalid_request","error_description":"Invalid Refresh Token"}"#,
+            GrantKind::Refresh,
+        );
         assert!(matches!(rejected, OAuthError::RefreshTokenRejected { .. }));
-        let code = classify_status(StatusCode::BAD_REQUEST, None, br#"{"error":"invalid_grant"}"#, GrantKind::Code);
+        let code = classify_status(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":"invalid_grant"}"#,
+            GrantKind::Code,
+        );
         assert!(matches!(code, OAuthError::CodeRejected { .. }));
-        let client = classify_status(StatusCode::BAD_REQUEST, None, br#"{"error":"invalid_client"}"#, GrantKind::Refresh);
+        let client = classify_status(
+            StatusCode::BAD_REQUEST,
+            None,
+            br#"{"error":"invalid_client"}"#,
+            GrantKind::Refresh,
+        );
         assert!(matches!(client, OAuthError::InvalidClient(_)));
-        let throttled = classify_status(StatusCode::TOO_MANY_REQUESTS, Some(Duration::from_secs(7)), b"{}", GrantKind::Refresh);
-        assert!(matches!(throttled, OAuthError::Transient { status: 429, retry_after: Some(d) } if d == Duration::from_secs(7)));
-        assert!(matches!(classify_status(StatusCode::BAD_GATEWAY, None, b"", GrantKind::Refresh), OAuthError::Transient { status: 502, .. }));
-        assert!(matches!(classify_status(StatusCode::FORBIDDEN, None, b"", GrantKind::Refresh), OAuthError::Protocol { status: 403, .. }));
+        let throttled = classify_status(
+            StatusCode::TOO_MANY_REQUESTS,
+            Some(Duration::from_secs(7)),
+            b"{}",
+            GrantKind::Refresh,
+        );
+        assert!(
+            matches!(throttled, OAuthError::Transient { status: 429, retry_after: Some(d) } if d == Duration::from_secs(7))
+        );
+        assert!(matches!(
+            classify_status(StatusCode::BAD_GATEWAY, None, b"", GrantKind::Refresh),
+            OAuthError::Transient { status: 502, .. }
+        ));
+        assert!(matches!(
+            classify_status(StatusCode::FORBIDDEN, None, b"", GrantKind::Refresh),
+            OAuthError::Protocol { status: 403, .. }
+        ));
     }
 
     #[test]

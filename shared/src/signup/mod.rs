@@ -89,7 +89,10 @@ pub enum SignupError {
     NotConnected { reason: String },
     /// Keap (or the token store) failing or throttling beyond the retry budget.
     #[error("Keap unavailable: {detail}")]
-    Unavailable { retry_after: Option<Duration>, detail: String },
+    Unavailable {
+        retry_after: Option<Duration>,
+        detail: String,
+    },
 }
 
 impl SignupError {
@@ -118,9 +121,14 @@ impl From<TokenError> for SignupError {
     fn from(error: TokenError) -> Self {
         match error {
             TokenError::Unavailable { detail, retry_after } => SignupError::Unavailable { retry_after, detail },
-            TokenError::Store(store) => SignupError::Unavailable { retry_after: None, detail: store.to_string() },
+            TokenError::Store(store) => SignupError::Unavailable {
+                retry_after: None,
+                detail: store.to_string(),
+            },
             other @ (TokenError::NotConnected | TokenError::NeedsReauth { .. } | TokenError::Misconfigured(_)) => {
-                SignupError::NotConnected { reason: other.to_string() }
+                SignupError::NotConnected {
+                    reason: other.to_string(),
+                }
             }
         }
     }
@@ -143,9 +151,10 @@ impl From<CallError> for SignupError {
                 detail: format!("Keap refused a just re-read and refreshed access token ({operation})"),
             },
             CallError::Api(ApiError::Rejected { status, message, .. }) => SignupError::Rejected { status, message },
-            CallError::Api(error) => {
-                SignupError::Unavailable { retry_after: error.retry_after(), detail: error.to_string() }
-            }
+            CallError::Api(error) => SignupError::Unavailable {
+                retry_after: error.retry_after(),
+                detail: error.to_string(),
+            },
         }
     }
 }
@@ -200,13 +209,21 @@ pub struct SignupService {
 
 impl std::fmt::Debug for SignupService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("SignupService").field("api", &self.api).field("settings", &self.settings).finish_non_exhaustive()
+        f.debug_struct("SignupService")
+            .field("api", &self.api)
+            .field("settings", &self.settings)
+            .finish_non_exhaustive()
     }
 }
 
 impl SignupService {
     pub fn new(api: KeapApi, credentials: Arc<dyn CredentialSource>, settings: SignupSettings) -> Self {
-        Self { api, credentials, settings, tag_ids: Mutex::new(HashMap::new()) }
+        Self {
+            api,
+            credentials,
+            settings,
+            tag_ids: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Upserts the contact, applies the welcome and requested tags, and sends the welcome
@@ -265,7 +282,12 @@ impl SignupService {
             tags.insert(tag.label(), status.as_str().to_owned());
         }
 
-        let outcome = |welcome_email| SignupOutcome { contact_id: contact.id, created: contact.created, tags: tags.clone(), welcome_email };
+        let outcome = |welcome_email| SignupOutcome {
+            contact_id: contact.id,
+            created: contact.created,
+            tags: tags.clone(),
+            welcome_email,
+        };
         let welcome_email = match &self.settings.welcome_email {
             None => None,
             Some(email) => {
@@ -277,7 +299,11 @@ impl SignupService {
                     (Some(_), Some(TagApplyStatus::Duplicate)) => false,
                     (Some(_), _) => return Ok(outcome(Some(WelcomeEmailOutcome::Skipped))),
                 };
-                Some(if first_time { self.send_welcome(&attempt, email, contact.id).await } else { WelcomeEmailOutcome::AlreadyWelcomed })
+                Some(if first_time {
+                    self.send_welcome(&attempt, email, contact.id).await
+                } else {
+                    WelcomeEmailOutcome::AlreadyWelcomed
+                })
             }
         };
 
@@ -332,7 +358,10 @@ impl SignupService {
                 .await?
             }
         };
-        self.tag_ids.lock().unwrap_or_else(|e| e.into_inner()).insert(name.clone(), id);
+        self.tag_ids
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), id);
         Ok(id)
     }
 
@@ -356,7 +385,11 @@ impl SignupService {
             loop {
                 match op(credential.clone()).await {
                     Err(ApiError::Unauthorized { .. }) if attempt.claim_reauthorization() => {
-                        credential = self.credentials.after_unauthorized(&credential).await.map_err(CallError::Token)?;
+                        credential = self
+                            .credentials
+                            .after_unauthorized(&credential)
+                            .await
+                            .map_err(CallError::Token)?;
                         attempt.replace(credential.clone());
                     }
                     other => return other.map_err(CallError::Api),

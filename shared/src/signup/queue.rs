@@ -37,7 +37,11 @@ impl QueuedSignup {
     /// `first_seen_at` is kept to the second, as the message carries it.
     pub fn new(signup: Signup, first_seen_at: SystemTime) -> Self {
         let seconds = first_seen_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs();
-        Self { id: Uuid::new_v4(), first_seen_at: UNIX_EPOCH + Duration::from_secs(seconds), signup }
+        Self {
+            id: Uuid::new_v4(),
+            first_seen_at: UNIX_EPOCH + Duration::from_secs(seconds),
+            signup,
+        }
     }
 
     /// The message body.
@@ -58,7 +62,10 @@ impl QueuedSignup {
             return Err(InvalidSignup::InvalidJson("expected an object".into()));
         };
         let signup = Signup::from_object(&object)?;
-        let id = object.get("id").and_then(Value::as_str).and_then(|id| Uuid::parse_str(id).ok());
+        let id = object
+            .get("id")
+            .and_then(Value::as_str)
+            .and_then(|id| Uuid::parse_str(id).ok());
         let first_seen_at = object
             .get("first_seen_at")
             .and_then(Value::as_str)
@@ -107,7 +114,10 @@ impl MemoryQueue {
 #[async_trait]
 impl SignupQueue for MemoryQueue {
     async fn enqueue(&self, signup: &QueuedSignup, _delay: Duration) -> Result<(), QueueError> {
-        self.messages.lock().unwrap_or_else(|e| e.into_inner()).push(signup.to_message());
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(signup.to_message());
         Ok(())
     }
 }
@@ -121,7 +131,10 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub fn new(client: aws_sdk_sqs::Client, queue_url: impl Into<String>) -> Self {
-        Self { client, queue_url: queue_url.into() }
+        Self {
+            client,
+            queue_url: queue_url.into(),
+        }
     }
 }
 
@@ -168,6 +181,9 @@ mod tests {
     #[test]
     fn a_bad_message_is_refused_with_the_validation_code() {
         assert_eq!(QueuedSignup::from_message("nope").unwrap_err().code(), "invalid_json");
-        assert_eq!(QueuedSignup::from_message(r#"{"id":"x"}"#).unwrap_err().code(), "missing_email");
+        assert_eq!(
+            QueuedSignup::from_message(r#"{"id":"x"}"#).unwrap_err().code(),
+            "missing_email"
+        );
     }
 }

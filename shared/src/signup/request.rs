@@ -84,7 +84,10 @@ impl InvalidSignup {
 }
 
 fn invalid(field: &'static str, reason: impl Into<String>) -> InvalidSignup {
-    InvalidSignup::InvalidField { field, reason: reason.into() }
+    InvalidSignup::InvalidField {
+        field,
+        reason: reason.into(),
+    }
 }
 
 impl Signup {
@@ -93,7 +96,10 @@ impl Signup {
         let value: Value = serde_json::from_slice(body).map_err(|e| InvalidSignup::InvalidJson(e.to_string()))?;
         match value {
             Value::Object(object) => Signup::from_object(&object),
-            other => Err(InvalidSignup::InvalidJson(format!("expected an object, found {}", kind(&other)))),
+            other => Err(InvalidSignup::InvalidJson(format!(
+                "expected an object, found {}",
+                kind(&other)
+            ))),
         }
     }
 
@@ -106,7 +112,12 @@ impl Signup {
             opt_in: match present(object, "opt_in") {
                 None => false,
                 Some(Value::Bool(flag)) => *flag,
-                Some(other) => return Err(invalid("opt_in", format!("must be true or false, found {}", kind(other)))),
+                Some(other) => {
+                    return Err(invalid(
+                        "opt_in",
+                        format!("must be true or false, found {}", kind(other)),
+                    ));
+                }
             },
             tags: tags(present(object, "tags"))?,
             source: optional_text(object, "source", MAX_TEXT_CHARS)?,
@@ -142,7 +153,10 @@ fn email(value: &Value) -> Result<String, InvalidSignup> {
         return Err(InvalidSignup::InvalidEmail);
     }
     // A bare address with a dotted domain: no display name, no `user@localhost`, no `[1.2.3.4]`.
-    let options = Options::default().without_display_text().with_required_tld().without_domain_literal();
+    let options = Options::default()
+        .without_display_text()
+        .with_required_tld()
+        .without_domain_literal();
     EmailAddress::parse_with_options(text, options).map_err(|_| InvalidSignup::InvalidEmail)?;
     Ok(text.to_owned())
 }
@@ -162,7 +176,11 @@ fn text(field: &'static str, value: &Value, max_chars: usize) -> Result<Option<S
     Ok((!text.is_empty()).then(|| text.to_owned()))
 }
 
-fn optional_text(object: &Map<String, Value>, field: &'static str, max_chars: usize) -> Result<Option<String>, InvalidSignup> {
+fn optional_text(
+    object: &Map<String, Value>,
+    field: &'static str,
+    max_chars: usize,
+) -> Result<Option<String>, InvalidSignup> {
     present(object, field).map_or(Ok(None), |value| text(field, value, max_chars))
 }
 
@@ -180,13 +198,23 @@ fn tags(value: Option<&Value>) -> Result<Vec<TagRef>, InvalidSignup> {
         let tag = match item {
             Value::Number(number) => match number.as_i64() {
                 Some(id) if id > 0 => TagRef::Id(id),
-                _ => return Err(invalid("tags", format!("holds {number}, which is not a tag id (a positive integer)"))),
+                _ => {
+                    return Err(invalid(
+                        "tags",
+                        format!("holds {number}, which is not a tag id (a positive integer)"),
+                    ));
+                }
             },
             Value::String(_) => match text("tags", item, MAX_TEXT_CHARS)? {
                 Some(name) => TagRef::parse(&name),
                 None => return Err(invalid("tags", "holds an empty tag name")),
             },
-            other => return Err(invalid("tags", format!("must hold tag ids or names, found {}", kind(other)))),
+            other => {
+                return Err(invalid(
+                    "tags",
+                    format!("must hold tag ids or names, found {}", kind(other)),
+                ));
+            }
         };
         if !tags.contains(&tag) {
             tags.push(tag);
@@ -248,7 +276,16 @@ mod tests {
         assert_eq!(code(r#"{"email":null}"#), "missing_email");
         assert_eq!(code(r#"{"email":"   "}"#), "missing_email");
         assert_eq!(code(r#"{"email":42}"#), "invalid_field");
-        for email in ["plainaddress", "a@", "@example.com", "a@localhost", "Ann <a@example.com>", "a@[127.0.0.1]", "a b@example.com", "a@example.com\\n"] {
+        for email in [
+            "plainaddress",
+            "a@",
+            "@example.com",
+            "a@localhost",
+            "Ann <a@example.com>",
+            "a@[127.0.0.1]",
+            "a b@example.com",
+            "a@example.com\\n",
+        ] {
             let body = serde_json::json!({ "email": email }).to_string();
             assert_eq!(code(&body), "invalid_email", "{email}");
         }
@@ -260,7 +297,12 @@ mod tests {
 
     #[test]
     fn exotic_but_valid_addresses_pass() {
-        for email in ["first.last+tag@sub.example.co.uk", "o'brien@example.ie", "user_name-1@xn--bcher-kva.example", "\"quoted local\"@example.com"] {
+        for email in [
+            "first.last+tag@sub.example.co.uk",
+            "o'brien@example.ie",
+            "user_name-1@xn--bcher-kva.example",
+            "\"quoted local\"@example.com",
+        ] {
             let body = serde_json::json!({ "email": email }).to_string();
             assert_eq!(parse(&body).unwrap().email, email);
         }
@@ -271,13 +313,25 @@ mod tests {
         let signup = parse(r#"{"email":"a@example.com","given_name":"Zoë 😀 Ōtani","family_name":"  "}"#).unwrap();
         assert_eq!(signup.given_name.as_deref(), Some("Zoë 😀 Ōtani"));
         assert_eq!(signup.family_name, None);
-        assert_eq!(code(r#"{"email":"a@example.com","given_name":"Ann\nLee"}"#), "invalid_field");
-        assert_eq!(code(r#"{"email":"a@example.com","family_name":"x\u0000"}"#), "invalid_field");
+        assert_eq!(
+            code(r#"{"email":"a@example.com","given_name":"Ann\nLee"}"#),
+            "invalid_field"
+        );
+        assert_eq!(
+            code(r#"{"email":"a@example.com","family_name":"x\u0000"}"#),
+            "invalid_field"
+        );
         let at_limit = serde_json::json!({ "email": "a@example.com", "given_name": "é".repeat(40) }).to_string();
-        assert_eq!(parse(&at_limit).unwrap().given_name.map(|n| n.chars().count()), Some(40));
+        assert_eq!(
+            parse(&at_limit).unwrap().given_name.map(|n| n.chars().count()),
+            Some(40)
+        );
         let long = serde_json::json!({ "email": "a@example.com", "given_name": "é".repeat(41) }).to_string();
         assert_eq!(code(&long), "invalid_field");
-        assert_eq!(code(r#"{"email":"a@example.com","given_name":["Ann"]}"#), "invalid_field");
+        assert_eq!(
+            code(r#"{"email":"a@example.com","given_name":["Ann"]}"#),
+            "invalid_field"
+        );
     }
 
     #[test]
@@ -294,12 +348,16 @@ mod tests {
             assert_eq!(code(body), "invalid_field", "{body}");
         }
         let many: Vec<String> = (0..=MAX_TAGS).map(|i| format!("t{i}")).collect();
-        assert_eq!(code(&serde_json::json!({ "email": "a@example.com", "tags": many }).to_string()), "invalid_field");
+        assert_eq!(
+            code(&serde_json::json!({ "email": "a@example.com", "tags": many }).to_string()),
+            "invalid_field"
+        );
     }
 
     #[test]
     fn a_validated_signup_round_trips_through_json() {
-        let signup = parse(r#"{"email":"a@example.com","given_name":"Ann","opt_in":true,"tags":["vip",7,"8"]}"#).unwrap();
+        let signup =
+            parse(r#"{"email":"a@example.com","given_name":"Ann","opt_in":true,"tags":["vip",7,"8"]}"#).unwrap();
         let again = Signup::from_json(serde_json::to_string(&signup).unwrap().as_bytes()).unwrap();
         assert_eq!(again, signup);
     }

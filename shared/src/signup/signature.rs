@@ -40,7 +40,8 @@ impl SignatureError {
 }
 
 fn mac(key: &SecretString, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
-    let mut mac = Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
+    let mut mac =
+        Hmac::<Sha256>::new_from_slice(key.expose_secret().as_bytes()).expect("HMAC takes keys of any length");
     mac.update(timestamp.to_string().as_bytes());
     mac.update(b".");
     mac.update(body);
@@ -49,7 +50,10 @@ fn mac(key: &SecretString, timestamp: i64, body: &[u8]) -> Hmac<Sha256> {
 
 /// The header value that signs `body` at `timestamp` (unix seconds) with `key`.
 pub fn sign(key: &SecretString, timestamp: i64, body: &[u8]) -> String {
-    format!("t={timestamp},v1={}", hex::encode(mac(key, timestamp, body).finalize().into_bytes()))
+    format!(
+        "t={timestamp},v1={}",
+        hex::encode(mac(key, timestamp, body).finalize().into_bytes())
+    )
 }
 
 /// Unix seconds of `time` (negative before 1970).
@@ -88,7 +92,10 @@ fn parse(header: &str) -> Result<Parsed<'_>, SignatureError> {
 
 /// Checks `header` against `body`, with `now` as the reference time.
 pub fn verify(key: &SecretString, header: Option<&str>, body: &[u8], now: SystemTime) -> Result<(), SignatureError> {
-    let header = header.map(str::trim).filter(|h| !h.is_empty()).ok_or(SignatureError::Missing)?;
+    let header = header
+        .map(str::trim)
+        .filter(|h| !h.is_empty())
+        .ok_or(SignatureError::Missing)?;
     let parsed = parse(header)?;
     let age = unix_seconds(now).saturating_sub(parsed.timestamp).unsigned_abs();
     if age > TOLERANCE.as_secs() {
@@ -130,7 +137,10 @@ mod tests {
         let mut mac = Hmac::<Sha256>::new_from_slice(b"test-signing-key").unwrap();
         mac.update(format!("{NOW}.").as_bytes());
         mac.update(BODY);
-        assert_eq!(header, format!("t={NOW},v1={}", hex::encode(mac.finalize().into_bytes())));
+        assert_eq!(
+            header,
+            format!("t={NOW},v1={}", hex::encode(mac.finalize().into_bytes()))
+        );
     }
 
     #[test]
@@ -138,16 +148,28 @@ mod tests {
         let header = sign(&key(), NOW, BODY);
         assert_eq!(verify(&key(), Some(&header), BODY, at(NOW + 300)), Ok(()));
         assert_eq!(verify(&key(), Some(&header), BODY, at(NOW - 300)), Ok(()));
-        assert_eq!(verify(&key(), Some(&header), BODY, at(NOW + 301)), Err(SignatureError::Expired));
-        assert_eq!(verify(&key(), Some(&header), BODY, at(NOW - 301)), Err(SignatureError::Expired));
+        assert_eq!(
+            verify(&key(), Some(&header), BODY, at(NOW + 301)),
+            Err(SignatureError::Expired)
+        );
+        assert_eq!(
+            verify(&key(), Some(&header), BODY, at(NOW - 301)),
+            Err(SignatureError::Expired)
+        );
     }
 
     #[test]
     fn another_body_or_key_does_not_verify() {
         let header = sign(&key(), NOW, BODY);
-        assert_eq!(verify(&key(), Some(&header), b"{}", at(NOW)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&key(), Some(&header), b"{}", at(NOW)),
+            Err(SignatureError::Mismatch)
+        );
         let other = SecretString::from("other-key");
-        assert_eq!(verify(&other, Some(&header), BODY, at(NOW)), Err(SignatureError::Mismatch));
+        assert_eq!(
+            verify(&other, Some(&header), BODY, at(NOW)),
+            Err(SignatureError::Mismatch)
+        );
     }
 
     #[test]
@@ -162,8 +184,18 @@ mod tests {
     fn malformed_headers_are_told_apart_from_missing_ones() {
         assert_eq!(verify(&key(), None, BODY, at(NOW)), Err(SignatureError::Missing));
         assert_eq!(verify(&key(), Some("  "), BODY, at(NOW)), Err(SignatureError::Missing));
-        for header in ["garbage", "t=abc,v1=00", "v1=00", &format!("t={NOW}"), &format!("t={NOW},t={NOW},v1=00")] {
-            assert_eq!(verify(&key(), Some(header), BODY, at(NOW)), Err(SignatureError::Malformed), "{header}");
+        for header in [
+            "garbage",
+            "t=abc,v1=00",
+            "v1=00",
+            &format!("t={NOW}"),
+            &format!("t={NOW},t={NOW},v1=00"),
+        ] {
+            assert_eq!(
+                verify(&key(), Some(header), BODY, at(NOW)),
+                Err(SignatureError::Malformed),
+                "{header}"
+            );
         }
     }
 }

@@ -39,7 +39,11 @@ pub struct CountingStore {
 
 impl CountingStore {
     pub fn new(inner: Arc<dyn SecretStore>) -> Self {
-        Self { inner, calls: Default::default(), created: AtomicU64::new(0) }
+        Self {
+            inner,
+            calls: Default::default(),
+            created: AtomicU64::new(0),
+        }
     }
 
     pub fn counts(&self) -> StoreCounts {
@@ -77,7 +81,12 @@ impl SecretStore for CountingStore {
         self.inner.read_version(secret_id, version_id).await
     }
 
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         self.count(StoreOp::Put);
         let outcome = self.inner.put_version(secret_id, version_id, value).await;
         if matches!(outcome, Ok(PutOutcome::Created)) {

@@ -74,10 +74,12 @@ impl FileStore {
         op: StoreOp,
         work: impl FnOnce() -> Result<T, StoreError> + Send + 'static,
     ) -> Result<T, StoreError> {
-        tokio::task::spawn_blocking(work).await.map_err(|e| StoreError::Transient {
-            operation: op.name(),
-            detail: format!("file store worker failed: {e}"),
-        })?
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| StoreError::Transient {
+                operation: op.name(),
+                detail: format!("file store worker failed: {e}"),
+            })?
     }
 }
 
@@ -99,16 +101,24 @@ fn encode_secret_id(secret_id: &str) -> String {
 fn check_version_id(op: StoreOp, version_id: &str) -> Result<(), StoreError> {
     let valid = !version_id.is_empty()
         && version_id.len() <= 64
-        && version_id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+        && version_id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if valid {
         Ok(())
     } else {
-        Err(StoreError::Permanent { operation: op.name(), detail: format!("invalid version id {version_id:?}") })
+        Err(StoreError::Permanent {
+            operation: op.name(),
+            detail: format!("invalid version id {version_id:?}"),
+        })
     }
 }
 
 fn io_error(op: StoreOp, path: &Path, error: io::Error) -> StoreError {
-    StoreError::Transient { operation: op.name(), detail: format!("{}: {error}", path.display()) }
+    StoreError::Transient {
+        operation: op.name(),
+        detail: format!("{}: {error}", path.display()),
+    }
 }
 
 fn read_optional(path: &Path) -> io::Result<Option<String>> {
@@ -193,7 +203,9 @@ impl SecretFiles {
 
     /// The current version; `None` also when `current` names a version file that is missing.
     fn read_current(&self) -> io::Result<Option<StoredVersion>> {
-        let Some(id) = read_optional(&self.current())? else { return Ok(None) };
+        let Some(id) = read_optional(&self.current())? else {
+            return Ok(None);
+        };
         let id = id.trim().to_owned();
         self.read_version(&id)
     }
@@ -201,20 +213,29 @@ impl SecretFiles {
     /// Whether `current` names a version that exists (see the module docs on an unfinished
     /// first write).
     fn has_current(&self) -> io::Result<bool> {
-        let Some(id) = read_optional(&self.current())? else { return Ok(false) };
+        let Some(id) = read_optional(&self.current())? else {
+            return Ok(false);
+        };
         let id = id.trim();
         Ok(check_version_id(StoreOp::ReadCurrent, id).is_ok() && self.version(id).is_file())
     }
 
     fn read_version(&self, version_id: &str) -> io::Result<Option<StoredVersion>> {
-        Ok(read_optional(&self.version(version_id))?
-            .map(|value| StoredVersion { version_id: version_id.to_owned(), value: SecretString::from(value) }))
+        Ok(read_optional(&self.version(version_id))?.map(|value| StoredVersion {
+            version_id: version_id.to_owned(),
+            value: SecretString::from(value),
+        }))
     }
 
     /// Takes the secret's exclusive lock (blocking); released when the file is dropped.
     fn lock(&self) -> io::Result<File> {
         create_private_dirs(&self.dir.join("versions"))?;
-        let file = private_file().read(true).write(true).create(true).truncate(false).open(self.dir.join("lock"))?;
+        let file = private_file()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(self.dir.join("lock"))?;
         file.lock()?;
         Ok(file)
     }
@@ -223,26 +244,41 @@ impl SecretFiles {
 #[async_trait]
 impl SecretStore for FileStore {
     async fn read_current(&self, secret_id: &str) -> Result<Option<StoredVersion>, StoreError> {
-        let files = SecretFiles { dir: self.secret_dir(secret_id) };
+        let files = SecretFiles {
+            dir: self.secret_dir(secret_id),
+        };
         self.blocking(StoreOp::ReadCurrent, move || {
-            files.read_current().map_err(|e| io_error(StoreOp::ReadCurrent, &files.dir, e))
+            files
+                .read_current()
+                .map_err(|e| io_error(StoreOp::ReadCurrent, &files.dir, e))
         })
         .await
     }
 
     async fn read_version(&self, secret_id: &str, version_id: &str) -> Result<Option<StoredVersion>, StoreError> {
         check_version_id(StoreOp::ReadVersion, version_id)?;
-        let files = SecretFiles { dir: self.secret_dir(secret_id) };
+        let files = SecretFiles {
+            dir: self.secret_dir(secret_id),
+        };
         let version_id = version_id.to_owned();
         self.blocking(StoreOp::ReadVersion, move || {
-            files.read_version(&version_id).map_err(|e| io_error(StoreOp::ReadVersion, &files.dir, e))
+            files
+                .read_version(&version_id)
+                .map_err(|e| io_error(StoreOp::ReadVersion, &files.dir, e))
         })
         .await
     }
 
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         check_version_id(StoreOp::Put, version_id)?;
-        let files = SecretFiles { dir: self.secret_dir(secret_id) };
+        let files = SecretFiles {
+            dir: self.secret_dir(secret_id),
+        };
         let version_id = version_id.to_owned();
         let value = value.clone();
         self.blocking(StoreOp::Put, move || {
@@ -270,7 +306,9 @@ impl SecretStore for FileStore {
 
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
         check_version_id(StoreOp::Swap, to)?;
-        let files = SecretFiles { dir: self.secret_dir(secret_id) };
+        let files = SecretFiles {
+            dir: self.secret_dir(secret_id),
+        };
         let (from, to, secret_id) = (from.to_owned(), to.to_owned(), secret_id.to_owned());
         self.blocking(StoreOp::Swap, move || {
             if !files.dir.exists() {

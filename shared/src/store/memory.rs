@@ -42,7 +42,11 @@ pub struct VersionQuota {
 impl VersionQuota {
     /// AWS's numbers: about 100 versions younger than 24 h.
     pub fn aws(clock: Arc<dyn crate::token::Clock>) -> Self {
-        Self { clock, limit: 100, window: Duration::from_secs(24 * 3600) }
+        Self {
+            clock,
+            limit: 100,
+            window: Duration::from_secs(24 * 3600),
+        }
     }
 }
 
@@ -78,18 +82,29 @@ impl MemoryStore {
 
     /// Versions of a secret created at or after `since` (by the quota's clock).
     pub fn versions_since(&self, secret_id: &str, since: SystemTime) -> usize {
-        self.lock().secrets.get(secret_id).map_or(0, |s| s.created_at.iter().filter(|at| **at >= since).count())
+        self.lock()
+            .secrets
+            .get(secret_id)
+            .map_or(0, |s| s.created_at.iter().filter(|at| **at >= since).count())
     }
 
     /// The next `times` calls of `op` (on any secret) fail with [`StoreError::Transient`].
     pub fn fail_next(&self, op: StoreOp, times: usize, point: FaultPoint) {
         let mut inner = self.lock();
-        inner.faults.entry(op).or_default().extend(std::iter::repeat_n(point, times));
+        inner
+            .faults
+            .entry(op)
+            .or_default()
+            .extend(std::iter::repeat_n(point, times));
     }
 
     /// Version ids of a secret in the order they were created.
     pub fn versions(&self, secret_id: &str) -> Vec<String> {
-        self.lock().secrets.get(secret_id).map(|s| s.created.clone()).unwrap_or_default()
+        self.lock()
+            .secrets
+            .get(secret_id)
+            .map(|s| s.created.clone())
+            .unwrap_or_default()
     }
 
     pub fn current_version_id(&self, secret_id: &str) -> Option<String> {
@@ -111,10 +126,20 @@ impl MemoryStore {
     }
 
     /// Runs `apply` under the lock with the fault hooks of `op` honoured.
-    fn with_faults<T>(&self, op: StoreOp, apply: impl FnOnce(&mut Inner) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with_faults<T>(
+        &self,
+        op: StoreOp,
+        apply: impl FnOnce(&mut Inner) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let mut inner = self.lock();
-        let fault = inner.faults.get_mut(&op).and_then(|queue| (!queue.is_empty()).then(|| queue.remove(0)));
-        let transient = |point: &str| StoreError::Transient { operation: op.name(), detail: format!("injected fault ({point})") };
+        let fault = inner
+            .faults
+            .get_mut(&op)
+            .and_then(|queue| (!queue.is_empty()).then(|| queue.remove(0)));
+        let transient = |point: &str| StoreError::Transient {
+            operation: op.name(),
+            detail: format!("injected fault ({point})"),
+        };
         match fault {
             Some(FaultPoint::BeforeApply) => Err(transient("before apply")),
             Some(FaultPoint::AfterApply) => {
@@ -127,7 +152,10 @@ impl MemoryStore {
 }
 
 fn version(version_id: &str, value: &str) -> StoredVersion {
-    StoredVersion { version_id: version_id.to_owned(), value: SecretString::from(value.to_owned()) }
+    StoredVersion {
+        version_id: version_id.to_owned(),
+        value: SecretString::from(value.to_owned()),
+    }
 }
 
 #[async_trait]
@@ -151,25 +179,46 @@ impl SecretStore for MemoryStore {
         })
     }
 
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         self.with_faults(StoreOp::Put, |inner| {
-            let now = inner.quota.as_ref().map_or_else(SystemTime::now, |quota| quota.clock.now());
+            let now = inner
+                .quota
+                .as_ref()
+                .map_or_else(SystemTime::now, |quota| quota.clock.now());
             let quota = inner.quota.clone();
             let secret = inner.secrets.entry(secret_id.to_owned()).or_default();
             if let Some(existing) = secret.values.get(version_id) {
-                return Ok(if existing == value.expose_secret() { PutOutcome::AlreadyExists } else { PutOutcome::Conflict });
+                return Ok(if existing == value.expose_secret() {
+                    PutOutcome::AlreadyExists
+                } else {
+                    PutOutcome::Conflict
+                });
             }
             if let Some(quota) = quota {
-                let young = secret.created_at.iter().filter(|at| now.duration_since(**at).unwrap_or_default() < quota.window).count();
+                let young = secret
+                    .created_at
+                    .iter()
+                    .filter(|at| now.duration_since(**at).unwrap_or_default() < quota.window)
+                    .count();
                 if young >= quota.limit {
                     inner.quota_refusals += 1;
                     return Err(StoreError::QuotaExceeded {
                         operation: StoreOp::Put.name(),
-                        detail: format!("LimitExceededException: {young} versions younger than {:?}", quota.window),
+                        detail: format!(
+                            "LimitExceededException: {young} versions younger than {:?}",
+                            quota.window
+                        ),
                     });
                 }
             }
-            secret.values.insert(version_id.to_owned(), value.expose_secret().to_owned());
+            secret
+                .values
+                .insert(version_id.to_owned(), value.expose_secret().to_owned());
             secret.created.push(version_id.to_owned());
             secret.created_at.push(now);
             if secret.current.is_none() {
@@ -181,12 +230,14 @@ impl SecretStore for MemoryStore {
 
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
         self.with_faults(StoreOp::Swap, |inner| {
-            let secret = inner
-                .secrets
-                .get_mut(secret_id)
-                .ok_or_else(|| StoreError::NotFound { secret_id: secret_id.to_owned() })?;
+            let secret = inner.secrets.get_mut(secret_id).ok_or_else(|| StoreError::NotFound {
+                secret_id: secret_id.to_owned(),
+            })?;
             if !secret.values.contains_key(to) {
-                return Err(StoreError::Permanent { operation: "swap_current", detail: format!("version {to} does not exist") });
+                return Err(StoreError::Permanent {
+                    operation: "swap_current",
+                    detail: format!("version {to} does not exist"),
+                });
             }
             if secret.current.as_deref() != Some(from) {
                 return Ok(SwapOutcome::Stale);

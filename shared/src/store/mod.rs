@@ -16,12 +16,10 @@ pub mod file;
 pub mod memory;
 pub mod secrets_manager;
 
-
 use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::config::{AppSecret, ConfigError};
-
 
 /// One version of a secret.
 #[derive(Debug, Clone)]
@@ -85,7 +83,12 @@ pub trait SecretStore: Send + Sync + std::fmt::Debug {
 
     /// Creates `version_id` with `value` without moving `current`. When the secret has no
     /// current version at all, the new version becomes current (the first write).
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError>;
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError>;
 
     /// Moves `current` from `from` to `to` (compare-and-swap).
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError>;
@@ -115,7 +118,9 @@ impl StoreOp {
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppSecretError {
-    #[error("the app secret {secret_id} does not exist or has no value; create it with the fields client_id, client_secret (oauth mode) or api_key (api-key mode)")]
+    #[error(
+        "the app secret {secret_id} does not exist or has no value; create it with the fields client_id, client_secret (oauth mode) or api_key (api-key mode)"
+    )]
     Missing { secret_id: String },
     #[error("the app secret {secret_id} is not valid: {reason}")]
     Invalid { secret_id: String, reason: String },
@@ -129,10 +134,17 @@ pub async fn load_app_secret(store: &dyn SecretStore, secret_id: &str) -> Result
     let current = match store.read_current(secret_id).await {
         Ok(current) => current,
         Err(StoreError::NotFound { .. }) => None,
-        Err(source) => return Err(AppSecretError::Store { secret_id: secret_id.into(), source }),
+        Err(source) => {
+            return Err(AppSecretError::Store {
+                secret_id: secret_id.into(),
+                source,
+            });
+        }
     };
     let Some(version) = current else {
-        return Err(AppSecretError::Missing { secret_id: secret_id.into() });
+        return Err(AppSecretError::Missing {
+            secret_id: secret_id.into(),
+        });
     };
     AppSecret::from_json(version.value.expose_secret()).map_err(|error| AppSecretError::Invalid {
         secret_id: secret_id.into(),

@@ -16,6 +16,7 @@
 
 use std::time::Duration;
 
+use async_trait::async_trait;
 use aws_sdk_secretsmanager::Client;
 use aws_sdk_secretsmanager::config::http::HttpResponse;
 use aws_sdk_secretsmanager::config::interceptors::InterceptorContext;
@@ -26,7 +27,6 @@ use aws_sdk_secretsmanager::operation::create_secret::CreateSecretError;
 use aws_sdk_secretsmanager::operation::get_secret_value::GetSecretValueError;
 use aws_sdk_secretsmanager::operation::put_secret_value::PutSecretValueError;
 use aws_sdk_secretsmanager::operation::update_secret_version_stage::UpdateSecretVersionStageError;
-use async_trait::async_trait;
 use secrecy::{ExposeSecret, SecretString};
 
 use super::{PutOutcome, SecretStore, StoreError, StoreOp, StoredVersion, SwapOutcome};
@@ -83,14 +83,26 @@ pub struct NoRetryOnQuota;
 
 impl ClassifyRetry for NoRetryOnQuota {
     fn classify_retry(&self, ctx: &InterceptorContext) -> RetryAction {
-        let Some(Err(error)) = ctx.output_or_error() else { return RetryAction::NoActionIndicated };
-        let Some(error) = error.as_operation_error() else { return RetryAction::NoActionIndicated };
+        let Some(Err(error)) = ctx.output_or_error() else {
+            return RetryAction::NoActionIndicated;
+        };
+        let Some(error) = error.as_operation_error() else {
+            return RetryAction::NoActionIndicated;
+        };
         let code = None
             .or_else(|| error.downcast_ref::<PutSecretValueError>().and_then(|e| e.code()))
             .or_else(|| error.downcast_ref::<CreateSecretError>().and_then(|e| e.code()))
-            .or_else(|| error.downcast_ref::<UpdateSecretVersionStageError>().and_then(|e| e.code()))
+            .or_else(|| {
+                error
+                    .downcast_ref::<UpdateSecretVersionStageError>()
+                    .and_then(|e| e.code())
+            })
             .or_else(|| error.downcast_ref::<GetSecretValueError>().and_then(|e| e.code()));
-        if code == Some(QUOTA_CODE) { RetryAction::RetryForbidden } else { RetryAction::NoActionIndicated }
+        if code == Some(QUOTA_CODE) {
+            RetryAction::RetryForbidden
+        } else {
+            RetryAction::NoActionIndicated
+        }
     }
 
     fn name(&self) -> &'static str {
@@ -124,7 +136,12 @@ fn classify<E>(op: StoreOp, error: SdkError<E, HttpResponse>) -> Failure
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let transient = |detail: String| Failure::Error(StoreError::Transient { operation: op.name(), detail });
+    let transient = |detail: String| {
+        Failure::Error(StoreError::Transient {
+            operation: op.name(),
+            detail,
+        })
+    };
     match &error {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
             transient(DisplayErrorContext(&error).to_string())
@@ -136,28 +153,42 @@ where
                 return transient(DisplayErrorContext(&error).to_string());
             }
             match code.as_str() {
-                "ThrottlingException" | "InternalServiceError" | "InternalServiceErrorException"
-                | "ServiceUnavailable" | "RequestTimeout" | "RequestTimeoutException" => {
-                    transient(DisplayErrorContext(&error).to_string())
-                }
+                "ThrottlingException"
+                | "InternalServiceError"
+                | "InternalServiceErrorException"
+                | "ServiceUnavailable"
+                | "RequestTimeout"
+                | "RequestTimeoutException" => transient(DisplayErrorContext(&error).to_string()),
                 // The version quota (PutSecretValue, CreateSecret): nothing is written until
                 // versions age out, so neither transient nor a plain refusal.
-                QUOTA_CODE => {
-                    Failure::Error(StoreError::QuotaExceeded { operation: op.name(), detail: DisplayErrorContext(&error).to_string() })
-                }
+                QUOTA_CODE => Failure::Error(StoreError::QuotaExceeded {
+                    operation: op.name(),
+                    detail: DisplayErrorContext(&error).to_string(),
+                }),
                 _ => Failure::Service(code),
             }
         }
-        _ => Failure::Error(StoreError::Permanent { operation: op.name(), detail: DisplayErrorContext(&error).to_string() }),
+        _ => Failure::Error(StoreError::Permanent {
+            operation: op.name(),
+            detail: DisplayErrorContext(&error).to_string(),
+        }),
     }
 }
 
 fn unexpected(op: StoreOp, code: &str) -> StoreError {
-    StoreError::Permanent { operation: op.name(), detail: format!("Secrets Manager answered {code}") }
+    StoreError::Permanent {
+        operation: op.name(),
+        detail: format!("Secrets Manager answered {code}"),
+    }
 }
 
 impl SecretsManagerStore {
-    async fn get(&self, op: StoreOp, secret_id: &str, version_id: Option<&str>) -> Result<Option<StoredVersion>, StoreError> {
+    async fn get(
+        &self,
+        op: StoreOp,
+        secret_id: &str,
+        version_id: Option<&str>,
+    ) -> Result<Option<StoredVersion>, StoreError> {
         let request = self.client.get_secret_value().secret_id(secret_id);
         let request = match version_id {
             Some(id) => request.version_id(id),
@@ -173,7 +204,10 @@ impl SecretsManagerStore {
                     operation: op.name(),
                     detail: "Secrets Manager returned no version id".into(),
                 })?;
-                Ok(Some(StoredVersion { version_id: version_id.to_owned(), value: SecretString::from(value.to_owned()) }))
+                Ok(Some(StoredVersion {
+                    version_id: version_id.to_owned(),
+                    value: SecretString::from(value.to_owned()),
+                }))
             }
             Err(error) => match classify(op, error) {
                 Failure::Service(code) if code == "ResourceNotFoundException" => Ok(None),
@@ -214,7 +248,12 @@ impl SecretStore for SecretsManagerStore {
         self.get(StoreOp::ReadVersion, secret_id, Some(version_id)).await
     }
 
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         // At most: put, create (secret missing), put again (created meanwhile by someone else).
         for _ in 0..2 {
             let put = self
@@ -264,9 +303,9 @@ impl SecretStore for SecretsManagerStore {
                 Failure::Service(code) if code == "InvalidParameterException" || code == "InvalidRequestException" => {
                     Ok(SwapOutcome::Stale)
                 }
-                Failure::Service(code) if code == "ResourceNotFoundException" => {
-                    Err(StoreError::NotFound { secret_id: secret_id.to_owned() })
-                }
+                Failure::Service(code) if code == "ResourceNotFoundException" => Err(StoreError::NotFound {
+                    secret_id: secret_id.to_owned(),
+                }),
                 Failure::Service(code) => Err(unexpected(StoreOp::Swap, &code)),
                 Failure::Error(error) => Err(error),
             },
@@ -297,7 +336,8 @@ mod tests {
     }
 
     const QUOTA_BODY: &str = r#"{"__type":"LimitExceededException","message":"You have exceeded the maximum number of secret versions for this secret."}"#;
-    const NOT_FOUND_BODY: &str = r#"{"__type":"ResourceNotFoundException","message":"Secrets Manager can't find the specified secret."}"#;
+    const NOT_FOUND_BODY: &str =
+        r#"{"__type":"ResourceNotFoundException","message":"Secrets Manager can't find the specified secret."}"#;
 
     /// A server on 127.0.0.1 answering with `answer`; returns the store over it and the operations it saw.
     async fn store_over(answer: fn(&str) -> Answer) -> (SecretsManagerStore, Arc<Mutex<Vec<String>>>) {
@@ -313,7 +353,9 @@ mod tests {
         let aws = aws_config::SdkConfig::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
-            .credentials_provider(SharedCredentialsProvider::new(Credentials::new("test", "test", None, None, "test")))
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                "test", "test", None, None, "test",
+            )))
             .endpoint_url(endpoint)
             .build();
         (SecretsManagerStore::new(Client::from_conf(client_config(&aws))), seen)
@@ -349,7 +391,11 @@ mod tests {
         let head = String::from_utf8_lossy(&request[..head_len]).to_string();
         let target = head
             .lines()
-            .find_map(|line| line.to_ascii_lowercase().starts_with("x-amz-target:").then(|| line[13..].trim().to_owned()))
+            .find_map(|line| {
+                line.to_ascii_lowercase()
+                    .starts_with("x-amz-target:")
+                    .then(|| line[13..].trim().to_owned())
+            })
             .unwrap_or_default();
         let operation = target.rsplit('.').next().unwrap_or_default().to_owned();
         seen.lock().unwrap().push(operation.clone());
@@ -374,7 +420,9 @@ mod tests {
 
     #[test]
     fn the_client_has_the_documented_bounds() {
-        let aws = aws_config::SdkConfig::builder().behavior_version(BehaviorVersion::latest()).build();
+        let aws = aws_config::SdkConfig::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .build();
         let config = client_config(&aws);
         let timeouts = config.timeout_config().expect("timeouts set");
         assert_eq!(timeouts.connect_timeout(), Some(CONNECT_TIMEOUT));
@@ -382,7 +430,10 @@ mod tests {
         assert_eq!(timeouts.operation_timeout(), Some(OPERATION_TIMEOUT));
         let retries = config.retry_config().expect("retries set");
         assert_eq!(retries.max_attempts(), MAX_ATTEMPTS);
-        assert_eq!(retries.mode(), aws_sdk_secretsmanager::config::retry::RetryMode::Standard);
+        assert_eq!(
+            retries.mode(),
+            aws_sdk_secretsmanager::config::retry::RetryMode::Standard
+        );
         assert!(config.retry_classifiers().any(|c| c.name() == NoRetryOnQuota.name()));
         assert!(ATTEMPT_TIMEOUT <= OPERATION_TIMEOUT && CONNECT_TIMEOUT <= ATTEMPT_TIMEOUT);
     }
@@ -390,21 +441,35 @@ mod tests {
     #[test]
     fn the_sdk_bound_acts_before_the_token_codes_own() {
         let settings = crate::token::TokenSettings::default();
-        assert!(OPERATION_TIMEOUT < settings.store_call_timeout, "{OPERATION_TIMEOUT:?} vs {:?}", settings.store_call_timeout);
-        assert!(OPERATION_TIMEOUT * 2 <= settings.commit_allowance, "a put and a swap fit the commit allowance");
+        assert!(
+            OPERATION_TIMEOUT < settings.store_call_timeout,
+            "{OPERATION_TIMEOUT:?} vs {:?}",
+            settings.store_call_timeout
+        );
+        assert!(
+            OPERATION_TIMEOUT * 2 <= settings.commit_allowance,
+            "a put and a swap fit the commit allowance"
+        );
     }
 
     #[tokio::test]
     async fn the_version_quota_on_a_put_is_quota_exceeded_and_not_retried() {
         let (store, seen) = store_over(|_| Answer::Json(400, QUOTA_BODY)).await;
-        let error = store.put_version("token", "v-0123456789abcdef0123456789abcdef", &value()).await.unwrap_err();
+        let error = store
+            .put_version("token", "v-0123456789abcdef0123456789abcdef", &value())
+            .await
+            .unwrap_err();
         assert!(
             matches!(&error, StoreError::QuotaExceeded { operation: "put_version", detail } if detail.contains("LimitExceededException")),
             "{error:?}"
         );
         assert!(error.is_quota_exceeded() && !error.is_transient());
         assert!(error.to_string().contains("version quota"), "{error}");
-        assert_eq!(*seen.lock().unwrap(), ["PutSecretValue"], "the SDK does not retry it, nor does the adapter");
+        assert_eq!(
+            *seen.lock().unwrap(),
+            ["PutSecretValue"],
+            "the SDK does not retry it, nor does the adapter"
+        );
     }
 
     #[tokio::test]
@@ -414,14 +479,27 @@ mod tests {
             _ => Answer::Json(400, QUOTA_BODY),
         })
         .await;
-        let error = store.put_version("token", "v-0123456789abcdef0123456789abcdef", &value()).await.unwrap_err();
-        assert!(matches!(error, StoreError::QuotaExceeded { operation: "put_version", .. }), "{error:?}");
+        let error = store
+            .put_version("token", "v-0123456789abcdef0123456789abcdef", &value())
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(
+                error,
+                StoreError::QuotaExceeded {
+                    operation: "put_version",
+                    ..
+                }
+            ),
+            "{error:?}"
+        );
         assert_eq!(*seen.lock().unwrap(), ["PutSecretValue", "CreateSecret"]);
     }
 
     #[tokio::test]
     async fn throttling_is_still_retried_and_transient() {
-        let (store, seen) = store_over(|_| Answer::Json(400, r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#)).await;
+        let (store, seen) =
+            store_over(|_| Answer::Json(400, r#"{"__type":"ThrottlingException","message":"Rate exceeded"}"#)).await;
         let error = store.swap_current("token", "a", "b").await.unwrap_err();
         assert!(error.is_transient(), "{error:?}");
         assert!(seen.lock().unwrap().len() >= 2, "{:?}", seen.lock().unwrap());

@@ -1,7 +1,6 @@
 //! [`ApiKeySource`]: a Personal Access Token or Service Account Key. Such keys neither expire
 //! nor rotate, so there is nothing to store and no store call at all.
 
-
 use async_trait::async_trait;
 use secrecy::SecretString;
 
@@ -59,7 +58,10 @@ impl CredentialSource for ApiKeySource {
 #[async_trait]
 impl Connection for ApiKeySource {
     async fn connect(&self, _grant: TokenGrant, _allow_switch: bool) -> Result<ConnectOutcome, ConnectError> {
-        Err(TokenError::Misconfigured("this deployment uses an API key (KEAP_AUTH_MODE=api-key); OAuth connections are off".into()).into())
+        Err(TokenError::Misconfigured(
+            "this deployment uses an API key (KEAP_AUTH_MODE=api-key); OAuth connections are off".into(),
+        )
+        .into())
     }
 
     async fn status(&self) -> Result<ConnectionStatus, TokenError> {
@@ -67,6 +69,9 @@ impl Connection for ApiKeySource {
     }
 
     async fn rotate_if_due(&self, _policy: RotationPolicy) -> Result<RotationReport, TokenError> {
-        Ok(RotationReport { action: RotationAction::ApiKeyChecked, status: self.report() })
+        Ok(RotationReport {
+            action: RotationAction::ApiKeyChecked,
+            status: self.report(),
+        })
     }
 }

@@ -32,7 +32,10 @@ pub struct TokioClock {
 
 impl TokioClock {
     pub fn starting_at(start: SystemTime) -> Self {
-        Self { start, origin: tokio::time::Instant::now() }
+        Self {
+            start,
+            origin: tokio::time::Instant::now(),
+        }
     }
 }
 

@@ -49,11 +49,17 @@ pub async fn run<F: Future>(deadline: Option<SystemTime>, work: F) -> F::Output 
         None => work.await,
     };
     let wait = match deadline {
-        Some(deadline) => deadline.duration_since(SystemTime::now()).unwrap_or_default().saturating_sub(RETURN_RESERVE),
+        Some(deadline) => deadline
+            .duration_since(SystemTime::now())
+            .unwrap_or_default()
+            .saturating_sub(RETURN_RESERVE),
         None => WAIT_WITHOUT_DEADLINE,
     };
     if spent_uncommitted() > 0 {
-        tracing::info!(wait_ms = wait.as_millis() as u64, "waiting for a token refresh to be stored before returning");
+        tracing::info!(
+            wait_ms = wait.as_millis() as u64,
+            "waiting for a token refresh to be stored before returning"
+        );
         let _ = tokio::time::timeout(wait, settled()).await;
     }
     output
@@ -101,7 +107,13 @@ mod tests {
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000);
         assert_eq!(deadline_from_millis(600_000, now), None);
         let later = now + Duration::from_secs(3);
-        assert_eq!(deadline_from_millis(later.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64, now), Some(later));
+        assert_eq!(
+            deadline_from_millis(
+                later.duration_since(SystemTime::UNIX_EPOCH).unwrap().as_millis() as u64,
+                now
+            ),
+            Some(later)
+        );
     }
 
     #[tokio::test]
@@ -115,7 +127,10 @@ mod tests {
         let started = std::time::Instant::now();
         let seen = run(Some(deadline), async { super::deadline() }).await;
         assert_eq!(seen, Some(deadline));
-        assert!(started.elapsed() >= Duration::from_millis(90), "returned before the commit");
+        assert!(
+            started.elapsed() >= Duration::from_millis(90),
+            "returned before the commit"
+        );
         assert!(started.elapsed() < Duration::from_secs(4));
         release.await.unwrap();
         assert_eq!(super::deadline(), None);

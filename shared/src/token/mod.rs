@@ -24,8 +24,8 @@ pub use api_key::ApiKeySource;
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use settings::TokenSettings;
 pub use source::TokenSource;
-pub use versions::{Step, child_version_id};
 pub use state::{LinkStatus, TokenState};
+pub use versions::{Step, child_version_id};
 
 /// Defined next to the token endpoint's answer it is parsed from.
 pub use crate::keap::oauth::TokenGrant;
@@ -67,7 +67,10 @@ pub enum TokenError {
     NeedsReauth { reason: String },
     /// Keap or the store is failing for now; worth retrying later.
     #[error("Keap credentials temporarily unavailable: {detail}")]
-    Unavailable { detail: String, retry_after: Option<Duration> },
+    Unavailable {
+        detail: String,
+        retry_after: Option<Duration>,
+    },
     /// The client id or secret is wrong, or the configuration is incomplete.
     #[error("Keap client misconfigured: {0}")]
     Misconfigured(String),

@@ -38,7 +38,11 @@ impl Need {
                 // Never more than half the pair's lifetime, or a short-lived pair (Keap decides
                 // `expires_in`) would make every scheduled run rotate.
                 let lifetime = state.lifetime();
-                let lead = if lifetime.is_zero() { policy.lead } else { policy.lead.min(lifetime / 2) };
+                let lead = if lifetime.is_zero() {
+                    policy.lead
+                } else {
+                    policy.lead.min(lifetime / 2)
+                };
                 state.access_left(now) < lead || state.refresh_age(now).is_some_and(|age| age > policy.max_refresh_age)
             }
         }
@@ -54,7 +58,11 @@ impl Need {
 /// pair's lifetime, so a short-lived token cannot make every request refresh again.
 pub(crate) fn access_margin(state: &TokenState, settings: &TokenSettings) -> Duration {
     let lifetime = state.lifetime();
-    if lifetime.is_zero() { settings.access_margin } else { settings.access_margin.min(lifetime / 2) }
+    if lifetime.is_zero() {
+        settings.access_margin
+    } else {
+        settings.access_margin.min(lifetime / 2)
+    }
 }
 
 /// How a flight ended well.
@@ -71,13 +79,19 @@ pub(crate) fn status_error(state: &TokenState) -> Option<TokenError> {
         LinkStatus::Connected => None,
         LinkStatus::NotConnected => Some(TokenError::NotConnected),
         LinkStatus::NeedsReauth => Some(TokenError::NeedsReauth {
-            reason: state.needs_reauth_reason.clone().unwrap_or_else(|| format!("the connection was marked for re-authorization; {REAUTH_HINT}")),
+            reason: state
+                .needs_reauth_reason
+                .clone()
+                .unwrap_or_else(|| format!("the connection was marked for re-authorization; {REAUTH_HINT}")),
         }),
     }
 }
 
 fn unavailable(detail: impl Into<String>, retry_after: Option<Duration>) -> TokenError {
-    TokenError::Unavailable { detail: detail.into(), retry_after }
+    TokenError::Unavailable {
+        detail: detail.into(),
+        retry_after,
+    }
 }
 
 /// One flight's view of the world: the store, Keap, the clock, and who it is.
@@ -117,13 +131,17 @@ impl Flight<'_> {
         let snapshot = self.remember(current);
         match status_error(&snapshot.state) {
             Some(error) => Err(error),
-            None => Ok(Landed { snapshot, action: RotationAction::RotatedByOther }),
+            None => Ok(Landed {
+                snapshot,
+                action: RotationAction::RotatedByOther,
+            }),
         }
     }
 
     /// Time the invocation has left (unbounded without a deadline).
     fn invocation_left(&self) -> Duration {
-        self.deadline.map_or(Duration::MAX, |deadline| left(deadline, self.now()))
+        self.deadline
+            .map_or(Duration::MAX, |deadline| left(deadline, self.now()))
     }
 
     /// The protocol for one flight.
@@ -142,13 +160,20 @@ impl Flight<'_> {
             }
             let now = self.now();
             if !need.is_due(state, now, settings) {
-                let action = if waited { RotationAction::RotatedByOther } else { RotationAction::NotDue };
+                let action = if waited {
+                    RotationAction::RotatedByOther
+                } else {
+                    RotationAction::NotDue
+                };
                 return Ok(Landed { snapshot, action });
             }
             let mut pause = None;
             match &state.lease {
                 Some(lease) if lease.until + settings.clock_skew > now => {
-                    tracing::debug!(generation = state.generation, "a refresh is in progress elsewhere; waiting");
+                    tracing::debug!(
+                        generation = state.generation,
+                        "a refresh is in progress elsewhere; waiting"
+                    );
                     pause = Some(left(lease.until + settings.clock_skew, now));
                 }
                 Some(lease) => {
@@ -159,10 +184,16 @@ impl Flight<'_> {
                     // still land. Taking over now could spend the token a second time.
                     let takeover_at = lease.until + settings.clock_skew + settings.late_commit_grace;
                     if now < takeover_at {
-                        tracing::warn!(generation = state.generation, "a rotation lease ran out with no outcome; waiting for a late commit");
+                        tracing::warn!(
+                            generation = state.generation,
+                            "a rotation lease ran out with no outcome; waiting for a late commit"
+                        );
                         let wait = left(takeover_at, now);
                         return Err(unavailable(
-                            format!("a token rotation was interrupted; its pair may still be stored within {}s", wait.as_secs().max(1)),
+                            format!(
+                                "a token rotation was interrupted; its pair may still be stored within {}s",
+                                wait.as_secs().max(1)
+                            ),
                             Some(wait),
                         ));
                     } else if let Some(result) = self.try_to_hold(&need, &snapshot, &mut orphan).await? {
@@ -186,7 +217,10 @@ impl Flight<'_> {
             let delay = pause.map_or(delay, |until_expiry| delay.min(until_expiry.max(settings.poll_min)));
             tokio::time::sleep(delay).await;
         }
-        Err(unavailable("another process is refreshing the Keap token and has not finished in time", Some(settings.lease_duration)))
+        Err(unavailable(
+            "another process is refreshing the Keap token and has not finished in time",
+            Some(settings.lease_duration),
+        ))
     }
 
     /// Invariant 10: a failure recorded by any process (and a 401 storm) holds every process
@@ -195,15 +229,27 @@ impl Flight<'_> {
         let settings = self.settings();
         let wait = state.backoff_left(now);
         if !wait.is_zero() {
-            let last = state.last_error.clone().unwrap_or_else(|| "the last refresh failed".into());
-            return Some(unavailable(format!("{last}; next attempt in {}s", wait.as_secs().max(1)), Some(wait)));
+            let last = state
+                .last_error
+                .clone()
+                .unwrap_or_else(|| "the last refresh failed".into());
+            return Some(unavailable(
+                format!("{last}; next attempt in {}s", wait.as_secs().max(1)),
+                Some(wait),
+            ));
         }
         if need.forced_by_401(state, now, settings) && state.unauthorized_refreshes > 0 {
-            let next = state.last_refresh_at.map(|at| at + settings.backoff(state.unauthorized_refreshes)).unwrap_or(now);
+            let next = state
+                .last_refresh_at
+                .map(|at| at + settings.backoff(state.unauthorized_refreshes))
+                .unwrap_or(now);
             let wait = left(next, now);
             if !wait.is_zero() {
                 return Some(unavailable(
-                    format!("Keap refused a fresh access token again; the next 401-driven refresh is allowed in {}s", wait.as_secs().max(1)),
+                    format!(
+                        "Keap refused a fresh access token again; the next 401-driven refresh is allowed in {}s",
+                        wait.as_secs().max(1)
+                    ),
                     Some(wait),
                 ));
             }
@@ -213,12 +259,20 @@ impl Flight<'_> {
 
     /// Step 2: take the lease on `current` (no lease, or one taken over) and refresh holding
     /// it. `None`: someone else got it first (or the put is waiting for its swap); wait.
-    async fn try_to_hold(&self, need: &Need, current: &Snapshot, orphan: &mut Option<(String, Instant)>) -> Result<Option<FlightResult>, TokenError> {
+    async fn try_to_hold(
+        &self,
+        need: &Need,
+        current: &Snapshot,
+        orphan: &mut Option<(String, Instant)>,
+    ) -> Result<Option<FlightResult>, TokenError> {
         let settings = self.settings();
         // Invariant 9: no lease (and no write) unless this invocation can see a refresh through.
         let needed = settings.keap_timeout + settings.commit_allowance + settings.store_call_timeout;
         if self.invocation_left() < needed {
-            return Err(unavailable("too little time left in this invocation to refresh the Keap token", None));
+            return Err(unavailable(
+                "too little time left in this invocation to refresh the Keap token",
+                None,
+            ));
         }
         if let Some((parent, seen)) = orphan.as_ref()
             && *parent == current.version_id
@@ -226,7 +280,10 @@ impl Flight<'_> {
             // The lease child exists: putting it again would only be refused. Give its writer
             // time to swap it in, then finish the swap ourselves (the writer may have died).
             if seen.elapsed() >= settings.orphan_grace {
-                tracing::info!(generation = current.state.generation, "finishing a lease swap left undone");
+                tracing::info!(
+                    generation = current.state.generation,
+                    "finishing a lease swap left undone"
+                );
                 let _ = self.versions.swap(parent, &child_version_id(parent, Step::Lease)).await;
                 *orphan = None;
             }
@@ -234,10 +291,22 @@ impl Flight<'_> {
         }
         let until = self.now() + settings.lease_duration;
         let leased = current.state.with_lease(&self.holder, until);
-        match self.versions.write_child(&current.version_id, Step::Lease, &leased.to_secret(), self.versions.short_deadline()).await? {
+        match self
+            .versions
+            .write_child(
+                &current.version_id,
+                Step::Lease,
+                &leased.to_secret(),
+                self.versions.short_deadline(),
+            )
+            .await?
+        {
             ChildWrite::Current(version_id) => {
                 tracing::info!(generation = leased.generation, holder = %self.holder, "took the rotation lease");
-                let leased = Snapshot { version_id, state: leased };
+                let leased = Snapshot {
+                    version_id,
+                    state: leased,
+                };
                 Ok(Some(self.refresh_holding(need, leased).await))
             }
             ChildWrite::Lost => {
@@ -251,7 +320,8 @@ impl Flight<'_> {
     fn can_call_keap(&self, lease_until: SystemTime) -> bool {
         let settings = self.settings();
         let now = self.now();
-        left(lease_until, now) >= settings.holder_needs() && self.invocation_left() >= settings.keap_timeout + settings.commit_allowance
+        left(lease_until, now) >= settings.holder_needs()
+            && self.invocation_left() >= settings.keap_timeout + settings.commit_allowance
     }
 
     async fn call_keap(&self, refresh_token: &SecretString) -> Result<TokenGrant, OAuthError> {
@@ -263,14 +333,24 @@ impl Flight<'_> {
 
     /// Steps 3, 4 and 6: holding the lease, call Keap and commit or record the outcome.
     async fn refresh_holding(&self, need: &Need, leased: Snapshot) -> FlightResult {
-        let lease_until = leased.state.lease.as_ref().map(|l| l.until).unwrap_or(SystemTime::UNIX_EPOCH);
+        let lease_until = leased
+            .state
+            .lease
+            .as_ref()
+            .map(|l| l.until)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let Some(refresh_token) = leased.state.refresh_token.clone() else {
             let reason = format!("no refresh token is stored; {REAUTH_HINT}");
             return self.record_reauth(leased, &reason).await;
         };
         // Never start the Keap call unless the lease and the invocation cover it and the commit.
         if !self.can_call_keap(lease_until) {
-            self.release(&leased, "the lease or the invocation ran short before Keap could be called", None).await;
+            self.release(
+                &leased,
+                "the lease or the invocation ran short before Keap could be called",
+                None,
+            )
+            .await;
             return Err(unavailable("the rotation lease ran short; try again", None));
         }
         let forced_by_401 = need.forced_by_401(&leased.state, self.now(), self.settings());
@@ -292,14 +372,19 @@ impl Flight<'_> {
             Ok(grant) => self.commit(leased, &grant, forced_by_401).await,
             Err(error) if retried || error.may_have_rotated() => {
                 tracing::error!(%error, retried, "Keap's answer to a refresh was lost; the token may be spent");
-                let reason = format!("Keap may have rotated the token but its answer was lost ({error}); {REAUTH_HINT}");
+                let reason =
+                    format!("Keap may have rotated the token but its answer was lost ({error}); {REAUTH_HINT}");
                 self.record_reauth(leased, &reason).await
             }
-            Err(error @ OAuthError::RefreshTokenRejected { .. }) => self.after_rejection(leased, &refresh_token, &error).await,
+            Err(error @ OAuthError::RefreshTokenRejected { .. }) => {
+                self.after_rejection(leased, &refresh_token, &error).await
+            }
             Err(OAuthError::InvalidClient(detail)) => {
                 let message = format!("Keap refused the client credentials ({detail})");
                 self.release(&leased, &message, None).await;
-                Err(TokenError::Misconfigured(format!("{message}; check client_id and client_secret in the app secret")))
+                Err(TokenError::Misconfigured(format!(
+                    "{message}; check client_id and client_secret in the app secret"
+                )))
             }
             Err(error) => {
                 tracing::warn!(%error, "refresh failed without spending the token; releasing the lease");
@@ -321,12 +406,20 @@ impl Flight<'_> {
         let settings = self.settings();
         let generation = leased.state.generation;
         let spent = leased.state.refresh_token.clone();
-        let lease_until = leased.state.lease.as_ref().map(|l| l.until).unwrap_or(SystemTime::UNIX_EPOCH);
+        let lease_until = leased
+            .state
+            .lease
+            .as_ref()
+            .map(|l| l.until)
+            .unwrap_or(SystemTime::UNIX_EPOCH);
         let now = self.now();
         let mut committed = leased.state.refreshed(grant, now);
         // The 401 count outlives other rotations (a storm of 401s must not restart its backoff
         // at every scheduled rotation); a day without a 401-driven refresh starts it over.
-        let recent = leased.state.last_refresh_at.is_some_and(|at| now.duration_since(at).unwrap_or_default() < Duration::from_secs(24 * 3600));
+        let recent = leased
+            .state
+            .last_refresh_at
+            .is_some_and(|at| now.duration_since(at).unwrap_or_default() < Duration::from_secs(24 * 3600));
         committed.unauthorized_refreshes = match (forced_by_401, recent) {
             (true, true) => leased.state.unauthorized_refreshes.saturating_add(1),
             (true, false) => 1,
@@ -343,11 +436,21 @@ impl Flight<'_> {
             // A process frozen past the deadline still gets a short round when it thaws: the
             // pair lands if the store still holds the token it spent.
             let round_deadline = deadline.max(Instant::now() + settings.store_call_timeout * 2);
-            match self.versions.write_child(&parent, Step::Commit, &value, round_deadline).await {
+            match self
+                .versions
+                .write_child(&parent, Step::Commit, &value, round_deadline)
+                .await
+            {
                 Ok(ChildWrite::Current(version_id)) => {
                     tracing::info!(generation = committed.generation, holder = %self.holder, "rotated the Keap token pair");
-                    let snapshot = self.remember(Snapshot { version_id, state: committed });
-                    return Ok(Landed { snapshot, action: RotationAction::Rotated });
+                    let snapshot = self.remember(Snapshot {
+                        version_id,
+                        state: committed,
+                    });
+                    return Ok(Landed {
+                        snapshot,
+                        action: RotationAction::Rotated,
+                    });
                 }
                 Ok(ChildWrite::Lost) => {}
                 // Transient: the round is over, but the pair may still land (read and decide).
@@ -364,15 +467,22 @@ impl Flight<'_> {
                 Err(TokenError::Unavailable { .. }) if Instant::now() < deadline => continue,
                 Err(error) => return Err(error),
             };
-            let holds_spent = current.state.generation == generation && spent.as_ref().is_some_and(|t| current.state.same_refresh_token(t));
+            let holds_spent = current.state.generation == generation
+                && spent.as_ref().is_some_and(|t| current.state.same_refresh_token(t));
             if !holds_spent {
-                tracing::warn!(generation = current.state.generation, "a newer pair was stored meanwhile; ours is superseded");
+                tracing::warn!(
+                    generation = current.state.generation,
+                    "a newer pair was stored meanwhile; ours is superseded"
+                );
                 return self.adopt(current);
             }
             if Instant::now() >= deadline {
                 late_rounds += 1;
                 if late_rounds > settings.store_attempts {
-                    tracing::error!(generation, "could not store the new Keap token pair in time; it is lost");
+                    tracing::error!(
+                        generation,
+                        "could not store the new Keap token pair in time; it is lost"
+                    );
                     return Err(unavailable("could not store the new pair in time", None));
                 }
             }
@@ -386,9 +496,21 @@ impl Flight<'_> {
     async fn release(&self, leased: &Snapshot, error: &str, retry_after: Option<Duration>) -> Duration {
         let settings = self.settings();
         let now = self.now();
-        let wait = settings.backoff(leased.state.failures.saturating_add(1)).max(retry_after.unwrap_or_default()).min(settings.backoff_max);
+        let wait = settings
+            .backoff(leased.state.failures.saturating_add(1))
+            .max(retry_after.unwrap_or_default())
+            .min(settings.backoff_max);
         let released = leased.state.released(error, now, now + wait);
-        if let Err(store_error) = self.versions.write_child(&leased.version_id, Step::Release, &released.to_secret(), self.versions.short_deadline()).await {
+        if let Err(store_error) = self
+            .versions
+            .write_child(
+                &leased.version_id,
+                Step::Release,
+                &released.to_secret(),
+                self.versions.short_deadline(),
+            )
+            .await
+        {
             tracing::warn!(error = %store_error, "could not release the lease; it will run out");
         }
         wait
@@ -399,11 +521,18 @@ impl Flight<'_> {
     async fn after_rejection(&self, leased: Snapshot, refused: &SecretString, error: &OAuthError) -> FlightResult {
         let current = self.versions.read_connected().await?;
         if !current.state.same_refresh_token(refused) {
-            tracing::warn!(generation = current.state.generation, "refresh refused, but another process had rotated; using its pair");
+            tracing::warn!(
+                generation = current.state.generation,
+                "refresh refused, but another process had rotated; using its pair"
+            );
             return self.adopt(current);
         }
         let reason = format!("{error}; {REAUTH_HINT}");
-        let base = if current.version_id == leased.version_id { leased } else { current };
+        let base = if current.version_id == leased.version_id {
+            leased
+        } else {
+            current
+        };
         self.record_reauth(base, &reason).await
     }
 
@@ -420,14 +549,31 @@ impl Flight<'_> {
                 && lease.until + self.settings().clock_skew > self.now()
             {
                 tracing::warn!(reason, "not recording needs_reauth over another process's live lease");
-                return Err(unavailable("another process is refreshing the Keap token", Some(self.settings().lease_duration)));
+                return Err(unavailable(
+                    "another process is refreshing the Keap token",
+                    Some(self.settings().lease_duration),
+                ));
             }
             let marked = base.state.needing_reauth(reason, self.now());
-            match self.versions.write_child(&base.version_id, Step::Reauth, &marked.to_secret(), self.versions.short_deadline()).await? {
+            match self
+                .versions
+                .write_child(
+                    &base.version_id,
+                    Step::Reauth,
+                    &marked.to_secret(),
+                    self.versions.short_deadline(),
+                )
+                .await?
+            {
                 ChildWrite::Current(version_id) => {
                     tracing::error!(reason, "the Keap connection needs re-authorization");
-                    self.remember(Snapshot { version_id, state: marked });
-                    return Err(TokenError::NeedsReauth { reason: reason.to_owned() });
+                    self.remember(Snapshot {
+                        version_id,
+                        state: marked,
+                    });
+                    return Err(TokenError::NeedsReauth {
+                        reason: reason.to_owned(),
+                    });
                 }
                 ChildWrite::Lost => {
                     let current = self.versions.read_connected().await?;
@@ -442,7 +588,9 @@ impl Flight<'_> {
                 }
             }
         }
-        Err(TokenError::NeedsReauth { reason: reason.to_owned() })
+        Err(TokenError::NeedsReauth {
+            reason: reason.to_owned(),
+        })
     }
 
     /// Stores a freshly authorized pair on top of whatever is current.
@@ -456,7 +604,10 @@ impl Flight<'_> {
                     .read_current_raw()
                     .await
                     .map_err(super::versions::transient_to_unavailable)?
-                    .map(|v| Snapshot { version_id: v.version_id, state: TokenState::default() }),
+                    .map(|v| Snapshot {
+                        version_id: v.version_id,
+                        state: TokenState::default(),
+                    }),
                 Err(error) => return Err(error.into()),
             };
             let previous = current.as_ref().map(|c| c.state.clone()).unwrap_or_default();
@@ -466,21 +617,47 @@ impl Flight<'_> {
                 && let (Some(current_account), Some(requested)) = (&previous.account, &grant.account)
                 && current_account != requested
             {
-                return Err(ConnectError::DifferentAccount { current: current_account.clone(), requested: requested.clone() });
+                return Err(ConnectError::DifferentAccount {
+                    current: current_account.clone(),
+                    requested: requested.clone(),
+                });
             }
             let next = TokenState::connected(grant, previous.generation + 1, self.now());
             let value = next.to_secret();
             let written = match &current {
-                Some(current) => self.versions.write_child(&current.version_id, Step::Connect, &value, self.versions.short_deadline()).await?,
+                Some(current) => {
+                    self.versions
+                        .write_child(
+                            &current.version_id,
+                            Step::Connect,
+                            &value,
+                            self.versions.short_deadline(),
+                        )
+                        .await?
+                }
                 None => self.versions.write_first(&value).await?,
             };
             if let ChildWrite::Current(version_id) = written {
-                tracing::info!(generation = next.generation, account = next.account.as_deref().unwrap_or("unknown"), "stored a new Keap authorization");
-                self.remember(Snapshot { version_id, state: next });
-                return Ok(ConnectOutcome::Connected { account: grant.account.clone(), replaced: had_pair });
+                tracing::info!(
+                    generation = next.generation,
+                    account = next.account.as_deref().unwrap_or("unknown"),
+                    "stored a new Keap authorization"
+                );
+                self.remember(Snapshot {
+                    version_id,
+                    state: next,
+                });
+                return Ok(ConnectOutcome::Connected {
+                    account: grant.account.clone(),
+                    replaced: had_pair,
+                });
             }
         }
-        Err(TokenError::Unavailable { detail: "the token secret kept changing during the connection; try again".into(), retry_after: None }.into())
+        Err(TokenError::Unavailable {
+            detail: "the token secret kept changing during the connection; try again".into(),
+            retry_after: None,
+        }
+        .into())
     }
 }
 

@@ -125,9 +125,15 @@ mod tests {
     #[test]
     fn the_defaults_hold_and_a_lease_of_timeout_plus_five_seconds_is_refused() {
         TokenSettings::default().check().unwrap();
-        let tight = TokenSettings { lease_duration: Duration::from_secs(15), ..TokenSettings::default() };
+        let tight = TokenSettings {
+            lease_duration: Duration::from_secs(15),
+            ..TokenSettings::default()
+        };
         let message = tight.check().unwrap_err().to_string();
-        assert!(message.contains("KEAP_LEASE_SECONDS") && message.contains("KEAP_HTTP_TIMEOUT_SECONDS"), "{message}");
+        assert!(
+            message.contains("KEAP_LEASE_SECONDS") && message.contains("KEAP_HTTP_TIMEOUT_SECONDS"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -85,7 +85,11 @@ impl TokenSource {
         settings.check()?;
         Ok(Self {
             inner: Arc::new(Inner {
-                versions: Versions { store, secret_id: secret_id.into(), settings },
+                versions: Versions {
+                    store,
+                    secret_id: secret_id.into(),
+                    settings,
+                },
                 keap,
                 clock,
                 process_id: Uuid::new_v4().to_string(),
@@ -116,7 +120,8 @@ impl TokenSource {
     fn cached_credential(&self) -> Option<Credential> {
         let cached = self.inner.cached()?;
         let state = &cached.state;
-        let healthy = state.status == LinkStatus::Connected && state.access_left(self.inner.clock.now()) > access_margin(state, self.settings());
+        let healthy = state.status == LinkStatus::Connected
+            && state.access_left(self.inner.clock.now()) > access_margin(state, self.settings());
         healthy.then(|| credential_of(state)).flatten()
     }
 
@@ -146,7 +151,10 @@ impl TokenSource {
         if log.finished != seen {
             match &log.last {
                 Some(Ok(landed)) if !need.is_due(&landed.snapshot.state, self.inner.clock.now(), self.settings()) => {
-                    return Ok(Landed { snapshot: landed.snapshot.clone(), action: RotationAction::RotatedByOther });
+                    return Ok(Landed {
+                        snapshot: landed.snapshot.clone(),
+                        action: RotationAction::RotatedByOther,
+                    });
                 }
                 Some(Err(error)) if matches!(need, Need::Access) => return Err(error.clone()),
                 _ => {}
@@ -161,7 +169,10 @@ impl TokenSource {
             result
         });
         flight.await.unwrap_or_else(|error| {
-            Err(TokenError::Unavailable { detail: format!("the refresh task failed: {error}"), retry_after: None })
+            Err(TokenError::Unavailable {
+                detail: format!("the refresh task failed: {error}"),
+                retry_after: None,
+            })
         })
     }
 
@@ -169,7 +180,10 @@ impl TokenSource {
     /// using: through Keap or store failures, the shared backoff, and a connection flagged for
     /// re-authorization, until Keap itself refuses it (refined invariant 1).
     fn still_valid_fallback(&self, error: TokenError) -> Result<Credential, TokenError> {
-        let usable = matches!(error, TokenError::Unavailable { .. } | TokenError::Store(_) | TokenError::NeedsReauth { .. });
+        let usable = matches!(
+            error,
+            TokenError::Unavailable { .. } | TokenError::Store(_) | TokenError::NeedsReauth { .. }
+        );
         if usable
             && let Some(cached) = self.inner.cached()
             && cached.state.status != LinkStatus::NotConnected
@@ -178,14 +192,20 @@ impl TokenSource {
             && !self.inner.was_refused(&token)
         {
             tracing::warn!(error = %error, "no refresh now; using the access token that is still valid");
-            return Ok(Credential::AccessToken { token, generation: cached.state.generation });
+            return Ok(Credential::AccessToken {
+                token,
+                generation: cached.state.generation,
+            });
         }
         Err(error)
     }
 }
 
 fn credential_of(state: &TokenState) -> Option<Credential> {
-    state.access_token.clone().map(|token| Credential::AccessToken { token, generation: state.generation })
+    state.access_token.clone().map(|token| Credential::AccessToken {
+        token,
+        generation: state.generation,
+    })
 }
 
 impl Inner {
@@ -201,7 +221,9 @@ impl Inner {
 
     fn was_refused(&self, token: &SecretString) -> bool {
         let refused = self.refused_access.lock().unwrap_or_else(|e| e.into_inner());
-        refused.as_ref().is_some_and(|r| r.expose_secret() == token.expose_secret())
+        refused
+            .as_ref()
+            .is_some_and(|r| r.expose_secret() == token.expose_secret())
     }
 
     fn flight(&self, deadline: Option<SystemTime>) -> Flight<'_> {
@@ -209,7 +231,11 @@ impl Inner {
             versions: &self.versions,
             keap: self.keap.as_ref(),
             clock: self.clock.as_ref(),
-            holder: format!("{}/{}", self.process_id, self.flights_started.fetch_add(1, Ordering::SeqCst)),
+            holder: format!(
+                "{}/{}",
+                self.process_id,
+                self.flights_started.fetch_add(1, Ordering::SeqCst)
+            ),
             deadline,
             cache: &self.cache,
         }
@@ -233,7 +259,9 @@ impl CredentialSource for TokenSource {
 
     async fn after_unauthorized(&self, rejected: &Credential) -> Result<Credential, TokenError> {
         let Credential::AccessToken { token: rejected, .. } = rejected else {
-            return Err(TokenError::Misconfigured("an API key was rejected, but this connection uses OAuth".into()));
+            return Err(TokenError::Misconfigured(
+                "an API key was rejected, but this connection uses OAuth".into(),
+            ));
         };
         // Another process may have rotated: one read, and the stored token if it differs.
         let current = self.inner.remember(self.inner.versions.read_connected().await?);
@@ -254,7 +282,11 @@ impl Connection for TokenSource {
     async fn connect(&self, grant: TokenGrant, allow_switch: bool) -> Result<ConnectOutcome, ConnectError> {
         // Behind the single-flight gate, so no refresh of this process runs meanwhile.
         let _gate = self.inner.gate.lock().await;
-        let result = self.inner.flight(invocation_deadline()).connect(&grant, allow_switch).await;
+        let result = self
+            .inner
+            .flight(invocation_deadline())
+            .connect(&grant, allow_switch)
+            .await;
         if result.is_ok() {
             *self.inner.refused_access.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
@@ -271,6 +303,9 @@ impl Connection for TokenSource {
 
     async fn rotate_if_due(&self, policy: RotationPolicy) -> Result<RotationReport, TokenError> {
         let landed = self.fly(Need::Rotate(policy)).await?;
-        Ok(RotationReport { action: landed.action, status: landed.snapshot.state.status_report(self.inner.clock.now()) })
+        Ok(RotationReport {
+            action: landed.action,
+            status: landed.snapshot.state.status_report(self.inner.clock.now()),
+        })
     }
 }

@@ -106,8 +106,14 @@ impl TokenState {
             return Ok(Self::default());
         }
         // serde_json may quote the offending value, which could be a token.
-        serde_json::from_str(json)
-            .map_err(|e| format!("the token secret is not valid ({:?} error at line {} column {})", e.classify(), e.line(), e.column()))
+        serde_json::from_str(json).map_err(|e| {
+            format!(
+                "the token secret is not valid ({:?} error at line {} column {})",
+                e.classify(),
+                e.line(),
+                e.column()
+            )
+        })
     }
 
     pub fn to_secret(&self) -> SecretString {
@@ -138,7 +144,13 @@ impl TokenState {
     }
 
     pub fn with_lease(&self, holder: &str, until: SystemTime) -> Self {
-        Self { lease: Some(Lease { holder: holder.to_owned(), until }), ..self.clone() }
+        Self {
+            lease: Some(Lease {
+                holder: holder.to_owned(),
+                until,
+            }),
+            ..self.clone()
+        }
     }
 
     /// The lease dropped, `error` recorded (a refresh that failed without spending the token),
@@ -188,7 +200,8 @@ impl TokenState {
     }
 
     pub fn refresh_age(&self, now: SystemTime) -> Option<Duration> {
-        self.refresh_issued_at.map(|issued| now.duration_since(issued).unwrap_or_default())
+        self.refresh_issued_at
+            .map(|issued| now.duration_since(issued).unwrap_or_default())
     }
 
     /// The lease, if it may still be in use: not past `until` plus the clock-skew margin.
@@ -197,11 +210,15 @@ impl TokenState {
     }
 
     pub fn same_refresh_token(&self, token: &SecretString) -> bool {
-        self.refresh_token.as_ref().is_some_and(|t| t.expose_secret() == token.expose_secret())
+        self.refresh_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret() == token.expose_secret())
     }
 
     pub fn same_access_token(&self, token: &SecretString) -> bool {
-        self.access_token.as_ref().is_some_and(|t| t.expose_secret() == token.expose_secret())
+        self.access_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret() == token.expose_secret())
     }
 
     pub fn status_report(&self, now: SystemTime) -> ConnectionStatus {
@@ -214,7 +231,9 @@ impl TokenState {
                 Ok(ahead) => ahead.as_secs() as i64,
                 Err(behind) => -(behind.duration().as_secs() as i64),
             }),
-            refresh_token_age_days: self.refresh_age(now).map(|age| (age.as_secs_f64() / 86_400.0 * 100.0).round() / 100.0),
+            refresh_token_age_days: self
+                .refresh_age(now)
+                .map(|age| (age.as_secs_f64() / 86_400.0 * 100.0).round() / 100.0),
             last_refresh_at: self.last_refresh_at,
             last_error: self.last_error.clone(),
             needs_reauth: self.status == LinkStatus::NeedsReauth,
@@ -255,7 +274,9 @@ mod opt_time {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<SystemTime>, D::Error> {
         match Option::<String>::deserialize(deserializer)? {
-            Some(text) => humantime::parse_rfc3339_weak(&text).map(Some).map_err(serde::de::Error::custom),
+            Some(text) => humantime::parse_rfc3339_weak(&text)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
             None => Ok(None),
         }
     }
@@ -311,7 +332,10 @@ mod tests {
         assert!(back.same_refresh_token(&SecretString::from("refresh-xyz")));
         assert_eq!(back.lease.as_ref().map(|l| l.holder.as_str()), Some("p1/0"));
         let debug = format!("{back:?}");
-        assert!(!debug.contains("access-abc") && !debug.contains("refresh-xyz"), "{debug}");
+        assert!(
+            !debug.contains("access-abc") && !debug.contains("refresh-xyz"),
+            "{debug}"
+        );
         let status = serde_json::to_string(&back.status_report(now)).unwrap();
         assert!(!status.contains("access-abc") && !status.contains("refresh-xyz"));
     }

@@ -65,7 +65,10 @@ pub(crate) enum ChildWrite {
 
 pub(crate) fn transient_to_unavailable(error: StoreError) -> TokenError {
     if error.is_transient() {
-        TokenError::Unavailable { detail: error.to_string(), retry_after: None }
+        TokenError::Unavailable {
+            detail: error.to_string(),
+            retry_after: None,
+        }
     } else {
         TokenError::Store(error)
     }
@@ -94,7 +97,11 @@ pub(crate) struct Versions {
 impl Versions {
     /// Runs one store call with the hard time bound; no answer in time is a transient error
     /// whose effect is unknown (the call may still land).
-    async fn bounded<T>(&self, operation: &'static str, call: impl Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn bounded<T>(
+        &self,
+        operation: &'static str,
+        call: impl Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         match tokio::time::timeout(self.settings.store_call_timeout, call).await {
             Ok(result) => result,
             Err(_) => Err(StoreError::Transient {
@@ -105,19 +112,26 @@ impl Versions {
     }
 
     pub async fn read_current_raw(&self) -> Result<Option<StoredVersion>, StoreError> {
-        self.bounded("read_current", self.store.read_current(&self.secret_id)).await
+        self.bounded("read_current", self.store.read_current(&self.secret_id))
+            .await
     }
 
     pub async fn read_version(&self, version_id: &str) -> Result<Option<StoredVersion>, StoreError> {
-        self.bounded("read_version", self.store.read_version(&self.secret_id, version_id)).await
+        self.bounded("read_version", self.store.read_version(&self.secret_id, version_id))
+            .await
     }
 
     pub async fn put(&self, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
-        self.bounded("put_version", self.store.put_version(&self.secret_id, version_id, value)).await
+        self.bounded(
+            "put_version",
+            self.store.put_version(&self.secret_id, version_id, value),
+        )
+        .await
     }
 
     pub async fn swap(&self, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
-        self.bounded("swap_current", self.store.swap_current(&self.secret_id, from, to)).await
+        self.bounded("swap_current", self.store.swap_current(&self.secret_id, from, to))
+            .await
     }
 
     /// Reads and parses the current version, retrying transient store errors a few times.
@@ -148,14 +162,21 @@ impl Versions {
 
     /// The deadline of a short write (lease, release, reauth, connect).
     pub fn short_deadline(&self) -> Instant {
-        Instant::now() + (self.settings.poll_max + self.settings.store_call_timeout) * self.settings.store_attempts as u32
+        Instant::now()
+            + (self.settings.poll_max + self.settings.store_call_timeout) * self.settings.store_attempts as u32
     }
 
     /// Puts `value` as `child_version_id(parent, step)` and swaps it in from `parent`, retrying
     /// transient errors with the same id and value; no attempt starts after `deadline`. When
     /// the time is up after the put, one read tells whether a swap whose answer was lost made
     /// the child current (so a process never orphans its own write).
-    pub async fn write_child(&self, parent: &str, step: Step, value: &SecretString, deadline: Instant) -> Result<ChildWrite, TokenError> {
+    pub async fn write_child(
+        &self,
+        parent: &str,
+        step: Step,
+        value: &SecretString,
+        deadline: Instant,
+    ) -> Result<ChildWrite, TokenError> {
         let child = child_version_id(parent, step);
         let mut delays = jittered(self.settings.poll_min, self.settings.poll_max);
         let mut pause = |error: StoreError| {
@@ -229,7 +250,12 @@ impl Versions {
             let child = child_version_id(&expired.version_id, step);
             if let Ok(Some(_)) = self.read_version(&child).await {
                 let swapped = self.swap(&expired.version_id, &child).await;
-                tracing::info!(generation = expired.state.generation, step = step.as_str(), ?swapped, "finished an outcome its holder left unswapped");
+                tracing::info!(
+                    generation = expired.state.generation,
+                    step = step.as_str(),
+                    ?swapped,
+                    "finished an outcome its holder left unswapped"
+                );
                 return matches!(swapped, Ok(SwapOutcome::Swapped | SwapOutcome::Stale));
             }
         }

@@ -207,7 +207,9 @@ impl TokenEndpoint for FakeKeap {
         }
         if fault == Some(KeapFault::LostBeforeIssue) {
             self.state.lock().unwrap().ledger.not_sent += 1;
-            return Err(OAuthError::OutcomeUnknown("injected: timed out before Keap saw the request".into()));
+            return Err(OAuthError::OutcomeUnknown(
+                "injected: timed out before Keap saw the request".into(),
+            ));
         }
         if fault == Some(KeapFault::NotSent) {
             self.state.lock().unwrap().ledger.not_sent += 1;
@@ -216,9 +218,13 @@ impl TokenEndpoint for FakeKeap {
         let watched = self.watched.lock().unwrap().clone();
         {
             let mut state = self.state.lock().unwrap();
-            let ledger_reauth = watched.as_ref().and_then(|store| store.peek_current(SECRET_ID)).is_some_and(|v| {
-                TokenState::from_json(v.value.expose_secret()).is_ok_and(|s| s.status == keap_relay::token::LinkStatus::NeedsReauth)
-            });
+            let ledger_reauth = watched
+                .as_ref()
+                .and_then(|store| store.peek_current(SECRET_ID))
+                .is_some_and(|v| {
+                    TokenState::from_json(v.value.expose_secret())
+                        .is_ok_and(|s| s.status == keap_relay::token::LinkStatus::NeedsReauth)
+                });
             if ledger_reauth {
                 state.ledger.calls_while_needs_reauth += 1;
             }
@@ -235,11 +241,17 @@ impl TokenEndpoint for FakeKeap {
         *state.in_flight.get_mut(&token).expect("counted above") -= 1;
         if let Some(KeapFault::Transient(status)) = fault {
             state.ledger.transient_failures += 1;
-            return Err(OAuthError::Transient { status, retry_after: None });
+            return Err(OAuthError::Transient {
+                status,
+                retry_after: None,
+            });
         }
         if state.live_refresh.as_deref() != Some(token.as_str()) {
             state.ledger.invalid_grants += 1;
-            return Err(OAuthError::RefreshTokenRejected { error: "invalid_grant".into(), description: "Invalid refresh token".into() });
+            return Err(OAuthError::RefreshTokenRejected {
+                error: "invalid_grant".into(),
+                description: "Invalid refresh token".into(),
+            });
         }
         state.spent.insert(token);
         let grant = Self::issue(&mut state, self.expires_in);
@@ -247,7 +259,9 @@ impl TokenEndpoint for FakeKeap {
         match fault {
             Some(KeapFault::DropResponse) => {
                 state.ledger.dropped += 1;
-                Err(OAuthError::OutcomeUnknown("injected: connection closed before the answer".into()))
+                Err(OAuthError::OutcomeUnknown(
+                    "injected: connection closed before the answer".into(),
+                ))
             }
             Some(KeapFault::CrashAfterIssue) => {
                 state.ledger.crashes_after_issue += 1;
@@ -299,14 +313,25 @@ enum Plan {
 
 impl FaultyStore {
     pub fn new(inner: Arc<dyn SecretStore>, chaos: StoreChaos) -> Self {
-        Self { rng: Mutex::new(Rng::new(chaos.seed)), inner, chaos, calls: AtomicU64::new(0), crashed: AtomicBool::new(false), injected: AtomicU64::new(0) }
+        Self {
+            rng: Mutex::new(Rng::new(chaos.seed)),
+            inner,
+            chaos,
+            calls: AtomicU64::new(0),
+            crashed: AtomicBool::new(false),
+            injected: AtomicU64::new(0),
+        }
     }
 
     async fn plan(&self) -> Plan {
         let call = self.calls.fetch_add(1, Ordering::SeqCst);
         let (delay, fail, before, hang) = {
             let mut rng = self.rng.lock().unwrap();
-            let drawn = (rng.below(self.chaos.max_delay_ms + 1), rng.chance(self.chaos.transient_percent), rng.chance(50));
+            let drawn = (
+                rng.below(self.chaos.max_delay_ms + 1),
+                rng.chance(self.chaos.transient_percent),
+                rng.chance(50),
+            );
             (drawn.0, drawn.1, drawn.2, rng.chance(self.chaos.hang_percent))
         };
         if delay > 0 {
@@ -334,10 +359,17 @@ impl FaultyStore {
         panic!("injected crash in the store");
     }
 
-    async fn run<T>(&self, op: StoreOp, call: impl std::future::Future<Output = Result<T, StoreError>>) -> Result<T, StoreError> {
+    async fn run<T>(
+        &self,
+        op: StoreOp,
+        call: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
         let transient = || {
             self.injected.fetch_add(1, Ordering::Relaxed);
-            StoreError::Transient { operation: op.name(), detail: "injected".into() }
+            StoreError::Transient {
+                operation: op.name(),
+                detail: "injected".into(),
+            }
         };
         match self.plan().await {
             Plan::Proceed => call.await,
@@ -366,19 +398,33 @@ impl SecretStore for FaultyStore {
     }
 
     async fn read_version(&self, secret_id: &str, version_id: &str) -> Result<Option<StoredVersion>, StoreError> {
-        self.run(StoreOp::ReadVersion, self.inner.read_version(secret_id, version_id)).await
+        self.run(StoreOp::ReadVersion, self.inner.read_version(secret_id, version_id))
+            .await
     }
 
-    async fn put_version(&self, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+    async fn put_version(
+        &self,
+        secret_id: &str,
+        version_id: &str,
+        value: &SecretString,
+    ) -> Result<PutOutcome, StoreError> {
         if self.chaos.held_commit_ms > 0 && carries_new_pair(value) {
-            let held = put_after(self.inner.clone(), Duration::from_millis(self.chaos.held_commit_ms), secret_id, version_id, value);
+            let held = put_after(
+                self.inner.clone(),
+                Duration::from_millis(self.chaos.held_commit_ms),
+                secret_id,
+                version_id,
+                value,
+            );
             return self.run(StoreOp::Put, held).await;
         }
-        self.run(StoreOp::Put, self.inner.put_version(secret_id, version_id, value)).await
+        self.run(StoreOp::Put, self.inner.put_version(secret_id, version_id, value))
+            .await
     }
 
     async fn swap_current(&self, secret_id: &str, from: &str, to: &str) -> Result<SwapOutcome, StoreError> {
-        self.run(StoreOp::Swap, self.inner.swap_current(secret_id, from, to)).await
+        self.run(StoreOp::Swap, self.inner.swap_current(secret_id, from, to))
+            .await
     }
 }
 
@@ -389,7 +435,13 @@ pub fn carries_new_pair(value: &SecretString) -> bool {
 
 /// A put held in the network for `delay`: it reaches `inner` then, even if the caller has
 /// given up waiting (a proxy, or throttling with a retry queue).
-pub async fn put_after(inner: Arc<dyn SecretStore>, delay: Duration, secret_id: &str, version_id: &str, value: &SecretString) -> Result<PutOutcome, StoreError> {
+pub async fn put_after(
+    inner: Arc<dyn SecretStore>,
+    delay: Duration,
+    secret_id: &str,
+    version_id: &str,
+    value: &SecretString,
+) -> Result<PutOutcome, StoreError> {
     let (secret_id, version_id, value) = (secret_id.to_owned(), version_id.to_owned(), value.clone());
     let landing = tokio::spawn(async move {
         tokio::time::sleep(delay).await;

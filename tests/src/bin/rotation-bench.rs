@@ -45,13 +45,20 @@ struct Row {
 }
 
 async fn rotation(store: &StoreSpec, processes: usize, callers: usize) -> Row {
-    let mut row = Row { contenders: processes * callers, keap_calls: vec![], versions: vec![], store_calls: vec![], elapsed: vec![] };
+    let mut row = Row {
+        contenders: processes * callers,
+        keap_calls: vec![],
+        versions: vec![],
+        store_calls: vec![],
+        elapsed: vec![],
+    };
     for _ in 0..ROUNDS {
         let mut setup = StormSetup::new(store.clone(), ReusePolicy::RevokeFamily, true).await;
         setup.args.callers = callers;
         let outcome = unleash(spawn_contenders(&contender_program(), &setup.args, processes)).await;
         assert!(outcome.errors().is_empty(), "{:?}", outcome.errors());
-        row.keap_calls.push(setup.sandbox.stats().refreshes_served + setup.sandbox.stats().refresh_failures_total());
+        row.keap_calls
+            .push(setup.sandbox.stats().refreshes_served + setup.sandbox.stats().refresh_failures_total());
         row.versions.push(setup.new_versions().await);
         row.store_calls.push(outcome.store_calls);
         row.elapsed.push(outcome.elapsed);
@@ -68,8 +75,12 @@ fn median<T: Ord + Copy>(values: &[T]) -> T {
 async fn bench(name: &str, store: StoreSpec) {
     let (cold, per_request) = steady_state(&store).await;
     println!("\n## {name}\n");
-    println!("steady state: {cold} store call(s) on a cold start, then {per_request:.4} store calls per request (10,000 requests)\n");
-    println!("| contenders (processes x callers) | Keap token calls per rotation | new secret versions | store calls, all contenders | expiry -> last contender served (median of {ROUNDS}) |");
+    println!(
+        "steady state: {cold} store call(s) on a cold start, then {per_request:.4} store calls per request (10,000 requests)\n"
+    );
+    println!(
+        "| contenders (processes x callers) | Keap token calls per rotation | new secret versions | store calls, all contenders | expiry -> last contender served (median of {ROUNDS}) |"
+    );
     println!("|---|---|---|---|---|");
     for (processes, callers) in [(1, 1), (8, 1), (8, 8)] {
         let row = rotation(&store, processes, callers).await;
@@ -91,7 +102,13 @@ async fn main() {
     match find_moto_server() {
         Ok(_) => {
             let moto = MotoServer::start().await;
-            bench("Secrets Manager (moto)", StoreSpec::SecretsManager { endpoint: moto.endpoint.clone() }).await;
+            bench(
+                "Secrets Manager (moto)",
+                StoreSpec::SecretsManager {
+                    endpoint: moto.endpoint.clone(),
+                },
+            )
+            .await;
         }
         Err(reason) => println!("\n(skipping Secrets Manager: {reason})"),
     }

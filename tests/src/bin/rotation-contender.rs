@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use keap_relay::SecretString;
 use keap_relay::keap::oauth::{OAuthClient, OAuthError, TokenEndpoint};
 use keap_relay::store::counting::CountingStore;
 use keap_relay::token::{Credential, CredentialSource, TokenGrant, TokenSource};
-use keap_relay::SecretString;
 use relay_tests::rotation::{ContenderArgs, ContenderLine, StoreSpec, fingerprint};
 
 /// Holds a Keap call back while the pause marker exists, so a test can kill the lease holder
@@ -41,17 +41,24 @@ fn emit(line: &ContenderLine) {
 
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() {
-    let args: ContenderArgs = serde_json::from_str(&std::env::args().nth(1).expect("one JSON argument")).expect("valid arguments");
+    let args: ContenderArgs =
+        serde_json::from_str(&std::env::args().nth(1).expect("one JSON argument")).expect("valid arguments");
     let store = StoreSpec::parse(&args.store).expect("store spec").open();
     let counting = Arc::new(CountingStore::new(store));
     let settings = args.timings.settings();
     let oauth = args.oauth_client();
-    let keap = Arc::new(PausingKeap { inner: oauth, marker: args.pause_marker.clone(), pause: Duration::from_millis(args.pause_ms) });
+    let keap = Arc::new(PausingKeap {
+        inner: oauth,
+        marker: args.pause_marker.clone(),
+        pause: Duration::from_millis(args.pause_ms),
+    });
     let source = TokenSource::new(counting.clone(), args.secret_id.clone(), keap, settings).expect("settings");
     if args.warm {
         source.credential().await.expect("warm-up credential");
     }
-    emit(&ContenderLine::Ready { process_id: source.process_id().to_owned() });
+    emit(&ContenderLine::Ready {
+        process_id: source.process_id().to_owned(),
+    });
     let mut go = String::new();
     std::io::stdin().lock().read_line(&mut go).expect("go line");
     counting.reset();
@@ -71,7 +78,13 @@ async fn main() {
                         elapsed_ms,
                     },
                     Ok(Credential::ApiKey(_)) => unreachable!("oauth source"),
-                    Err(error) => ContenderLine::Call { ok: false, fingerprint: None, generation: None, error: Some(error.to_string()), elapsed_ms },
+                    Err(error) => ContenderLine::Call {
+                        ok: false,
+                        fingerprint: None,
+                        generation: None,
+                        error: Some(error.to_string()),
+                        elapsed_ms,
+                    },
                 }
             })
         })
@@ -80,5 +93,9 @@ async fn main() {
         emit(&caller.await.expect("caller task"));
     }
     let counts = counting.counts();
-    emit(&ContenderLine::Done { store_calls: counts.total(), store_writes: counts.writes(), created: counts.created });
+    emit(&ContenderLine::Done {
+        store_calls: counts.total(),
+        store_writes: counts.writes(),
+        created: counts.created,
+    });
 }

@@ -118,9 +118,7 @@ impl Contact {
     }
 
     fn has_email(&self, email: &str) -> bool {
-        self.emails
-            .iter()
-            .any(|e| e.email.eq_ignore_ascii_case(email))
+        self.emails.iter().any(|e| e.email.eq_ignore_ascii_case(email))
     }
 }
 
@@ -252,11 +250,7 @@ const V2_ECHOED: &[&str] = &[
     "billing_information",
 ];
 
-fn optional_string(
-    body: &Map<String, Value>,
-    name: &str,
-    max_len: usize,
-) -> Result<Option<String>, String> {
+fn optional_string(body: &Map<String, Value>, name: &str, max_len: usize) -> Result<Option<String>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(text)) if text.chars().count() > max_len => {
@@ -267,13 +261,7 @@ fn optional_string(
     }
 }
 
-fn slot(
-    field: Option<&str>,
-    prefix: &str,
-    max: u8,
-    unspecified: &str,
-    list: &str,
-) -> Result<Option<u8>, String> {
+fn slot(field: Option<&str>, prefix: &str, max: u8, unspecified: &str, list: &str) -> Result<Option<u8>, String> {
     let Some(field) = field else { return Ok(None) };
     if field == unspecified {
         return Ok(None);
@@ -283,9 +271,7 @@ fn slot(
         .and_then(|n| n.parse::<u8>().ok())
         .filter(|n| (1..=max).contains(n) && field.len() == prefix.len() + 1)
         .map(Some)
-        .ok_or_else(|| {
-            format!("Invalid {list} field {field:?}: must be one of {prefix}1..{prefix}{max}")
-        })
+        .ok_or_else(|| format!("Invalid {list} field {field:?}: must be one of {prefix}1..{prefix}{max}"))
 }
 
 /// Give every entry without a slot the next free one; reject a slot given twice.
@@ -310,10 +296,7 @@ fn assign_slots(slots: Vec<Option<u8>>, max: u8, list: &str) -> Result<Vec<u8>, 
         .collect()
 }
 
-fn entries<'a>(
-    body: &'a Map<String, Value>,
-    name: &str,
-) -> Result<Option<Vec<&'a Map<String, Value>>>, String> {
+fn entries<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<Vec<&'a Map<String, Value>>>, String> {
     match body.get(name) {
         None | Some(Value::Null) => Ok(None),
         Some(Value::Array(items)) => items
@@ -339,17 +322,14 @@ fn parse_emails(
     let mut parsed = Vec::with_capacity(items.len());
     let mut slots = Vec::with_capacity(items.len());
     for item in items {
-        let email =
-            optional_string(item, "email", 100)?.ok_or("email_addresses entries need an email")?;
+        let email = optional_string(item, "email", 100)?.ok_or("email_addresses entries need an email")?;
         let email = email.trim().to_owned();
         if email.parse::<email_address::EmailAddress>().is_err() {
             return Err(format!("Invalid email address {email:?}"));
         }
         let field = optional_string(item, "field", 32)?;
         if version == ApiVersion::V1 && field.is_none() {
-            return Err(
-                "email_addresses entries need a field (EMAIL1, EMAIL2 or EMAIL3)".to_owned(),
-            );
+            return Err("email_addresses entries need a field (EMAIL1, EMAIL2 or EMAIL3)".to_owned());
         }
         slots.push(slot(
             field.as_deref(),
@@ -379,10 +359,7 @@ fn parse_emails(
     ))
 }
 
-fn parse_phones(
-    body: &Map<String, Value>,
-    version: ApiVersion,
-) -> Result<Option<Vec<StoredPhone>>, String> {
+fn parse_phones(body: &Map<String, Value>, version: ApiVersion) -> Result<Option<Vec<StoredPhone>>, String> {
     let Some(items) = entries(body, "phone_numbers")? else {
         return Ok(None);
     };
@@ -427,9 +404,7 @@ fn parse_phones(
 /// Validate a contact body. `require_contact_point`: creating needs an email or phone
 /// (v2 also accepts an address).
 pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<ContactInput, String> {
-    let body = body
-        .as_object()
-        .ok_or("The request body must be a JSON object")?;
+    let body = body.as_object().ok_or("The request body must be a JSON object")?;
     let v1_reason = match version {
         ApiVersion::V1 => optional_string(body, "opt_in_reason", 4096)?,
         ApiVersion::V2 => None,
@@ -462,9 +437,7 @@ pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<Contact
     ];
     let other = body
         .iter()
-        .filter(|(name, _)| {
-            !handled.contains(&name.as_str()) && !READ_ONLY.contains(&name.as_str())
-        })
+        .filter(|(name, _)| !handled.contains(&name.as_str()) && !READ_ONLY.contains(&name.as_str()))
         .map(|(name, value)| (name.clone(), value.clone()))
         .collect();
     Ok(ContactInput {
@@ -480,9 +453,7 @@ pub(crate) fn parse_contact(body: &Value, version: ApiVersion) -> Result<Contact
 
 /// RFC 3339 UTC with milliseconds, without a date library.
 pub(crate) fn iso8601(time: SystemTime) -> String {
-    let since = time
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap_or_default();
+    let since = time.duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
@@ -529,14 +500,10 @@ impl Default for Crm {
 /// an address given again without a reason keeps what it had.
 fn carry_statuses(old: &[StoredEmail], new: &mut [StoredEmail]) {
     for email in new.iter_mut() {
-        let previous = old
-            .iter()
-            .find(|e| e.email.eq_ignore_ascii_case(&email.email));
+        let previous = old.iter().find(|e| e.email.eq_ignore_ascii_case(&email.email));
         let reason = email.opt_in_reason.take().filter(|r| !r.trim().is_empty());
         (email.status, email.opt_in_reason) = match (previous, reason) {
-            (Some(p), _) if p.status == EmailStatus::Unsubscribed => {
-                (EmailStatus::Unsubscribed, None)
-            }
+            (Some(p), _) if p.status == EmailStatus::Unsubscribed => (EmailStatus::Unsubscribed, None),
             (_, Some(reason)) => (EmailStatus::SingleOptIn, Some(reason)),
             (Some(p), None) => (p.status, p.opt_in_reason.clone()),
             (None, None) => (EmailStatus::NonMarketable, None),
@@ -598,8 +565,7 @@ impl Crm {
                 && match option {
                     DuplicateOption::Email => true,
                     DuplicateOption::EmailAndName => {
-                        same(&c.given_name, &input.given_name)
-                            && same(&c.family_name, &input.family_name)
+                        same(&c.given_name, &input.given_name) && same(&c.family_name, &input.family_name)
                     }
                     DuplicateOption::EmailAndNameAndCompany => {
                         same(&c.given_name, &input.given_name)
@@ -666,13 +632,8 @@ impl Crm {
     }
 
     /// Tags named exactly `name` (Keap allows several tags with one name).
-    pub(crate) fn tags_named<'a>(
-        &'a self,
-        name: Option<&'a str>,
-    ) -> impl Iterator<Item = &'a Tag> + 'a {
-        self.tags
-            .iter()
-            .filter(move |t| name.is_none_or(|n| t.name == n))
+    pub(crate) fn tags_named<'a>(&'a self, name: Option<&'a str>) -> impl Iterator<Item = &'a Tag> + 'a {
+        self.tags.iter().filter(move |t| name.is_none_or(|n| t.name == n))
     }
 
     pub(crate) fn tags(&self) -> &[Tag] {
@@ -734,12 +695,7 @@ impl Crm {
 
 /// v1 replaces only the slots given (EMAIL2 stays when EMAIL1 is sent); v2 replaces the
 /// whole list (the spec: "Any item not listed here will be removed").
-fn merge_slots<T>(
-    stored: &mut Vec<T>,
-    given: Vec<T>,
-    version: ApiVersion,
-    slot: impl Fn(&T) -> u8,
-) {
+fn merge_slots<T>(stored: &mut Vec<T>, given: Vec<T>, version: ApiVersion, slot: impl Fn(&T) -> u8) {
     match version {
         ApiVersion::V1 => {
             for item in given {
@@ -775,9 +731,7 @@ fn update(contact: &mut Contact, input: ContactInput, version: ApiVersion) {
 
 impl Contact {
     pub(crate) fn has_email_matching(&self, pattern: &str) -> bool {
-        self.emails
-            .iter()
-            .any(|e| wildcard_match(pattern, &e.email))
+        self.emails.iter().any(|e| wildcard_match(pattern, &e.email))
     }
 
     pub(crate) fn given_name_matches(&self, pattern: &str) -> bool {
@@ -890,9 +844,7 @@ impl Tag {
 /// v2 leaves unset fields out instead of sending null.
 fn without_nulls(value: Value) -> Value {
     match value {
-        Value::Object(map) => {
-            Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect())
-        }
+        Value::Object(map) => Value::Object(map.into_iter().filter(|(_, v)| !v.is_null()).collect()),
         other => other,
     }
 }
@@ -918,10 +870,7 @@ mod tests {
 
     #[test]
     fn slots_are_assigned_and_duplicates_refused() {
-        assert_eq!(
-            assign_slots(vec![None, Some(1), None], 3, "x"),
-            Ok(vec![2, 1, 3])
-        );
+        assert_eq!(assign_slots(vec![None, Some(1), None], 3, "x"), Ok(vec![2, 1, 3]));
         assert!(assign_slots(vec![Some(2), Some(2)], 3, "x").is_err());
         assert!(assign_slots(vec![None, None, None, None], 3, "x").is_err());
     }

@@ -85,13 +85,8 @@ impl Faults {
 
     /// Answer this share (clamped to 0..=1) of REST and `/token` calls with a 502/503.
     pub fn set_server_error_rate(&self, rate: f64) {
-        let rate = if rate.is_nan() {
-            0.0
-        } else {
-            rate.clamp(0.0, 1.0)
-        };
-        self.server_error_rate_bits
-            .store(rate.to_bits(), Ordering::SeqCst);
+        let rate = if rate.is_nan() { 0.0 } else { rate.clamp(0.0, 1.0) };
+        self.server_error_rate_bits.store(rate.to_bits(), Ordering::SeqCst);
     }
 
     /// The next `n` authenticated REST calls get 429, with `Retry-After` when given.

@@ -28,8 +28,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use config::{
-    ClientConfig, DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT,
-    RateLimit, ReusePolicy, SandboxConfig,
+    ClientConfig, DEFAULT_API_KEY, DEFAULT_CLIENT_ID, DEFAULT_CLIENT_SECRET, DEFAULT_TENANT, RateLimit, ReusePolicy,
+    SandboxConfig,
 };
 pub use crm::ContactView;
 pub use faults::{FaultSettings, Faults};
@@ -97,8 +97,7 @@ impl Sandbox {
         let listener = tokio::net::TcpListener::bind(addr).await?;
         let addr = listener.local_addr()?;
         let shared = Arc::new(Shared::new(config));
-        let app = http::router(shared.clone())
-            .into_make_service_with_connect_info::<server::ConnHandle>();
+        let app = http::router(shared.clone()).into_make_service_with_connect_info::<server::ConnHandle>();
         let (stop, stopped) = oneshot::channel::<()>();
         let task = tokio::spawn(async move {
             axum::serve(server::SeverableListener(listener), app)

@@ -44,10 +44,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
         per_minute: 0,
     };
     while let Some(flag) = args.next() {
-        let mut value = || {
-            args.next()
-                .ok_or_else(|| ArgError::MissingValue(flag.clone()))
-        };
+        let mut value = || args.next().ok_or_else(|| ArgError::MissingValue(flag.clone()));
         fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, ArgError> {
             value.parse().map_err(|_| ArgError::InvalidValue {
                 flag: flag.to_owned(),

@@ -65,10 +65,7 @@ fn refresh_refused(reason: &'static str) -> TokenError {
 }
 
 fn code_refused(reason: &'static str, description: &'static str) -> TokenError {
-    TokenError::InvalidGrant {
-        reason,
-        description,
-    }
+    TokenError::InvalidGrant { reason, description }
 }
 
 #[derive(Debug)]
@@ -126,12 +123,7 @@ impl OAuthStore {
         self.clock_offset += by;
     }
 
-    pub(crate) fn issue_code(
-        &mut self,
-        config: &SandboxConfig,
-        client_id: &str,
-        redirect_uri: &str,
-    ) -> String {
+    pub(crate) fn issue_code(&mut self, config: &SandboxConfig, client_id: &str, redirect_uri: &str) -> String {
         let code = random_token("sbx-code-");
         let expires_at = self.now() + config.code_ttl;
         self.codes.insert(
@@ -216,10 +208,7 @@ impl OAuthStore {
             return Err(code_refused("client_mismatch", INVALID_CODE));
         }
         if grant.redirect_uri != redirect_uri {
-            return Err(code_refused(
-                "redirect_uri_mismatch",
-                "Invalid redirect uri",
-            ));
+            return Err(code_refused("redirect_uri_mismatch", "Invalid redirect uri"));
         }
         let pair = self.new_grant(config, client_id);
         let family = self.refresh[&pair.refresh_token].family;

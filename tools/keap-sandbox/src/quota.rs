@@ -82,10 +82,7 @@ impl Quotas {
         limit: RateLimit,
         now: Instant,
     ) -> Result<QuotaReport, QuotaReport> {
-        let fresh = Window {
-            started: now,
-            used: 0,
-        };
+        let fresh = Window { started: now, used: 0 };
         let windows = self.windows.entry(credential.clone()).or_insert(Windows {
             second: fresh,
             minute: fresh,
@@ -136,16 +133,9 @@ mod tests {
         assert!(quotas.admit(&key(), limit, start).is_ok());
         assert!(quotas.admit(&key(), limit, start).is_ok());
         let refused = quotas.admit(&key(), limit, start).unwrap_err();
-        assert_eq!(
-            (refused.time_unit, refused.limit, refused.available),
-            ("second", 2, 0)
-        );
+        assert_eq!((refused.time_unit, refused.limit, refused.available), ("second", 2, 0));
         assert_eq!(refused.retry_after_secs(), 1);
-        assert!(
-            quotas
-                .admit(&key(), limit, start + Duration::from_secs(1))
-                .is_ok()
-        );
+        assert!(quotas.admit(&key(), limit, start + Duration::from_secs(1)).is_ok());
     }
 
     #[test]
@@ -165,21 +155,11 @@ mod tests {
                 ("minute", available, 3 - available)
             );
         }
-        let refused = quotas
-            .admit(&key(), limit, start + Duration::from_secs(3))
-            .unwrap_err();
+        let refused = quotas.admit(&key(), limit, start + Duration::from_secs(3)).unwrap_err();
         assert_eq!(refused.time_unit, "minute");
         assert_eq!(refused.retry_after_secs(), 57);
         let other = Credential::OAuthClient("c".to_owned());
-        assert!(
-            quotas
-                .admit(&other, limit, start + Duration::from_secs(3))
-                .is_ok()
-        );
-        assert!(
-            quotas
-                .admit(&key(), limit, start + Duration::from_secs(60))
-                .is_ok()
-        );
+        assert!(quotas.admit(&other, limit, start + Duration::from_secs(3)).is_ok());
+        assert!(quotas.admit(&key(), limit, start + Duration::from_secs(60)).is_ok());
     }
 }

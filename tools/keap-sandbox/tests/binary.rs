@@ -38,21 +38,14 @@ async fn binary_prints_its_urls_and_serves_with_the_given_flags() {
     let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
     let mut urls = std::collections::HashMap::new();
     while urls.len() < 4 {
-        let line = lines
-            .next_line()
-            .await
-            .unwrap()
-            .expect("URL lines before exit");
+        let line = lines.next_line().await.unwrap().expect("URL lines before exit");
         let (name, value) = line.split_once('=').expect("NAME=value");
         urls.insert(name.to_owned(), value.to_owned());
     }
     let base = &urls["KEAP_SANDBOX_URL"];
     assert_eq!(urls["KEAP_API_URL"], format!("{base}/crm/rest"));
     assert_eq!(urls["KEAP_TOKEN_URL"], format!("{base}/token"));
-    assert_eq!(
-        urls["KEAP_AUTHORIZE_URL"],
-        format!("{base}/app/oauth/authorize")
-    );
+    assert_eq!(urls["KEAP_AUTHORIZE_URL"], format!("{base}/app/oauth/authorize"));
 
     let grant = client()
         .post(format!("{base}/_sandbox/grant"))

@@ -67,26 +67,17 @@ async fn every_rest_path_checks_the_credential_first() {
         }
     }
     let stats = sandbox.stats();
-    assert_eq!(
-        stats.unauthorized,
-        (REST_PATHS.len() * credentials.len()) as u64
-    );
+    assert_eq!(stats.unauthorized, (REST_PATHS.len() * credentials.len()) as u64);
     assert_eq!(stats.contacts_created + stats.tags_created, 0);
 }
 
 #[tokio::test]
 async fn unknown_paths_answer_404_once_authenticated() {
     let sandbox = sandbox().await;
-    let v1 = rest(&sandbox, Method::GET, "/v1/no/such/path")
-        .send()
-        .await
-        .unwrap();
+    let v1 = rest(&sandbox, Method::GET, "/v1/no/such/path").send().await.unwrap();
     assert_eq!(v1.status(), StatusCode::NOT_FOUND);
     assert!(json_of(v1).await["message"].is_string());
-    let v2 = rest(&sandbox, Method::GET, "/v2/nothing")
-        .send()
-        .await
-        .unwrap();
+    let v2 = rest(&sandbox, Method::GET, "/v2/nothing").send().await.unwrap();
     assert_eq!(v2.status(), StatusCode::NOT_FOUND);
     assert_eq!(json_of(v2).await["code"], 404);
 }
@@ -94,15 +85,9 @@ async fn unknown_paths_answer_404_once_authenticated() {
 #[tokio::test]
 async fn api_keys_work_in_both_header_styles() {
     let sandbox = sandbox().await;
-    let header = rest(&sandbox, Method::GET, "/v1/tags")
-        .send()
-        .await
-        .unwrap();
+    let header = rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap();
     assert_eq!(header.status(), StatusCode::OK);
-    assert_eq!(
-        get_bearer(&sandbox, "/v2/tags", API_KEY).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_bearer(&sandbox, "/v2/tags", API_KEY).await.status(), StatusCode::OK);
     let lowercase_scheme = client()
         .get(format!("{}/v2/tags", sandbox.api_url()))
         .header("Authorization", format!("bearer {API_KEY}"))
@@ -162,14 +147,7 @@ fn header<'a>(response: &'a reqwest::Response, name: &str) -> Option<&'a str> {
 async fn assert_throttled(response: reqwest::Response, retry_after: Option<&str>) {
     assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     assert_eq!(header(&response, "retry-after"), retry_after);
-    for name in [
-        "limit",
-        "time-unit",
-        "interval",
-        "available",
-        "used",
-        "expiry-time",
-    ] {
+    for name in ["limit", "time-unit", "interval", "available", "used", "expiry-time"] {
         assert!(
             header(&response, &format!("x-keap-product-quota-{name}")).is_some(),
             "{name}"
@@ -179,10 +157,7 @@ async fn assert_throttled(response: reqwest::Response, retry_after: Option<&str>
         .unwrap()
         .parse()
         .unwrap();
-    let now_ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_millis();
+    let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis();
     assert!(
         expiry > now_ms - 1000,
         "expiry-time is epoch milliseconds in the future"
@@ -205,32 +180,14 @@ async fn throttle_fault_answers_429_with_and_without_retry_after() {
         .unwrap();
     assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
     for _ in 0..2 {
-        assert_throttled(
-            rest(&sandbox, Method::GET, "/v1/tags")
-                .send()
-                .await
-                .unwrap(),
-            Some("7"),
-        )
-        .await;
+        assert_throttled(rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap(), Some("7")).await;
     }
     assert_eq!(
-        rest(&sandbox, Method::GET, "/v1/tags")
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap().status(),
         StatusCode::OK
     );
     sandbox.faults().throttle_next(1, None);
-    assert_throttled(
-        rest(&sandbox, Method::GET, "/v1/tags")
-            .send()
-            .await
-            .unwrap(),
-        None,
-    )
-    .await;
+    assert_throttled(rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap(), None).await;
     assert_eq!(sandbox.stats().throttled, 3);
 }
 
@@ -246,29 +203,17 @@ async fn rate_limit_is_per_credential_with_quota_headers() {
     })
     .await;
     for expected_available in ["2", "1", "0"] {
-        let response = rest(&sandbox, Method::GET, "/v1/tags")
-            .send()
-            .await
-            .unwrap();
+        let response = rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap();
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(
             header(&response, "x-keap-product-quota-available"),
             Some(expected_available)
         );
         assert_eq!(header(&response, "x-keap-product-quota-limit"), Some("3"));
-        assert_eq!(
-            header(&response, "x-keap-product-quota-time-unit"),
-            Some("minute")
-        );
+        assert_eq!(header(&response, "x-keap-product-quota-time-unit"), Some("minute"));
     }
-    let refused = rest(&sandbox, Method::GET, "/v1/tags")
-        .send()
-        .await
-        .unwrap();
-    let retry_after: u64 = header(&refused, "retry-after")
-        .expect("Retry-After")
-        .parse()
-        .unwrap();
+    let refused = rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap();
+    let retry_after: u64 = header(&refused, "retry-after").expect("Retry-After").parse().unwrap();
     assert!((1..=60).contains(&retry_after));
     assert_throttled(refused, Some(retry_after.to_string().as_str())).await;
     let other_key = client()
@@ -292,11 +237,7 @@ async fn server_error_fault_hits_rest_and_token_without_side_effects() {
             .send()
             .await
             .unwrap();
-        assert!(
-            matches!(response.status().as_u16(), 502 | 503),
-            "{}",
-            response.status()
-        );
+        assert!(matches!(response.status().as_u16(), 502 | 503), "{}", response.status());
         assert!(json_of(response).await["fault"]["faultstring"].is_string());
     }
     let token = refresh(&sandbox, &pair.refresh_token).await;
@@ -331,14 +272,8 @@ async fn latency_faults_delay_rest_and_token_separately() {
         .await
         .unwrap_err();
     assert!(error.is_timeout());
-    let token = refresh_with(&patient, &sandbox, &pair.refresh_token)
-        .await
-        .unwrap();
-    assert_eq!(
-        token.status(),
-        StatusCode::OK,
-        "REST latency does not touch /token"
-    );
+    let token = refresh_with(&patient, &sandbox, &pair.refresh_token).await.unwrap();
+    assert_eq!(token.status(), StatusCode::OK, "REST latency does not touch /token");
     let pair: TokenResponse = token.json().await.unwrap();
 
     sandbox.faults().clear();
@@ -355,11 +290,7 @@ async fn latency_faults_delay_rest_and_token_separately() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        ok.status(),
-        StatusCode::OK,
-        "token latency does not touch REST"
-    );
+    assert_eq!(ok.status(), StatusCode::OK, "token latency does not touch REST");
 }
 
 #[tokio::test]
@@ -370,10 +301,7 @@ async fn a_dropped_refresh_response_still_rotates_the_token() {
     let lost = refresh_with(&client(), &sandbox, &pair.refresh_token)
         .await
         .unwrap_err();
-    assert!(
-        !lost.is_timeout(),
-        "the connection is closed, not left hanging: {lost}"
-    );
+    assert!(!lost.is_timeout(), "the connection is closed, not left hanging: {lost}");
     assert_invalid_grant(refresh(&sandbox, &pair.refresh_token).await).await;
     let stats = sandbox.stats();
     assert_eq!(stats.refreshes_served, 1);
@@ -401,16 +329,10 @@ async fn control_endpoints_drive_a_sandbox_from_another_process() {
         .await
         .unwrap();
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &pair.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &pair.access_token).await.status(),
         StatusCode::OK
     );
-    let expire = http
-        .post(control("expire-access-tokens"))
-        .send()
-        .await
-        .unwrap();
+    let expire = http.post(control("expire-access-tokens")).send().await.unwrap();
     assert_eq!(expire.status(), StatusCode::OK);
     assert_invalid_access_token(get_bearer(&sandbox, "/v1/tags", &pair.access_token).await).await;
 
@@ -421,14 +343,7 @@ async fn control_endpoints_drive_a_sandbox_from_another_process() {
         .await
         .unwrap();
     assert_eq!(faults.status(), StatusCode::OK);
-    assert_throttled(
-        rest(&sandbox, Method::GET, "/v1/tags")
-            .send()
-            .await
-            .unwrap(),
-        Some("3"),
-    )
-    .await;
+    assert_throttled(rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap(), Some("3")).await;
     let unknown_knob = http
         .post(control("faults"))
         .json(&json!({"latency": 5}))
@@ -485,10 +400,7 @@ async fn control_endpoints_drive_a_sandbox_from_another_process() {
         .unwrap();
     assert_eq!(unsubscribed.status(), StatusCode::OK);
     assert_eq!(
-        sandbox
-            .contact_by_email("ann@example.com")
-            .unwrap()
-            .email_status,
+        sandbox.contact_by_email("ann@example.com").unwrap().email_status,
         "ListUnsubscribe"
     );
 
@@ -507,14 +419,7 @@ async fn control_endpoints_drive_a_sandbox_from_another_process() {
     .await;
     assert_eq!(tag["id"], sandbox.tag_by_name("Welcome").unwrap());
 
-    let stats: Stats = http
-        .get(control("stats"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats: Stats = http.get(control("stats")).send().await.unwrap().json().await.unwrap();
     assert_eq!(stats, sandbox.stats());
     assert_eq!(
         (
@@ -555,10 +460,7 @@ async fn control_endpoints_drive_a_sandbox_from_another_process() {
         StatusCode::BAD_REQUEST
     );
     let refresh_pair = sandbox.mint_grant(CLIENT_ID);
-    http.post(control("expire-refresh-tokens"))
-        .send()
-        .await
-        .unwrap();
+    http.post(control("expire-refresh-tokens")).send().await.unwrap();
     assert_invalid_grant(refresh(&sandbox, &refresh_pair.refresh_token).await).await;
 }
 

@@ -24,12 +24,7 @@ fn authorize_query<'a>(redirect_uri: &'a str, client_id: &'a str) -> Vec<(&'stat
 async fn decide(sandbox: &keap_sandbox::Sandbox, decision: &str) -> url::Url {
     let mut form = authorize_query(REDIRECT_URI, CLIENT_ID);
     form.push(("decision", decision));
-    let response = client()
-        .post(sandbox.authorize_url())
-        .form(&form)
-        .send()
-        .await
-        .unwrap();
+    let response = client().post(sandbox.authorize_url()).form(&form).send().await.unwrap();
     assert_eq!(response.status(), StatusCode::FOUND);
     location(&response)
 }
@@ -47,10 +42,7 @@ async fn consent_page_offers_approve_and_deny() {
     let page = response.text().await.unwrap();
     assert!(page.contains("value=\"approve\"") && page.contains("value=\"deny\""));
     assert!(page.contains("method=\"post\""));
-    assert!(
-        page.contains("value=\"st-42\""),
-        "state carried in the form"
-    );
+    assert!(page.contains("value=\"st-42\""), "state carried in the form");
 }
 
 #[tokio::test]
@@ -64,21 +56,14 @@ async fn approving_redirects_with_code_scope_and_state() {
         query_param(&target, "scope").as_deref(),
         Some("full|ab123.infusionsoft.com")
     );
-    assert!(
-        target
-            .as_str()
-            .contains("scope=full%7Cab123.infusionsoft.com")
-    );
+    assert!(target.as_str().contains("scope=full%7Cab123.infusionsoft.com"));
 }
 
 #[tokio::test]
 async fn denying_redirects_with_access_denied() {
     let sandbox = sandbox().await;
     let target = decide(&sandbox, "deny").await;
-    assert_eq!(
-        query_param(&target, "error").as_deref(),
-        Some("access_denied")
-    );
+    assert_eq!(query_param(&target, "error").as_deref(), Some("access_denied"));
     assert_eq!(query_param(&target, "state").as_deref(), Some("st-42"));
     assert_eq!(query_param(&target, "code"), None);
 }
@@ -105,8 +90,7 @@ async fn auto_approve_redirects_at_once_and_can_be_switched() {
 
 #[tokio::test]
 async fn bad_client_or_redirect_uri_gets_an_error_page_not_a_redirect() {
-    let registered =
-        ClientConfig::new("strict-client", "s3cret").with_redirect_uris([REDIRECT_URI]);
+    let registered = ClientConfig::new("strict-client", "s3cret").with_redirect_uris([REDIRECT_URI]);
     let sandbox = start(SandboxConfig {
         clients: vec![registered],
         auto_approve: true,
@@ -156,31 +140,17 @@ async fn code_exchange_returns_keaps_token_shape_and_tenant_header() {
     assert_eq!(response.headers()["x-keap-tenant-id"], "ab123");
     assert_eq!(response.headers()["cache-control"], "no-store");
     let body = json_of(response).await;
-    let mut keys: Vec<&str> = body
-        .as_object()
-        .unwrap()
-        .keys()
-        .map(String::as_str)
-        .collect();
+    let mut keys: Vec<&str> = body.as_object().unwrap().keys().map(String::as_str).collect();
     keys.sort_unstable();
     assert_eq!(
         keys,
-        [
-            "access_token",
-            "expires_in",
-            "refresh_token",
-            "scope",
-            "token_type"
-        ]
+        ["access_token", "expires_in", "refresh_token", "scope", "token_type"]
     );
     assert_eq!(body["token_type"], "bearer");
     assert_eq!(body["expires_in"], 86_400);
     assert_eq!(body["scope"], "full|ab123.infusionsoft.com");
     let access = body["access_token"].as_str().unwrap();
-    assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", access).await.status(),
-        StatusCode::OK
-    );
+    assert_eq!(get_bearer(&sandbox, "/v1/tags", access).await.status(), StatusCode::OK);
     let stats = sandbox.stats();
     assert_eq!(stats.code_exchanges, 1);
     assert_eq!(stats.refreshes_served, 0);
@@ -210,11 +180,7 @@ async fn reusing_a_code_under_revoke_family_revokes_what_it_issued() {
     })
     .await;
     let code = authorize_code(&sandbox, REDIRECT_URI).await;
-    let pair: TokenResponse = exchange_code(&sandbox, &code, REDIRECT_URI)
-        .await
-        .json()
-        .await
-        .unwrap();
+    let pair: TokenResponse = exchange_code(&sandbox, &code, REDIRECT_URI).await.json().await.unwrap();
     assert_eq!(
         exchange_code(&sandbox, &code, REDIRECT_URI).await.status(),
         StatusCode::BAD_REQUEST
@@ -298,11 +264,7 @@ async fn code_exchange_needs_client_credentials_in_the_body() {
         .collect();
     assert_eq!(
         auth,
-        [
-            AuthKind::Basic,
-            AuthKind::BodyCredentials,
-            AuthKind::BodyCredentials
-        ]
+        [AuthKind::Basic, AuthKind::BodyCredentials, AuthKind::BodyCredentials]
     );
 }
 
@@ -318,15 +280,11 @@ async fn refresh_rotates_and_kills_the_old_refresh_token() {
     // The new token works; the previous access token stays valid until it expires.
     let third = refreshed_pair(&sandbox, &second.refresh_token).await;
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &first.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &first.access_token).await.status(),
         StatusCode::OK
     );
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &third.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &third.access_token).await.status(),
         StatusCode::OK
     );
     let stats = sandbox.stats();
@@ -342,9 +300,7 @@ async fn reuse_under_reject_leaves_the_current_pair_working() {
     let second = refreshed_pair(&sandbox, &first.refresh_token).await;
     assert_invalid_grant(refresh(&sandbox, &first.refresh_token).await).await;
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &second.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &second.access_token).await.status(),
         StatusCode::OK
     );
     refreshed_pair(&sandbox, &second.refresh_token).await;
@@ -430,10 +386,7 @@ async fn refresh_requires_basic_auth() {
     assert_eq!(stats.refresh_failure("missing_client_auth"), 1);
     assert_eq!(stats.refresh_failure("bad_auth_header"), 1);
     let auth: Vec<AuthKind> = stats.calls.iter().map(|c| c.auth).collect();
-    assert_eq!(
-        auth,
-        [AuthKind::BodyCredentials, AuthKind::Basic, AuthKind::Basic]
-    );
+    assert_eq!(auth, [AuthKind::BodyCredentials, AuthKind::Basic, AuthKind::Basic]);
 }
 
 #[tokio::test]
@@ -461,9 +414,7 @@ async fn wrong_client_or_secret_gets_invalid_client() {
 #[tokio::test]
 async fn another_clients_refresh_token_is_unknown() {
     let mut config = SandboxConfig::default();
-    config
-        .clients
-        .push(ClientConfig::new("second-app", "second-secret"));
+    config.clients.push(ClientConfig::new("second-app", "second-secret"));
     let sandbox = start(config).await;
     let pair = sandbox.mint_grant("second-app");
     assert_invalid_grant(refresh(&sandbox, &pair.refresh_token).await).await;
@@ -514,18 +465,14 @@ async fn expired_access_tokens_get_401_and_refresh_still_works() {
     let pair = sandbox.mint_grant(CLIENT_ID);
     assert_eq!(pair.expires_in, 3600);
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &pair.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &pair.access_token).await.status(),
         StatusCode::OK
     );
     sandbox.expire_access_tokens();
     assert_invalid_access_token(get_bearer(&sandbox, "/v1/tags", &pair.access_token).await).await;
     let next = refreshed_pair(&sandbox, &pair.refresh_token).await;
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &next.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &next.access_token).await.status(),
         StatusCode::OK
     );
     sandbox.advance_clock(Duration::from_secs(3601));
@@ -540,16 +487,12 @@ async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
     let barrier = Arc::new(tokio::sync::Barrier::new(CONTENDERS));
     let tasks: Vec<_> = (0..CONTENDERS)
         .map(|_| {
-            let (sandbox, barrier, token) =
-                (sandbox.clone(), barrier.clone(), pair.refresh_token.clone());
+            let (sandbox, barrier, token) = (sandbox.clone(), barrier.clone(), pair.refresh_token.clone());
             tokio::spawn(async move {
                 // Own client each: separate connections, truly parallel requests.
                 let client = client();
                 barrier.wait().await;
-                refresh_with(&client, &sandbox, &token)
-                    .await
-                    .unwrap()
-                    .status()
+                refresh_with(&client, &sandbox, &token).await.unwrap().status()
             })
         })
         .collect();
@@ -558,17 +501,11 @@ async fn concurrent_refreshes_of_one_token_have_exactly_one_winner() {
         statuses.push(task.await.unwrap());
     }
     let winners = statuses.iter().filter(|s| **s == StatusCode::OK).count();
-    let losers = statuses
-        .iter()
-        .filter(|s| **s == StatusCode::BAD_REQUEST)
-        .count();
+    let losers = statuses.iter().filter(|s| **s == StatusCode::BAD_REQUEST).count();
     assert_eq!((winners, losers), (1, CONTENDERS - 1), "{statuses:?}");
     let stats = sandbox.stats();
     assert_eq!(stats.refreshes_served, 1);
-    assert_eq!(
-        stats.refresh_failure("invalid_grant_used"),
-        (CONTENDERS - 1) as u64
-    );
+    assert_eq!(stats.refresh_failure("invalid_grant_used"), (CONTENDERS - 1) as u64);
 }
 
 #[tokio::test]
@@ -578,18 +515,12 @@ async fn minted_grants_work_and_count_as_grants() {
     assert_eq!(pair.token_type, "bearer");
     assert_eq!(pair.expires_in, 86_400);
     assert_eq!(
-        get_bearer(&sandbox, "/v1/tags", &pair.access_token)
-            .await
-            .status(),
+        get_bearer(&sandbox, "/v1/tags", &pair.access_token).await.status(),
         StatusCode::OK
     );
     let stats = sandbox.stats();
     assert_eq!(
-        (
-            stats.grants_minted,
-            stats.code_exchanges,
-            stats.refreshes_served
-        ),
+        (stats.grants_minted, stats.code_exchanges, stats.refreshes_served),
         (1, 0, 0)
     );
 }

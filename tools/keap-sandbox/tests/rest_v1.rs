@@ -73,11 +73,7 @@ async fn email_and_name_matches_on_both() {
         ann(json!({"duplicate_option": "EmailAndName", "given_name": "Annie"})),
     )
     .await;
-    assert_eq!(
-        status,
-        StatusCode::CREATED,
-        "a different name is a different contact"
-    );
+    assert_eq!(status, StatusCode::CREATED, "a different name is a different contact");
     let (status, _) = put_contact(&sandbox, ann(json!({"duplicate_option": "EmailAndName"}))).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -99,11 +95,7 @@ async fn a_second_email_slot_is_merged_not_replaced() {
         json!({"duplicate_option": "Email", "email_addresses": [{"email": "ann@example.com", "field": "EMAIL1"}]}),
     )
     .await;
-    assert_eq!(
-        body["email_addresses"].as_array().unwrap().len(),
-        2,
-        "EMAIL2 kept"
-    );
+    assert_eq!(body["email_addresses"].as_array().unwrap().len(), 2, "EMAIL2 kept");
 }
 
 #[tokio::test]
@@ -111,11 +103,7 @@ async fn opt_in_reason_makes_the_address_marketable_unless_unsubscribed() {
     let sandbox = sandbox().await;
     let (_, body) = put_contact(&sandbox, ann(json!({}))).await;
     assert_eq!(body["email_opted_in"], false);
-    let (_, body) = put_contact(
-        &sandbox,
-        ann(json!({"opt_in_reason": "Signed up on the website"})),
-    )
-    .await;
+    let (_, body) = put_contact(&sandbox, ann(json!({"opt_in_reason": "Signed up on the website"}))).await;
     assert_eq!(
         (body["email_opted_in"].clone(), body["email_status"].clone()),
         (json!(true), json!("SingleOptIn"))
@@ -179,10 +167,7 @@ async fn bad_contact_bodies_get_400_with_a_message() {
     for body in cases {
         let (status, reply) = put_contact(&sandbox, body.clone()).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
-        assert!(
-            reply["message"].as_str().is_some_and(|m| !m.is_empty()),
-            "{reply}"
-        );
+        assert!(reply["message"].as_str().is_some_and(|m| !m.is_empty()), "{reply}");
     }
     let not_json = rest(&sandbox, Method::PUT, "/v1/contacts")
         .header("Content-Type", "application/json")
@@ -233,19 +218,12 @@ async fn post_creates_a_duplicate_like_keap() {
     )
     .await;
     assert_eq!(list["count"], 2);
-    let one = rest(
-        &sandbox,
-        Method::GET,
-        &format!("/v1/contacts/{}", second["id"]),
-    )
-    .send()
-    .await
-    .unwrap();
-    assert_eq!(json_of(one).await["id"], second["id"]);
-    let missing = rest(&sandbox, Method::GET, "/v1/contacts/999999")
+    let one = rest(&sandbox, Method::GET, &format!("/v1/contacts/{}", second["id"]))
         .send()
         .await
         .unwrap();
+    assert_eq!(json_of(one).await["id"], second["id"]);
+    let missing = rest(&sandbox, Method::GET, "/v1/contacts/999999").send().await.unwrap();
     assert_eq!(missing.status(), StatusCode::NOT_FOUND);
 }
 
@@ -260,9 +238,7 @@ async fn tags_are_created_listed_and_applied() {
         .await
         .unwrap();
     assert_eq!(created.status(), StatusCode::CREATED);
-    let tag_id = json_of(created).await["id"]
-        .as_i64()
-        .expect("integer tag id");
+    let tag_id = json_of(created).await["id"].as_i64().expect("integer tag id");
     assert_eq!(sandbox.tag_by_name("Welcome"), Some(tag_id));
 
     let listed = json_of(
@@ -275,17 +251,8 @@ async fn tags_are_created_listed_and_applied() {
     assert_eq!(listed["count"], 1);
     assert_eq!(listed["tags"][0]["id"], tag_id);
     assert_eq!(listed["tags"][0]["name"], "Welcome");
-    let none = json_of(
-        rest(&sandbox, Method::GET, "/v1/tags?name=Nope")
-            .send()
-            .await
-            .unwrap(),
-    )
-    .await;
-    assert_eq!(
-        (none["count"].clone(), none["tags"].clone()),
-        (json!(0), json!([]))
-    );
+    let none = json_of(rest(&sandbox, Method::GET, "/v1/tags?name=Nope").send().await.unwrap()).await;
+    assert_eq!((none["count"].clone(), none["tags"].clone()), (json!(0), json!([])));
 
     let path = format!("/v1/contacts/{contact_id}/tags");
     let applied = rest(&sandbox, Method::POST, &path)
@@ -303,14 +270,8 @@ async fn tags_are_created_listed_and_applied() {
         .send()
         .await
         .unwrap();
-    assert_eq!(
-        json_of(again).await,
-        json!({tag_id.to_string(): "DUPLICATE"})
-    );
-    assert_eq!(
-        sandbox.contact_by_email("ann@example.com").unwrap().tag_ids,
-        [tag_id]
-    );
+    assert_eq!(json_of(again).await, json!({tag_id.to_string(): "DUPLICATE"}));
+    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().tag_ids, [tag_id]);
     let stats = sandbox.stats();
     assert_eq!((stats.tags_created, stats.tags_applied), (1, 1));
 }
@@ -347,11 +308,7 @@ async fn tag_errors() {
         json!({"tagIds": ["101"]}),
         json!({"tag_ids": [101]}),
     ] {
-        let response = rest(&sandbox, Method::POST, &path)
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let response = rest(&sandbox, Method::POST, &path).json(&body).send().await.unwrap();
         assert_eq!(response.status(), StatusCode::BAD_REQUEST, "{body}");
     }
     let bad_id = rest(&sandbox, Method::POST, "/v1/contacts/abc/tags")
@@ -368,21 +325,13 @@ async fn queued_emails_are_counted_per_contact() {
     let (_, contact) = put_contact(&sandbox, ann(json!({}))).await;
     let id = contact["id"].as_i64().unwrap();
     let response = rest(&sandbox, Method::POST, "/v1/emails/queue")
-        .json(
-            &json!({"contacts": [id], "subject": "Welcome!", "user_id": 1,
-            "html_content": "PGgxPldlbGNvbWU8L2gxPg==", "plain_content": "V2VsY29tZQ=="}),
-        )
+        .json(&json!({"contacts": [id], "subject": "Welcome!", "user_id": 1,
+            "html_content": "PGgxPldlbGNvbWU8L2gxPg==", "plain_content": "V2VsY29tZQ=="}))
         .send()
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::ACCEPTED);
-    assert_eq!(
-        sandbox
-            .contact_by_email("ann@example.com")
-            .unwrap()
-            .emails_received,
-        1
-    );
+    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().emails_received, 1);
     assert_eq!(sandbox.stats().emails_queued, 1);
 }
 
@@ -424,11 +373,5 @@ async fn email_queue_rejects_incomplete_requests() {
         assert!(json_of(response).await["message"].is_string());
     }
     assert_eq!(sandbox.stats().emails_queued, 0);
-    assert_eq!(
-        sandbox
-            .contact_by_email("ann@example.com")
-            .unwrap()
-            .emails_received,
-        0
-    );
+    assert_eq!(sandbox.contact_by_email("ann@example.com").unwrap().emails_received, 0);
 }

@@ -8,11 +8,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 
 async fn post(sandbox: &Sandbox, path: &str, body: Value) -> (StatusCode, Value) {
-    let response = rest(sandbox, Method::POST, path)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
+    let response = rest(sandbox, Method::POST, path).json(&body).send().await.unwrap();
     let status = response.status();
     let text = response.text().await.unwrap();
     (
@@ -37,10 +33,7 @@ fn bo(email: &str) -> Value {
 
 fn assert_v2_error(body: &Value, code: u16) {
     assert_eq!(body["code"], code, "{body}");
-    assert!(
-        body["message"].as_str().is_some_and(|m| !m.is_empty()),
-        "{body}"
-    );
+    assert!(body["message"].as_str().is_some_and(|m| !m.is_empty()), "{body}");
     assert!(body["status"].is_string(), "{body}");
     assert!(body["details"].is_array(), "{body}");
 }
@@ -48,19 +41,11 @@ fn assert_v2_error(body: &Value, code: u16) {
 #[tokio::test]
 async fn upsert_by_email_creates_then_updates_with_string_ids() {
     let sandbox = sandbox().await;
-    let (status, created) = post(
-        &sandbox,
-        "/v2/contacts?duplicate_option=Email",
-        bo("bo@example.com"),
-    )
-    .await;
+    let (status, created) = post(&sandbox, "/v2/contacts?duplicate_option=Email", bo("bo@example.com")).await;
     assert_eq!(status, StatusCode::CREATED);
     let id = created["id"].as_str().expect("string id").to_owned();
     assert_eq!(created["email_addresses"][0]["is_opt_in"], true);
-    assert_eq!(
-        created["email_addresses"][0]["opt_in_reason"],
-        "Website signup"
-    );
+    assert_eq!(created["email_addresses"][0]["opt_in_reason"], "Website signup");
     let (status, updated) = post(
         &sandbox,
         "/v2/contacts?duplicate_option=Email",
@@ -71,10 +56,7 @@ async fn upsert_by_email_creates_then_updates_with_string_ids() {
     assert_eq!(updated["id"], id.as_str());
     assert_eq!(updated["given_name"], "Bob");
     assert_eq!(updated["family_name"], "Kim");
-    assert_eq!(
-        updated["email_addresses"][0]["is_opt_in"], true,
-        "opt-in is kept"
-    );
+    assert_eq!(updated["email_addresses"][0]["is_opt_in"], true, "opt-in is kept");
     let view = sandbox.contact_by_email("bo@example.com").unwrap();
     assert_eq!(view.id.to_string(), id);
     assert_eq!(view.opt_in_reason.as_deref(), Some("Website signup"));
@@ -121,10 +103,7 @@ async fn bad_contact_requests_get_v2_errors() {
     let cases = [
         ("/v2/contacts?duplicate_option=Phone", bo("bo@example.com")),
         ("/v2/contacts", json!({"given_name": "Nobody"})),
-        (
-            "/v2/contacts",
-            json!({"email_addresses": [{"email": "nope"}]}),
-        ),
+        ("/v2/contacts", json!({"email_addresses": [{"email": "nope"}]})),
         (
             "/v2/contacts",
             json!({"email_addresses": [{"email": "bo@example.com", "field": "EMAIL9"}]}),
@@ -155,17 +134,10 @@ async fn contacts_are_searched_by_email_filter() {
     let (status, found) = get(&sandbox, "/v2/contacts?filter=email%3D%3Dbo@example.com").await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(found["contacts"].as_array().unwrap().len(), 1);
-    assert_eq!(
-        found["contacts"][0]["email_addresses"][0]["email"],
-        "bo@example.com"
-    );
+    assert_eq!(found["contacts"][0]["email_addresses"][0]["email"], "bo@example.com");
     let (_, wildcard) = get(&sandbox, "/v2/contacts?filter=email%3D%3Do*").await;
     assert_eq!(wildcard["contacts"].as_array().unwrap().len(), 1);
-    let (_, none) = get(
-        &sandbox,
-        "/v2/contacts?filter=email%3D%3Dnobody@example.com",
-    )
-    .await;
+    let (_, none) = get(&sandbox, "/v2/contacts?filter=email%3D%3Dnobody@example.com").await;
     assert_eq!(none["contacts"], json!([]));
     let (status, reply) = get(&sandbox, "/v2/contacts?filter=favourite_colour%3D%3Dblue").await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
@@ -202,12 +174,7 @@ async fn tags_are_created_filtered_and_applied_with_per_contact_results() {
     assert_eq!(none["tags"], json!([]));
 
     let apply = format!("/v2/tags/{tag_id}/contacts:applyTags");
-    let (status, results) = post(
-        &sandbox,
-        &apply,
-        json!({"contact_ids": [contact_id, "999999"]}),
-    )
-    .await;
+    let (status, results) = post(&sandbox, &apply, json!({"contact_ids": [contact_id, "999999"]})).await;
     assert_eq!(status, StatusCode::OK, "200 even when some ids fail");
     assert_eq!(
         results,
@@ -238,10 +205,7 @@ async fn tag_errors() {
     assert_eq!(status, StatusCode::NOT_FOUND);
     assert_v2_error(&reply, 404);
     let (_, tag) = post(&sandbox, "/v2/tags", json!({"name": "T"})).await;
-    let apply = format!(
-        "/v2/tags/{}/contacts:applyTags",
-        tag["id"].as_str().unwrap()
-    );
+    let apply = format!("/v2/tags/{}/contacts:applyTags", tag["id"].as_str().unwrap());
     for body in [
         json!({}),
         json!({"contact_ids": []}),
@@ -266,9 +230,7 @@ async fn emails_send_needs_exactly_one_sender() {
     let base = json!({"contacts": [id], "subject": "Welcome", "html_content": "PGgxPkhpPC9oMT4="});
     let with = |extra: Value| {
         let mut body = base.clone();
-        body.as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
+        body.as_object_mut().unwrap().extend(extra.as_object().unwrap().clone());
         body
     };
     let (status, body) = post(&sandbox, "/v2/emails:send", with(json!({"user_id": "1"}))).await;
@@ -280,13 +242,7 @@ async fn emails_send_needs_exactly_one_sender() {
     )
     .await;
     assert_eq!(status, StatusCode::ACCEPTED);
-    assert_eq!(
-        sandbox
-            .contact_by_email("bo@example.com")
-            .unwrap()
-            .emails_received,
-        2
-    );
+    assert_eq!(sandbox.contact_by_email("bo@example.com").unwrap().emails_received, 2);
 
     let bad = [
         base.clone(),

@@ -19,20 +19,14 @@ use serde_yaml_ng::Value as Yaml;
 
 fn spec_path() -> PathBuf {
     std::env::var_os("KEAP_V2_SPEC").map_or_else(
-        || {
-            PathBuf::from(concat!(
-                env!("CARGO_MANIFEST_DIR"),
-                "/spec/keap-v2-openapi.yml"
-            ))
-        },
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/spec/keap-v2-openapi.yml")),
         PathBuf::from,
     )
 }
 
 fn load_spec() -> Yaml {
     let path = spec_path();
-    let text = std::fs::read_to_string(&path)
-        .unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
     serde_yaml_ng::from_str(&text).expect("spec parses as YAML")
 }
 
@@ -43,8 +37,7 @@ fn resolve<'a>(spec: &'a Yaml, mut schema: &'a Yaml) -> &'a Yaml {
             .strip_prefix("#/")
             .unwrap_or_else(|| panic!("external $ref {reference}"));
         schema = pointer.split('/').fold(spec, |node, key| {
-            node.get(key)
-                .unwrap_or_else(|| panic!("dangling $ref {reference}"))
+            node.get(key).unwrap_or_else(|| panic!("dangling $ref {reference}"))
         });
     }
     schema
@@ -80,34 +73,24 @@ fn check(spec: &Yaml, schema: &Yaml, value: &Json, at: &str, problems: &mut Vec<
         problems.push(format!("{at}: {value} is not of type {types:?}"));
         return;
     }
-    if let (Some(allowed), Some(text)) = (
-        schema.get("enum").and_then(Yaml::as_sequence),
-        value.as_str(),
-    ) && !allowed.iter().any(|a| a.as_str() == Some(text))
+    if let (Some(allowed), Some(text)) = (schema.get("enum").and_then(Yaml::as_sequence), value.as_str())
+        && !allowed.iter().any(|a| a.as_str() == Some(text))
     {
-        problems.push(format!(
-            "{at}: {text:?} is not one of the spec's enum values"
-        ));
+        problems.push(format!("{at}: {text:?} is not one of the spec's enum values"));
     }
-    if let (Some(properties), Some(object)) = (
-        schema.get("properties").and_then(Yaml::as_mapping),
-        value.as_object(),
-    ) {
+    if let (Some(properties), Some(object)) = (schema.get("properties").and_then(Yaml::as_mapping), value.as_object()) {
         let open = schema
             .get("additionalProperties")
             .is_some_and(|a| a.as_bool() != Some(false));
         for (key, field) in object {
             match properties.get(key.as_str()) {
-                Some(field_schema) => {
-                    check(spec, field_schema, field, &format!("{at}.{key}"), problems)
-                }
+                Some(field_schema) => check(spec, field_schema, field, &format!("{at}.{key}"), problems),
                 None if open => {}
                 None => problems.push(format!("{at}: field {key:?} is not in the spec's schema")),
             }
         }
     }
-    if let (Some(additional), Some(object)) =
-        (schema.get("additionalProperties"), value.as_object())
+    if let (Some(additional), Some(object)) = (schema.get("additionalProperties"), value.as_object())
         && additional.is_mapping()
         && schema.get("properties").is_none()
     {
@@ -131,13 +114,7 @@ struct Case {
     expect: u16,
 }
 
-fn case(
-    method: Method,
-    spec_path: &'static str,
-    path: impl Into<String>,
-    body: Option<Json>,
-    expect: u16,
-) -> Case {
+fn case(method: Method, spec_path: &'static str, path: impl Into<String>, body: Option<Json>, expect: u16) -> Case {
     Case {
         method,
         spec_path,
@@ -148,12 +125,7 @@ fn case(
 }
 
 /// Check one case against the spec; the response body when it was JSON.
-async fn run(
-    spec: &Yaml,
-    sandbox: &keap_sandbox::Sandbox,
-    case: &Case,
-    problems: &mut Vec<String>,
-) -> Json {
+async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems: &mut Vec<String>) -> Json {
     let label = format!("{} {} ({})", case.method, case.path, case.spec_path);
     let mut request = rest(sandbox, case.method.clone(), &case.path);
     if let Some(body) = &case.body {
@@ -163,10 +135,7 @@ async fn run(
     let status = response.status().as_u16();
     let text = response.text().await.unwrap();
     if status != case.expect {
-        problems.push(format!(
-            "{label}: status {status}, expected {}: {text}",
-            case.expect
-        ));
+        problems.push(format!("{label}: status {status}, expected {}: {text}", case.expect));
         return Json::Null;
     }
     let Some(operation) = spec
@@ -191,9 +160,7 @@ async fn run(
     match (schema, text.is_empty()) {
         (None, true) => Json::Null,
         (None, false) => {
-            problems.push(format!(
-                "{label}: the spec documents no body for {status}, got {text}"
-            ));
+            problems.push(format!("{label}: the spec documents no body for {status}, got {text}"));
             Json::Null
         }
         (Some(_), true) => {
@@ -201,8 +168,8 @@ async fn run(
             Json::Null
         }
         (Some(schema), false) => {
-            let body: Json = serde_json::from_str(&text)
-                .unwrap_or_else(|err| panic!("{label}: not JSON ({err}): {text}"));
+            let body: Json =
+                serde_json::from_str(&text).unwrap_or_else(|err| panic!("{label}: not JSON ({err}): {text}"));
             check(spec, schema, &body, &label, problems);
             body
         }
@@ -306,13 +273,7 @@ async fn v2_operations_codes_and_bodies_match_the_official_spec() {
             None,
             200,
         ),
-        case(
-            Method::GET,
-            "/rest/v2/tags",
-            "/v2/tags?page_size=5000",
-            None,
-            400,
-        ),
+        case(Method::GET, "/rest/v2/tags", "/v2/tags?page_size=5000", None, 400),
         case(
             Method::GET,
             "/rest/v2/tags/{tag_id}",
@@ -320,13 +281,7 @@ async fn v2_operations_codes_and_bodies_match_the_official_spec() {
             None,
             200,
         ),
-        case(
-            Method::GET,
-            "/rest/v2/tags/{tag_id}",
-            "/v2/tags/999999",
-            None,
-            404,
-        ),
+        case(Method::GET, "/rest/v2/tags/{tag_id}", "/v2/tags/999999", None, 404),
         case(
             Method::POST,
             "/rest/v2/tags/{tag_id}/contacts:applyTags",
@@ -352,9 +307,7 @@ async fn v2_operations_codes_and_bodies_match_the_official_spec() {
             Method::POST,
             "/rest/v2/emails:send",
             "/v2/emails:send",
-            Some(
-                json!({"contacts": [contact_id], "subject": "Hi", "user_id": "1", "plain_content": "SGk="}),
-            ),
+            Some(json!({"contacts": [contact_id], "subject": "Hi", "user_id": "1", "plain_content": "SGk="})),
             202,
         ),
         case(

@@ -50,7 +50,11 @@ pub async fn approve(authorize_url: &str) -> Result<String, CallbackEventError> 
         .timeout(std::time::Duration::from_secs(30))
         .build()
         .map_err(CallbackEventError::Authorize)?;
-    let response = client.get(authorize_url).send().await.map_err(|e| CallbackEventError::Authorize(e.without_url()))?;
+    let response = client
+        .get(authorize_url)
+        .send()
+        .await
+        .map_err(|e| CallbackEventError::Authorize(e.without_url()))?;
     if response.status() != reqwest::StatusCode::FOUND {
         return Err(CallbackEventError::NotApproved(response.status().as_u16()));
     }
@@ -85,7 +89,9 @@ struct UrlParts<'a> {
 
 fn url_parts(url: &str) -> Option<UrlParts<'_>> {
     let rest = url.strip_prefix("https://").or_else(|| url.strip_prefix("http://"))?;
-    let (host, path_and_query) = rest.find('/').map_or((rest, "/"), |slash| (&rest[..slash], &rest[slash..]));
+    let (host, path_and_query) = rest
+        .find('/')
+        .map_or((rest, "/"), |slash| (&rest[..slash], &rest[slash..]));
     Some(UrlParts { host, path_and_query })
 }
 
@@ -100,10 +106,19 @@ mod tests {
 
     #[test]
     fn the_location_comes_from_a_302_answer_only() {
-        let answer = r#"{"statusCode":302,"headers":{"Location":"http://127.0.0.1:9400/app/oauth/authorize?x=1"},"body":""}"#;
-        assert_eq!(authorize_url(answer).unwrap(), "http://127.0.0.1:9400/app/oauth/authorize?x=1");
-        assert!(matches!(authorize_url(r#"{"statusCode":401,"headers":{}}"#), Err(CallbackEventError::NotARedirect(s)) if s == "401"));
-        assert!(matches!(authorize_url(r#"{"statusCode":302,"headers":{}}"#), Err(CallbackEventError::NoLocation)));
+        let answer =
+            r#"{"statusCode":302,"headers":{"Location":"http://127.0.0.1:9400/app/oauth/authorize?x=1"},"body":""}"#;
+        assert_eq!(
+            authorize_url(answer).unwrap(),
+            "http://127.0.0.1:9400/app/oauth/authorize?x=1"
+        );
+        assert!(
+            matches!(authorize_url(r#"{"statusCode":401,"headers":{}}"#), Err(CallbackEventError::NotARedirect(s)) if s == "401")
+        );
+        assert!(matches!(
+            authorize_url(r#"{"statusCode":302,"headers":{}}"#),
+            Err(CallbackEventError::NoLocation)
+        ));
         assert!(matches!(authorize_url("nope"), Err(CallbackEventError::NotJson(_))));
     }
 
@@ -121,7 +136,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_auto_approving_sandbox_sends_the_browser_back_with_a_code() {
-        let sandbox = Sandbox::start(SandboxConfig { auto_approve: true, ..SandboxConfig::default() }).await.unwrap();
+        let sandbox = Sandbox::start(SandboxConfig {
+            auto_approve: true,
+            ..SandboxConfig::default()
+        })
+        .await
+        .unwrap();
         let authorize = format!(
             "{}?client_id={}&redirect_uri=https%3A%2F%2Frelay.example%2Foauth%2Fcallback&response_type=code&state=st",
             sandbox.authorize_url(),
@@ -131,9 +151,16 @@ mod tests {
         assert!(back.starts_with("https://relay.example/oauth/callback?"), "{back}");
         let event = callback_event(&back).unwrap();
         assert_eq!(event["queryStringParameters"]["state"], "st");
-        assert!(event["queryStringParameters"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+        assert!(
+            event["queryStringParameters"]["code"]
+                .as_str()
+                .is_some_and(|c| !c.is_empty())
+        );
 
         sandbox.set_auto_approve(false);
-        assert!(matches!(approve(&authorize).await, Err(CallbackEventError::NotApproved(200))));
+        assert!(matches!(
+            approve(&authorize).await,
+            Err(CallbackEventError::NotApproved(200))
+        ));
     }
 }

@@ -56,7 +56,10 @@ pub struct Timers {
 
 impl Default for Timers {
     fn default() -> Self {
-        Self { refresh_every: Duration::from_secs(60), drain_every: Duration::from_secs(5) }
+        Self {
+            refresh_every: Duration::from_secs(60),
+            drain_every: Duration::from_secs(5),
+        }
     }
 }
 
@@ -82,20 +85,37 @@ pub struct ServeArgs {
 pub enum Command {
     Demo(DemoArgs),
     Serve(ServeArgs),
-    Sign { key: Option<String>, body: String },
-    Curl { key: Option<String>, email: String, url: String },
-    AppSecret { local_defaults: bool },
-    CallbackEvent { answer: String },
+    Sign {
+        key: Option<String>,
+        body: String,
+    },
+    Curl {
+        key: Option<String>,
+        email: String,
+        url: String,
+    },
+    AppSecret {
+        local_defaults: bool,
+    },
+    CallbackEvent {
+        answer: String,
+    },
     Help,
 }
 
 fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, CliError> {
-    value.parse().map_err(|_| CliError::InvalidValue { flag: flag.to_owned(), value })
+    value.parse().map_err(|_| CliError::InvalidValue {
+        flag: flag.to_owned(),
+        value,
+    })
 }
 
 fn seconds(flag: &str, value: String) -> Result<Duration, CliError> {
     match number::<u64>(flag, value.clone())? {
-        0 => Err(CliError::InvalidValue { flag: flag.to_owned(), value }),
+        0 => Err(CliError::InvalidValue {
+            flag: flag.to_owned(),
+            value,
+        }),
         secs => Ok(Duration::from_secs(secs)),
     }
 }
@@ -153,11 +173,16 @@ fn parse_flags(args: impl Iterator<Item = String>, allowed: &[&str]) -> Result<P
 const TIMER_FLAGS: [&str; 2] = ["--refresh-every", "--drain-every"];
 
 pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError> {
-    let Some(command) = args.next() else { return Ok(Command::Help) };
+    let Some(command) = args.next() else {
+        return Ok(Command::Help);
+    };
     let with = |flags: &[&'static str]| -> Vec<&'static str> { [flags, &TIMER_FLAGS].concat() };
     let parsed = match command.as_str() {
         "-h" | "--help" | "help" => return Ok(Command::Help),
-        "demo" => parse_flags(args, &with(&["--port", "--sandbox-port", "--no-serve", "--once", "--events"]))?,
+        "demo" => parse_flags(
+            args,
+            &with(&["--port", "--sandbox-port", "--no-serve", "--once", "--events"]),
+        )?,
         "serve" => parse_flags(args, &with(&["--port", "--sandbox-port", "--sandbox"]))?,
         "sign" => parse_flags(args, &["--key"])?,
         "curl" => parse_flags(args, &["--key", "--port", "--url"])?,
@@ -198,18 +223,29 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
                 timers: parsed.timers.clone(),
             })
         }
-        "sign" => Command::Sign { key: parsed.key.clone(), body: single("sign", "BODY")? },
+        "sign" => Command::Sign {
+            key: parsed.key.clone(),
+            body: single("sign", "BODY")?,
+        },
         "curl" => {
             let url = parsed
                 .url
                 .clone()
                 .unwrap_or_else(|| format!("http://127.0.0.1:{}/signup", parsed.port.unwrap_or(RELAY_PORT)));
-            Command::Curl { key: parsed.key.clone(), email: single("curl", "EMAIL")?, url }
+            Command::Curl {
+                key: parsed.key.clone(),
+                email: single("curl", "EMAIL")?,
+                url,
+            }
         }
-        "callback-event" => Command::CallbackEvent { answer: single("callback-event", "START_ANSWER.json")? },
+        "callback-event" => Command::CallbackEvent {
+            answer: single("callback-event", "START_ANSWER.json")?,
+        },
         _ => {
             no_operands()?;
-            Command::AppSecret { local_defaults: parsed.local_defaults }
+            Command::AppSecret {
+                local_defaults: parsed.local_defaults,
+            }
         }
     })
 }
@@ -224,37 +260,85 @@ mod tests {
 
     #[test]
     fn demo_defaults_and_flags() {
-        let Command::Demo(demo) = parse_line("demo").unwrap() else { panic!() };
+        let Command::Demo(demo) = parse_line("demo").unwrap() else {
+            panic!()
+        };
         assert_eq!((demo.port, demo.sandbox_port, demo.serve), (9000, 9400, true));
-        let Command::Demo(demo) = parse_line("demo --once --port 0 --sandbox-port 0 --refresh-every 5").unwrap() else { panic!() };
+        let Command::Demo(demo) = parse_line("demo --once --port 0 --sandbox-port 0 --refresh-every 5").unwrap() else {
+            panic!()
+        };
         assert_eq!((demo.port, demo.sandbox_port, demo.serve), (0, 0, false));
         assert_eq!(demo.timers.refresh_every, Duration::from_secs(5));
-        assert!(matches!(parse_line("demo --no-serve").unwrap(), Command::Demo(DemoArgs { serve: false, .. })));
+        assert!(matches!(
+            parse_line("demo --no-serve").unwrap(),
+            Command::Demo(DemoArgs { serve: false, .. })
+        ));
     }
 
     #[test]
     fn serve_starts_the_sandbox_only_when_asked() {
-        assert!(matches!(parse_line("serve").unwrap(), Command::Serve(ServeArgs { sandbox_port: None, .. })));
-        assert!(matches!(parse_line("serve --sandbox").unwrap(), Command::Serve(ServeArgs { sandbox_port: Some(9400), .. })));
-        assert!(matches!(parse_line("serve --sandbox-port 0").unwrap(), Command::Serve(ServeArgs { sandbox_port: Some(0), .. })));
+        assert!(matches!(
+            parse_line("serve").unwrap(),
+            Command::Serve(ServeArgs { sandbox_port: None, .. })
+        ));
+        assert!(matches!(
+            parse_line("serve --sandbox").unwrap(),
+            Command::Serve(ServeArgs {
+                sandbox_port: Some(9400),
+                ..
+            })
+        ));
+        assert!(matches!(
+            parse_line("serve --sandbox-port 0").unwrap(),
+            Command::Serve(ServeArgs {
+                sandbox_port: Some(0),
+                ..
+            })
+        ));
     }
 
     #[test]
     fn helpers_take_one_operand() {
-        assert_eq!(parse_line("sign --key k {}").unwrap(), Command::Sign { key: Some("k".into()), body: "{}".into() });
-        assert_eq!(parse_line("sign -").unwrap(), Command::Sign { key: None, body: "-".into() });
+        assert_eq!(
+            parse_line("sign --key k {}").unwrap(),
+            Command::Sign {
+                key: Some("k".into()),
+                body: "{}".into()
+            }
+        );
+        assert_eq!(
+            parse_line("sign -").unwrap(),
+            Command::Sign {
+                key: None,
+                body: "-".into()
+            }
+        );
         assert_eq!(parse_line("sign"), Err(CliError::Operand("sign", "BODY")));
-        assert_eq!(parse_line("callback-event -").unwrap(), Command::CallbackEvent { answer: "-".into() });
-        let Command::Curl { url, email, .. } = parse_line("curl --port 9100 a@example.com").unwrap() else { panic!() };
-        assert_eq!((url.as_str(), email.as_str()), ("http://127.0.0.1:9100/signup", "a@example.com"));
+        assert_eq!(
+            parse_line("callback-event -").unwrap(),
+            Command::CallbackEvent { answer: "-".into() }
+        );
+        let Command::Curl { url, email, .. } = parse_line("curl --port 9100 a@example.com").unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            (url.as_str(), email.as_str()),
+            ("http://127.0.0.1:9100/signup", "a@example.com")
+        );
     }
 
     #[test]
     fn mistakes_are_named() {
         assert_eq!(parse_line("demo --sandbox"), Err(CliError::Unknown("--sandbox".into())));
         assert_eq!(parse_line("demo --port"), Err(CliError::MissingValue("--port".into())));
-        assert!(matches!(parse_line("demo --port x"), Err(CliError::InvalidValue { .. })));
-        assert!(matches!(parse_line("demo --drain-every 0"), Err(CliError::InvalidValue { .. })));
+        assert!(matches!(
+            parse_line("demo --port x"),
+            Err(CliError::InvalidValue { .. })
+        ));
+        assert!(matches!(
+            parse_line("demo --drain-every 0"),
+            Err(CliError::InvalidValue { .. })
+        ));
         assert_eq!(parse_line("deploy"), Err(CliError::UnknownCommand("deploy".into())));
         assert_eq!(parse_line(""), Ok(Command::Help));
     }

@@ -99,7 +99,10 @@ mod tests {
     fn the_seeded_app_secret_matches_the_sandbox_and_the_sample_events() {
         let secret = AppSecret::from_json(app_secret().expose_secret()).unwrap();
         assert_eq!(secret.client_id.as_deref(), Some(keap_sandbox::DEFAULT_CLIENT_ID));
-        assert_eq!(secret.client_secret.unwrap().expose_secret(), keap_sandbox::DEFAULT_CLIENT_SECRET);
+        assert_eq!(
+            secret.client_secret.unwrap().expose_secret(),
+            keap_sandbox::DEFAULT_CLIENT_SECRET
+        );
         assert_eq!(secret.api_key.unwrap().expose_secret(), keap_sandbox::DEFAULT_API_KEY);
         assert_eq!(secret.signup_signing_key.unwrap().expose_secret(), SIGNING_KEY);
         // events/oauth-start.json and events/status.json carry Basic admin:local-admin-password.
@@ -108,10 +111,17 @@ mod tests {
 
     #[test]
     fn welcome_defaults_apply_only_with_the_sandbox() {
-        let names = |with_sandbox| env_defaults("http://127.0.0.1:1", with_sandbox).into_iter().map(|(n, _)| n).collect::<Vec<_>>();
+        let names = |with_sandbox| {
+            env_defaults("http://127.0.0.1:1", with_sandbox)
+                .into_iter()
+                .map(|(n, _)| n)
+                .collect::<Vec<_>>()
+        };
         assert!(names(true).contains(&"KEAP_WELCOME_TAG"));
         assert!(!names(false).iter().any(|n| n.starts_with("KEAP_WELCOME")));
-        let redirect = env_defaults("http://127.0.0.1:1", false).into_iter().find(|(n, _)| *n == "KEAP_REDIRECT_URI");
+        let redirect = env_defaults("http://127.0.0.1:1", false)
+            .into_iter()
+            .find(|(n, _)| *n == "KEAP_REDIRECT_URI");
         assert_eq!(redirect.unwrap().1, "http://127.0.0.1:1/oauth/callback");
     }
 }

@@ -72,9 +72,16 @@ pub fn router(functions: Arc<Functions>, routing: Routing) -> Router {
     Router::new().fallback(route).with_state((functions, routing))
 }
 
-async fn route(State((functions, routing)): State<(Arc<Functions>, Routing)>, request: axum::extract::Request) -> Response {
+async fn route(
+    State((functions, routing)): State<(Arc<Functions>, Routing)>,
+    request: axum::extract::Request,
+) -> Response {
     let Some(function) = routing.function(request.method(), request.uri().path()) else {
-        return (http::StatusCode::NOT_FOUND, axum::Json(json!({ "message": "Not Found" }))).into_response();
+        return (
+            http::StatusCode::NOT_FOUND,
+            axum::Json(json!({ "message": "Not Found" })),
+        )
+            .into_response();
     };
     let request = match lambda_request_of(request).await {
         Ok(request) => request,
@@ -91,11 +98,19 @@ async fn route(State((functions, routing)): State<(Arc<Functions>, Routing)>, re
 async fn lambda_request_of(request: axum::extract::Request) -> Result<lambda_http::Request, Response> {
     let (parts, body) = request.into_parts();
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY_BYTES).await else {
-        return Err((http::StatusCode::PAYLOAD_TOO_LARGE, axum::Json(json!({ "message": "Request Entity Too Large" }))).into_response());
+        return Err((
+            http::StatusCode::PAYLOAD_TOO_LARGE,
+            axum::Json(json!({ "message": "Request Entity Too Large" })),
+        )
+            .into_response());
     };
     lambda_request(&parts, &body).map_err(|error| {
         tracing::warn!(%error, "could not build the API Gateway event");
-        (http::StatusCode::BAD_REQUEST, axum::Json(json!({ "message": "Bad Request" }))).into_response()
+        (
+            http::StatusCode::BAD_REQUEST,
+            axum::Json(json!({ "message": "Bad Request" })),
+        )
+            .into_response()
     })
 }
 
@@ -140,8 +155,16 @@ pub fn event_json(parts: &http::request::Parts, body: &Bytes) -> Value {
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
     let method = parts.method.as_str();
     let path = parts.uri.path();
-    let host = headers.get("host").and_then(Value::as_str).unwrap_or("127.0.0.1").to_owned();
-    let user_agent = headers.get("user-agent").and_then(Value::as_str).unwrap_or_default().to_owned();
+    let host = headers
+        .get("host")
+        .and_then(Value::as_str)
+        .unwrap_or("127.0.0.1")
+        .to_owned();
+    let user_agent = headers
+        .get("user-agent")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
     let mut event = json!({
         "version": "2.0",
         "routeKey": "$default",
@@ -218,7 +241,11 @@ mod tests {
         let parts = parts(
             "POST",
             "/signup?source=web&x=1",
-            &[("host", "127.0.0.1:9000"), ("content-type", "application/json"), ("x-signature", "t=1,v1=ab")],
+            &[
+                ("host", "127.0.0.1:9000"),
+                ("content-type", "application/json"),
+                ("x-signature", "t=1,v1=ab"),
+            ],
         );
         let request = lambda_request(&parts, &Bytes::from_static(b"{\"email\":\"a@b.co\"}")).expect("parses");
         assert_eq!(request.method(), http::Method::POST);
@@ -254,7 +281,13 @@ mod tests {
             assert_eq!(route(Method::HEAD, path), None, "{path}");
         }
         assert_eq!(route(Method::POST, "/signup"), Some(Function::Signup));
-        for (method, path) in [(Method::GET, "/signup"), (Method::POST, "/signup/"), (Method::GET, "/"), (Method::GET, "/status/"), (Method::GET, "/prod/status")] {
+        for (method, path) in [
+            (Method::GET, "/signup"),
+            (Method::POST, "/signup/"),
+            (Method::GET, "/"),
+            (Method::GET, "/status/"),
+            (Method::GET, "/prod/status"),
+        ] {
             assert_eq!(route(method.clone(), path), None, "{method} {path}");
         }
     }
@@ -271,7 +304,11 @@ mod tests {
 
     #[test]
     fn repeated_headers_are_joined_with_commas() {
-        let parts = parts("GET", "/status", &[("accept", "text/html"), ("accept", "application/json")]);
+        let parts = parts(
+            "GET",
+            "/status",
+            &[("accept", "text/html"), ("accept", "application/json")],
+        );
         let event = event_json(&parts, &Bytes::new());
         assert_eq!(event["headers"]["accept"], "text/html,application/json");
         assert!(event.get("body").is_none());

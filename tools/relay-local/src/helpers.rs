@@ -9,7 +9,11 @@ use keap_relay::signup::signature;
 /// The key the helpers sign with: `--key`, else `SIGNUP_SIGNING_KEY`, else the local default.
 pub fn signing_key(explicit: Option<String>) -> SecretString {
     let from_env = std::env::var("SIGNUP_SIGNING_KEY").ok().filter(|key| !key.is_empty());
-    SecretString::from(explicit.or(from_env).unwrap_or_else(|| crate::defaults::SIGNING_KEY.to_owned()))
+    SecretString::from(
+        explicit
+            .or(from_env)
+            .unwrap_or_else(|| crate::defaults::SIGNING_KEY.to_owned()),
+    )
 }
 
 /// The `X-Signature` header value for `body`, made now.
@@ -49,8 +53,17 @@ mod tests {
         let command = curl_command("http://127.0.0.1:9000/signup", &key, &body);
         assert!(command.starts_with("curl -si 'http://127.0.0.1:9000/signup' -H 'content-type: application/json'"));
         assert!(command.contains(r#"'{"email":"o'\''brien@example.com""#), "{command}");
-        let header = command.split("x-signature: ").nth(1).unwrap().split('\'').next().unwrap();
-        assert_eq!(signature::verify(&key, Some(header), body.as_bytes(), SystemTime::now()), Ok(()));
+        let header = command
+            .split("x-signature: ")
+            .nth(1)
+            .unwrap()
+            .split('\'')
+            .next()
+            .unwrap();
+        assert_eq!(
+            signature::verify(&key, Some(header), body.as_bytes(), SystemTime::now()),
+            Ok(())
+        );
     }
 
     #[test]

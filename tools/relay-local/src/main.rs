@@ -21,13 +21,18 @@ fn main() -> ExitCode {
         }
         Command::Sign { key, body } => sign(key, body),
         Command::Curl { key, email, url } => {
-            println!("{}", helpers::curl_command(&url, &helpers::signing_key(key), &helpers::signup_body(&email)));
+            println!(
+                "{}",
+                helpers::curl_command(&url, &helpers::signing_key(key), &helpers::signup_body(&email))
+            );
             ExitCode::SUCCESS
         }
         Command::CallbackEvent { answer } => callback_event(&answer),
         Command::AppSecret { local_defaults } => {
             let input = if local_defaults { None } else { read_stdin() };
-            with_local_env(defaults::RELAY_PORT, false, |runtime| runtime.block_on(run::write_app_secret(local_defaults, input)))
+            with_local_env(defaults::RELAY_PORT, false, |runtime| {
+                runtime.block_on(run::write_app_secret(local_defaults, input))
+            })
         }
         Command::Demo(args) => {
             if refuse(run::sandbox_conflicts(true)) {
@@ -57,7 +62,11 @@ fn main() -> ExitCode {
 
 /// Fills the unset environment variables with the local defaults, then runs `body` on a
 /// Tokio runtime.
-fn with_local_env(relay_port: u16, with_sandbox: bool, body: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode) -> ExitCode {
+fn with_local_env(
+    relay_port: u16,
+    with_sandbox: bool,
+    body: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode,
+) -> ExitCode {
     let relay_base = format!("http://127.0.0.1:{relay_port}");
     // SAFETY: no other thread exists yet; the runtime (and every thread) starts below.
     unsafe { defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox)) };
@@ -83,8 +92,11 @@ fn startup_failure(message: &str) -> ExitCode {
 
 /// Human-readable logs on stderr, so stdout stays the story.
 fn init_logs() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr)
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .compact()
@@ -123,7 +135,9 @@ fn callback_event(answer_path: &str) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return startup_failure(&format!("cannot start the Tokio runtime: {error}")),
     };
-    let event = authorize_url(&answer).and_then(|url| runtime.block_on(approve(&url))).and_then(|back| callback_event(&back));
+    let event = authorize_url(&answer)
+        .and_then(|url| runtime.block_on(approve(&url)))
+        .and_then(|back| callback_event(&back));
     match event {
         Ok(event) => {
             println!("{}", serde_json::to_string_pretty(&event).unwrap_or_default());

@@ -66,7 +66,12 @@ pub enum DrainError {
 
 impl LocalQueue {
     pub fn new(max_receives: u32, visibility_timeout: Duration) -> Self {
-        Self { pending: Mutex::default(), dead: Mutex::default(), max_receives: max_receives.max(1), visibility_timeout }
+        Self {
+            pending: Mutex::default(),
+            dead: Mutex::default(),
+            max_receives: max_receives.max(1),
+            visibility_timeout,
+        }
     }
 
     pub fn pending(&self) -> usize {
@@ -102,7 +107,11 @@ impl LocalQueue {
         }
         let event: SqsEvent = serde_json::from_value(sqs_event(&batch))?;
         let failed: Vec<String> = match signup_retry::handle(event, retry).await {
-            Ok(response) => response.batch_item_failures.into_iter().map(|f| f.item_identifier).collect(),
+            Ok(response) => response
+                .batch_item_failures
+                .into_iter()
+                .map(|f| f.item_identifier)
+                .collect(),
             // The whole batch failed: SQS redelivers every record.
             Err(error) => {
                 tracing::warn!(%error, "signup-retry failed the whole batch");
@@ -123,7 +132,10 @@ impl LocalQueue {
             } else {
                 report.retrying += 1;
                 message.visible_at = now + self.visibility_timeout;
-                self.pending.lock().unwrap_or_else(|e| e.into_inner()).push_back(message);
+                self.pending
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(message);
             }
         }
         Ok(report)
@@ -131,7 +143,11 @@ impl LocalQueue {
 
     /// True when a pending message carries this signup (a received one was sent back).
     fn holds_signup(&self, signup_id: uuid::Uuid) -> bool {
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).iter().any(|m| m.signup_id == signup_id)
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .any(|m| m.signup_id == signup_id)
     }
 }
 
@@ -147,13 +163,19 @@ impl SignupQueue for LocalQueue {
             visible_at: now + delay.min(MAX_DELAY),
             receive_count: 0,
         };
-        self.pending.lock().unwrap_or_else(|e| e.into_inner()).push_back(message);
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(message);
         Ok(())
     }
 }
 
 fn millis(time: SystemTime) -> String {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis().to_string()
+    time.duration_since(UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_millis()
+        .to_string()
 }
 
 /// The event Lambda's SQS event source mapping would send for these messages.
@@ -196,7 +218,14 @@ mod tests {
     fn retry(sandbox: &Sandbox) -> signup_retry::Deps {
         let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
         let key = Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY)));
-        let service = SignupService::new(api, key, SignupSettings { retry_budget: Duration::from_millis(50), ..SignupSettings::default() });
+        let service = SignupService::new(
+            api,
+            key,
+            SignupSettings {
+                retry_budget: Duration::from_millis(50),
+                ..SignupSettings::default()
+            },
+        );
         signup_retry::Deps { service, parking: None }
     }
 
@@ -205,7 +234,10 @@ mod tests {
         let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
         let service = retry(&sandbox);
         let queue = LocalQueue::new(max_receives, Duration::ZERO);
-        queue.enqueue(&queued("grace@example.com"), Duration::ZERO).await.unwrap();
+        queue
+            .enqueue(&queued("grace@example.com"), Duration::ZERO)
+            .await
+            .unwrap();
         sandbox.faults().set_server_error_rate(1.0);
         (sandbox, service, queue)
     }
@@ -214,9 +246,21 @@ mod tests {
     async fn failed_records_come_back_until_the_last_receive_then_go_to_the_dead_letters() {
         let (_sandbox, service, queue) = failing_keap_and_one_queued_signup(2).await;
         let first = queue.drain(&service).await.unwrap();
-        assert_eq!(first, DrainReport { retrying: 1, ..DrainReport::default() });
+        assert_eq!(
+            first,
+            DrainReport {
+                retrying: 1,
+                ..DrainReport::default()
+            }
+        );
         let second = queue.drain(&service).await.unwrap();
-        assert_eq!(second, DrainReport { dead_lettered: 1, ..DrainReport::default() });
+        assert_eq!(
+            second,
+            DrainReport {
+                dead_lettered: 1,
+                ..DrainReport::default()
+            }
+        );
         assert_eq!((queue.pending(), queue.dead_letters()), (0, 1));
         assert!(queue.drain(&service).await.unwrap().is_empty());
     }
@@ -227,7 +271,13 @@ mod tests {
         assert_eq!(queue.drain(&service).await.unwrap().retrying, 1);
 
         sandbox.faults().clear();
-        assert_eq!(queue.drain(&service).await.unwrap(), DrainReport { delivered: 1, ..DrainReport::default() });
+        assert_eq!(
+            queue.drain(&service).await.unwrap(),
+            DrainReport {
+                delivered: 1,
+                ..DrainReport::default()
+            }
+        );
         assert!(sandbox.contact_by_email("grace@example.com").is_some());
         assert_eq!(queue.pending(), 0);
     }
@@ -241,9 +291,15 @@ mod tests {
     async fn a_batch_is_at_most_ten_visible_messages_and_counts_the_receive() {
         let queue = LocalQueue::new(5, Duration::from_secs(30));
         for n in 0..12 {
-            queue.enqueue(&queued(&format!("p{n}@example.com")), Duration::ZERO).await.unwrap();
+            queue
+                .enqueue(&queued(&format!("p{n}@example.com")), Duration::ZERO)
+                .await
+                .unwrap();
         }
-        queue.enqueue(&queued("later@example.com"), Duration::from_secs(60)).await.unwrap();
+        queue
+            .enqueue(&queued("later@example.com"), Duration::from_secs(60))
+            .await
+            .unwrap();
         let batch = queue.receive(SystemTime::now());
         assert_eq!(batch.len(), 10);
         assert!(batch.iter().all(|m| m.receive_count == 1));

@@ -32,7 +32,10 @@ pub fn bind_relay(port: u16) -> Result<std::net::TcpListener, String> {
 pub fn sandbox_conflicts(demo: bool) -> Vec<String> {
     let mut conflicts = Vec::new();
     if demo {
-        for name in defaults::KEAP_URL_VARS.into_iter().filter(|name| defaults::is_set(name)) {
+        for name in defaults::KEAP_URL_VARS
+            .into_iter()
+            .filter(|name| defaults::is_set(name))
+        {
             conflicts.push(format!(
                 "the demo runs against the built-in Keap sandbox, but {name} is set; unset it, or use `relay-local serve` to run against that Keap"
             ));
@@ -63,7 +66,13 @@ fn events_dir(explicit: Option<PathBuf>) -> PathBuf {
 }
 
 async fn start(relay: std::net::TcpListener, sandbox: Option<SocketAddr>) -> Option<Stack> {
-    match Stack::start(StackOptions { relay, sandbox, queue: QueueSettings::default() }).await {
+    match Stack::start(StackOptions {
+        relay,
+        sandbox,
+        queue: QueueSettings::default(),
+    })
+    .await
+    {
         Ok(stack) => Some(stack),
         Err(error) => {
             progress::failed(&format!("could not start: {error}"));
@@ -134,7 +143,10 @@ pub async fn write_app_secret(local_defaults: bool, input: Option<String>) -> Ex
         }
     };
     if let Err(error) = secrets::prepare_store(&config) {
-        progress::failed(&format!("cannot create the secret store's directory ({}): {error}", secrets::describe_store(&config)));
+        progress::failed(&format!(
+            "cannot create the secret store's directory ({}): {error}",
+            secrets::describe_store(&config)
+        ));
         return ExitCode::FAILURE;
     }
     let (store, _queue) = keap_relay::app::store_and_queue(&config).await;
@@ -149,7 +161,10 @@ pub async fn write_app_secret(local_defaults: bool, input: Option<String>) -> Ex
             ExitCode::SUCCESS
         }
         Err(error) => {
-            progress::failed(&format!("could not store the app secret {}: {error}", config.app_secret_id));
+            progress::failed(&format!(
+                "could not store the app secret {}: {error}",
+                config.app_secret_id
+            ));
             ExitCode::FAILURE
         }
     }
@@ -159,14 +174,21 @@ pub async fn write_app_secret(local_defaults: bool, input: Option<String>) -> Ex
 fn describe(stack: &Stack) {
     let config = &stack.config;
     if let Some(sandbox) = &stack.sandbox {
-        let client = sandbox.config().clients.first().map_or("none", |c| c.client_id.as_str());
+        let client = sandbox
+            .config()
+            .clients
+            .first()
+            .map_or("none", |c| c.client_id.as_str());
         progress::ok(&format!(
             "Keap sandbox (in-process) on {}: OAuth client {client}, account {}.infusionsoft.com",
             sandbox.base_url(),
             sandbox.config().tenant
         ));
     } else {
-        progress::ok(&format!("Keap: API {}, token endpoint {}", config.api_url, config.token_url));
+        progress::ok(&format!(
+            "Keap: API {}, token endpoint {}",
+            config.api_url, config.token_url
+        ));
     }
     progress::ok(&format!("secret store: {}", secrets::describe_store(config)));
     match &stack.app_secret {
@@ -175,22 +197,34 @@ fn describe(stack: &Stack) {
                 Seeded::Seeded => "seeded from the local defaults",
                 Seeded::Existing => "already there",
             };
-            progress::detail(&format!("app secret {} ({origin}): {}", config.app_secret_id, secrets::filled_fields(secret).join(", ")));
+            progress::detail(&format!(
+                "app secret {} ({origin}): {}",
+                config.app_secret_id,
+                secrets::filled_fields(secret).join(", ")
+            ));
         }
         AppSecretState::Unavailable(error) => {
             progress::failed(&format!("{error}"));
-            progress::detail("write it with: relay-local app-secret < app-secret.json   (or --local-defaults for the sandbox's)");
+            progress::detail(
+                "write it with: relay-local app-secret < app-secret.json   (or --local-defaults for the sandbox's)",
+            );
         }
     }
     if config.auth_mode == AuthMode::OAuth {
-        progress::detail(&format!("token secret {} (written by the functions only)", config.token_secret_id));
+        progress::detail(&format!(
+            "token secret {} (written by the functions only)",
+            config.token_secret_id
+        ));
     }
     progress::ok(&format!(
         "relay on {}: GET /oauth/start, GET /oauth/callback, GET /status → oauth; POST /signup → signup",
         stack.relay_url
     ));
     let welcome_tag = config.welcome_tag.as_deref().unwrap_or("none");
-    let welcome_email = config.welcome_email.as_ref().map_or("none".to_owned(), |email| format!("{:?}", email.subject));
+    let welcome_email = config
+        .welcome_email
+        .as_ref()
+        .map_or("none".to_owned(), |email| format!("{:?}", email.subject));
     progress::detail(&format!(
         "mode {}; welcome tag {welcome_tag}; welcome email {welcome_email}; redirect URI {}",
         mode_name(config.auth_mode),
@@ -265,28 +299,53 @@ fn print_try_it(stack: &Stack) {
         AppSecretState::Ready { secret, .. } => Some(secret),
         AppSecretState::Unavailable(_) => None,
     };
-    let local = |value: Option<&keap_relay::SecretString>, default: &str| value.is_some_and(|v| v.expose_secret() == default);
-    let local_key = local(secret.and_then(|s| s.signup_signing_key.as_ref()), defaults::SIGNING_KEY);
+    let local =
+        |value: Option<&keap_relay::SecretString>, default: &str| value.is_some_and(|v| v.expose_secret() == default);
+    let local_key = local(
+        secret.and_then(|s| s.signup_signing_key.as_ref()),
+        defaults::SIGNING_KEY,
+    );
     let local_password = local(secret.and_then(|s| s.admin_password.as_ref()), defaults::ADMIN_PASSWORD);
-    let key_flag = if local_key { "" } else { " --key \"$SIGNUP_SIGNING_KEY\"" };
+    let key_flag = if local_key {
+        ""
+    } else {
+        " --key \"$SIGNUP_SIGNING_KEY\""
+    };
 
     println!("Send a signed signup (the signature is good for 5 minutes):");
     match secret.and_then(|s| s.signup_signing_key.as_ref()) {
-        Some(key) => println!("  {}", helpers::curl_command(&signup_url, key, &helpers::signup_body("you@example.com"))),
+        Some(key) => println!(
+            "  {}",
+            helpers::curl_command(&signup_url, key, &helpers::signup_body("you@example.com"))
+        ),
         None => println!("  (the app secret has no signup_signing_key yet)"),
     }
     println!("A fresh signed curl command any time:");
     println!("  cargo run -q -p relay-local -- curl{port_flag}{key_flag} you@example.com");
     println!("The X-Signature value for any body:");
-    println!("  cargo run -q -p relay-local -- sign{key_flag} '{{\"email\":\"you@example.com\",\"given_name\":\"You\"}}'");
+    println!(
+        "  cargo run -q -p relay-local -- sign{key_flag} '{{\"email\":\"you@example.com\",\"given_name\":\"You\"}}'"
+    );
     println!("The connection's status:");
     if local_password {
-        println!("  curl -s -u {}:{} {}/status", defaults::ADMIN_USER, defaults::ADMIN_PASSWORD, stack.relay_url);
+        println!(
+            "  curl -s -u {}:{} {}/status",
+            defaults::ADMIN_USER,
+            defaults::ADMIN_PASSWORD,
+            stack.relay_url
+        );
     } else {
-        println!("  curl -s -u \"{}:$ADMIN_PASSWORD\" {}/status", defaults::ADMIN_USER, stack.relay_url);
+        println!(
+            "  curl -s -u \"{}:$ADMIN_PASSWORD\" {}/status",
+            defaults::ADMIN_USER,
+            stack.relay_url
+        );
     }
     if stack.config.auth_mode == AuthMode::OAuth {
-        println!("Connect Keap again in a browser (same user and password): {}/oauth/start", stack.relay_url);
+        println!(
+            "Connect Keap again in a browser (same user and password): {}/oauth/start",
+            stack.relay_url
+        );
     }
 }
 
@@ -294,8 +353,15 @@ fn print_try_it(stack: &Stack) {
 async fn serve_until_stopped(stack: Stack, timers: &Timers) {
     progress::section("Serving (Ctrl-C to stop)");
     print_try_it(&stack);
-    let queue_note = if stack.queue.is_some() { format!("; signup queue drained every {} s", timers.drain_every.as_secs()) } else { String::new() };
-    progress::detail(&format!("scheduled refresh every {} s{queue_note}", timers.refresh_every.as_secs()));
+    let queue_note = if stack.queue.is_some() {
+        format!("; signup queue drained every {} s", timers.drain_every.as_secs())
+    } else {
+        String::new()
+    };
+    progress::detail(&format!(
+        "scheduled refresh every {} s{queue_note}",
+        timers.refresh_every.as_secs()
+    ));
     let (stop_timers, stopped) = watch::channel(false);
     let running = stack.start_timers(timers.refresh_every, timers.drain_every, stopped);
     wait_for_stop_signal().await;

@@ -26,7 +26,11 @@ pub enum SecretsError {
 }
 
 /// Makes `value` the current version of `secret_id` (creating the secret if needed).
-pub async fn replace_current(store: &dyn SecretStore, secret_id: &str, value: &SecretString) -> Result<(), SecretsError> {
+pub async fn replace_current(
+    store: &dyn SecretStore,
+    secret_id: &str,
+    value: &SecretString,
+) -> Result<(), SecretsError> {
     let previous = match store.read_current(secret_id).await {
         Ok(current) => current.map(|version| version.version_id),
         Err(StoreError::NotFound { .. }) => None,
@@ -35,20 +39,31 @@ pub async fn replace_current(store: &dyn SecretStore, secret_id: &str, value: &S
     let version_id = uuid::Uuid::new_v4().to_string();
     match store.put_version(secret_id, &version_id, value).await? {
         PutOutcome::Created | PutOutcome::AlreadyExists => {}
-        PutOutcome::Conflict => return Err(SecretsError::Raced { secret_id: secret_id.into() }),
+        PutOutcome::Conflict => {
+            return Err(SecretsError::Raced {
+                secret_id: secret_id.into(),
+            });
+        }
     }
     // The first version of a secret is current as soon as it is put.
     let Some(previous) = previous else { return Ok(()) };
     match store.swap_current(secret_id, &previous, &version_id).await? {
         SwapOutcome::Swapped => Ok(()),
-        SwapOutcome::Stale => Err(SecretsError::Raced { secret_id: secret_id.into() }),
+        SwapOutcome::Stale => Err(SecretsError::Raced {
+            secret_id: secret_id.into(),
+        }),
     }
 }
 
 /// Parses an app secret without echoing any part of it (serde's messages may quote values).
 pub fn parse_app_secret(json: &str) -> Result<AppSecret, SecretsError> {
     serde_json::from_str::<AppSecret>(json).map_err(|e| {
-        SecretsError::InvalidAppSecret(format!("{:?} error at line {} column {}", e.classify(), e.line(), e.column()))
+        SecretsError::InvalidAppSecret(format!(
+            "{:?} error at line {} column {}",
+            e.classify(),
+            e.line(),
+            e.column()
+        ))
     })
 }
 
@@ -93,7 +108,9 @@ pub async fn app_secret_or_seed(
 /// Creates the file store's directory readable by this user only (the file store itself
 /// would create it with the default permissions). Other stores need nothing.
 pub fn prepare_store(config: &Config) -> std::io::Result<()> {
-    let StoreKind::File(dir) = &config.store else { return Ok(()) };
+    let StoreKind::File(dir) = &config.store else {
+        return Ok(());
+    };
     if dir.exists() {
         return Ok(());
     }
@@ -126,9 +143,13 @@ pub async fn token_state(store: &dyn SecretStore, secret_id: &str) -> Result<Tok
         Err(StoreError::NotFound { .. }) => None,
         Err(error) => return Err(error.into()),
     };
-    let version = current.ok_or_else(|| SecretsError::NotConnected { secret_id: secret_id.into() })?;
-    TokenState::from_json(version.value.expose_secret())
-        .map_err(|reason| SecretsError::InvalidTokenState { secret_id: secret_id.into(), reason })
+    let version = current.ok_or_else(|| SecretsError::NotConnected {
+        secret_id: secret_id.into(),
+    })?;
+    TokenState::from_json(version.value.expose_secret()).map_err(|reason| SecretsError::InvalidTokenState {
+        secret_id: secret_id.into(),
+        reason,
+    })
 }
 
 /// Records in the store that the access token expires now, as if its day had passed, so the
@@ -136,7 +157,9 @@ pub async fn token_state(store: &dyn SecretStore, secret_id: &str) -> Result<Tok
 pub async fn make_access_token_due(store: &dyn SecretStore, secret_id: &str) -> Result<(), SecretsError> {
     let mut state = token_state(store, secret_id).await?;
     if state.access_token.is_none() {
-        return Err(SecretsError::NotConnected { secret_id: secret_id.into() });
+        return Err(SecretsError::NotConnected {
+            secret_id: secret_id.into(),
+        });
     }
     state.access_expires_at = Some(SystemTime::now());
     replace_current(store, secret_id, &state.to_secret()).await
@@ -164,7 +187,9 @@ mod tests {
         assert_eq!(seeded, Seeded::Seeded);
         assert!(filled_fields(&secret).contains(&"admin_password"));
 
-        replace_current(&store, "app", &SecretString::from(r#"{"api_key":"KeapAK-mine"}"#)).await.unwrap();
+        replace_current(&store, "app", &SecretString::from(r#"{"api_key":"KeapAK-mine"}"#))
+            .await
+            .unwrap();
         let (secret, seeded) = app_secret_or_seed(&store, "app", &default).await.unwrap();
         assert_eq!(seeded, Seeded::Existing);
         assert_eq!(filled_fields(&secret), ["api_key"]);
@@ -172,14 +197,19 @@ mod tests {
 
     #[test]
     fn a_bad_app_secret_is_reported_without_its_content() {
-        let error = parse_app_secret(r#"{"client_secret": 12345678}"#).unwrap_err().to_string();
+        let error = parse_app_secret(r#"{"client_secret": 12345678}"#)
+            .unwrap_err()
+            .to_string();
         assert!(!error.contains("12345678"), "{error}");
     }
 
     #[tokio::test]
     async fn making_the_token_due_needs_a_connection_and_expires_it_now() {
         let store = MemoryStore::new();
-        assert!(matches!(make_access_token_due(&store, "t").await, Err(SecretsError::NotConnected { .. })));
+        assert!(matches!(
+            make_access_token_due(&store, "t").await,
+            Err(SecretsError::NotConnected { .. })
+        ));
 
         let grant = keap_relay::token::TokenGrant {
             access_token: SecretString::from("a"),

@@ -8,11 +8,11 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::eventbridge::EventBridgeEvent;
+use keap_relay::ExposeSecret;
 use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
 use keap_relay::signup::SignupQueue;
 use keap_relay::store::{self, AppSecretError, SecretStore};
-use keap_relay::ExposeSecret;
 use keap_sandbox::{ClientConfig, Sandbox, SandboxConfig};
 use refresh::{MetricsSink, RefreshError, RefreshSummary};
 use serde_json::json;
@@ -23,7 +23,7 @@ use crate::defaults;
 use crate::gateway::{self, Functions, Routing};
 use crate::progress;
 use crate::queue::LocalQueue;
-use crate::secrets::{self, Seeded, SecretsError};
+use crate::secrets::{self, SecretsError, Seeded};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StackError {
@@ -36,7 +36,12 @@ pub enum StackError {
     #[error("cannot create the secret store's directory ({0}): {1}")]
     StoreDir(String, std::io::Error),
     #[error("cannot listen on {addr} for {what}: {source}; pick another port with {flag}")]
-    Listen { what: &'static str, addr: SocketAddr, flag: &'static str, source: std::io::Error },
+    Listen {
+        what: &'static str,
+        addr: SocketAddr,
+        flag: &'static str,
+        source: std::io::Error,
+    },
 }
 
 /// How the local run treats the signup queue.
@@ -49,7 +54,10 @@ pub struct QueueSettings {
 
 impl Default for QueueSettings {
     fn default() -> Self {
-        Self { max_receives: 5, visibility_timeout: Duration::from_secs(30) }
+        Self {
+            max_receives: 5,
+            visibility_timeout: Duration::from_secs(30),
+        }
     }
 }
 
@@ -65,7 +73,10 @@ pub struct StackOptions {
 /// The app secret as the stack found it.
 #[derive(Debug)]
 pub enum AppSecretState {
-    Ready { secret: AppSecret, seeded: Seeded },
+    Ready {
+        secret: AppSecret,
+        seeded: Seeded,
+    },
     /// Handlers will answer 503 until it is written (`relay-local app-secret`).
     Unavailable(AppSecretError),
 }
@@ -92,30 +103,48 @@ impl Stack {
     /// the sandbox runs: against a real Keap it must be the operator's.
     pub async fn start(options: StackOptions) -> Result<Stack, StackError> {
         let mut config = Config::from_env()?;
-        secrets::prepare_store(&config).map_err(|source| StackError::StoreDir(secrets::describe_store(&config), source))?;
+        secrets::prepare_store(&config)
+            .map_err(|source| StackError::StoreDir(secrets::describe_store(&config), source))?;
         let (store, sqs_queue) = store_and_queue(&config).await;
         let (app_secret, sandbox) = match options.sandbox {
             Some(addr) => {
                 let (secret, seeded) =
                     secrets::app_secret_or_seed(store.as_ref(), &config.app_secret_id, &defaults::app_secret()).await?;
-                let sandbox = Sandbox::bind(sandbox_config(&secret), addr)
-                    .await
-                    .map_err(|source| StackError::Listen { what: "the Keap sandbox", addr, flag: "--sandbox-port", source })?;
+                let sandbox =
+                    Sandbox::bind(sandbox_config(&secret), addr)
+                        .await
+                        .map_err(|source| StackError::Listen {
+                            what: "the Keap sandbox",
+                            addr,
+                            flag: "--sandbox-port",
+                            source,
+                        })?;
                 point_at_sandbox(&mut config, &sandbox);
                 (AppSecretState::Ready { secret, seeded }, Some(sandbox))
             }
             None => match store::load_app_secret(store.as_ref(), &config.app_secret_id).await {
-                Ok(secret) => (AppSecretState::Ready { secret, seeded: Seeded::Existing }, None),
+                Ok(secret) => (
+                    AppSecretState::Ready {
+                        secret,
+                        seeded: Seeded::Existing,
+                    },
+                    None,
+                ),
                 Err(error) => (AppSecretState::Unavailable(error), None),
             },
         };
 
-        let local_queue = config
-            .signup_queue_url
-            .is_none()
-            .then(|| Arc::new(LocalQueue::new(options.queue.max_receives, options.queue.visibility_timeout)));
+        let local_queue = config.signup_queue_url.is_none().then(|| {
+            Arc::new(LocalQueue::new(
+                options.queue.max_receives,
+                options.queue.visibility_timeout,
+            ))
+        });
         // As on Lambda, only signup and signup-retry get the queue (in memory, or SQS).
-        let queue = local_queue.clone().map(|queue| queue as Arc<dyn SignupQueue>).or(sqs_queue);
+        let queue = local_queue
+            .clone()
+            .map(|queue| queue as Arc<dyn SignupQueue>)
+            .or(sqs_queue);
         let function_app = |queue: Option<Arc<dyn SignupQueue>>| App::with_parts(config.clone(), store.clone(), queue);
         let functions = Arc::new(Functions {
             oauth: oauth::Deps::from_app(&function_app(None)?),
@@ -131,7 +160,12 @@ impl Stack {
             flag: "--port",
             source,
         })?;
-        let listen_error = |source| StackError::Listen { what: "keap-relay", addr: relay_addr, flag: "--port", source };
+        let listen_error = |source| StackError::Listen {
+            what: "keap-relay",
+            addr: relay_addr,
+            flag: "--port",
+            source,
+        };
         options.relay.set_nonblocking(true).map_err(listen_error)?;
         let listener = tokio::net::TcpListener::from_std(options.relay).map_err(listen_error)?;
         let (stop_server, stopped) = oneshot::channel::<()>();
@@ -163,7 +197,12 @@ impl Stack {
     }
 
     /// Starts the schedule and the queue drain; both stop when `shutdown` turns true.
-    pub fn start_timers(&self, refresh_every: Duration, drain_every: Duration, shutdown: watch::Receiver<bool>) -> Vec<JoinHandle<()>> {
+    pub fn start_timers(
+        &self,
+        refresh_every: Duration,
+        drain_every: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Vec<JoinHandle<()>> {
         let mut timers = Vec::new();
         let refresh = self.refresh.clone();
         timers.push(tokio::spawn(every(refresh_every, shutdown.clone(), move || {
@@ -227,7 +266,10 @@ fn point_at_sandbox(config: &mut Config, sandbox: &Sandbox) {
 /// As `functions/refresh/src/main.rs` wires it, with the metrics in the debug log instead of
 /// stdout (EMF lines would drown the progress lines).
 fn refresh_deps(app: &App) -> refresh::Deps {
-    refresh::Deps { metrics: Arc::new(DebugLogMetrics), ..refresh::Deps::from_app(app) }
+    refresh::Deps {
+        metrics: Arc::new(DebugLogMetrics),
+        ..refresh::Deps::from_app(app)
+    }
 }
 
 struct DebugLogMetrics;
@@ -275,21 +317,41 @@ where
 fn report_scheduled_refresh(result: Result<RefreshSummary, RefreshError>) {
     let summary = match result {
         Ok(summary) => summary,
-        Err(error) => return progress::background(&format!("scheduled refresh failed: {error} (it runs again on schedule)")),
+        Err(error) => {
+            return progress::background(&format!(
+                "scheduled refresh failed: {error} (it runs again on schedule)"
+            ));
+        }
     };
     let routine = matches!(summary.action, "not_due" | "api_key_checked");
     if routine && summary.status == refresh::RunStatus::Ok {
         tracing::debug!(action = summary.action, "scheduled refresh: nothing to do");
         return;
     }
-    let generation = summary.connection.as_ref().and_then(|c| c.generation).map(|g| format!(", generation {g}")).unwrap_or_default();
-    let todo = summary.start_url.as_deref().map(|url| format!("; open {url} to connect Keap again")).unwrap_or_default();
-    progress::background(&format!("scheduled refresh: {} ({}{generation}){todo}", summary.action, run_status_name(summary.status)));
+    let generation = summary
+        .connection
+        .as_ref()
+        .and_then(|c| c.generation)
+        .map(|g| format!(", generation {g}"))
+        .unwrap_or_default();
+    let todo = summary
+        .start_url
+        .as_deref()
+        .map(|url| format!("; open {url} to connect Keap again"))
+        .unwrap_or_default();
+    progress::background(&format!(
+        "scheduled refresh: {} ({}{generation}){todo}",
+        summary.action,
+        run_status_name(summary.status)
+    ));
 }
 
 /// The status as the refresh function's JSON answer names it.
 pub fn run_status_name(status: refresh::RunStatus) -> String {
-    serde_json::to_value(status).ok().and_then(|s| s.as_str().map(str::to_owned)).unwrap_or_default()
+    serde_json::to_value(status)
+        .ok()
+        .and_then(|s| s.as_str().map(str::to_owned))
+        .unwrap_or_default()
 }
 
 fn report_drain(queue: &LocalQueue, result: Result<crate::queue::DrainReport, crate::queue::DrainError>) {
@@ -326,7 +388,8 @@ mod tests {
 
     #[test]
     fn the_sandbox_accepts_the_app_secrets_client_and_key() {
-        let secret = secrets::parse_app_secret(r#"{"client_id":"mine","client_secret":"s","api_key":"KeapAK-mine"}"#).unwrap();
+        let secret =
+            secrets::parse_app_secret(r#"{"client_id":"mine","client_secret":"s","api_key":"KeapAK-mine"}"#).unwrap();
         let config = sandbox_config(&secret);
         assert_eq!(config.clients[0].client_id, "mine");
         assert_eq!(config.api_keys, ["KeapAK-mine"]);

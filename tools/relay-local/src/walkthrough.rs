@@ -56,7 +56,10 @@ struct Answer {
 
 impl Answer {
     async fn read(response: reqwest::Response) -> Result<Answer, WalkError> {
-        Ok(Answer { status: response.status(), body: response.text().await? })
+        Ok(Answer {
+            status: response.status(),
+            body: response.text().await?,
+        })
     }
 
     fn summary(&self) -> String {
@@ -96,11 +99,22 @@ pub async fn run(stack: &Stack, events_dir: &Path) -> Vec<Check> {
         Ok(signups) => signups,
         Err(error) => return vec![failure("sample events", &error.to_string())],
     };
-    let client = match reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).timeout(std::time::Duration::from_secs(60)).build() {
+    let client = match reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(60))
+        .build()
+    {
         Ok(client) => client,
         Err(error) => return vec![failure("http client", &error.to_string())],
     };
-    let mut story = Story { stack, sandbox, client, admin_password, signing_key, checks: Vec::new() };
+    let mut story = Story {
+        stack,
+        sandbox,
+        client,
+        admin_password,
+        signing_key,
+        checks: Vec::new(),
+    };
     story.connect().await;
     story.signups(&signups).await;
     story.rotation(&signups.valid).await;
@@ -110,7 +124,11 @@ pub async fn run(stack: &Stack, events_dir: &Path) -> Vec<Check> {
 
 fn failure(name: &'static str, detail: &str) -> Check {
     progress::failed(&format!("{name}: {detail}"));
-    Check { name, passed: false, detail: detail.to_owned() }
+    Check {
+        name,
+        passed: false,
+        detail: detail.to_owned(),
+    }
 }
 
 impl SampleSignups {
@@ -124,7 +142,10 @@ impl SampleSignups {
 
 /// The raw body an API Gateway event file carries.
 fn event_body(path: &Path) -> Result<Vec<u8>, WalkError> {
-    let event_error = |reason: String| WalkError::Event { path: path.to_owned(), reason };
+    let event_error = |reason: String| WalkError::Event {
+        path: path.to_owned(),
+        reason,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| event_error(e.to_string()))?;
     let event: Value = serde_json::from_str(&text).map_err(|e| event_error(e.to_string()))?;
     signup::event_signing::event_body(&event).map_err(|e| event_error(e.to_string()))
@@ -140,7 +161,9 @@ fn email_of(body: &[u8]) -> String {
 
 /// The text of a page's `<h1>`.
 fn page_title(html: &str) -> &str {
-    html.split_once("<h1>").and_then(|(_, rest)| rest.split_once("</h1>")).map_or("", |(title, _)| title)
+    html.split_once("<h1>")
+        .and_then(|(_, rest)| rest.split_once("</h1>"))
+        .map_or("", |(title, _)| title)
 }
 
 /// A URL without its query (which carries the state or the authorization code).
@@ -169,7 +192,10 @@ impl Story<'_> {
     /// `GET path` with the administrator's Basic credentials.
     async fn admin_get(&self, path: &str) -> Result<reqwest::Response, WalkError> {
         let request = self.client.get(self.url(path));
-        Ok(request.basic_auth(crate::defaults::ADMIN_USER, Some(self.admin_password.expose_secret())).send().await?)
+        Ok(request
+            .basic_auth(crate::defaults::ADMIN_USER, Some(self.admin_password.expose_secret()))
+            .send()
+            .await?)
     }
 
     async fn get_status(&self) -> Result<Value, WalkError> {
@@ -211,7 +237,14 @@ impl Story<'_> {
             Ok(status) => {
                 let account = status["account"].as_str().unwrap_or("(unknown)").to_owned();
                 let passed = status["connected"] == Value::Bool(true);
-                self.check("connected", passed, format!("connected Keap account {account} (token generation {})", status["generation"]));
+                self.check(
+                    "connected",
+                    passed,
+                    format!(
+                        "connected Keap account {account} (token generation {})",
+                        status["generation"]
+                    ),
+                );
             }
             Err(error) => self.check("connected", false, format!("could not connect Keap: {error}")),
         }
@@ -220,7 +253,10 @@ impl Story<'_> {
     async fn oauth_round_trip(&self) -> Result<(), WalkError> {
         let start = self.admin_get("/oauth/start").await?;
         let authorize_url = redirect_target(&start, "GET /oauth/start")?;
-        progress::action(&format!("GET /oauth/start as the administrator → 302 to {}", without_query(&authorize_url)));
+        progress::action(&format!(
+            "GET /oauth/start as the administrator → 302 to {}",
+            without_query(&authorize_url)
+        ));
         let authorize = self.client.get(&authorize_url).send().await?;
         let callback_url = redirect_target(&authorize, "the sandbox's authorize page")?;
         progress::action(&format!(
@@ -228,7 +264,11 @@ impl Story<'_> {
             without_query(&callback_url)
         ));
         let callback = Answer::read(self.client.get(&callback_url).send().await?).await?;
-        progress::action(&format!("GET /oauth/callback → {} \"{}\"", callback.status.as_u16(), page_title(&callback.body)));
+        progress::action(&format!(
+            "GET /oauth/callback → {} \"{}\"",
+            callback.status.as_u16(),
+            page_title(&callback.body)
+        ));
         if callback.status != StatusCode::OK {
             return Err(unexpected(format!("the callback answered {}", callback.summary())));
         }
@@ -236,7 +276,9 @@ impl Story<'_> {
     }
 
     async fn signups(&mut self, signups: &SampleSignups) {
-        progress::section("2. Three signups (bodies of events/signup-valid.json and signup-invalid-email.json, signed now)");
+        progress::section(
+            "2. Three signups (bodies of events/signup-valid.json and signup-invalid-email.json, signed now)",
+        );
         let sends = [
             ("new", &signups.valid, StatusCode::CREATED),
             ("repeat", &signups.valid, StatusCode::OK),
@@ -246,7 +288,11 @@ impl Story<'_> {
         for (label, body, expected) in sends {
             match self.post_signup(body).await {
                 Ok(answer) => {
-                    progress::action(&format!("POST /signup {} ({label}) → {}", email_of(body), answer.summary()));
+                    progress::action(&format!(
+                        "POST /signup {} ({label}) → {}",
+                        email_of(body),
+                        answer.summary()
+                    ));
                     as_expected.push(answer.status == expected);
                 }
                 Err(error) => {
@@ -273,7 +319,10 @@ impl Story<'_> {
         self.check(
             "contact created",
             answers_ok,
-            format!("Keap contact #{} {} {} <{}>, created once", contact.id, contact.given_name, contact.family_name, contact.email),
+            format!(
+                "Keap contact #{} {} {} <{}>, created once",
+                contact.id, contact.given_name, contact.family_name, contact.email
+            ),
         );
 
         let welcome = self.stack.config.welcome_tag.as_deref().map(TagRef::parse);
@@ -284,18 +333,33 @@ impl Story<'_> {
         };
         let requested: Vec<String> = serde_json::from_slice::<Value>(body)
             .ok()
-            .and_then(|v| v["tags"].as_array().map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect()))
+            .and_then(|v| {
+                v["tags"]
+                    .as_array()
+                    .map(|tags| tags.iter().filter_map(|t| t.as_str().map(str::to_owned)).collect())
+            })
             .unwrap_or_default();
         let named: Vec<String> = requested
             .iter()
-            .filter_map(|name| self.sandbox.tag_by_name(name).filter(|id| contact.tag_ids.contains(id)).map(|id| format!("{name} (#{id})")))
+            .filter_map(|name| {
+                self.sandbox
+                    .tag_by_name(name)
+                    .filter(|id| contact.tag_ids.contains(id))
+                    .map(|id| format!("{name} (#{id})"))
+            })
             .collect();
         let tag_detail = match (&self.stack.config.welcome_tag, welcome_id) {
             (None, _) => "no welcome tag configured (KEAP_WELCOME_TAG is empty)".to_owned(),
             (Some(tag), Some(id)) if contact.tag_ids.contains(&id) => {
-                format!("welcome tag {tag} (#{id}) applied; requested tags applied: {}", list_or_none(&named))
+                format!(
+                    "welcome tag {tag} (#{id}) applied; requested tags applied: {}",
+                    list_or_none(&named)
+                )
             }
-            (Some(tag), _) => format!("welcome tag {tag} is not on the contact (its tags: {:?})", contact.tag_ids),
+            (Some(tag), _) => format!(
+                "welcome tag {tag} is not on the contact (its tags: {:?})",
+                contact.tag_ids
+            ),
         };
         let tagged = welcome_id.is_some_and(|id| contact.tag_ids.contains(&id));
         self.check("tag applied", tagged, tag_detail);
@@ -314,7 +378,13 @@ impl Story<'_> {
             progress::section("3. The scheduled refresh");
             let result = self.stack.run_scheduled_refresh().await;
             let (passed, detail) = match result {
-                Ok(summary) => (summary.action == "api_key_checked", format!("api-key mode: nothing to rotate; scheduled refresh → {}", summary.action)),
+                Ok(summary) => (
+                    summary.action == "api_key_checked",
+                    format!(
+                        "api-key mode: nothing to rotate; scheduled refresh → {}",
+                        summary.action
+                    ),
+                ),
                 Err(error) => (false, format!("scheduled refresh failed: {error}")),
             };
             self.check("api key checked", passed, detail);
@@ -323,7 +393,11 @@ impl Story<'_> {
         progress::section("3. Forced token expiry, and the rotation that follows");
         match self.rotate_and_signup(valid_signup).await {
             Ok((passed, detail)) => self.check("exactly one rotation", passed, detail),
-            Err(error) => self.check("exactly one rotation", false, format!("the rotation step failed: {error}")),
+            Err(error) => self.check(
+                "exactly one rotation",
+                false,
+                format!("the rotation step failed: {error}"),
+            ),
         }
     }
 
@@ -331,16 +405,29 @@ impl Story<'_> {
         let generation = |status: &Value| status["generation"].as_u64().unwrap_or_default();
         let refreshes = || self.sandbox.stats().refreshes_served;
         let (generation_before, refreshes_before) = (generation(&self.get_status().await?), refreshes());
-        progress::detail(&format!("before: token generation {generation_before}; refreshes served by Keap (the sandbox): {refreshes_before}"));
+        progress::detail(&format!(
+            "before: token generation {generation_before}; refreshes served by Keap (the sandbox): {refreshes_before}"
+        ));
 
         self.sandbox.expire_access_tokens();
         secrets::make_access_token_due(self.stack.store.as_ref(), &self.stack.config.token_secret_id).await?;
-        progress::action("the sandbox expires every access token it issued; the stored one is recorded as expiring now");
+        progress::action(
+            "the sandbox expires every access token it issued; the stored one is recorded as expiring now",
+        );
 
-        let summary = self.stack.run_scheduled_refresh().await.map_err(|e| unexpected(e.to_string()))?;
-        progress::action(&format!("scheduled refresh (the refresh function's handler) → {}", summary.action));
+        let summary = self
+            .stack
+            .run_scheduled_refresh()
+            .await
+            .map_err(|e| unexpected(e.to_string()))?;
+        progress::action(&format!(
+            "scheduled refresh (the refresh function's handler) → {}",
+            summary.action
+        ));
         let (generation_after, refreshes_after) = (generation(&self.get_status().await?), refreshes());
-        progress::detail(&format!("after: token generation {generation_after}; refreshes served by Keap (the sandbox): {refreshes_after}"));
+        progress::detail(&format!(
+            "after: token generation {generation_after}; refreshes served by Keap (the sandbox): {refreshes_after}"
+        ));
 
         // The signup function still caches the expired token: Keap answers 401, the function
         // re-reads the store and finds the new pair, without refreshing again.
@@ -356,7 +443,9 @@ impl Story<'_> {
             && refreshes_end == refreshes_before + 1
             && again.status == StatusCode::OK;
         let detail = if one_rotation {
-            format!("exactly one rotation: generation {generation_before} → {generation_after}, one refresh at Keap; the signup function picked the new token up from the store")
+            format!(
+                "exactly one rotation: generation {generation_before} → {generation_after}, one refresh at Keap; the signup function picked the new token up from the store"
+            )
         } else {
             format!(
                 "expected one rotation: action {}, generation {generation_before} → {generation_after}, Keap refreshes {refreshes_before} → {refreshes_end}, signup after it {}",
@@ -372,12 +461,22 @@ impl Story<'_> {
         match self.get_status().await {
             Ok(status) => {
                 progress::block(&serde_json::to_string_pretty(&status).unwrap_or_default());
-                let connected = status["connected"] == Value::Bool(true) && status["needs_reauth"] == Value::Bool(false);
-                let account = status["account"].as_str().map(|a| format!(" to {a}")).unwrap_or_default();
+                let connected =
+                    status["connected"] == Value::Bool(true) && status["needs_reauth"] == Value::Bool(false);
+                let account = status["account"]
+                    .as_str()
+                    .map(|a| format!(" to {a}"))
+                    .unwrap_or_default();
                 let detail = if connected {
-                    format!("status: connected ({}){account}, needs_reauth false", status["mode"].as_str().unwrap_or("?"))
+                    format!(
+                        "status: connected ({}){account}, needs_reauth false",
+                        status["mode"].as_str().unwrap_or("?")
+                    )
                 } else {
-                    format!("status is not connected: {}", progress::one_line(&status.to_string(), 300))
+                    format!(
+                        "status is not connected: {}",
+                        progress::one_line(&status.to_string(), 300)
+                    )
                 };
                 self.check("status connected", connected, detail);
             }
@@ -387,13 +486,20 @@ impl Story<'_> {
 }
 
 fn list_or_none(items: &[String]) -> String {
-    if items.is_empty() { "none".to_owned() } else { items.join(", ") }
+    if items.is_empty() {
+        "none".to_owned()
+    } else {
+        items.join(", ")
+    }
 }
 
 /// The `Location` of a 302, or why there is none.
 fn redirect_target(response: &reqwest::Response, what: &str) -> Result<String, WalkError> {
     if response.status() != StatusCode::FOUND {
-        return Err(unexpected(format!("{what} answered {} instead of 302", response.status().as_u16())));
+        return Err(unexpected(format!(
+            "{what} answered {} instead of 302",
+            response.status().as_u16()
+        )));
     }
     response
         .headers()
@@ -409,9 +515,15 @@ mod tests {
 
     #[test]
     fn pages_and_urls_are_shown_without_secrets_or_noise() {
-        assert_eq!(page_title("<html><h1>Connected to Keap</h1><p>…</p>"), "Connected to Keap");
+        assert_eq!(
+            page_title("<html><h1>Connected to Keap</h1><p>…</p>"),
+            "Connected to Keap"
+        );
         assert_eq!(page_title("no heading"), "");
-        assert_eq!(without_query("http://h/oauth/callback?code=abc&state=x"), "http://h/oauth/callback");
+        assert_eq!(
+            without_query("http://h/oauth/callback?code=abc&state=x"),
+            "http://h/oauth/callback"
+        );
         assert_eq!(email_of(br#"{"email":"a@example.com"}"#), "a@example.com");
         assert_eq!(email_of(b"nope"), "(no email)");
     }

@@ -33,18 +33,37 @@ fn demo_once(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Output, Strin
 
 fn assert_all_checks_passed(output: &Output, stdout: &str, checks: &[&str]) {
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(output.status.success(), "exit {:?}\n{stdout}\n{stderr}", output.status.code());
+    assert!(
+        output.status.success(),
+        "exit {:?}\n{stdout}\n{stderr}",
+        output.status.code()
+    );
     for check in checks {
-        assert!(stdout.lines().any(|line| line == format!("✓ {check}")), "no passed check {check:?} in\n{stdout}");
+        assert!(
+            stdout.lines().any(|line| line == format!("✓ {check}")),
+            "no passed check {check:?} in\n{stdout}"
+        );
     }
-    assert!(stdout.contains(&format!("All {} checks passed.", checks.len())), "{stdout}");
+    assert!(
+        stdout.contains(&format!("All {} checks passed.", checks.len())),
+        "{stdout}"
+    );
     for secret in LOCAL_SECRETS {
-        assert!(!stdout.contains(secret) && !stderr.contains(secret), "{secret} printed without a curl line");
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "{secret} printed without a curl line"
+        );
     }
 }
 
-const OAUTH_CHECKS: [&str; 6] =
-    ["connected", "contact created", "tag applied", "welcome email queued", "exactly one rotation", "status connected"];
+const OAUTH_CHECKS: [&str; 6] = [
+    "connected",
+    "contact created",
+    "tag applied",
+    "welcome email queued",
+    "exactly one rotation",
+    "status connected",
+];
 
 #[test]
 fn the_walkthrough_connects_signs_up_rotates_once_and_reports_connected() {
@@ -52,9 +71,18 @@ fn the_walkthrough_connects_signs_up_rotates_once_and_reports_connected() {
     let (output, stdout) = demo_once(dir.path(), &[], &[]);
     assert_all_checks_passed(&output, &stdout, &OAUTH_CHECKS);
     assert!(stdout.contains("seeded from the local defaults"), "{stdout}");
-    assert!(stdout.contains("→ POST /signup ada.lovelace@example.com (new) → 201 "), "{stdout}");
-    assert!(stdout.contains("→ POST /signup ada.lovelace@example.com (repeat) → 200 "), "{stdout}");
-    assert!(stdout.contains("→ POST /signup ada.lovelace(at)example.com (invalid) → 400 "), "{stdout}");
+    assert!(
+        stdout.contains("→ POST /signup ada.lovelace@example.com (new) → 201 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("→ POST /signup ada.lovelace@example.com (repeat) → 200 "),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("→ POST /signup ada.lovelace(at)example.com (invalid) → 400 "),
+        "{stdout}"
+    );
     assert!(stdout.contains("generation 1 → 2"), "{stdout}");
     assert!(!stdout.contains("Serving"), "--no-serve must not serve");
 
@@ -71,7 +99,13 @@ fn the_walkthrough_connects_signs_up_rotates_once_and_reports_connected() {
 fn api_key_mode_skips_the_oauth_steps() {
     let dir = TempDir::new("relay-local-demo");
     let (output, stdout) = demo_once(dir.path(), &[], &[("KEAP_AUTH_MODE", "api-key")]);
-    let checks = ["contact created", "tag applied", "welcome email queued", "api key checked", "status connected"];
+    let checks = [
+        "contact created",
+        "tag applied",
+        "welcome email queued",
+        "api key checked",
+        "status connected",
+    ];
     assert_all_checks_passed(&output, &stdout, &checks);
 }
 
@@ -80,14 +114,21 @@ fn a_walkthrough_that_cannot_keep_its_promises_exits_non_zero_and_says_why() {
     let dir = TempDir::new("relay-local-demo");
     let (output, stdout) = demo_once(dir.path(), &["--events", "no-such-dir"], &[]);
     assert_eq!(output.status.code(), Some(1), "{stdout}");
-    assert!(stdout.contains("✗ sample events: no-such-dir/signup-valid.json"), "{stdout}");
+    assert!(
+        stdout.contains("✗ sample events: no-such-dir/signup-valid.json"),
+        "{stdout}"
+    );
     assert!(stdout.contains("1 of 1 checks failed."), "{stdout}");
 }
 
 #[test]
 fn the_demo_refuses_a_real_keap_url() {
     let dir = TempDir::new("relay-local-demo");
-    let (output, _) = demo_once(dir.path(), &[], &[("KEAP_API_URL", "https://api.infusionsoft.com/crm/rest")]);
+    let (output, _) = demo_once(
+        dir.path(),
+        &[],
+        &[("KEAP_API_URL", "https://api.infusionsoft.com/crm/rest")],
+    );
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("KEAP_API_URL is set"));
 }
@@ -98,7 +139,11 @@ fn the_sandbox_never_writes_into_another_token_secret() {
     let (output, _) = demo_once(dir.path(), &[], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("would overwrite that token secret"));
-    let serve = relay_local(dir.path(), &["serve", "--sandbox", "--port", "0"], &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")]);
+    let serve = relay_local(
+        dir.path(),
+        &["serve", "--sandbox", "--port", "0"],
+        &[("KEAP_TOKEN_SECRET_ID", "keap-relay-prod/token")],
+    );
     assert_eq!(serve.status.code(), Some(2));
     assert!(!dir.path().join(".local").exists(), "nothing written");
 }
@@ -111,12 +156,18 @@ fn sign_prints_a_header_the_signup_function_accepts() {
     assert!(output.status.success());
     let header = String::from_utf8(output.stdout).unwrap();
     let key = SecretString::from("k");
-    assert_eq!(signature::verify(&key, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
+    assert_eq!(
+        signature::verify(&key, Some(header.trim()), body.as_bytes(), SystemTime::now()),
+        Ok(())
+    );
 
     let default = relay_local(dir.path(), &["sign", body], &[]);
     let header = String::from_utf8(default.stdout).unwrap();
     let local = SecretString::from(LOCAL_SECRETS[0]);
-    assert_eq!(signature::verify(&local, Some(header.trim()), body.as_bytes(), SystemTime::now()), Ok(()));
+    assert_eq!(
+        signature::verify(&local, Some(header.trim()), body.as_bytes(), SystemTime::now()),
+        Ok(())
+    );
 }
 
 /// The lines a running `relay-local` prints, as they come.
@@ -166,15 +217,32 @@ impl Drop for Running {
 async fn serve_queues_what_keap_cannot_take_retries_it_and_stops_on_sigterm() {
     let dir = TempDir::new("relay-local-demo");
     let mut command = Command::new(env!("CARGO_BIN_EXE_relay-local"));
-    command.args(["serve", "--sandbox", "--port", "0", "--sandbox-port", "0", "--drain-every", "1"]);
-    command.current_dir(dir.path()).stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::null());
+    command.args([
+        "serve",
+        "--sandbox",
+        "--port",
+        "0",
+        "--sandbox-port",
+        "0",
+        "--drain-every",
+        "1",
+    ]);
+    command
+        .current_dir(dir.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null());
     for (name, _) in std::env::vars().filter(|(name, _)| name.starts_with("KEAP_") || name.starts_with("SIGNUP_")) {
         command.env_remove(name);
     }
     let mut child = Running(command.spawn().unwrap());
     let lines = Lines::follow(child.0.stdout.take().unwrap());
     let relay_line = lines.until(|line| line.starts_with("✓ relay on "));
-    let relay = relay_line.trim_start_matches("✓ relay on ").split(':').take(3).collect::<Vec<_>>().join(":");
+    let relay = relay_line
+        .trim_start_matches("✓ relay on ")
+        .split(':')
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(":");
     lines.until(|line| line.contains("Keap is not connected yet"));
     lines.until(|line| line == "== Serving (Ctrl-C to stop)");
 
@@ -185,7 +253,11 @@ async fn serve_queues_what_keap_cannot_take_retries_it_and_stops_on_sigterm() {
 
     // Nobody connected Keap: the signup function queues the signup, signup-retry keeps it.
     let body = r#"{"email":"grace@example.com"}"#;
-    let header = signature::sign(&SecretString::from(LOCAL_SECRETS[0]), signature::unix_seconds(SystemTime::now()), body.as_bytes());
+    let header = signature::sign(
+        &SecretString::from(LOCAL_SECRETS[0]),
+        signature::unix_seconds(SystemTime::now()),
+        body.as_bytes(),
+    );
     let signup = client
         .post(format!("{relay}/signup"))
         .header("content-type", "application/json")
@@ -199,7 +271,10 @@ async fn serve_queues_what_keap_cannot_take_retries_it_and_stops_on_sigterm() {
     let drained = lines.until(|line| line.starts_with("↻ signup-retry:"));
     assert!(drained.contains("0 delivered, 1 back in the queue"), "{drained}");
 
-    let killed = Command::new("kill").args(["-TERM", &child.0.id().to_string()]).status().unwrap();
+    let killed = Command::new("kill")
+        .args(["-TERM", &child.0.id().to_string()])
+        .status()
+        .unwrap();
     assert!(killed.success());
     lines.until(|line| line == "✓ stopped");
     assert!(child.0.wait().unwrap().success());

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use keap_relay::config::{AppSecret, AuthMode};
 use keap_relay::app::LazyOAuthClient;
+use keap_relay::config::{AppSecret, AuthMode};
 use keap_relay::keap::oauth::{OAuthClient, OAuthEndpoints};
 use keap_relay::store::SecretStore;
 use keap_relay::store::memory::MemoryStore;
@@ -106,7 +106,11 @@ pub struct Harness {
 
 impl Harness {
     pub async fn start() -> Self {
-        Self::with(AuthMode::OAuth, app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, Some(ADMIN_PASSWORD))).await
+        Self::with(
+            AuthMode::OAuth,
+            app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, Some(ADMIN_PASSWORD)),
+        )
+        .await
     }
 
     pub async fn with(mode: AuthMode, secret: AppSecret) -> Self {
@@ -117,7 +121,10 @@ impl Harness {
             token_url: sandbox.token_url().parse().unwrap(),
             timeout: Duration::from_secs(5),
         };
-        let http = reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap();
         let store = Arc::new(MemoryStore::new());
         let connection: Arc<dyn Connection> = match mode {
             AuthMode::ApiKey => Arc::new(ApiKeySource::new(SecretString::from(keap_sandbox::DEFAULT_API_KEY))),
@@ -130,7 +137,12 @@ impl Harness {
                     secret.client_secret.clone().unwrap(),
                     endpoints.timeout,
                 );
-                let source = TokenSource::new(store.clone(), TOKEN_SECRET_ID, Arc::new(refresher), TokenSettings::default());
+                let source = TokenSource::new(
+                    store.clone(),
+                    TOKEN_SECRET_ID,
+                    Arc::new(refresher),
+                    TokenSettings::default(),
+                );
                 Arc::new(source.unwrap())
             }
         };
@@ -139,10 +151,19 @@ impl Harness {
             mode,
             redirect_uri: Some(REDIRECT_URI.into()),
             secrets: secrets.clone(),
-            keap: Arc::new(KeapAuthorization::new(Arc::new(LazyOAuthClient::new(endpoints, http.clone())), secrets)),
+            keap: Arc::new(KeapAuthorization::new(
+                Arc::new(LazyOAuthClient::new(endpoints, http.clone())),
+                secrets,
+            )),
             connection: connection.clone(),
         };
-        Harness { sandbox, deps, store, connection, http }
+        Harness {
+            sandbox,
+            deps,
+            store,
+            connection,
+            http,
+        }
     }
 
     pub async fn run(&self, request: Request) -> Response<Body> {
@@ -156,7 +177,12 @@ impl Harness {
         assert_eq!(start.status(), 302, "{}", body_text(&start));
         let location = header(&start, "location").unwrap().to_owned();
         let keap = self.http.get(&location).send().await.unwrap();
-        assert_eq!(keap.status(), 302, "sandbox authorize page: {}", keap.text().await.unwrap());
+        assert_eq!(
+            keap.status(),
+            302,
+            "sandbox authorize page: {}",
+            keap.text().await.unwrap()
+        );
         let back = url::Url::parse(keap.headers()["location"].to_str().unwrap()).unwrap();
         assert_eq!(&back[..url::Position::AfterPath], REDIRECT_URI);
         back.query().unwrap_or_default().to_owned()
@@ -185,7 +211,12 @@ impl Harness {
     pub async fn stored_tokens(&self) -> Vec<String> {
         let mut tokens = Vec::new();
         for version in self.store.versions(TOKEN_SECRET_ID) {
-            let stored = self.store.read_version(TOKEN_SECRET_ID, &version).await.unwrap().unwrap();
+            let stored = self
+                .store
+                .read_version(TOKEN_SECRET_ID, &version)
+                .await
+                .unwrap()
+                .unwrap();
             let json: Value = serde_json::from_str(stored.value.expose_secret()).unwrap();
             for field in ["access_token", "refresh_token"] {
                 if let Some(token) = json[field].as_str() {
@@ -211,5 +242,7 @@ impl Harness {
 
 /// A value of a query string.
 pub fn query_value(query: &str, name: &str) -> Option<String> {
-    url::form_urlencoded::parse(query.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
 }

@@ -18,7 +18,7 @@ use lambda_http::http::{HeaderMap, StatusCode};
 use lambda_http::{Body, Request};
 use serde_json::Value;
 use signup::event_signing::resign_event;
-use signup::handler::{self, SignupDeps, SigningKeyUnavailable};
+use signup::handler::{self, SigningKeyUnavailable, SignupDeps};
 
 /// The key the sample events are signed with (and the local run's default).
 pub const SIGNING_KEY: &str = "local-signup-signing-key";
@@ -44,17 +44,29 @@ impl TestCredentials {
 
     /// First a key Keap refuses; after a 401, the valid one (as if another process rotated).
     pub fn stale_then_valid(first: &str) -> Self {
-        Self { first: Mutex::new(Ok(api_key(first))), refreshed: api_key(DEFAULT_API_KEY), after_unauthorized_calls: AtomicUsize::new(0) }
+        Self {
+            first: Mutex::new(Ok(api_key(first))),
+            refreshed: api_key(DEFAULT_API_KEY),
+            after_unauthorized_calls: AtomicUsize::new(0),
+        }
     }
 
     /// A key Keap refuses, before and after the re-read.
     pub fn revoked() -> Self {
-        Self { first: Mutex::new(Ok(api_key("KeapAK-revoked"))), refreshed: api_key("KeapAK-revoked"), after_unauthorized_calls: AtomicUsize::new(0) }
+        Self {
+            first: Mutex::new(Ok(api_key("KeapAK-revoked"))),
+            refreshed: api_key("KeapAK-revoked"),
+            after_unauthorized_calls: AtomicUsize::new(0),
+        }
     }
 
     /// Nobody connected Keap yet.
     pub fn not_connected() -> Self {
-        Self { first: Mutex::new(Err(|| TokenError::NotConnected)), refreshed: api_key(DEFAULT_API_KEY), after_unauthorized_calls: AtomicUsize::new(0) }
+        Self {
+            first: Mutex::new(Err(|| TokenError::NotConnected)),
+            refreshed: api_key(DEFAULT_API_KEY),
+            after_unauthorized_calls: AtomicUsize::new(0),
+        }
     }
 
     pub fn reauth_calls(&self) -> usize {
@@ -149,7 +161,11 @@ impl Harness {
         let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
         let service = SignupService::new(api, credentials.clone(), settings);
         let queue = options.queue.then(|| Arc::new(MemoryQueue::new()));
-        Harness { sandbox, deps: TestDeps { service, queue }, credentials }
+        Harness {
+            sandbox,
+            deps: TestDeps { service, queue },
+            credentials,
+        }
     }
 
     pub async fn send(&self, request: Request) -> Answer {
@@ -159,7 +175,11 @@ impl Harness {
             Body::Empty => Value::Null,
             body => serde_json::from_slice(body.as_ref()).expect("every answer is JSON"),
         };
-        Answer { status: parts.status, headers: parts.headers, json }
+        Answer {
+            status: parts.status,
+            headers: parts.headers,
+            json,
+        }
     }
 
     pub fn queued(&self) -> Vec<String> {

@@ -40,10 +40,7 @@ fn done() -> Response {
 }
 
 fn bad_request(message: impl std::fmt::Display) -> Response {
-    json(
-        StatusCode::BAD_REQUEST,
-        &json!({"error": message.to_string()}),
-    )
+    json(StatusCode::BAD_REQUEST, &json!({"error": message.to_string()}))
 }
 
 /// A control request body that does not parse.
@@ -88,10 +85,7 @@ struct GrantRequest {
 
 async fn grant(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match parse::<GrantRequest>(&body) {
-        Ok(request) => json(
-            StatusCode::OK,
-            &json!(shared.mint_grant(&request.client_id)),
-        ),
+        Ok(request) => json(StatusCode::OK, &json!(shared.mint_grant(&request.client_id))),
         Err(err) => err.into_response(),
     }
 }
@@ -114,10 +108,7 @@ struct AdvanceClock {
 async fn advance_clock(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match parse::<AdvanceClock>(&body) {
         Ok(request) => {
-            shared
-                .world()
-                .oauth
-                .advance_clock(Duration::from_secs(request.secs));
+            shared.world().oauth.advance_clock(Duration::from_secs(request.secs));
             done()
         }
         Err(err) => err.into_response(),
@@ -139,35 +130,23 @@ async fn auto_approve(State(shared): State<Arc<Shared>>, body: Bytes) -> Respons
     }
 }
 
-async fn contact(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn contact(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
     let Some(email) = query.get("email") else {
         return bad_request("query parameter email is required");
     };
     match shared.world().crm.contact_by_email(email) {
         Some(contact) => json(StatusCode::OK, &json!(contact)),
-        None => json(
-            StatusCode::NOT_FOUND,
-            &json!({"error": "no contact with that email"}),
-        ),
+        None => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
     }
 }
 
-async fn tag(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Response {
+async fn tag(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Response {
     let Some(name) = query.get("name") else {
         return bad_request("query parameter name is required");
     };
     match shared.world().crm.tag_by_name(name) {
         Some(id) => json(StatusCode::OK, &json!({"id": id, "name": name})),
-        None => json(
-            StatusCode::NOT_FOUND,
-            &json!({"error": "no tag with that name"}),
-        ),
+        None => json(StatusCode::NOT_FOUND, &json!({"error": "no tag with that name"})),
     }
 }
 
@@ -179,10 +158,7 @@ struct Unsubscribe {
 async fn unsubscribe(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
     match parse::<Unsubscribe>(&body) {
         Ok(request) if shared.world().crm.unsubscribe(&request.email) => done(),
-        Ok(_) => json(
-            StatusCode::NOT_FOUND,
-            &json!({"error": "no contact with that email"}),
-        ),
+        Ok(_) => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
         Err(err) => err.into_response(),
     }
 }

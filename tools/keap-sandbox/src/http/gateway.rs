@@ -16,11 +16,7 @@ use crate::oauth_store::Credential;
 use crate::quota::QuotaReport;
 use crate::stats::{AuthKind, CallRecord};
 
-pub(crate) async fn gateway(
-    State(shared): State<Arc<Shared>>,
-    request: Request,
-    next: Next,
-) -> Response {
+pub(crate) async fn gateway(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
     let path = request.uri().path().to_owned();
     if path.starts_with(CONTROL_PREFIX) {
         return next.run(request).await;
@@ -35,11 +31,7 @@ pub(crate) async fn gateway(
         next.run(request).await
     };
     // The token endpoint knows about body credentials, which headers cannot show.
-    let auth = response
-        .extensions()
-        .get::<AuthKind>()
-        .copied()
-        .unwrap_or(presented);
+    let auth = response.extensions().get::<AuthKind>().copied().unwrap_or(presented);
     let status = if response.extensions().get::<ConnectionDropped>().is_some() {
         0
     } else {
@@ -59,10 +51,7 @@ pub(crate) fn auth_kind(headers: &HeaderMap) -> AuthKind {
     if headers.contains_key("x-keap-api-key") {
         return AuthKind::ApiKey;
     }
-    match headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
+    match headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
         Some(value) if scheme_value(value, "bearer").is_some() => AuthKind::Bearer,
         Some(value) if scheme_value(value, "basic").is_some() => AuthKind::Basic,
         _ => AuthKind::None,
@@ -107,10 +96,7 @@ async fn rest_gate(shared: &Shared, mut request: Request, next: Next) -> Respons
     };
     if let Some(retry_after) = shared.faults.take_throttle() {
         shared.world().stats.throttled += 1;
-        return throttled(
-            &QuotaReport::keap_default(&credential),
-            retry_after.map(u64::from),
-        );
+        return throttled(&QuotaReport::keap_default(&credential), retry_after.map(u64::from));
     }
     let quota = match shared.config.rate_limit {
         None => None,
@@ -176,20 +162,11 @@ fn throttled(report: &QuotaReport, retry_after: Option<u64>) -> Response {
 fn quota_headers(headers: &mut HeaderMap, report: &QuotaReport) {
     let pairs = [
         ("x-keap-product-quota-limit", report.limit.to_string()),
-        (
-            "x-keap-product-quota-time-unit",
-            report.time_unit.to_owned(),
-        ),
+        ("x-keap-product-quota-time-unit", report.time_unit.to_owned()),
         ("x-keap-product-quota-interval", "1".to_owned()),
-        (
-            "x-keap-product-quota-available",
-            report.available.to_string(),
-        ),
+        ("x-keap-product-quota-available", report.available.to_string()),
         ("x-keap-product-quota-used", report.used.to_string()),
-        (
-            "x-keap-product-quota-expiry-time",
-            report.expiry_epoch_ms().to_string(),
-        ),
+        ("x-keap-product-quota-expiry-time", report.expiry_epoch_ms().to_string()),
     ];
     for (name, value) in pairs {
         if let Ok(value) = HeaderValue::from_str(&value) {

@@ -33,10 +33,7 @@ pub(crate) fn router(shared: Arc<Shared>) -> Router {
         .route(TOKEN_PATH, axum::routing::post(oauth::token))
         .nest(CONTROL_PREFIX, control::routes())
         .nest(REST_PREFIX, rest)
-        .layer(axum::middleware::from_fn_with_state(
-            shared.clone(),
-            gateway::gateway,
-        ))
+        .layer(axum::middleware::from_fn_with_state(shared.clone(), gateway::gateway))
         .with_state(shared)
 }
 
@@ -75,10 +72,7 @@ impl BodyError {
 }
 
 /// Parse a JSON body; a missing Content-Type is tolerated, a different one is not.
-pub(crate) fn json_body(
-    headers: &http::HeaderMap,
-    body: &[u8],
-) -> Result<serde_json::Value, BodyError> {
+pub(crate) fn json_body(headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, BodyError> {
     if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
         let essence = content_type
             .to_str()
@@ -118,11 +112,7 @@ pub(crate) fn contact_saved(
             ApiVersion::V2 => c.v2_json(),
         })
         .ok_or_else(|| ApiError::not_found(version, "Contact", id))?;
-    let status = if created {
-        StatusCode::CREATED
-    } else {
-        StatusCode::OK
-    };
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok(json(status, &contact))
 }
 
@@ -138,9 +128,10 @@ pub(crate) fn deliver_email(
         check_base64(body, field).map_err(|message| ApiError::bad_request(version, message))?;
     }
     let mut world = shared.world();
-    world.crm.deliver_email(contacts).map_err(|unknown| {
-        ApiError::bad_request(version, format!("Contact {unknown} not found"))
-    })?;
+    world
+        .crm
+        .deliver_email(contacts)
+        .map_err(|unknown| ApiError::bad_request(version, format!("Contact {unknown} not found")))?;
     world.stats.emails_queued += contacts.len() as u64;
     Ok(StatusCode::ACCEPTED.into_response())
 }
@@ -184,16 +175,8 @@ impl ApiError {
     }
 
     /// 404 for a missing resource; v2 names it in `details` (the spec's `ErrorDetails`).
-    pub(crate) fn not_found(
-        version: ApiVersion,
-        resource: &str,
-        id: impl std::fmt::Display,
-    ) -> Self {
-        let mut error = Self::new(
-            version,
-            StatusCode::NOT_FOUND,
-            format!("{resource} {id} not found"),
-        );
+    pub(crate) fn not_found(version: ApiVersion, resource: &str, id: impl std::fmt::Display) -> Self {
+        let mut error = Self::new(version, StatusCode::NOT_FOUND, format!("{resource} {id} not found"));
         error.details = vec![serde_json::json!({"domain": "crm", "resource": resource})];
         error
     }
@@ -220,31 +203,21 @@ impl IntoResponse for ApiError {
 
 impl ApiVersion {
     /// A JSON object body, or this version's 400/415.
-    pub(crate) fn object(
-        self,
-        headers: &http::HeaderMap,
-        body: &[u8],
-    ) -> Result<serde_json::Value, ApiError> {
-        let value = json_body(headers, body)
-            .map_err(|err| ApiError::new(self, err.status(), err.to_string()))?;
+    pub(crate) fn object(self, headers: &http::HeaderMap, body: &[u8]) -> Result<serde_json::Value, ApiError> {
+        let value = json_body(headers, body).map_err(|err| ApiError::new(self, err.status(), err.to_string()))?;
         if value.is_object() {
             Ok(value)
         } else {
-            Err(ApiError::bad_request(
-                self,
-                "The request body must be a JSON object",
-            ))
+            Err(ApiError::bad_request(self, "The request body must be a JSON object"))
         }
     }
 
     /// A positive numeric id from the path.
     pub(crate) fn path_id(self, raw: &str, what: &str) -> Result<i64, ApiError> {
-        raw.parse::<i64>().ok().filter(|id| *id > 0).ok_or_else(|| {
-            ApiError::bad_request(
-                self,
-                format!("{what} must be a positive numeric id, got {raw:?}"),
-            )
-        })
+        raw.parse::<i64>()
+            .ok()
+            .filter(|id| *id > 0)
+            .ok_or_else(|| ApiError::bad_request(self, format!("{what} must be a positive numeric id, got {raw:?}")))
     }
 }
 

@@ -22,10 +22,7 @@ use crate::stats::{AuthKind, Stats};
 fn parse_params(raw: &[u8]) -> Result<HashMap<String, String>, String> {
     let mut params = HashMap::new();
     for (name, value) in form_urlencoded::parse(raw) {
-        if params
-            .insert(name.to_string(), value.into_owned())
-            .is_some()
-        {
+        if params.insert(name.to_string(), value.into_owned()).is_some() {
             return Err(format!("parameter {name} is repeated"));
         }
     }
@@ -61,10 +58,7 @@ struct AuthorizeRequest {
 
 /// Errors here are shown as a page: with a bad client or redirect URI there is nowhere
 /// safe to redirect to.
-fn check_authorize(
-    shared: &Shared,
-    params: &HashMap<String, String>,
-) -> Result<AuthorizeRequest, String> {
+fn check_authorize(shared: &Shared, params: &HashMap<String, String>) -> Result<AuthorizeRequest, String> {
     let client_id = params
         .get("client_id")
         .filter(|v| !v.is_empty())
@@ -77,14 +71,12 @@ fn check_authorize(
         .get("redirect_uri")
         .filter(|v| !v.is_empty())
         .ok_or("redirect_uri is missing")?;
-    let redirect_uri = url::Url::parse(redirect_uri_raw)
-        .map_err(|err| format!("redirect_uri is not a valid URL: {err}"))?;
+    let redirect_uri =
+        url::Url::parse(redirect_uri_raw).map_err(|err| format!("redirect_uri is not a valid URL: {err}"))?;
     if !matches!(redirect_uri.scheme(), "http" | "https") {
         return Err("redirect_uri must be an http(s) URL".to_owned());
     }
-    if !client.redirect_uris.is_empty()
-        && !client.redirect_uris.iter().any(|u| u == redirect_uri_raw)
-    {
+    if !client.redirect_uris.is_empty() && !client.redirect_uris.iter().any(|u| u == redirect_uri_raw) {
         return Err("redirect_uri is not registered for this client".to_owned());
     }
     Ok(AuthorizeRequest {
@@ -108,11 +100,7 @@ fn redirect_with(mut target: url::Url, pairs: &[(&str, &str)], state: Option<&st
         }
     }
     // Keap answers 302 Found.
-    (
-        StatusCode::FOUND,
-        [(header::LOCATION, target.as_str().to_owned())],
-    )
-        .into_response()
+    (StatusCode::FOUND, [(header::LOCATION, target.as_str().to_owned())]).into_response()
 }
 
 /// Approved: a fresh code, or an error redirect for a response type Keap does not support.
@@ -124,11 +112,10 @@ fn approve(shared: &Shared, request: &AuthorizeRequest) -> Response {
             request.state.as_deref(),
         );
     }
-    let code = shared.world().oauth.issue_code(
-        &shared.config,
-        &request.client_id,
-        &request.redirect_uri_raw,
-    );
+    let code = shared
+        .world()
+        .oauth
+        .issue_code(&shared.config, &request.client_id, &request.redirect_uri_raw);
     let scope = shared.config.scope();
     redirect_with(
         request.redirect_uri.clone(),
@@ -138,10 +125,7 @@ fn approve(shared: &Shared, request: &AuthorizeRequest) -> Response {
 }
 
 /// `GET /app/oauth/authorize`
-pub(crate) async fn authorize_page(
-    State(shared): State<Arc<Shared>>,
-    RawQuery(query): RawQuery,
-) -> Response {
+pub(crate) async fn authorize_page(State(shared): State<Arc<Shared>>, RawQuery(query): RawQuery) -> Response {
     let params = match parse_params(query.unwrap_or_default().as_bytes()) {
         Ok(params) => params,
         Err(message) => return error_page(&message),
@@ -204,30 +188,17 @@ pub(crate) async fn authorize_decision(State(shared): State<Arc<Shared>>, body: 
 
 fn token_error(err: &TokenError) -> Response {
     let (status, error, description): (StatusCode, &str, &str) = match err {
-        TokenError::InvalidRequest(description) => {
-            (StatusCode::BAD_REQUEST, "invalid_request", description)
-        }
-        TokenError::MissingClientAuth { description, .. } => {
-            (StatusCode::UNAUTHORIZED, "invalid_client", description)
-        }
-        TokenError::InvalidClient => (
-            StatusCode::BAD_REQUEST,
-            "invalid_client",
-            "Invalid client credentials",
-        ),
-        TokenError::InvalidGrant { description, .. } => {
-            (StatusCode::BAD_REQUEST, "invalid_grant", description)
-        }
+        TokenError::InvalidRequest(description) => (StatusCode::BAD_REQUEST, "invalid_request", description),
+        TokenError::MissingClientAuth { description, .. } => (StatusCode::UNAUTHORIZED, "invalid_client", description),
+        TokenError::InvalidClient => (StatusCode::BAD_REQUEST, "invalid_client", "Invalid client credentials"),
+        TokenError::InvalidGrant { description, .. } => (StatusCode::BAD_REQUEST, "invalid_grant", description),
         TokenError::UnsupportedGrantType => (
             StatusCode::BAD_REQUEST,
             "unsupported_grant_type",
             "grant_type must be authorization_code or refresh_token",
         ),
     };
-    let mut response = super::json(
-        status,
-        &json!({"error": error, "error_description": description}),
-    );
+    let mut response = super::json(status, &json!({"error": error, "error_description": description}));
     if status == StatusCode::UNAUTHORIZED {
         response.headers_mut().insert(
             header::WWW_AUTHENTICATE,
@@ -254,11 +225,7 @@ fn basic_credentials(headers: &HeaderMap) -> Option<Result<(String, String), Tok
         .to_str()
         .ok()
         .and_then(|v| scheme_value(v, "basic"))
-        .and_then(|encoded| {
-            base64::engine::general_purpose::STANDARD
-                .decode(encoded)
-                .ok()
-        })
+        .and_then(|encoded| base64::engine::general_purpose::STANDARD.decode(encoded).ok())
         .and_then(|decoded| String::from_utf8(decoded).ok())
         .and_then(|text| {
             let (id, secret) = text.split_once(':')?;
@@ -274,11 +241,7 @@ fn authenticate_client(shared: &Shared, client_id: &str, secret: &str) -> Result
     }
 }
 
-fn required<'a>(
-    params: &'a HashMap<String, String>,
-    name: &str,
-    missing: &'static str,
-) -> Result<&'a str, TokenError> {
+fn required<'a>(params: &'a HashMap<String, String>, name: &str, missing: &'static str) -> Result<&'a str, TokenError> {
     params
         .get(name)
         .map(String::as_str)
@@ -289,10 +252,7 @@ fn required<'a>(
 /// `POST /token`
 pub(crate) async fn token(State(shared): State<Arc<Shared>>, request: Request) -> Response {
     let (parts, body) = request.into_parts();
-    let connection = parts
-        .extensions
-        .get::<ConnectInfo<ConnHandle>>()
-        .map(|c| c.0.clone());
+    let connection = parts.extensions.get::<ConnectInfo<ConnHandle>>().map(|c| c.0.clone());
     let body = match axum::body::to_bytes(body, 1024 * 1024).await {
         Ok(body) => body,
         Err(_) => {
@@ -309,10 +269,7 @@ pub(crate) async fn token(State(shared): State<Arc<Shared>>, request: Request) -
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|v| {
-            v.trim()
-                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
-        });
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"));
     let presented = super::gateway::auth_kind(&parts.headers);
     if !is_form {
         return refuse_request(
@@ -334,9 +291,7 @@ pub(crate) async fn token(State(shared): State<Arc<Shared>>, request: Request) -
         }
     };
     let auth = match presented {
-        AuthKind::None
-            if params.contains_key("client_id") || params.contains_key("client_secret") =>
-        {
+        AuthKind::None if params.contains_key("client_id") || params.contains_key("client_secret") => {
             AuthKind::BodyCredentials
         }
         other => other,
@@ -402,12 +357,8 @@ fn refuse_request(shared: &Shared, reason: &str, err: TokenError, auth: AuthKind
     response
 }
 
-fn exchange_code(
-    shared: &Shared,
-    params: &HashMap<String, String>,
-) -> Result<crate::TokenResponse, TokenError> {
-    let (Some(client_id), Some(secret)) = (params.get("client_id"), params.get("client_secret"))
-    else {
+fn exchange_code(shared: &Shared, params: &HashMap<String, String>) -> Result<crate::TokenResponse, TokenError> {
+    let (Some(client_id), Some(secret)) = (params.get("client_id"), params.get("client_secret")) else {
         return Err(TokenError::MissingClientAuth {
             reason: "missing_client_auth",
             description: "client_id and client_secret are required in the request body",
@@ -429,18 +380,15 @@ fn refresh(
     headers: &HeaderMap,
     params: &HashMap<String, String>,
 ) -> Result<crate::TokenResponse, TokenError> {
-    let (client_id, secret) =
-        basic_credentials(headers).unwrap_or(Err(TokenError::MissingClientAuth {
-            reason: "missing_client_auth",
-            description: "Client authentication via the Authorization: Basic header is required",
-        }))?;
+    let (client_id, secret) = basic_credentials(headers).unwrap_or(Err(TokenError::MissingClientAuth {
+        reason: "missing_client_auth",
+        description: "Client authentication via the Authorization: Basic header is required",
+    }))?;
     authenticate_client(shared, &client_id, &secret)?;
     let refresh_token = required(params, "refresh_token", "refresh_token is required")?;
     // One lock from lookup to rotation: concurrent refreshes of one token get one winner.
     let mut world = shared.world();
-    let pair = world
-        .oauth
-        .refresh(&shared.config, &client_id, refresh_token)?;
+    let pair = world.oauth.refresh(&shared.config, &client_id, refresh_token)?;
     world.stats.refreshes_served += 1;
     Ok(pair)
 }

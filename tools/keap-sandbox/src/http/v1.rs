@@ -37,18 +37,12 @@ fn bad_request(message: impl Into<String>) -> ApiError {
 }
 
 /// `PUT /v1/contacts`: create or update by `duplicate_option`.
-async fn upsert_contact(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
+async fn upsert_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
     let body = V1.object(&headers, &body)?;
     let duplicate = match body.get("duplicate_option") {
         Some(Value::String(option)) => DuplicateOption::parse(option).map_err(bad_request)?,
         None | Some(Value::Null) => {
-            return Err(bad_request(
-                "duplicate_option is required (Email or EmailAndName)",
-            ));
+            return Err(bad_request("duplicate_option is required (Email or EmailAndName)"));
         }
         Some(_) => return Err(bad_request("duplicate_option must be a string")),
     };
@@ -62,11 +56,7 @@ async fn upsert_contact(
 }
 
 /// `POST /v1/contacts`: always creates, even when the email exists (Keap makes a duplicate).
-async fn create_contact(
-    State(shared): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Reply {
+async fn create_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
     let body = V1.object(&headers, &body)?;
     let input = parse_contact(&body, ApiVersion::V1).map_err(bad_request)?;
     let mut world = shared.world();
@@ -95,22 +85,15 @@ fn paging(query: &HashMap<String, String>) -> Result<(usize, usize), ApiError> {
 }
 
 /// `GET /v1/contacts?email=..&given_name=..&family_name=..`
-async fn list_contacts(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Reply {
+async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
     let (limit, offset) = paging(&query)?;
     let world = shared.world();
     let matching: Vec<Value> = world
         .crm
         .contacts_matching(|c| {
             query.get("email").is_none_or(|e| c.has_email_matching(e))
-                && query
-                    .get("given_name")
-                    .is_none_or(|n| c.given_name_matches(n))
-                && query
-                    .get("family_name")
-                    .is_none_or(|n| c.family_name_matches(n))
+                && query.get("given_name").is_none_or(|n| c.given_name_matches(n))
+                && query.get("family_name").is_none_or(|n| c.family_name_matches(n))
         })
         .map(|c| c.v1_json())
         .collect();
@@ -157,10 +140,7 @@ async fn apply_tags(
 }
 
 /// `GET /v1/tags?name=..` (exact name).
-async fn list_tags(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Reply {
+async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
     let (limit, offset) = paging(&query)?;
     let world = shared.world();
     let matching: Vec<Value> = world
@@ -179,10 +159,7 @@ async fn list_tags(
 async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
     let id = V1.path_id(&tag_id, "tagId")?;
     let world = shared.world();
-    let tag = world
-        .crm
-        .tag(id)
-        .ok_or_else(|| ApiError::not_found(V1, "Tag", id))?;
+    let tag = world.crm.tag(id).ok_or_else(|| ApiError::not_found(V1, "Tag", id))?;
     Ok(super::json(StatusCode::OK, &tag.v1_json()))
 }
 
@@ -192,9 +169,7 @@ pub(crate) fn tag_fields(
     category_id_is_string: bool,
 ) -> Result<(String, Option<String>, Option<String>), String> {
     let name = match body.get("name") {
-        Some(Value::String(name)) if !name.trim().is_empty() && name.chars().count() <= 255 => {
-            name.clone()
-        }
+        Some(Value::String(name)) if !name.trim().is_empty() && name.chars().count() <= 255 => name.clone(),
         Some(Value::String(_)) => return Err("name must be 1 to 255 characters".to_owned()),
         None | Some(Value::Null) => return Err("name is required".to_owned()),
         Some(_) => return Err("name must be a string".to_owned()),
@@ -208,9 +183,7 @@ pub(crate) fn tag_fields(
         None | Some(Value::Null) => None,
         Some(Value::Object(category)) => match category.get("id") {
             Some(Value::String(id)) if category_id_is_string && !id.is_empty() => Some(id.clone()),
-            Some(Value::Number(id)) if !category_id_is_string && id.is_i64() => {
-                Some(id.to_string())
-            }
+            Some(Value::Number(id)) if !category_id_is_string && id.is_i64() => Some(id.to_string()),
             _ => return Err("category.id is required and must be a valid id".to_owned()),
         },
         Some(_) => return Err("category must be an object".to_owned()),

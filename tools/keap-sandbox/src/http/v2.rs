@@ -39,26 +39,17 @@ fn string_ids(body: &Value, name: &str) -> Result<Vec<i64>, ApiError> {
     match body.get(name) {
         Some(Value::Array(ids)) if !ids.is_empty() => ids
             .iter()
-            .map(|id| {
-                id.as_str()
-                    .and_then(|s| s.parse::<i64>().ok())
-                    .filter(|id| *id > 0)
-            })
+            .map(|id| id.as_str().and_then(|s| s.parse::<i64>().ok()).filter(|id| *id > 0))
             .collect::<Option<Vec<i64>>>()
             .ok_or_else(|| bad_request(format!("{name} must be an array of id strings"))),
         Some(Value::Array(_)) => Err(bad_request(format!("{name} must not be empty"))),
         None | Some(Value::Null) => Err(bad_request(format!("{name} is required"))),
-        Some(_) => Err(bad_request(format!(
-            "{name} must be an array of id strings"
-        ))),
+        Some(_) => Err(bad_request(format!("{name} must be an array of id strings"))),
     }
 }
 
 /// `filter=a==x;b==y` -> [(a, x), (b, y)]; only the named fields are allowed.
-fn parse_filter<'a>(
-    filter: Option<&'a String>,
-    allowed: &[&str],
-) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
+fn parse_filter<'a>(filter: Option<&'a String>, allowed: &[&str]) -> Result<Vec<(&'a str, &'a str)>, ApiError> {
     let Some(filter) = filter else {
         return Ok(Vec::new());
     };
@@ -66,9 +57,9 @@ fn parse_filter<'a>(
         .split(';')
         .filter(|part| !part.trim().is_empty())
         .map(|part| {
-            let (field, value) = part.split_once("==").ok_or_else(|| {
-                bad_request(format!("Invalid filter {part:?}: expected field==value"))
-            })?;
+            let (field, value) = part
+                .split_once("==")
+                .ok_or_else(|| bad_request(format!("Invalid filter {part:?}: expected field==value")))?;
             let field = field.trim();
             if allowed.contains(&field) {
                 Ok((field, value.trim()))
@@ -117,10 +108,7 @@ async fn create_contact(
 }
 
 /// `GET /v2/contacts?filter=email==a@b.com` (also `given_name`, `family_name`, `ids`).
-async fn list_contacts(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Reply {
+async fn list_contacts(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
     let filters = parse_filter(
         query.get("filter"),
         &["email", "given_name", "family_name", "ids", "contact_ids"],
@@ -129,12 +117,7 @@ async fn list_contacts(
     let id_sets: Vec<Vec<i64>> = filters
         .iter()
         .filter(|(field, _)| matches!(*field, "ids" | "contact_ids"))
-        .map(|(_, value)| {
-            value
-                .split(',')
-                .filter_map(|id| id.trim().parse().ok())
-                .collect()
-        })
+        .map(|(_, value)| value.split(',').filter_map(|id| id.trim().parse().ok()).collect())
         .collect();
     let world = shared.world();
     let contacts: Vec<Value> = world
@@ -167,14 +150,8 @@ async fn get_contact(State(shared): State<Arc<Shared>>, Path(contact_id): Path<S
 }
 
 /// `GET /v2/tags?filter=name==Welcome` (also `description`, `category_id`, `tag_ids`).
-async fn list_tags(
-    State(shared): State<Arc<Shared>>,
-    Query(query): Query<HashMap<String, String>>,
-) -> Reply {
-    let filters = parse_filter(
-        query.get("filter"),
-        &["name", "description", "category_id", "tag_ids"],
-    )?;
+async fn list_tags(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let filters = parse_filter(query.get("filter"), &["name", "description", "category_id", "tag_ids"])?;
     let limit = page_size(&query)?;
     let keep = |tag: &Tag| {
         filters.iter().all(|(field, value)| match *field {
@@ -205,10 +182,7 @@ async fn list_tags(
 async fn get_tag(State(shared): State<Arc<Shared>>, Path(tag_id): Path<String>) -> Reply {
     let id = V2.path_id(&tag_id, "tag_id")?;
     let world = shared.world();
-    let tag = world
-        .crm
-        .tag(id)
-        .ok_or_else(|| ApiError::not_found(V2, "Tag", id))?;
+    let tag = world.crm.tag(id).ok_or_else(|| ApiError::not_found(V2, "Tag", id))?;
     Ok(super::json(StatusCode::OK, &tag.v2_json()))
 }
 
@@ -270,9 +244,7 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
             }
         }
         _ => {
-            return Err(bad_request(
-                "Exactly one of user_id or from_address is required",
-            ));
+            return Err(bad_request("Exactly one of user_id or from_address is required"));
         }
     }
     super::deliver_email(&shared, V2, &body, &contacts)

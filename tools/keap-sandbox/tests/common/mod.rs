@@ -62,9 +62,7 @@ pub fn location(response: &Response) -> url::Url {
 }
 
 pub fn query_param(url: &url::Url, name: &str) -> Option<String> {
-    url.query_pairs()
-        .find(|(n, _)| n == name)
-        .map(|(_, v)| v.into_owned())
+    url.query_pairs().find(|(n, _)| n == name).map(|(_, v)| v.into_owned())
 }
 
 pub async fn exchange_code(sandbox: &Sandbox, code: &str, redirect_uri: &str) -> Response {
@@ -82,18 +80,11 @@ pub async fn exchange_code(sandbox: &Sandbox, code: &str, redirect_uri: &str) ->
         .expect("token request")
 }
 
-pub async fn refresh_with(
-    client: &Client,
-    sandbox: &Sandbox,
-    refresh_token: &str,
-) -> reqwest::Result<Response> {
+pub async fn refresh_with(client: &Client, sandbox: &Sandbox, refresh_token: &str) -> reqwest::Result<Response> {
     client
         .post(sandbox.token_url())
         .basic_auth(CLIENT_ID, Some(CLIENT_SECRET))
-        .form(&[
-            ("grant_type", "refresh_token"),
-            ("refresh_token", refresh_token),
-        ])
+        .form(&[("grant_type", "refresh_token"), ("refresh_token", refresh_token)])
         .send()
         .await
 }
