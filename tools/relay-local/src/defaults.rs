@@ -77,6 +77,7 @@ pub fn is_set(name: &str) -> bool {
 ///
 /// Changes the process environment: call it before any other thread exists (in `main`,
 /// before the Tokio runtime starts).
+#[allow(unsafe_code)] // `std::env::set_var` is unsafe since edition 2024; see # Safety.
 pub unsafe fn apply_env_defaults(defaults: &[(&'static str, String)]) -> Vec<&'static str> {
     let mut applied = Vec::new();
     for (name, value) in defaults {

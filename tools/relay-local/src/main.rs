@@ -69,6 +69,7 @@ fn with_local_env(
 ) -> ExitCode {
     let relay_base = format!("http://127.0.0.1:{relay_port}");
     // SAFETY: no other thread exists yet; the runtime (and every thread) starts below.
+    #[allow(unsafe_code)] // before the runtime starts: no other thread exists yet
     unsafe { defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox)) };
     init_logs();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
