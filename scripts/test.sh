@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs every keap-relay test on a fresh machine: installs what it needs (scripts/bootstrap.sh),
-# then the Rust suites (unit, property, sandbox, moto, storms, handlers with sample events,
+# then the format and lint gates (cargo fmt --check, clippy -D warnings), the Rust suites (unit, property, sandbox, moto, storms, handlers with sample events,
 # end-to-end local flow), the template checks and the hostile-input checks.
 # Ends with one summary line: "N passed, N failed".
 set -euo pipefail
