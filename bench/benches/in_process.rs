@@ -65,15 +65,26 @@ fn state_codecs(c: &mut Criterion) {
     group.bench_function("serialize", |b| b.iter(|| black_box(&state).to_secret()));
     group.finish();
 
-    let key = StateKey::derive(&SecretString::from("sandbox-secret"));
+    let key = StateKey::from_deployment_secrets(
+        &SecretString::from("bench-signup-signing-key"),
+        &SecretString::from("bench-admin-password"),
+    );
     let redirect = "https://abc123defg.execute-api.us-east-1.amazonaws.com/oauth/callback";
     let issued = key.issue(redirect, false, SystemTime::now());
+    let binding = [keap_relay::ExposeSecret::expose_secret(&issued.browser_binding)];
     let mut group = c.benchmark_group("oauth_state");
     group.bench_function("issue", |b| {
         b.iter(|| key.issue(black_box(redirect), false, SystemTime::now()))
     });
     group.bench_function("verify", |b| {
-        b.iter(|| key.verify(Some(black_box(issued.value.as_str())), redirect, SystemTime::now()))
+        b.iter(|| {
+            key.verify(
+                Some(black_box(issued.value.as_str())),
+                &binding,
+                redirect,
+                SystemTime::now(),
+            )
+        })
     });
     group.finish();
 }

@@ -54,6 +54,21 @@ pub fn quota_exceeded_line(function_name: impl Into<String>) -> String {
     quota_exceeded_record(function_name).to_line(SystemTime::now())
 }
 
+/// Count 1 per failed administrator login (HTTP Basic credentials presented and refused on
+/// `/oauth/start` or `/status`), from the oauth function. Alarmed by `AdminLoginFailuresAlarm` in
+/// template.yaml, dimension `FunctionName`.
+pub const ADMIN_LOGIN_FAILURES: &str = "AdminLoginFailures";
+
+/// The EMF record of one failed administrator login (`AdminLoginFailures` = 1), with the route
+/// and the caller's address as searchable properties (never the user name or the password).
+pub fn admin_login_failure_record(function_name: impl Into<String>, route: &str, source_ip: &str) -> EmfRecord {
+    EmfRecord::new(NAMESPACE)
+        .dimension("FunctionName", function_name)
+        .metric(ADMIN_LOGIN_FAILURES, Unit::Count, 1.0)
+        .property("route", route)
+        .property("source_ip", source_ip)
+}
+
 /// CloudWatch units used by keap-relay (days have no CloudWatch unit: `None`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Unit {
@@ -201,6 +216,26 @@ mod tests {
         );
         assert_eq!(doc["FunctionName"], "keap-relay-SignupFunction-abc");
         assert_eq!(doc["SecretVersionQuotaExceeded"], 1.0);
+    }
+
+    #[test]
+    fn a_failed_login_is_one_count_per_function_with_route_and_address() {
+        let line = admin_login_failure_record("keap-relay-OAuthFunction-abc", "/status", "203.0.113.7")
+            .to_line(UNIX_EPOCH + Duration::from_secs(1));
+        let doc: Value = serde_json::from_str(&line).unwrap();
+        let directive = &doc["_aws"]["CloudWatchMetrics"][0];
+        assert_eq!(directive["Namespace"], "KeapRelay");
+        assert_eq!(directive["Dimensions"], json!([["FunctionName"]]));
+        assert_eq!(
+            directive["Metrics"],
+            json!([{"Name": "AdminLoginFailures", "Unit": "Count"}])
+        );
+        assert_eq!(doc["FunctionName"], "keap-relay-OAuthFunction-abc");
+        assert_eq!(doc["AdminLoginFailures"], 1.0);
+        assert_eq!(
+            (doc["route"].as_str(), doc["source_ip"].as_str()),
+            (Some("/status"), Some("203.0.113.7"))
+        );
     }
 
     #[test]

@@ -10,9 +10,9 @@
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
-use keap_relay::SecretString;
 use keap_relay::oauth_state::{StateError, StateKey};
 use keap_relay::signup::signature::{self, SignatureError};
+use keap_relay::{ExposeSecret, SecretString};
 
 /// The body of `fn NAME(` in `file` (relative to the workspace), comments removed.
 fn function_body(file: &str, name: &str) -> String {
@@ -106,22 +106,39 @@ fn the_signup_signature_is_compared_in_constant_time() {
 #[test]
 fn the_oauth_state_mac_is_compared_in_constant_time() {
     assert_constant_time("shared/src/oauth_state.rs", "verify", &["signature", "verifier", "mac"]);
-    let key = StateKey::derive(&SecretString::from("client-secret"));
+    // The browser binding (the cookie against the tag the state carries) as well.
+    assert_constant_time(
+        "shared/src/oauth_state.rs",
+        "binding_matches",
+        &["expected", "presented", "verifier", "tag"],
+    );
+    let key = StateKey::from_deployment_secrets(
+        &SecretString::from("signup-signing-key"),
+        &SecretString::from("admin-password-16+"),
+    );
     let now = SystemTime::now();
-    let issued = key.issue("https://relay.example.com/oauth/callback", false, now);
+    let redirect = "https://relay.example.com/oauth/callback";
+    let issued = key.issue(redirect, false, now);
+    let binding = issued.browser_binding.expose_secret();
     let (payload, _) = issued.value.split_once('.').unwrap();
-    let other = key.issue("https://relay.example.com/oauth/callback", false, now);
+    let other = key.issue(redirect, false, now);
     let (_, other_signature) = other.value.split_once('.').unwrap();
     // A genuine MAC of another state does not verify this payload.
     let spliced = format!("{payload}.{other_signature}");
+    let later = now + Duration::from_secs(1);
     assert_eq!(
-        key.verify(
-            Some(&spliced),
-            "https://relay.example.com/oauth/callback",
-            now + Duration::from_secs(1)
-        ),
+        key.verify(Some(&spliced), &[binding], redirect, later),
         Err(StateError::BadSignature)
     );
+    // The audited binding check is the one in use: one changed character is a mismatch.
+    let mut altered = binding.to_owned();
+    let last = altered.pop().unwrap();
+    altered.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(
+        key.verify(Some(&issued.value), &[&altered], redirect, later),
+        Err(StateError::BrowserMismatch)
+    );
+    assert!(key.verify(Some(&issued.value), &[binding], redirect, later).is_ok());
 }
 
 #[test]

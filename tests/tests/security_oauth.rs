@@ -2,8 +2,9 @@
 //! real oauth handler, the real code exchange and token store, and a Keap sandbox that
 //! auto-approves. The oauth function's own tests cover forged, expired, missing, foreign and
 //! reused states and the other-account refusal; this covers the rest: spliced and truncated
-//! states, a forged state smuggled before a genuine one, racing callbacks with one state, and hostile Basic
-//! credentials.
+//! states, a forged state smuggled before a genuine one, racing callbacks with one state, hostile Basic
+//! credentials, and the browser-binding cookie over real HTTP (set by `/oauth/start`, required and
+//! cleared by the callback; hostile `Cookie` headers).
 
 use base64::Engine;
 use base64::engine::general_purpose::{STANDARD, URL_SAFE_NO_PAD};
@@ -19,12 +20,20 @@ fn client() -> reqwest::Client {
 
 /// `(status, body)`, asserting no 5xx.
 async fn get(url: &str, authorization: Option<&[u8]>) -> (u16, String) {
+    get_with_cookie(url, authorization, None).await
+}
+
+/// `(status, body)` of a GET with an optional `Cookie` header, asserting no 5xx.
+async fn get_with_cookie(url: &str, authorization: Option<&[u8]>, cookie: Option<&[u8]>) -> (u16, String) {
     let mut request = client().get(url);
     if let Some(value) = authorization {
         request = request.header(
             "authorization",
             reqwest::header::HeaderValue::from_bytes(value).unwrap(),
         );
+    }
+    if let Some(value) = cookie {
+        request = request.header("cookie", reqwest::header::HeaderValue::from_bytes(value).unwrap());
     }
     let response = request.send().await.expect("the relay answers");
     let status = response.status().as_u16();
@@ -43,21 +52,30 @@ fn page_code(body: &str) -> &str {
         .unwrap_or("<none>")
 }
 
-/// `/oauth/start` as the administrator, then Keap's (auto-approving) authorize page: the query
-/// Keap sends the browser back with.
-async fn authorize(relay: &RelayServer, start_query: &str) -> String {
-    let (status, _) = get(
-        &format!("{}/oauth/start?{start_query}", relay.url()),
-        Some(&basic(ADMIN_PASSWORD)),
-    )
-    .await;
-    assert_eq!(status, 302);
+/// One sign-in as the browser sees it: the query Keap sends it back with, and the cookie
+/// (`name=value`) `/oauth/start` set for the callback.
+struct SignIn {
+    query: String,
+    cookie: String,
+}
+
+/// `/oauth/start` as the administrator, then Keap's (auto-approving) authorize page.
+async fn authorize(relay: &RelayServer, start_query: &str) -> SignIn {
     let start = client()
         .get(format!("{}/oauth/start?{start_query}", relay.url()))
         .header("authorization", basic(ADMIN_PASSWORD))
         .send()
         .await
         .unwrap();
+    assert_eq!(start.status(), 302);
+    let set_cookies: Vec<&str> = start
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap())
+        .collect();
+    assert_eq!(set_cookies.len(), 1, "{set_cookies:?}");
+    let cookie = set_cookies[0].split(';').next().unwrap().to_owned();
     let keap = client()
         .get(start.headers()["location"].to_str().unwrap())
         .send()
@@ -66,7 +84,10 @@ async fn authorize(relay: &RelayServer, start_query: &str) -> String {
     assert_eq!(keap.status(), 302, "the sandbox approves");
     let back = url::Url::parse(keap.headers()["location"].to_str().unwrap()).unwrap();
     assert_eq!(back.path(), relay_server::REDIRECT_PATH);
-    back.query().unwrap_or_default().to_owned()
+    SignIn {
+        query: back.query().unwrap_or_default().to_owned(),
+        cookie,
+    }
 }
 
 fn param(query: &str, name: &str) -> String {
@@ -84,8 +105,14 @@ fn with_state(query: &str, state: &str) -> String {
     out.finish()
 }
 
-async fn callback(relay: &RelayServer, query: &str) -> (u16, String) {
-    get(&format!("{}/oauth/callback?{query}", relay.url()), None).await
+/// The callback with `query`, from the browser holding `cookie` (`name=value`).
+async fn callback(relay: &RelayServer, query: &str, cookie: &str) -> (u16, String) {
+    get_with_cookie(
+        &format!("{}/oauth/callback?{query}", relay.url()),
+        None,
+        Some(cookie.as_bytes()),
+    )
+    .await
 }
 
 async fn not_connected() -> RelayServer {
@@ -100,8 +127,8 @@ async fn not_connected() -> RelayServer {
 #[tokio::test]
 async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent() {
     let relay = not_connected().await;
-    let first = authorize(&relay, "").await;
-    let second = authorize(&relay, "switch=1").await;
+    let SignIn { query: first, cookie } = authorize(&relay, "").await;
+    let second = authorize(&relay, "switch=1").await.query;
     let (payload, _) = param(&first, "state")
         .split_once('.')
         .map(|(p, s)| (p.to_owned(), s.to_owned()))
@@ -142,7 +169,7 @@ async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent(
         ),
     ];
     for (what, state, codes) in cases {
-        let (status, body) = callback(&relay, &with_state(&first, &state)).await;
+        let (status, body) = callback(&relay, &with_state(&first, &state), &cookie).await;
         assert_eq!(status, 400, "{what}");
         assert!(codes.contains(&page_code(&body)), "{what}: {}", page_code(&body));
     }
@@ -152,7 +179,7 @@ async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent(
         "{}&state={state}",
         with_state(&first, &format!("{payload}.{other_signature}"))
     );
-    let (status, body) = callback(&relay, &smuggled).await;
+    let (status, body) = callback(&relay, &smuggled, &cookie).await;
     assert_eq!(
         (status, page_code(&body)),
         (400, "state_bad_signature"),
@@ -170,11 +197,11 @@ async fn spliced_truncated_and_repeated_states_are_refused_and_no_code_is_spent(
 async fn callbacks_racing_with_one_state_connect_at_most_once() {
     let relay = not_connected().await;
     // Two sign-ins' answers, then the first state used with both codes at the same moment.
-    let first = authorize(&relay, "").await;
-    let second = authorize(&relay, "").await;
+    let SignIn { query: first, cookie } = authorize(&relay, "").await;
+    let second = authorize(&relay, "").await.query;
     let state = param(&first, "state");
     let raced = with_state(&second, &state);
-    let (a, b) = tokio::join!(callback(&relay, &first), callback(&relay, &raced));
+    let (a, b) = tokio::join!(callback(&relay, &first, &cookie), callback(&relay, &raced, &cookie));
     let connected = [a.0, b.0].iter().filter(|&&s| s == 200).count();
     let generation = relay
         .oauth_app
@@ -188,7 +215,7 @@ async fn callbacks_racing_with_one_state_connect_at_most_once() {
     // possible when both exchanges finished before either stored (see docs/security.md).
     assert!(connected >= 1, "{a:?} {b:?}");
     assert_eq!(generation as usize, connected, "each success stored exactly one pair");
-    let (status, _) = callback(&relay, &raced).await;
+    let (status, _) = callback(&relay, &raced, &cookie).await;
     assert_eq!(status, 400, "afterwards the state is spent");
 }
 
@@ -275,12 +302,84 @@ async fn status_and_pages_never_carry_a_stored_token() {
     ];
     let (_, status) = get(&format!("{}/status", relay.url()), Some(&basic(ADMIN_PASSWORD))).await;
     let (_, start) = get(&format!("{}/oauth/start", relay.url()), Some(&basic(ADMIN_PASSWORD))).await;
-    let query = authorize(&relay, "").await;
-    let (_, page) = callback(&relay, &query).await;
+    let sign_in = authorize(&relay, "").await;
+    let (_, page) = callback(&relay, &sign_in.query, &sign_in.cookie).await;
     for body in [&status, &start, &page] {
         for token in &tokens {
             assert!(!body.contains(token.as_str()), "a token in {body}");
         }
         assert!(!body.contains(keap_sandbox::DEFAULT_CLIENT_SECRET) && !body.contains(ADMIN_PASSWORD));
     }
+}
+
+#[tokio::test]
+async fn the_callback_needs_the_cookie_of_the_browser_that_started_the_sign_in() {
+    let relay = not_connected().await;
+    let SignIn { query, cookie } = authorize(&relay, "").await;
+    let binding = cookie.split_once('=').unwrap().1.to_owned();
+    let other = authorize(&relay, "").await.cookie;
+    let long = format!("keap_relay_oauth={}", "A".repeat(8 * 1024));
+    type Case<'a> = (&'a str, Option<Vec<u8>>, (u16, &'a str));
+    let cases: Vec<Case> = vec![
+        ("no cookie", None, (400, "state_cookie_missing")),
+        (
+            "an empty cookie",
+            Some(b"keap_relay_oauth=".to_vec()),
+            (400, "state_cookie_missing"),
+        ),
+        (
+            "the value under another name",
+            Some(format!("keap_relay_oauthx={binding}").into_bytes()),
+            (400, "state_cookie_missing"),
+        ),
+        (
+            "another sign-in's cookie",
+            Some(other.into_bytes()),
+            (403, "state_cookie_mismatch"),
+        ),
+        (
+            "the value cut short",
+            Some(cookie.as_bytes()[..cookie.len() - 1].to_vec()),
+            (403, "state_cookie_mismatch"),
+        ),
+        (
+            "8 KiB of value",
+            Some(long.into_bytes()),
+            (403, "state_cookie_mismatch"),
+        ),
+        (
+            "non-ASCII bytes",
+            Some(b"keap_relay_oauth=\xe9\xe9".to_vec()),
+            (400, "state_cookie_missing"),
+        ),
+    ];
+    for (what, cookie, expected) in cases {
+        let (status, body) = get_with_cookie(
+            &format!("{}/oauth/callback?{query}", relay.url()),
+            None,
+            cookie.as_deref(),
+        )
+        .await;
+        assert_eq!((status, page_code(&body)), expected, "{what}");
+    }
+    assert_eq!(
+        relay.sandbox.stats().code_exchanges,
+        0,
+        "no code spent without the cookie"
+    );
+
+    // The browser that started it: connected, and the cookie cleared.
+    let response = client()
+        .get(format!("{}/oauth/callback?{query}", relay.url()))
+        .header("cookie", format!("unrelated=1; {cookie}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let cleared = response.headers()["set-cookie"].to_str().unwrap();
+    assert!(
+        cleared.starts_with("keap_relay_oauth=; Max-Age=0; Path=/oauth/callback"),
+        "{cleared}"
+    );
+    assert_eq!(relay.sandbox.stats().code_exchanges, 1);
 }

@@ -9,7 +9,7 @@ use keap_relay::config::AppSecret;
 use keap_relay::keap::oauth::{OAuthClient, OAuthError};
 use keap_relay::token::TokenGrant;
 
-use crate::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable};
+use crate::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable, StdoutMetrics};
 
 /// The shared app's cached app secret (one store read per process unless a read fails).
 #[async_trait]
@@ -77,7 +77,7 @@ fn exchange_error(error: OAuthError) -> ExchangeError {
 
 impl crate::OAuthDeps {
     /// The handler's dependencies over the shared app, built once per process (`main.rs`, the
-    /// local run).
+    /// local run). Metrics go to stdout as EMF lines.
     pub fn from_app(app: &App) -> Self {
         let secrets: Arc<dyn AppSecretSource> = app.app_secret.clone();
         Self {
@@ -86,6 +86,8 @@ impl crate::OAuthDeps {
             keap: Arc::new(KeapAuthorization::new(app.oauth.clone(), secrets.clone())),
             secrets,
             connection: app.connection.clone(),
+            function_name: app.config.function_name.clone().unwrap_or_else(|| "oauth".into()),
+            metrics: Arc::new(StdoutMetrics),
         }
     }
 }

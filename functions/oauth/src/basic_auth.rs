@@ -12,19 +12,37 @@ use sha2::Sha256;
 /// The challenge sent with every 401.
 pub const CHALLENGE: &str = "Basic realm=\"keap-relay\", charset=\"UTF-8\"";
 
+/// The shortest `admin_password` the routes accept (characters). A shorter one closes them:
+/// the password is all that stands between the internet and `/oauth/start`, and
+/// `openssl rand -hex 16` (the README's) gives 32.
+pub const MIN_ADMIN_PASSWORD_CHARS: usize = 16;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AdminAuth {
     Granted,
-    /// No or wrong credentials: answer 401 with [`CHALLENGE`].
+    /// No `Authorization` header: a browser's first request, before it asks for the password.
+    /// Answer 401 with [`CHALLENGE`]; not a failed login.
+    NoCredentials,
+    /// Credentials presented and refused (wrong password, garbled header, another scheme):
+    /// answer 401 with [`CHALLENGE`], and count it as a failed login.
     Denied,
     /// No admin password in the app secret: the routes stay closed (503), never open.
     NotConfigured,
+    /// The admin password is shorter than [`MIN_ADMIN_PASSWORD_CHARS`]: closed as well (503),
+    /// whatever is presented.
+    TooShort,
 }
 
 pub fn check(headers: &HeaderMap, admin_password: Option<&SecretString>) -> AdminAuth {
     let Some(expected) = admin_password.filter(|p| !p.expose_secret().is_empty()) else {
         return AdminAuth::NotConfigured;
     };
+    if expected.expose_secret().chars().count() < MIN_ADMIN_PASSWORD_CHARS {
+        return AdminAuth::TooShort;
+    }
+    if !headers.contains_key(AUTHORIZATION) {
+        return AdminAuth::NoCredentials;
+    }
     match presented_password(headers) {
         Some(presented) if password_matches(&presented, expected) => AdminAuth::Granted,
         _ => AdminAuth::Denied,
@@ -97,7 +115,7 @@ mod tests {
     #[test]
     fn wrong_missing_or_garbled_credentials_are_denied() {
         let password = SecretString::from("local-admin-password");
-        assert_eq!(check(&HeaderMap::new(), Some(&password)), AdminAuth::Denied);
+        assert_eq!(check(&HeaderMap::new(), Some(&password)), AdminAuth::NoCredentials);
         for header in [
             basic("admin:wrong"),
             basic("admin:local-admin-password "),
@@ -105,6 +123,7 @@ mod tests {
             "Bearer local-admin-password".into(),
             "Basic !!!".into(),
             "Basic".into(),
+            String::new(),
         ] {
             assert_eq!(check(&headers(&header), Some(&password)), AdminAuth::Denied, "{header}");
         }
@@ -115,6 +134,22 @@ mod tests {
         let header = headers(&basic("admin:"));
         assert_eq!(check(&header, None), AdminAuth::NotConfigured);
         assert_eq!(check(&header, Some(&SecretString::from(""))), AdminAuth::NotConfigured);
+    }
+
+    #[test]
+    fn a_short_admin_password_closes_the_routes_even_to_the_right_password() {
+        let short = SecretString::from("fifteen-chars!!");
+        assert_eq!(short.expose_secret().chars().count(), 15);
+        for header in [Some(headers(&basic("admin:fifteen-chars!!"))), None] {
+            let header = header.unwrap_or_default();
+            assert_eq!(check(&header, Some(&short)), AdminAuth::TooShort);
+        }
+        // Sixteen characters (counted as characters, not bytes) are enough.
+        let sixteen = SecretString::from("ééééééééééééééé1");
+        assert_eq!(
+            check(&headers(&basic("admin:ééééééééééééééé1")), Some(&sixteen)),
+            AdminAuth::Granted
+        );
     }
 
     #[test]

@@ -5,13 +5,20 @@
 //! `?` and the [`Page`] that explains it, which [`handle`] renders; the pages and their copy
 //! are in [`crate::pages`]. Nothing here logs or returns a token, the authorization code, the
 //! client secret or the admin password.
+//!
+//! Who may read what (issue 14): an answer to someone who has not yet shown to be the
+//! administrator (Basic auth on `/oauth/start` and `/status`, a verified state and browser
+//! binding on the callback) keeps its status and code but none of its detail (the app secret's
+//! id, the auth mode, which setting is missing): that goes to the log.
 
 use std::sync::Arc;
 use std::time::SystemTime;
 
 use keap_relay::config::{AppSecret, AuthMode};
-use keap_relay::oauth_state::{StateError, StateKey};
+use keap_relay::metrics;
+use keap_relay::oauth_state::{STATE_TTL, StateError, StateKey};
 use keap_relay::token::{ConnectError, ConnectOutcome, Connection, TokenError, TokenState};
+use keap_relay::{ExposeSecret, SecretString};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -19,7 +26,8 @@ use uuid::Uuid;
 
 use crate::basic_auth::{self, AdminAuth};
 use crate::pages::{self, Page};
-use crate::ports::{AppSecretSource, AuthorizationServer};
+use crate::ports::{AppSecretSource, AuthorizationServer, MetricsSink};
+use crate::state_cookie;
 
 /// Built once per cold start in `main.rs`; tests build it with doubles.
 pub struct OAuthDeps {
@@ -29,6 +37,9 @@ pub struct OAuthDeps {
     pub secrets: Arc<dyn AppSecretSource>,
     pub keap: Arc<dyn AuthorizationServer>,
     pub connection: Arc<dyn Connection>,
+    /// The `FunctionName` dimension of the `AdminLoginFailures` metric (`AWS_LAMBDA_FUNCTION_NAME`).
+    pub function_name: String,
+    pub metrics: Arc<dyn MetricsSink>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,6 +47,16 @@ enum Route {
     Start,
     Callback,
     Status,
+}
+
+impl Route {
+    fn path(self) -> &'static str {
+        match self {
+            Route::Start => "/oauth/start",
+            Route::Callback => "/oauth/callback",
+            Route::Status => "/status",
+        }
+    }
 }
 
 pub async fn handle(request: Request, deps: &OAuthDeps) -> Response<Body> {
@@ -53,14 +74,21 @@ pub async fn handle(request: Request, deps: &OAuthDeps) -> Response<Body> {
     // A refusal is an HTML page on the browser routes, a JSON error on `/status`.
     match route {
         Route::Start => start(&request, deps).await.unwrap_or_else(Page::into_response),
-        Route::Callback => callback(&request, deps).await.unwrap_or_else(Page::into_response),
+        Route::Callback => {
+            let mut response = callback(&request, deps).await.unwrap_or_else(Page::into_response);
+            // The browser binding is single use, whatever the outcome.
+            state_cookie::clear_on(&mut response, &cookie_path(deps));
+            response
+        }
         Route::Status => status(&request, deps).await.unwrap_or_else(Page::into_json_response),
     }
 }
 
-/// `GET /oauth/start[?switch=1]`: administrator only; 302 to Keap's authorize page.
+/// `GET /oauth/start[?switch=1]`: administrator only; 302 to Keap's authorize page, setting the
+/// cookie that binds the state to this browser.
 async fn start(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Page> {
-    let secret = admin_gate(request, deps).await?;
+    let secret = admin_gate(request, deps, Route::Start).await?;
+    // The administrator from here on: pages may name settings and causes.
     if deps.mode == AuthMode::ApiKey {
         return Err(pages::oauth_not_used());
     }
@@ -72,29 +100,49 @@ async fn start(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Pa
         .authorize_url(&redirect_uri, &state.value)
         .await
         .map_err(|error| pages::exchange_failure(&error))?;
+    let cookie = state_cookie::set(
+        state.browser_binding.expose_secret(),
+        &state_cookie::path_for(Some(&redirect_uri)),
+        STATE_TTL,
+    );
     tracing::info!(nonce = %state.nonce, switch, "sending the administrator to Keap's authorize page");
-    Ok(pages::redirect(&url))
+    Ok(pages::redirect_setting_cookie(&url, cookie))
 }
 
 /// `GET /oauth/callback?code&state&scope` (or `?error=access_denied&state`).
+///
+/// Anyone can call it: until the state and the browser binding verify, every refusal is
+/// answered without its detail ([`before_auth`]). A verified state proves this is the browser
+/// of the administrator who passed `/oauth/start` minutes ago, so the pages after that may say
+/// what went wrong.
 async fn callback(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Page> {
     if deps.mode == AuthMode::ApiKey {
-        return Err(pages::oauth_not_used());
+        return Err(before_auth(pages::oauth_not_used()));
     }
     let query = request.query_string_parameters();
+    let cookies = state_cookie::values(request.headers());
+    let cookies: Vec<&str> = cookies.iter().map(String::as_str).collect();
+    let settings = match app_secret(deps).await {
+        Ok(secret) => oauth_settings(deps, &secret),
+        Err(page) => Err(page),
+    };
+    let verify = |(redirect_uri, state_key): &(String, StateKey)| {
+        state_key.verify(query.first("state"), &cookies, redirect_uri, SystemTime::now())
+    };
     if let Some(error) = query.first("error") {
+        // Keap's description is shown only to the browser that started this sign-in.
+        let verified = settings.as_ref().ok().map(verify).is_some_and(|v| v.is_ok());
         if error == "access_denied" {
-            tracing::info!("the administrator declined access in Keap");
+            tracing::info!(verified, "the administrator declined access in Keap");
         } else {
-            tracing::warn!(%error, "Keap answered the authorization with an error");
+            tracing::warn!(%error, verified, "Keap answered the authorization with an error");
         }
-        return Err(pages::keap_declined(error, query.first("error_description")));
+        let description = query.first("error_description").filter(|_| verified);
+        return Err(pages::keap_declined(error, description));
     }
-    let secret = app_secret(deps).await?;
-    let (redirect_uri, state_key) = oauth_settings(deps, &secret)?;
-    let state = state_key
-        .verify(query.first("state"), &redirect_uri, SystemTime::now())
-        .map_err(|error| refused_state(error, None))?;
+    let settings = settings.map_err(before_auth)?;
+    let state = verify(&settings).map_err(|error| refused_state(error, None))?;
+    let (redirect_uri, _) = settings;
     let pair_issued_at = pair_issued_at(deps.connection.as_ref()).await?;
     state
         .ensure_unused(pair_issued_at)
@@ -127,7 +175,7 @@ async fn callback(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>,
 
 /// `GET /status`: administrator only; the connection's health as JSON, never a token.
 async fn status(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Page> {
-    admin_gate(request, deps).await?;
+    admin_gate(request, deps, Route::Status).await?;
     let status = match deps.connection.status().await {
         Ok(status) => status,
         // Only the token source reports "not connected", and it does so as an OAuth status.
@@ -140,15 +188,53 @@ async fn status(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, P
     Ok(pages::json(StatusCode::OK, &status))
 }
 
-/// Basic auth against the app secret's `admin_password`. No password configured closes
-/// the route (503) rather than opening it.
-async fn admin_gate(request: &Request, deps: &OAuthDeps) -> Result<Arc<AppSecret>, Page> {
-    let secret = app_secret(deps).await?;
+/// Basic auth against the app secret's `admin_password`. No password, or one shorter than
+/// [`basic_auth::MIN_ADMIN_PASSWORD_CHARS`], closes the route (503) rather than opening it.
+/// Every refused credential is logged with the caller's address (never what was typed) and
+/// counted (`AdminLoginFailures`).
+async fn admin_gate(request: &Request, deps: &OAuthDeps, route: Route) -> Result<Arc<AppSecret>, Page> {
+    let secret = app_secret(deps).await.map_err(before_auth)?;
     match basic_auth::check(request.headers(), secret.admin_password.as_ref()) {
         AdminAuth::Granted => Ok(secret),
-        AdminAuth::NotConfigured => Err(pages::admin_password_missing()),
-        AdminAuth::Denied => Err(pages::unauthorized()),
+        AdminAuth::NoCredentials => Err(pages::unauthorized()),
+        AdminAuth::Denied => {
+            failed_login(request, deps, route);
+            Err(pages::unauthorized())
+        }
+        AdminAuth::NotConfigured => Err(before_auth(pages::admin_password_missing())),
+        AdminAuth::TooShort => Err(before_auth(pages::admin_password_too_short())),
     }
+}
+
+/// One failed administrator login: a warning with the source address and the EMF count.
+fn failed_login(request: &Request, deps: &OAuthDeps, route: Route) {
+    let source_ip = source_ip(request).unwrap_or_else(|| "unknown".into());
+    tracing::warn!(
+        source_ip = %source_ip,
+        route = route.path(),
+        "failed administrator login: the Basic credentials were refused"
+    );
+    let record = metrics::admin_login_failure_record(deps.function_name.clone(), route.path(), &source_ip);
+    deps.metrics.emit(&record.to_line(SystemTime::now()));
+}
+
+/// The caller's address as API Gateway saw it (`requestContext.http.sourceIp`).
+fn source_ip(request: &Request) -> Option<String> {
+    match request.request_context_ref() {
+        Some(RequestContext::ApiGatewayV2(context)) => context.http.source_ip.clone().filter(|ip| !ip.is_empty()),
+        _ => None,
+    }
+}
+
+/// A refusal answered to someone who has not shown to be the administrator: the detail goes to
+/// the log (error level for the deployment's own problems), the page keeps status and code.
+fn before_auth(page: Page) -> Page {
+    if page.status.is_server_error() {
+        tracing::error!(code = page.code, detail = %page.message, "refused before authentication");
+    } else {
+        tracing::warn!(code = page.code, detail = %page.message, "refused before authentication");
+    }
+    pages::without_detail(page)
 }
 
 async fn app_secret(deps: &OAuthDeps) -> Result<Arc<AppSecret>, Page> {
@@ -158,15 +244,24 @@ async fn app_secret(deps: &OAuthDeps) -> Result<Arc<AppSecret>, Page> {
         .map_err(|error| pages::secret_unavailable(&error.to_string()))
 }
 
-/// The redirect URI and the state key, or the configuration error page.
+/// The redirect URI and the state key, or the configuration error page (with its detail:
+/// callers that answer before authentication pass it through [`before_auth`]).
 fn oauth_settings(deps: &OAuthDeps, secret: &AppSecret) -> Result<(String, StateKey), Page> {
     let redirect_uri = deps.redirect_uri.clone().ok_or_else(pages::redirect_uri_missing)?;
-    let client_secret = secret
+    // The client secret is not part of the state key, but nothing works without it: say so
+    // at the start rather than after the administrator approved in Keap.
+    secret
         .client_secret
         .as_ref()
-        .filter(|s| !keap_relay::ExposeSecret::expose_secret(*s).is_empty())
+        .filter(|s: &&SecretString| !s.expose_secret().is_empty())
         .ok_or_else(pages::client_secret_missing)?;
-    Ok((redirect_uri, StateKey::derive(client_secret)))
+    let state_key = StateKey::for_app_secret(secret).map_err(pages::state_key_unavailable)?;
+    Ok((redirect_uri, state_key))
+}
+
+/// The path of the browser-binding cookie: the registered callback URL's.
+fn cookie_path(deps: &OAuthDeps) -> String {
+    state_cookie::path_for(deps.redirect_uri.as_deref())
 }
 
 /// When the stored pair was issued (`None`: nothing stored), for the single-use check of a state.

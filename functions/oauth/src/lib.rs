@@ -9,6 +9,7 @@ pub mod basic_auth;
 pub mod handler;
 pub mod pages;
 pub mod ports;
+pub mod state_cookie;
 
 pub use handler::{OAuthDeps, handle};
 

@@ -4,9 +4,9 @@
 //! [`escape_html`].
 
 use keap_relay::http_edge;
-use keap_relay::oauth_state::StateError;
+use keap_relay::oauth_state::{StateError, StateKeyError};
 use keap_relay::token::TokenError;
-use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, WWW_AUTHENTICATE};
+use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Response};
 use serde::Serialize;
@@ -71,6 +71,11 @@ impl Page {
 
 /// A 302 to `location` with a tiny fallback page.
 pub fn redirect(location: &str) -> Response<Body> {
+    redirect_setting_cookie(location, None)
+}
+
+/// A 302 to `location` that also sets a cookie (`/oauth/start`: the state's browser binding).
+pub fn redirect_setting_cookie(location: &str, set_cookie: Option<HeaderValue>) -> Response<Body> {
     let Ok(header) = HeaderValue::from_str(location) else {
         return bad_authorize_url().into_response();
     };
@@ -81,7 +86,31 @@ pub fn redirect(location: &str) -> Response<Body> {
         "Your browser should continue to Keap.",
     )
     .with_link(location, "Continue to Keap");
-    html(&page, Some(header))
+    let mut response = html(&page, Some(header));
+    if let Some(cookie) = set_cookie {
+        response.headers_mut().append(SET_COOKIE, cookie);
+    }
+    response
+}
+
+/// The same answer without its detail (status and code kept), for a caller who has not shown
+/// to be the administrator: no secret id or ARN, no auth mode, no name of a missing setting.
+/// The handler logs the detail; the operator finds it there under the code.
+pub fn without_detail(page: Page) -> Page {
+    let (title, message) = if page.status.is_server_error() {
+        (
+            "Service unavailable",
+            "keap-relay cannot handle this request right now. Its operator finds the reason in the \
+             oauth function's log under the code below.",
+        )
+    } else {
+        (
+            "Not available",
+            "keap-relay cannot handle this request here. Its operator finds the reason in the oauth \
+             function's log under the code below.",
+        )
+    };
+    Page::new(page.status, page.code, title, message)
 }
 
 /// `{"error": {"code": …, "message": …}}` (see [`keap_relay::http_edge`]) with this function's headers.
@@ -165,6 +194,19 @@ pub fn admin_password_missing() -> Page {
     )
 }
 
+pub fn admin_password_too_short() -> Page {
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "admin_password_too_short",
+        "Configuration error",
+        format!(
+            "The app secret's admin_password is shorter than {} characters, so the administrator \
+             routes stay closed. Put a longer one in the app secret (openssl rand -hex 16).",
+            basic_auth::MIN_ADMIN_PASSWORD_CHARS
+        ),
+    )
+}
+
 pub fn secret_unavailable(detail: &str) -> Page {
     Page::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -186,6 +228,11 @@ pub fn client_secret_missing() -> Page {
         "client_secret_missing",
         "The app secret has no client_secret, which OAuth mode needs.",
     )
+}
+
+/// The app secret lacks what the OAuth state key is derived from.
+pub fn state_key_unavailable(error: StateKeyError) -> Page {
+    config_error(error.code(), &format!("{error}. Add it to the app secret."))
 }
 
 fn config_error(code: &'static str, message: &str) -> Page {
@@ -220,7 +267,10 @@ pub fn bad_switch() -> Page {
     )
 }
 
-/// The callback carries `error=…` instead of a code.
+/// The callback carries `error=…` instead of a code. `description` is Keap's
+/// `error_description`, passed only once the state and the browser binding verified: before
+/// that, anyone could have written it (a crafted link), so it is not shown. Likewise `error`
+/// appears only when it is a plain OAuth error code.
 pub fn keap_declined(error: &str, description: Option<&str>) -> Page {
     if error == "access_denied" {
         return Page::new(
@@ -231,6 +281,8 @@ pub fn keap_declined(error: &str, description: Option<&str>) -> Page {
         )
         .with_link("start", "Start again");
     }
+    let plain = !error.is_empty() && error.len() <= 64 && error.bytes().all(|b| b.is_ascii_lowercase() || b == b'_');
+    let error = if plain { error } else { "an unrecognized error" };
     let detail = description.map(|d| format!(": {d}")).unwrap_or_default();
     Page::new(
         StatusCode::BAD_REQUEST,
@@ -248,6 +300,16 @@ pub fn state_refused(error: StateError) -> Page {
             error.code(),
             "This sign-in link was already used",
             "This sign-in link was already used, or the connection changed after it was issued. Nothing was changed.",
+        ),
+        StateError::BrowserMissing | StateError::BrowserMismatch => Page::new(
+            if error == StateError::BrowserMismatch {
+                StatusCode::FORBIDDEN
+            } else {
+                StatusCode::BAD_REQUEST
+            },
+            error.code(),
+            "This sign-in did not start in this browser",
+            format!("{error}. Nothing was changed."),
         ),
         _ => Page::new(
             StatusCode::BAD_REQUEST,
@@ -404,6 +466,33 @@ mod tests {
             body,
             r#"{"error":{"code":"status_unavailable","message":"the store \"s\" is down"}}"#
         );
+    }
+
+    #[test]
+    fn without_detail_keeps_status_and_code_only() {
+        let page = secret_unavailable("secret arn:aws:secretsmanager:us-east-1:1:secret:keap-relay/app does not exist");
+        let shown = without_detail(page).render();
+        assert!(shown.contains("keap-relay: app_secret_unavailable"), "{shown}");
+        assert!(
+            !shown.contains("arn:aws") && !shown.contains("keap-relay/app"),
+            "{shown}"
+        );
+        let shown = without_detail(oauth_not_used());
+        assert_eq!(shown.status, StatusCode::CONFLICT);
+        assert!(!shown.render().contains("KEAP_AUTH_MODE") && !shown.render().contains("API key"));
+    }
+
+    #[test]
+    fn keap_error_text_is_shown_only_when_passed_and_plain() {
+        let page = keap_declined("invalid_scope", None).render();
+        assert!(page.contains("(invalid_scope)"), "{page}");
+        let page = keap_declined("Call 555-0100 to restore your account", None).render();
+        assert!(
+            !page.contains("555-0100") && page.contains("an unrecognized error"),
+            "{page}"
+        );
+        let page = keap_declined("server_error", Some("Keap is down")).render();
+        assert!(page.contains("(server_error: Keap is down)"), "{page}");
     }
 
     #[test]

@@ -45,3 +45,17 @@ pub enum ExchangeError {
     #[error("keap-relay is not configured for OAuth: {0}")]
     Misconfigured(String),
 }
+
+/// Where EMF lines go (the `AdminLoginFailures` metric): stdout on Lambda, a buffer in tests.
+pub trait MetricsSink: Send + Sync {
+    fn emit(&self, line: &str);
+}
+
+/// CloudWatch Logs reads EMF from the function's stdout.
+pub struct StdoutMetrics;
+
+impl MetricsSink for StdoutMetrics {
+    fn emit(&self, line: &str) {
+        println!("{line}");
+    }
+}

@@ -25,7 +25,8 @@ usage:
   relay-local callback-event START_ANSWER.json
       For cargo lambda invoke: takes the oauth function's 302 answer to events/oauth-start.json
       (\"-\" reads standard input), lets the authorize page approve (keap-sandbox
-      --auto-approve), and prints the API Gateway event of the callback, code and state included.
+      --auto-approve), and prints the API Gateway event of the callback, code, state and the
+      sign-in cookie /oauth/start set included.
   relay-local app-secret [--local-defaults]
       Writes the app secret JSON read from standard input (or the local defaults) into the
       configured store (KEAP_STORE, KEAP_STORE_DIR, KEAP_APP_SECRET_ID).

@@ -70,7 +70,9 @@ fn with_local_env(
     let relay_base = format!("http://127.0.0.1:{relay_port}");
     // SAFETY: no other thread exists yet; the runtime (and every thread) starts below.
     #[allow(unsafe_code)] // before the runtime starts: no other thread exists yet
-    unsafe { defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox)) };
+    unsafe {
+        defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox))
+    };
     init_logs();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => body(&runtime),
@@ -124,7 +126,7 @@ fn read_input(path: &str) -> std::io::Result<String> {
 }
 
 fn callback_event(answer_path: &str) -> ExitCode {
-    use relay_local::callback_event::{approve, authorize_url, callback_event};
+    use relay_local::callback_event::{approve, authorize_url, callback_event, start_cookies};
     let answer = match read_input(answer_path) {
         Ok(answer) => answer,
         Err(error) => {
@@ -136,9 +138,11 @@ fn callback_event(answer_path: &str) -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return startup_failure(&format!("cannot start the Tokio runtime: {error}")),
     };
-    let event = authorize_url(&answer)
-        .and_then(|url| runtime.block_on(approve(&url)))
-        .and_then(|back| callback_event(&back));
+    let event = start_cookies(&answer).and_then(|cookies| {
+        authorize_url(&answer)
+            .and_then(|url| runtime.block_on(approve(&url)))
+            .and_then(|back| callback_event(&back, &cookies))
+    });
     match event {
         Ok(event) => {
             println!("{}", serde_json::to_string_pretty(&event).unwrap_or_default());

@@ -9,7 +9,7 @@ use keap_relay::signup::TagRef;
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::Sandbox;
 use reqwest::StatusCode;
-use reqwest::header::LOCATION;
+use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
 use crate::helpers;
@@ -253,8 +253,14 @@ impl Story<'_> {
     async fn oauth_round_trip(&self) -> Result<(), WalkError> {
         let start = self.admin_get("/oauth/start").await?;
         let authorize_url = redirect_target(&start, "GET /oauth/start")?;
+        // What a browser keeps from /oauth/start and sends to the callback: the cookie that
+        // binds the state to it (the callback refuses a state without it).
+        let cookie = cookie_pairs(&start);
+        if cookie.is_empty() {
+            return Err(unexpected("GET /oauth/start set no cookie for the callback"));
+        }
         progress::action(&format!(
-            "GET /oauth/start as the administrator → 302 to {}",
+            "GET /oauth/start as the administrator → 302 to {} (and a sign-in cookie for the callback)",
             without_query(&authorize_url)
         ));
         let authorize = self.client.get(&authorize_url).send().await?;
@@ -263,7 +269,8 @@ impl Story<'_> {
             "the sandbox approves (auto-approve) → 302 to {}?code=…&state=…",
             without_query(&callback_url)
         ));
-        let callback = Answer::read(self.client.get(&callback_url).send().await?).await?;
+        let callback = self.client.get(&callback_url).header(COOKIE, cookie).send().await?;
+        let callback = Answer::read(callback).await?;
         progress::action(&format!(
             "GET /oauth/callback → {} \"{}\"",
             callback.status.as_u16(),
@@ -491,6 +498,21 @@ fn list_or_none(items: &[String]) -> String {
     } else {
         items.join(", ")
     }
+}
+
+/// The `name=value` pairs of a response's `Set-Cookie` headers, as a browser sends them back
+/// (`; `-separated; attributes dropped: the relay scopes its one cookie to the callback).
+fn cookie_pairs(response: &reqwest::Response) -> String {
+    response
+        .headers()
+        .get_all(SET_COOKIE)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .filter_map(|value| value.split(';').next())
+        .map(str::trim)
+        .filter(|pair| pair.contains('='))
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 /// The `Location` of a 302, or why there is none.

@@ -3,7 +3,7 @@
 
 #![allow(dead_code)]
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -17,11 +17,14 @@ use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::{Sandbox, SandboxConfig};
 use lambda_http::{Body, Request, Response};
 use oauth::adapters::KeapAuthorization;
-use oauth::ports::{AppSecretSource, SecretUnavailable};
+use oauth::ports::{AppSecretSource, MetricsSink, SecretUnavailable};
 use oauth::{OAuthDeps, handle};
 use serde_json::Value;
 
 pub const ADMIN_PASSWORD: &str = "local-admin-password";
+pub const SIGNING_KEY: &str = "local-signup-signing-key";
+/// The `FunctionName` of the harness's metrics.
+pub const FUNCTION_NAME: &str = "keap-relay-OAuthFunction-test";
 pub const REDIRECT_URI: &str = "https://relay.example.com/oauth/callback";
 
 /// The events in `events/` as JSON, to be adjusted and parsed like API Gateway's payloads.
@@ -32,6 +35,12 @@ pub use test_support::events::to_request;
 
 /// An event file with another query string (raw and parsed, as API Gateway sends both).
 pub fn event_with_query(name: &str, raw_query: &str) -> Request {
+    event_with_query_and_cookies(name, raw_query, &[])
+}
+
+/// An event file with another query string and the given `name=value` cookies (API Gateway's
+/// `cookies` array, which `lambda_http` joins into one `Cookie` header).
+pub fn event_with_query_and_cookies(name: &str, raw_query: &str, cookies: &[&str]) -> Request {
     let mut json = event_json(name);
     let mut parsed = serde_json::Map::new();
     for (key, value) in url::form_urlencoded::parse(raw_query.as_bytes()) {
@@ -39,6 +48,9 @@ pub fn event_with_query(name: &str, raw_query: &str) -> Request {
     }
     json["rawQueryString"] = Value::String(raw_query.to_owned());
     json["queryStringParameters"] = Value::Object(parsed);
+    if !cookies.is_empty() {
+        json["cookies"] = Value::Array(cookies.iter().map(|c| Value::String((*c).to_owned())).collect());
+    }
     to_request(&json)
 }
 
@@ -89,9 +101,45 @@ pub fn app_secret(client_secret: &str, admin_password: Option<&str>) -> AppSecre
         client_id: Some(keap_sandbox::DEFAULT_CLIENT_ID.into()),
         client_secret: Some(SecretString::from(client_secret)),
         api_key: None,
-        signup_signing_key: None,
+        signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
         admin_password: admin_password.map(SecretString::from),
     }
+}
+
+/// EMF lines, kept for the test to read.
+#[derive(Default)]
+pub struct RecordedMetrics(Mutex<Vec<String>>);
+
+impl MetricsSink for RecordedMetrics {
+    fn emit(&self, line: &str) {
+        self.0.lock().unwrap().push(line.to_owned());
+    }
+}
+
+impl RecordedMetrics {
+    pub fn lines(&self) -> Vec<Value> {
+        self.0
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|line| serde_json::from_str(line).unwrap())
+            .collect()
+    }
+}
+
+/// `name=value` of a `Set-Cookie` header (the attributes dropped), as a browser would send it back.
+pub fn cookie_pair(set_cookie: &str) -> String {
+    set_cookie.split(';').next().unwrap_or_default().trim().to_owned()
+}
+
+/// The `Set-Cookie` headers of a response.
+pub fn set_cookies(response: &Response<Body>) -> Vec<String> {
+    response
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_owned())
+        .collect()
 }
 
 pub const TOKEN_SECRET_ID: &str = "keap-relay/token";
@@ -101,6 +149,10 @@ pub struct Harness {
     pub deps: OAuthDeps,
     pub store: Arc<MemoryStore>,
     pub connection: Arc<dyn Connection>,
+    pub metrics: Arc<RecordedMetrics>,
+    /// The administrator's browser's cookie for the callback path (`name=value`), as the last
+    /// `/oauth/start` or callback answer left it.
+    pub browser_cookie: Mutex<Option<String>>,
     http: reqwest::Client,
 }
 
@@ -147,6 +199,7 @@ impl Harness {
             }
         };
         let secrets: Arc<dyn AppSecretSource> = Arc::new(StaticSecret(Arc::new(secret)));
+        let metrics = Arc::new(RecordedMetrics::default());
         let deps = OAuthDeps {
             mode,
             redirect_uri: Some(REDIRECT_URI.into()),
@@ -156,12 +209,16 @@ impl Harness {
                 secrets,
             )),
             connection: connection.clone(),
+            function_name: FUNCTION_NAME.into(),
+            metrics: metrics.clone(),
         };
         Harness {
             sandbox,
             deps,
             store,
             connection,
+            metrics,
+            browser_cookie: Mutex::new(None),
             http,
         }
     }
@@ -171,10 +228,12 @@ impl Harness {
     }
 
     /// `/oauth/start` (as in `events/oauth-start.json`, plus `query`), then Keap's authorize
-    /// page (auto-approving): the query string Keap sends back to the callback.
+    /// page (auto-approving): the query string Keap sends back to the callback. The browser
+    /// keeps the cookie `/oauth/start` set ([`Harness::callback`] sends it).
     pub async fn authorize(&self, query: &str) -> String {
         let start = self.run(event_with_query("oauth-start.json", query)).await;
         assert_eq!(start.status(), 302, "{}", body_text(&start));
+        self.keep_cookies(&start);
         let location = header(&start, "location").unwrap().to_owned();
         let keap = self.http.get(&location).send().await.unwrap();
         assert_eq!(
@@ -188,10 +247,41 @@ impl Harness {
         back.query().unwrap_or_default().to_owned()
     }
 
+    /// What a browser does with the `Set-Cookie` headers of an answer (the attributes are the
+    /// `state_cookie` module's tests' concern): `Max-Age=0` removes, anything else replaces.
+    pub fn keep_cookies(&self, response: &Response<Body>) {
+        for set_cookie in set_cookies(response) {
+            let pair = cookie_pair(&set_cookie);
+            let mut jar = self.browser_cookie.lock().unwrap();
+            *jar = if set_cookie.contains("Max-Age=0") {
+                None
+            } else {
+                Some(pair)
+            };
+        }
+    }
+
+    /// The callback with `query`, from the administrator's browser (its cookie, if any); the
+    /// browser then applies the answer's `Set-Cookie`.
+    pub async fn callback(&self, query: &str) -> Response<Body> {
+        let cookie = self.browser_cookie.lock().unwrap().clone();
+        let response = self.callback_with_cookies(query, cookie.as_slice()).await;
+        self.keep_cookies(&response);
+        response
+    }
+
+    /// The callback with `query` and exactly these `name=value` cookies (another browser, an
+    /// attacker's request).
+    pub async fn callback_with_cookies(&self, query: &str, cookies: &[impl AsRef<str>]) -> Response<Body> {
+        let cookies: Vec<&str> = cookies.iter().map(AsRef::as_ref).collect();
+        self.run(event_with_query_and_cookies("oauth-callback.json", query, &cookies))
+            .await
+    }
+
     /// The whole browser round trip; returns the callback's response.
     pub async fn connect_via_browser(&self, start_query: &str) -> Response<Body> {
         let callback_query = self.authorize(start_query).await;
-        self.run(event_with_query("oauth-callback.json", &callback_query)).await
+        self.callback(&callback_query).await
     }
 
     pub async fn status(&self) -> ConnectionStatus {
