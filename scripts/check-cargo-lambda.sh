@@ -6,7 +6,7 @@
 #                 the callback of that sign-in (relay-local callback-event) -> 200, events/status.json -> 200 connected
 #   signup        events/signup-valid.json re-signed (sign-event) -> 201, again -> 200,
 #                 events/signup-invalid-email.json re-signed -> 400, events/signup-bad-signature.json -> 401
-#   refresh       events/scheduled-refresh.json -> rotated (the lead time is set above the token's life)
+#   refresh       events/scheduled-refresh.json -> rotated (the maximum refresh-token age is set to 0)
 #   signup-retry  events/sqs-signup-batch.json -> only the truncated message reported failed
 # It uses tools/relay-local/cargo-lambda.env (what the README points at) with the sandbox's port
 # and a temporary store directory swapped in, so a running ./scripts/local.sh is not disturbed.
@@ -81,8 +81,9 @@ say "seeding a file store in $TMP/secrets with the local app secret"
 sed -e "s#127.0.0.1:9400#127.0.0.1:$SANDBOX_PORT#g" -e "s#^KEAP_STORE_DIR=.*#KEAP_STORE_DIR=$TMP/secrets#" \
   tools/relay-local/cargo-lambda.env >"$TMP/lambda.env"
 grep -q "^KEAP_STORE_DIR=$TMP/secrets\$" "$TMP/lambda.env" || fail "tools/relay-local/cargo-lambda.env has no KEAP_STORE_DIR line"
-# A lead time above the access token's 24 h life: the scheduled refresh below rotates at once.
-echo "KEAP_REFRESH_LEAD_SECONDS=90000" >>"$TMP/lambda.env"
+# A maximum refresh-token age of 0 s: the scheduled refresh below rotates at once (a long lead
+# alone would not: it is capped at half the pair's life).
+echo "KEAP_REFRESH_MAX_AGE_SECONDS=0" >>"$TMP/lambda.env"
 KEAP_STORE=file KEAP_STORE_DIR="$TMP/secrets" KEAP_APP_SECRET_ID=keap-relay/local/app \
   cargo run -q -p relay-local -- app-secret --local-defaults
 
