@@ -23,10 +23,11 @@ use keap_relay::token::{
 use lambda_http::Body;
 use libfuzzer_sys::fuzz_target;
 use oauth::OAuthDeps;
-use oauth::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable};
+use oauth::ports::{AppSecretSource, AuthorizationServer, ExchangeError, MetricsSink, SecretUnavailable};
 use serde_json::{Map, Value, json};
 
 const CLIENT_SECRET: &str = "fuzz-client-secret";
+const SIGNING_KEY: &str = "fuzz-signup-signing-key";
 const ADMIN_PASSWORD: &str = "fuzz-admin-password";
 const ISSUED_ACCESS: &str = "fuzz-issued-access-token";
 const ISSUED_REFRESH: &str = "fuzz-issued-refresh-token";
@@ -41,7 +42,7 @@ impl AppSecretSource for Secret {
             client_id: Some("fuzz-client".into()),
             client_secret: Some(SecretString::from(CLIENT_SECRET)),
             api_key: None,
-            signup_signing_key: None,
+            signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
             admin_password: Some(SecretString::from(ADMIN_PASSWORD)),
         }))
     }
@@ -122,12 +123,20 @@ impl Connection for Store {
             needs_reauth: false,
             needs_reauth_reason: None,
             generation: Some(1),
+            retry_not_before: None,
         })
     }
 
     async fn rotate_if_due(&self, _policy: RotationPolicy) -> Result<RotationReport, TokenError> {
         Err(TokenError::NotConnected)
     }
+}
+
+/// The failed-login metric goes nowhere here.
+struct NoMetrics;
+
+impl MetricsSink for NoMetrics {
+    fn emit(&self, _line: &str) {}
 }
 
 struct World {
@@ -149,8 +158,10 @@ fn world() -> &'static World {
             secrets: Arc::new(Secret),
             keap: Arc::new(Keap),
             connection: Arc::new(Store),
+            function_name: "oauth".into(),
+            metrics: Arc::new(NoMetrics),
         },
-        key: StateKey::derive(&SecretString::from(CLIENT_SECRET)),
+        key: StateKey::from_deployment_secrets(&SecretString::from(SIGNING_KEY), &SecretString::from(ADMIN_PASSWORD)),
     })
 }
 
@@ -194,6 +205,8 @@ fuzz_target!(|data: &[u8]| {
         "rawPath": "/oauth/callback",
         "rawQueryString": raw,
         "headers": {"host": "relay.example.com"},
+        // The browser that started the sign-in carries the state's binding cookie.
+        "cookies": [format!("{}={}", oauth::state_cookie::NAME, keap_relay::ExposeSecret::expose_secret(&issued.browser_binding))],
         "requestContext": {
             "http": {"method": "GET", "path": "/oauth/callback", "protocol": "HTTP/1.1", "sourceIp": "127.0.0.1", "userAgent": "fuzz"},
             "stage": "$default",
