@@ -8,8 +8,8 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use keap_relay::{ExposeSecret, SecretString};
 use keap_relay::oauth_state::{STATE_TTL, StateKey};
+use keap_relay::{ExposeSecret, SecretString};
 use libfuzzer_sys::fuzz_target;
 
 const REDIRECT: &str = "https://relay.example.com/oauth/callback";
@@ -24,7 +24,8 @@ fuzz_target!(|data: &[u8]| {
     // Arbitrary input: never accepted (it cannot carry our MAC), never a panic.
     let candidate = String::from_utf8_lossy(data);
     assert!(
-        key.verify(Some(&candidate), &[candidate.as_ref()], REDIRECT, now).is_err(),
+        key.verify(Some(&candidate), &[candidate.as_ref()], REDIRECT, now)
+            .is_err(),
         "an arbitrary state verified: {candidate:?}"
     );
 
@@ -38,15 +39,22 @@ fuzz_target!(|data: &[u8]| {
         .expect("an issued state verifies");
     assert_eq!((verified.nonce, verified.switch), (issued.nonce, switch));
     assert!(
-        key.verify(Some(&issued.value), &browser, REDIRECT, now + STATE_TTL).is_err(),
+        key.verify(Some(&issued.value), &browser, REDIRECT, now + STATE_TTL)
+            .is_err(),
         "expired state accepted"
     );
     assert!(
-        key.verify(Some(&issued.value), &browser, "https://other.example.com/oauth/callback", now)
-            .is_err()
+        key.verify(
+            Some(&issued.value),
+            &browser,
+            "https://other.example.com/oauth/callback",
+            now
+        )
+        .is_err()
     );
     assert!(
-        key.verify(Some(&issued.value), &["another-browser"], REDIRECT, now).is_err(),
+        key.verify(Some(&issued.value), &["another-browser"], REDIRECT, now)
+            .is_err(),
         "a state verified without its browser's cookie"
     );
     let foreign = StateKey::from_deployment_secrets(
