@@ -309,8 +309,12 @@ pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<A
     (store, queue)
 }
 
+/// The one HTTP client. It follows no redirect: a 3xx from Keap comes back as an answer (an
+/// error to its caller), because following it would carry `X-Keap-API-Key` or the bearer token
+/// to the `Location`'s host, and on a 307/308 resend a refresh token or the client secret.
 fn http_client(config: &Config) -> Result<reqwest::Client, AppError> {
     reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
         .timeout(config.http_timeout)
         .connect_timeout(config.connect_timeout())
         .user_agent(concat!("keap-relay/", env!("CARGO_PKG_VERSION")))
@@ -324,23 +328,124 @@ pub fn invocation_deadline(context_deadline_ms: u64) -> Option<SystemTime> {
     crate::token::invocation::deadline_from_millis(context_deadline_ms, SystemTime::now())
 }
 
-/// JSON log lines on stdout (one object per event, as CloudWatch Logs likes them). The level
-/// comes from `RUST_LOG` (full filter syntax), else Lambda's `AWS_LAMBDA_LOG_LEVEL`, else info.
-/// Calling it twice is harmless.
-pub fn init_tracing() {
-    use tracing_subscriber::EnvFilter;
+/// `KEAP_UNSAFE_TRACE_PAYLOADS=1`: a local debugging switch that lifts the cap of
+/// [`PAYLOAD_LOGGING_TARGETS`]. Never set in template.yaml: with it, a TRACE or DEBUG level
+/// writes raw events and HTTP payloads (the admin password, OAuth codes and tokens, signup
+/// bodies) to the logs.
+pub const UNSAFE_TRACE_PAYLOADS: &str = "KEAP_UNSAFE_TRACE_PAYLOADS";
 
-    let filter = std::env::var("RUST_LOG")
-        .ok()
+/// Targets (prefixes, as `RUST_LOG` matches them) of the third-party crates that log raw
+/// payloads below INFO: the Lambda runtime logs every event it receives at TRACE ("raw JSON
+/// event received from Lambda", with the `authorization` header, OAuth codes and states,
+/// signup bodies), and the HTTP stacks and the AWS SDK may log headers and bodies. Whatever
+/// `RUST_LOG` or Lambda's log level asks, their events above INFO are dropped, unless
+/// [`UNSAFE_TRACE_PAYLOADS`] is set.
+pub const PAYLOAD_LOGGING_TARGETS: &[&str] = &[
+    "lambda_runtime", // and lambda_runtime_api_client
+    "lambda_http",
+    "aws_smithy_", // every aws_smithy_* crate
+    "aws_sdk_",    // every service client
+    "aws_config",
+    "aws_runtime",
+    "aws_sigv4",
+    "aws_credential_types",
+    "aws_types",
+    "hyper", // and hyper_util, hyper_rustls
+    "h2",
+    "rustls",
+    "reqwest",
+    "tower", // and tower_http
+];
+
+/// What [`init_tracing`] reads from the environment.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LogSettings {
+    /// `RUST_LOG` (full filter syntax); when absent or invalid, `lambda_level` decides.
+    pub rust_log: Option<String>,
+    /// Lambda's `AWS_LAMBDA_LOG_LEVEL` (`TRACE`..`FATAL`); info when absent.
+    pub lambda_level: Option<String>,
+    /// [`UNSAFE_TRACE_PAYLOADS`] is `1` (or `true`).
+    pub unsafe_payloads: bool,
+}
+
+impl LogSettings {
+    pub fn from_env() -> Self {
+        Self {
+            rust_log: std::env::var("RUST_LOG").ok(),
+            lambda_level: std::env::var("AWS_LAMBDA_LOG_LEVEL").ok(),
+            unsafe_payloads: std::env::var(UNSAFE_TRACE_PAYLOADS)
+                .is_ok_and(|v| matches!(v.trim().to_ascii_lowercase().as_str(), "1" | "true")),
+        }
+    }
+}
+
+/// True when an event or span of `target` at `level` may be logged: always for the relay's
+/// own crates; for [`PAYLOAD_LOGGING_TARGETS`] only at INFO and above unless `unsafe_payloads`.
+pub fn payload_cap_allows(target: &str, level: &tracing::Level, unsafe_payloads: bool) -> bool {
+    unsafe_payloads
+        || *level <= tracing::Level::INFO
+        || !PAYLOAD_LOGGING_TARGETS.iter().any(|prefix| target.starts_with(prefix))
+}
+
+/// The production subscriber, writing to `writer`: JSON lines (one object per event, as
+/// CloudWatch Logs likes them) filtered by `RUST_LOG`, else Lambda's `AWS_LAMBDA_LOG_LEVEL`,
+/// else info; then [`payload_cap_allows`] over that. The cap is a filter of its own, not
+/// directives appended to `RUST_LOG`: a more specific directive
+/// (`lambda_runtime::layers=trace`) or a span directive (`[Lambda runtime invoke]=trace`)
+/// would win over those.
+pub fn log_subscriber<W>(settings: &LogSettings, writer: W) -> impl tracing::Subscriber + Send + Sync + 'static
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
+    use tracing_subscriber::EnvFilter;
+    use tracing_subscriber::layer::SubscriberExt;
+
+    let filter = settings
+        .rust_log
+        .as_deref()
         .and_then(|spec| EnvFilter::try_new(spec).ok())
-        .unwrap_or_else(|| EnvFilter::new(lambda_log_level(std::env::var("AWS_LAMBDA_LOG_LEVEL").ok().as_deref())));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|| EnvFilter::new(lambda_log_level(settings.lambda_level.as_deref())));
+    let unsafe_payloads = settings.unsafe_payloads;
+    let cap = tracing_subscriber::filter::filter_fn(move |metadata| {
+        payload_cap_allows(metadata.target(), metadata.level(), unsafe_payloads)
+    });
+    tracing_subscriber::fmt()
         .json()
         .with_env_filter(filter)
         .with_target(false)
         .with_current_span(false)
         .with_ansi(false)
-        .try_init();
+        .with_writer(writer)
+        .finish()
+        .with(cap)
+}
+
+/// Installs [`log_subscriber`] over stdout with the environment's [`LogSettings`]. Calling it
+/// twice is harmless. With [`UNSAFE_TRACE_PAYLOADS`] set, the first line says so, whatever
+/// level the filter lets through.
+pub fn init_tracing() {
+    use tracing_subscriber::util::SubscriberInitExt;
+
+    let settings = LogSettings::from_env();
+    if log_subscriber(&settings, std::io::stdout).try_init().is_ok() && settings.unsafe_payloads {
+        // The same JSON line format, but unfiltered: `RUST_LOG=error,lambda_runtime=trace`
+        // would otherwise log payloads without the warning.
+        let unfiltered = tracing_subscriber::fmt()
+            .json()
+            .with_target(false)
+            .with_ansi(false)
+            .with_writer(std::io::stdout)
+            .finish();
+        tracing::subscriber::with_default(unfiltered, || {
+            tracing::warn!(
+                variable = UNSAFE_TRACE_PAYLOADS,
+                "UNSAFE: KEAP_UNSAFE_TRACE_PAYLOADS is set, so the Lambda runtime, HTTP and AWS SDK crates log at \
+                 the requested level; at DEBUG or TRACE that includes raw events and HTTP payloads: the admin \
+                 password, OAuth codes, tokens and signup bodies may be written to these logs. Unset it after \
+                 debugging."
+            )
+        });
+    }
 }
 
 /// Lambda's advanced logging levels (`TRACE`..`FATAL`) as a filter directive.
@@ -408,6 +513,98 @@ mod tests {
         let _ = app.connection.status().await;
         let other = AppSecret::from_json(r#"{"client_id":"other","client_secret":"t"}"#).unwrap();
         assert_eq!(app.oauth.get(&other).await.unwrap().client_id(), "from-the-store");
+    }
+
+    /// Emits what the Lambda runtime, hyper and the AWS SDK log at TRACE and DEBUG, and the
+    /// relay's own TRACE line, through [`log_subscriber`] with `settings`; returns the output.
+    fn logged_with(settings: LogSettings) -> String {
+        let captured = test_support::logs::LogCapture::default();
+        tracing::subscriber::with_default(log_subscriber(&settings, captured.clone()), || {
+            let invoke = tracing::info_span!(target: "lambda_runtime::layers::trace", "Lambda runtime invoke");
+            let _entered = invoke.enter();
+            tracing::trace!(
+                target: "lambda_runtime::layers::api_response",
+                body = "authorization: Basic c2VjcmV0LWV2ZW50",
+                "raw JSON event received from Lambda"
+            );
+            tracing::trace!(target: "hyper_util::client::legacy", "payload-of-hyper-util");
+            tracing::debug!(target: "aws_smithy_runtime::client::orchestrator", "payload-of-the-aws-sdk");
+            tracing::debug!(target: "reqwest::connect", "payload-of-reqwest");
+            tracing::info!(target: "lambda_runtime::runtime", "info-of-the-runtime");
+            tracing::trace!(target: "keap_relay::token", "trace-of-the-relay");
+        });
+        captured.text()
+    }
+
+    const PAYLOADS: [&str; 4] = [
+        "c2VjcmV0LWV2ZW50",
+        "payload-of-hyper-util",
+        "payload-of-the-aws-sdk",
+        "payload-of-reqwest",
+    ];
+
+    #[test]
+    fn third_party_payload_logging_is_capped_at_info_whatever_the_level_asks() {
+        let asking_for_everything = [
+            (Some("trace"), None),
+            (None, Some("TRACE")),
+            // More specific than any directive appended after them, and a span directive.
+            (
+                Some(
+                    "trace,lambda_runtime::layers::api_response=trace,hyper_util::client=trace,aws_smithy_runtime=trace,reqwest=debug",
+                ),
+                None,
+            ),
+            (Some("trace,[Lambda runtime invoke]=trace"), None),
+        ];
+        for (rust_log, lambda_level) in asking_for_everything {
+            let settings = LogSettings {
+                rust_log: rust_log.map(str::to_owned),
+                lambda_level: lambda_level.map(str::to_owned),
+                unsafe_payloads: false,
+            };
+            let logged = logged_with(settings.clone());
+            for payload in PAYLOADS {
+                assert!(
+                    !logged.contains(payload),
+                    "{payload} logged with {settings:?}:\n{logged}"
+                );
+            }
+            assert!(logged.contains("trace-of-the-relay"), "{settings:?}:\n{logged}");
+            assert!(logged.contains("info-of-the-runtime"), "{settings:?}:\n{logged}");
+        }
+    }
+
+    #[test]
+    fn the_unsafe_switch_lifts_the_cap_and_nothing_else_does() {
+        let logged = logged_with(LogSettings {
+            rust_log: Some("trace".into()),
+            lambda_level: None,
+            unsafe_payloads: true,
+        });
+        for payload in PAYLOADS {
+            assert!(logged.contains(payload), "{payload} missing:\n{logged}");
+        }
+        assert!(payload_cap_allows(
+            "keap_relay::keap::api",
+            &tracing::Level::TRACE,
+            false
+        ));
+        assert!(payload_cap_allows(
+            "lambda_runtime_api_client",
+            &tracing::Level::INFO,
+            false
+        ));
+        assert!(!payload_cap_allows(
+            "lambda_runtime_api_client",
+            &tracing::Level::DEBUG,
+            false
+        ));
+        assert!(!payload_cap_allows(
+            "aws_sdk_secretsmanager::operation",
+            &tracing::Level::TRACE,
+            false
+        ));
     }
 
     #[test]

@@ -137,8 +137,56 @@ fn number(name: &'static str, default: u64) -> Result<u64, ConfigError> {
     }
 }
 
+/// The longest duration any setting may have. Beyond it a value is a typo (or hostile), and
+/// it would reach `Instant + Duration` arithmetic that panics on overflow.
+pub const MAX_SETTING: Duration = Duration::from_secs(365 * 86_400);
+
+fn bounded(name: &'static str, value: Duration) -> Result<Duration, ConfigError> {
+    if value > MAX_SETTING {
+        return Err(ConfigError::Invalid {
+            name,
+            reason: format!(
+                "{} seconds is more than the largest accepted value, {} seconds (one year)",
+                value.as_secs(),
+                MAX_SETTING.as_secs()
+            ),
+        });
+    }
+    Ok(value)
+}
+
 fn seconds(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
-    number(name, default.as_secs()).map(Duration::from_secs)
+    bounded(name, Duration::from_secs(number(name, default.as_secs())?))
+}
+
+fn millis(name: &'static str, default: Duration) -> Result<Duration, ConfigError> {
+    let default = u64::try_from(default.as_millis()).unwrap_or(u64::MAX);
+    bounded(name, Duration::from_millis(number(name, default)?))
+}
+
+/// Keap's URLs must be `https`: plain `http` only to this machine (`localhost`, 127.0.0.0/8,
+/// `::1`), where the local sandbox runs. Anything else would send the client secret, the
+/// tokens and the API key in clear text.
+pub fn check_keap_url(name: &'static str, value: &str) -> Result<url::Url, ConfigError> {
+    let invalid = |reason: String| ConfigError::Invalid { name, reason };
+    let url = url::Url::parse(value).map_err(|e| invalid(format!("{value:?} is not a URL ({e})")))?;
+    let loopback = match url.host() {
+        Some(url::Host::Domain(domain)) => domain.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => return Err(invalid(format!("{value:?} has no host"))),
+    };
+    match url.scheme() {
+        "https" => Ok(url),
+        "http" if loopback => Ok(url),
+        "http" => Err(invalid(format!(
+            "{value:?} is plain http to another machine; Keap's URLs must be https (http only to \
+             localhost, 127.0.0.0/8 or ::1, for a local sandbox)"
+        ))),
+        other => Err(invalid(format!(
+            "{value:?} has scheme {other:?}; Keap's URLs must be https"
+        ))),
+    }
 }
 
 impl Config {
@@ -247,10 +295,7 @@ impl Config {
             lease_duration: seconds("KEAP_LEASE_SECONDS", defaults.lease_duration)?,
             refresh_backoff_min: seconds("KEAP_REFRESH_BACKOFF_MIN_SECONDS", defaults.refresh_backoff_min)?,
             refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", defaults.refresh_backoff_max)?,
-            signup_retry_budget: Duration::from_millis(number(
-                "KEAP_SIGNUP_RETRY_BUDGET_MS",
-                defaults.signup_retry_budget.as_millis() as u64,
-            )?),
+            signup_retry_budget: millis("KEAP_SIGNUP_RETRY_BUDGET_MS", defaults.signup_retry_budget)?,
             welcome_email,
         };
         config.validate()?;
@@ -266,6 +311,26 @@ impl Config {
 
     /// Refuses settings that cannot work, naming the variables to change.
     pub fn validate(&self) -> Result<(), ConfigError> {
+        // First: the checks below add these durations up.
+        for (name, value) in [
+            ("KEAP_HTTP_TIMEOUT_SECONDS", self.http_timeout),
+            ("KEAP_ACCESS_MARGIN_SECONDS", self.access_margin),
+            ("KEAP_REFRESH_LEAD_SECONDS", self.refresh_lead),
+            ("KEAP_REFRESH_MAX_AGE_SECONDS", self.refresh_max_age),
+            ("KEAP_LEASE_SECONDS", self.lease_duration),
+            ("KEAP_REFRESH_BACKOFF_MIN_SECONDS", self.refresh_backoff_min),
+            ("KEAP_REFRESH_BACKOFF_MAX_SECONDS", self.refresh_backoff_max),
+            ("KEAP_SIGNUP_RETRY_BUDGET_MS", self.signup_retry_budget),
+        ] {
+            bounded(name, value)?;
+        }
+        for (name, value) in [
+            ("KEAP_API_URL", &self.api_url),
+            ("KEAP_TOKEN_URL", &self.token_url),
+            ("KEAP_AUTHORIZE_URL", &self.authorize_url),
+        ] {
+            check_keap_url(name, value)?;
+        }
         if self.http_timeout < Duration::from_secs(2) {
             return Err(ConfigError::Invalid {
                 name: "KEAP_HTTP_TIMEOUT_SECONDS",
@@ -341,6 +406,97 @@ mod tests {
             ..tight
         };
         api_key.validate().unwrap();
+    }
+
+    #[test]
+    fn keap_urls_are_https_or_plain_http_to_this_machine_only() {
+        for good in [
+            DEFAULT_API_URL,
+            DEFAULT_TOKEN_URL,
+            DEFAULT_AUTHORIZE_URL,
+            "https://keap.example.com:8443/crm/rest",
+            "http://127.0.0.1:9/token",
+            "http://127.8.9.10/token",
+            "http://localhost:8080/token",
+            "http://LOCALHOST/token",
+            "http://[::1]:8080/token",
+        ] {
+            check_keap_url("KEAP_TOKEN_URL", good).unwrap_or_else(|e| panic!("{good}: {e}"));
+        }
+        for bad in [
+            "http://api.infusionsoft.com/token",
+            "http://10.0.0.5/token",
+            "http://0.0.0.0:8080/token",
+            "http://[::ffff:127.0.0.1]/token",
+            "http://localhost.evil.example/token",
+            "http://127.0.0.1.nip.io/token",
+            "ftp://127.0.0.1/token",
+            "file:///etc/passwd",
+            "api.infusionsoft.com/token",
+            "",
+        ] {
+            let error = check_keap_url("KEAP_TOKEN_URL", bad).unwrap_err().to_string();
+            assert!(error.contains("KEAP_TOKEN_URL"), "{bad}: {error}");
+        }
+        let base = local_config(AuthMode::OAuth, "http://127.0.0.1:9");
+        for (name, config) in [
+            (
+                "KEAP_API_URL",
+                Config {
+                    api_url: "http://api.infusionsoft.com/crm/rest".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "KEAP_TOKEN_URL",
+                Config {
+                    token_url: "http://api.infusionsoft.com/token".into(),
+                    ..base.clone()
+                },
+            ),
+            (
+                "KEAP_AUTHORIZE_URL",
+                Config {
+                    authorize_url: "http://accounts.infusionsoft.com/app/oauth/authorize".into(),
+                    ..base.clone()
+                },
+            ),
+        ] {
+            let error = config.validate().unwrap_err().to_string();
+            assert!(error.contains(name) && error.contains("https"), "{error}");
+        }
+    }
+
+    #[test]
+    fn absurd_durations_are_refused_naming_the_variable_before_any_arithmetic() {
+        let base = local_config(AuthMode::OAuth, "http://127.0.0.1:9");
+        let year_and_a_second = MAX_SETTING + Duration::from_secs(1);
+        type Set = fn(&mut Config, Duration);
+        let cases: [(&str, Set); 8] = [
+            ("KEAP_HTTP_TIMEOUT_SECONDS", |c, d| c.http_timeout = d),
+            ("KEAP_ACCESS_MARGIN_SECONDS", |c, d| c.access_margin = d),
+            ("KEAP_REFRESH_LEAD_SECONDS", |c, d| c.refresh_lead = d),
+            ("KEAP_REFRESH_MAX_AGE_SECONDS", |c, d| c.refresh_max_age = d),
+            ("KEAP_LEASE_SECONDS", |c, d| c.lease_duration = d),
+            ("KEAP_REFRESH_BACKOFF_MIN_SECONDS", |c, d| c.refresh_backoff_min = d),
+            ("KEAP_REFRESH_BACKOFF_MAX_SECONDS", |c, d| c.refresh_backoff_max = d),
+            ("KEAP_SIGNUP_RETRY_BUDGET_MS", |c, d| c.signup_retry_budget = d),
+        ];
+        for (name, set) in cases {
+            for absurd in [year_and_a_second, Duration::from_secs(u64::MAX), Duration::MAX] {
+                let mut config = base.clone();
+                set(&mut config, absurd);
+                let error = config.validate().unwrap_err().to_string();
+                assert!(error.contains(name) && error.contains("one year"), "{error}");
+            }
+            let mut config = base.clone();
+            set(&mut config, MAX_SETTING);
+            if let Err(error) = config.validate() {
+                // A year is accepted by the bound; only the settings' own rules may refuse it.
+                assert!(!error.to_string().contains("one year"), "{error}");
+            }
+        }
+        assert!(bounded("KEAP_LEASE_SECONDS", MAX_SETTING).is_ok());
     }
 
     #[test]

@@ -57,7 +57,7 @@ pub fn method_not_allowed(method: &Method, allow: &'static str) -> Response<Stri
 /// Adds `Retry-After: <seconds>`, rounded up to a whole second and at least 1 (a client told
 /// 0 would retry at once).
 pub fn with_retry_after<B>(mut response: Response<B>, after: Duration) -> Response<B> {
-    let seconds = after.as_secs() + u64::from(after.subsec_nanos() > 0);
+    let seconds = after.as_secs().saturating_add(u64::from(after.subsec_nanos() > 0));
     response
         .headers_mut()
         .insert(RETRY_AFTER, HeaderValue::from(seconds.max(1)));

@@ -414,3 +414,29 @@ async fn init_error(State(slot): State<Arc<Slot>>, body: Bytes) -> StatusCode {
     }
     StatusCode::ACCEPTED
 }
+
+/// Builds the binaries of the function `packages` for this test's profile (so a run never
+/// uses stale ones) and returns the directory they are in (`target/<profile>`).
+pub fn build_function_binaries(packages: &[&str]) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test's own path");
+    // target/<profile>/deps/<test>-<hash>
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>")
+        .to_owned();
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = std::process::Command::new(cargo);
+    build
+        .current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))
+        .args(["build", "--quiet", "--locked", "--bins"]);
+    for package in packages {
+        build.args(["-p", package]);
+    }
+    if dir.ends_with("release") {
+        build.arg("--release");
+    }
+    let status = build.status().expect("run cargo build");
+    assert!(status.success(), "cargo build of {packages:?} failed");
+    dir
+}

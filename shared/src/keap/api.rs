@@ -10,6 +10,7 @@ use std::time::Duration;
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::retry_after;
 use crate::config::Config;
 use crate::token::Credential;
 
@@ -49,7 +50,8 @@ pub enum ApiError {
     /// Keap's gateway refused the credential (HTTP 401).
     #[error("Keap refused the credential during {operation} (401)")]
     Unauthorized { operation: &'static str },
-    /// HTTP 429; `retry_after` when Keap sent a usable `Retry-After`.
+    /// HTTP 429; `retry_after` when Keap sent a usable `Retry-After` (at most
+    /// [`super::MAX_RETRY_AFTER`]).
     #[error("Keap throttled {operation} (429)")]
     RateLimited {
         operation: &'static str,
@@ -312,6 +314,12 @@ impl KeapApi {
                 operation,
                 retry_after: retry_after(response.headers()),
             },
+            // The client follows no redirect (it would carry the credential to another host):
+            // not Keap's answer to the request, and not the contact's fault.
+            300..=399 => ApiError::Protocol {
+                operation,
+                detail: format!("HTTP {code}: a redirect, not followed (check KEAP_API_URL)"),
+            },
             500..=599 => ApiError::Unavailable {
                 operation,
                 status: Some(code),
@@ -351,12 +359,6 @@ async fn read_json<T: serde::de::DeserializeOwned>(
         operation,
         detail: e.to_string(),
     })
-}
-
-/// `Retry-After` in seconds (the form Keap uses); an HTTP date or junk counts as absent.
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?.trim();
-    value.parse::<u64>().ok().map(Duration::from_secs)
 }
 
 /// The human part of a Keap error body, whatever its shape: v1 `{"message"}`, v2

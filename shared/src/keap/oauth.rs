@@ -13,6 +13,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use url::Url;
 
+use super::retry_after;
 use crate::config::{AppSecret, Config, ConfigError};
 
 #[derive(Debug, Clone, thiserror::Error)]
@@ -261,11 +262,6 @@ fn classify_send_error(error: reqwest::Error) -> OAuthError {
     }
 }
 
-fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
-    value.trim().parse::<u64>().ok().map(Duration::from_secs)
-}
-
 #[derive(Deserialize)]
 struct ErrorBody {
     #[serde(default)]
@@ -279,6 +275,14 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &[u8
         return OAuthError::Transient {
             status: status.as_u16(),
             retry_after,
+        };
+    }
+    if status.is_redirection() {
+        // The client follows no redirect: it would resend the client secret or the refresh
+        // token to wherever the `Location` points. Nothing was issued here.
+        return OAuthError::Protocol {
+            status: status.as_u16(),
+            detail: "a redirect, not followed (check KEAP_TOKEN_URL)".into(),
         };
     }
     let parsed: Option<ErrorBody> = serde_json::from_slice(body).ok();
@@ -312,6 +316,10 @@ fn classify_status(status: StatusCode, retry_after: Option<Duration>, body: &[u8
 fn truncate(text: &str) -> String {
     text.chars().take(120).collect()
 }
+
+/// The longest access-token life taken from Keap's `expires_in` (Keap's own is 24 hours): a
+/// larger one is read as this, so the expiry time stays a time the token secret can hold.
+pub const MAX_EXPIRES_IN: Duration = Duration::from_secs(365 * 86_400);
 
 /// A freshly authorized pair from the OAuth callback's code exchange (or any refresh).
 #[derive(Debug, Clone)]
@@ -349,7 +357,8 @@ fn parse_grant(body: &[u8], tenant_header: Option<String>) -> Result<TokenGrant,
         Some(serde_json::Value::String(s)) => s.trim().parse().ok(),
         _ => None,
     }
-    .ok_or("the token answer has no valid expires_in")?;
+    .ok_or("the token answer has no valid expires_in")?
+    .min(MAX_EXPIRES_IN.as_secs());
     let account = grant
         .scope
         .split_once('|')
@@ -384,6 +393,25 @@ mod tests {
         let grant = parse_grant(body, Some("xy9".into())).unwrap();
         assert_eq!(grant.account.as_deref(), Some("xy9"));
         assert_eq!(grant.expires_in, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn an_absurd_lifetime_is_capped() {
+        let body = br#"{"access_token":"a","expires_in":18446744073709551615,"refresh_token":"r","scope":"full"}"#;
+        assert_eq!(parse_grant(body, None).unwrap().expires_in, MAX_EXPIRES_IN);
+    }
+
+    #[test]
+    fn redirects_are_protocol_errors_that_spent_nothing() {
+        for status in [
+            StatusCode::TEMPORARY_REDIRECT,
+            StatusCode::PERMANENT_REDIRECT,
+            StatusCode::FOUND,
+        ] {
+            let error = classify_status(status, None, br#"{"error":"invalid_grant"}"#, GrantKind::Refresh);
+            assert!(matches!(error, OAuthError::Protocol { .. }), "{error:?}");
+            assert!(!error.may_have_rotated());
+        }
     }
 
     #[test]

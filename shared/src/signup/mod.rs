@@ -233,7 +233,7 @@ impl SignupService {
         let attempt = Attempt {
             credential: Mutex::new(self.credentials.credential().await?),
             reauthorized: Mutex::new(0),
-            deadline: Instant::now() + self.settings.retry_budget,
+            deadline: deadline_after(self.settings.retry_budget),
         };
 
         let upsert = ContactUpsert {
@@ -413,7 +413,11 @@ impl SignupService {
                     CallError::Api(error) => error.retry_after().or(backoff),
                     CallError::Token(_) => backoff,
                 }?;
-                (Instant::now() + wait <= attempt.deadline).then_some(wait)
+                // `wait` may be Keap's (capped) `Retry-After`: no `+` that could overflow.
+                Instant::now()
+                    .checked_add(wait)
+                    .is_some_and(|at| at <= attempt.deadline)
+                    .then_some(wait)
             })
             .notify(|error, wait| {
                 if let CallError::Api(error) = error {
@@ -422,6 +426,14 @@ impl SignupService {
             })
             .await
     }
+}
+
+/// `budget` from now, saturating (the budget is configuration, bounded by `Config::validate`,
+/// but a `+` must not be what aborts the process if it is not).
+fn deadline_after(budget: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(budget)
+        .unwrap_or_else(|| now + Duration::from_secs(365 * 86_400))
 }
 
 fn opt_in_reason(source: Option<&str>) -> String {

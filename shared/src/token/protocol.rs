@@ -10,7 +10,7 @@ use tokio::time::Instant;
 use super::clock::Clock;
 use super::invocation::{self, SpentToken};
 use super::settings::TokenSettings;
-use super::state::{LinkStatus, TokenState, left};
+use super::state::{LinkStatus, TokenState, later, left};
 use super::versions::{ChildWrite, Snapshot, Step, Versions, child_version_id, jittered};
 use super::{ConnectError, ConnectOutcome, RotationAction, RotationPolicy, TokenError, TokenGrant};
 use crate::keap::oauth::{OAuthError, TokenEndpoint};
@@ -123,7 +123,10 @@ impl Flight<'_> {
 
     /// `at` on the wall clock as a tokio instant (now when it has passed).
     fn instant_at(&self, at: SystemTime) -> Instant {
-        Instant::now() + left(at, self.now())
+        let now = Instant::now();
+        // A stored time may be centuries away: saturate rather than overflow.
+        now.checked_add(left(at, self.now()))
+            .unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 86_400))
     }
 
     /// A newer state won: adopt it, and report its status.
@@ -169,12 +172,12 @@ impl Flight<'_> {
             }
             let mut pause = None;
             match &state.lease {
-                Some(lease) if lease.until + settings.clock_skew > now => {
+                Some(lease) if later(lease.until, settings.clock_skew) > now => {
                     tracing::debug!(
                         generation = state.generation,
                         "a refresh is in progress elsewhere; waiting"
                     );
-                    pause = Some(left(lease.until + settings.clock_skew, now));
+                    pause = Some(left(later(lease.until, settings.clock_skew), now));
                 }
                 Some(lease) => {
                     if self.versions.finish_outcome_of(&snapshot).await {
@@ -182,7 +185,7 @@ impl Flight<'_> {
                     }
                     // No outcome stored: the holder may have spent the token and its commit may
                     // still land. Taking over now could spend the token a second time.
-                    let takeover_at = lease.until + settings.clock_skew + settings.late_commit_grace;
+                    let takeover_at = later(lease.until, settings.clock_skew + settings.late_commit_grace);
                     if now < takeover_at {
                         tracing::warn!(
                             generation = state.generation,
@@ -241,7 +244,7 @@ impl Flight<'_> {
         if need.forced_by_401(state, now, settings) && state.unauthorized_refreshes > 0 {
             let next = state
                 .last_refresh_at
-                .map(|at| at + settings.backoff(state.unauthorized_refreshes))
+                .map(|at| later(at, settings.backoff(state.unauthorized_refreshes)))
                 .unwrap_or(now);
             let wait = left(next, now);
             if !wait.is_zero() {
@@ -289,7 +292,7 @@ impl Flight<'_> {
             }
             return Ok(None);
         }
-        let until = self.now() + settings.lease_duration;
+        let until = later(self.now(), settings.lease_duration);
         let leased = current.state.with_lease(&self.holder, until);
         match self
             .versions
@@ -428,7 +431,7 @@ impl Flight<'_> {
         let value = committed.to_secret();
         // Nobody takes the lease over before `until + skew + late_commit_grace`; keep trying
         // until one store call before that.
-        let takeover_at = lease_until + settings.clock_skew + settings.late_commit_grace;
+        let takeover_at = later(lease_until, settings.clock_skew + settings.late_commit_grace);
         let deadline = self.instant_at(takeover_at) - settings.store_call_timeout - settings.clock_skew;
         let mut parent = leased.version_id;
         let mut late_rounds = 0;
@@ -500,7 +503,7 @@ impl Flight<'_> {
             .backoff(leased.state.failures.saturating_add(1))
             .max(retry_after.unwrap_or_default())
             .min(settings.backoff_max);
-        let released = leased.state.released(error, now, now + wait);
+        let released = leased.state.released(error, now, later(now, wait));
         if let Err(store_error) = self
             .versions
             .write_child(
@@ -546,7 +549,7 @@ impl Flight<'_> {
         for _ in 0..self.settings().store_attempts {
             if let Some(lease) = &base.state.lease
                 && lease.holder != self.holder
-                && lease.until + self.settings().clock_skew > self.now()
+                && later(lease.until, self.settings().clock_skew) > self.now()
             {
                 tracing::warn!(reason, "not recording needs_reauth over another process's live lease");
                 return Err(unavailable(

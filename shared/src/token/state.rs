@@ -94,6 +94,17 @@ impl std::fmt::Debug for TokenState {
     }
 }
 
+/// The last second the token secret can hold (RFC 3339 ends with the year 9999).
+const LATEST_STORABLE_SECS: u64 = 253_402_300_799;
+
+/// `at + by`, saturating at the latest time the token secret can hold: `by` may come from
+/// Keap (`expires_in`) or the configuration, `at` from the stored state, and a plain `+`
+/// panics on overflow (as a time past the year 9999 would when the state is written).
+pub(crate) fn later(at: SystemTime, by: Duration) -> SystemTime {
+    let latest = SystemTime::UNIX_EPOCH + Duration::from_secs(LATEST_STORABLE_SECS);
+    at.checked_add(by).map_or(latest, |sum| sum.min(latest))
+}
+
 /// Time left until `until`, zero when it has passed.
 pub(crate) fn left(until: SystemTime, now: SystemTime) -> Duration {
     until.duration_since(now).unwrap_or_default()
@@ -127,7 +138,7 @@ impl TokenState {
             status: LinkStatus::Connected,
             account: grant.account.clone(),
             access_token: Some(grant.access_token.clone()),
-            access_expires_at: Some(now + grant.expires_in),
+            access_expires_at: Some(later(now, grant.expires_in)),
             refresh_token: Some(grant.refresh_token.clone()),
             refresh_issued_at: Some(now),
             scope: Some(grant.scope.clone()),
@@ -206,7 +217,7 @@ impl TokenState {
 
     /// The lease, if it may still be in use: not past `until` plus the clock-skew margin.
     pub fn live_lease(&self, now: SystemTime, skew: Duration) -> Option<&Lease> {
-        self.lease.as_ref().filter(|lease| lease.until + skew > now)
+        self.lease.as_ref().filter(|lease| later(lease.until, skew) > now)
     }
 
     pub fn same_refresh_token(&self, token: &SecretString) -> bool {
@@ -338,6 +349,20 @@ mod tests {
         );
         let status = serde_json::to_string(&back.status_report(now)).unwrap();
         assert!(!status.contains("access-abc") && !status.contains("refresh-xyz"));
+    }
+
+    #[test]
+    fn times_from_absurd_durations_saturate_and_still_serialize() {
+        let now = SystemTime::now();
+        let endless = TokenGrant {
+            expires_in: Duration::MAX,
+            ..grant()
+        };
+        let state = TokenState::connected(&endless, 1, now);
+        let back = TokenState::from_json(state.to_secret().expose_secret()).unwrap();
+        assert!(back.access_left(now) > Duration::from_secs(7_000 * 365 * 86_400));
+        let stored = TokenState::from_json(r#"{"lease":{"holder":"p","until":"9999-12-31T23:59:59Z"}}"#).unwrap();
+        assert!(stored.live_lease(now, Duration::MAX).is_some());
     }
 
     #[test]
