@@ -87,6 +87,21 @@ impl Unit {
     }
 }
 
+/// Where EMF lines go: stdout on Lambda (CloudWatch Logs reads EMF there), a buffer in tests.
+pub trait MetricsSink: Send + Sync {
+    fn emit(&self, line: &str);
+}
+
+/// CloudWatch Logs reads EMF from the function's stdout.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct StdoutMetrics;
+
+impl MetricsSink for StdoutMetrics {
+    fn emit(&self, line: &str) {
+        println!("{line}");
+    }
+}
+
 /// One EMF document: a namespace, one dimension set, metrics and free-form properties.
 /// Never put a secret in it: it is a log line.
 #[derive(Debug, Clone)]

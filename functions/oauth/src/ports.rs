@@ -46,16 +46,5 @@ pub enum ExchangeError {
     Misconfigured(String),
 }
 
-/// Where EMF lines go (the `AdminLoginFailures` metric): stdout on Lambda, a buffer in tests.
-pub trait MetricsSink: Send + Sync {
-    fn emit(&self, line: &str);
-}
-
-/// CloudWatch Logs reads EMF from the function's stdout.
-pub struct StdoutMetrics;
-
-impl MetricsSink for StdoutMetrics {
-    fn emit(&self, line: &str) {
-        println!("{line}");
-    }
-}
+/// Where EMF lines go (the `AdminLoginFailures` metric): the shared port.
+pub use keap_relay::metrics::{MetricsSink, StdoutMetrics};

@@ -78,19 +78,7 @@ impl CredentialCheck for KeapApi {
     }
 }
 
-/// Where EMF lines go: stdout on Lambda, a buffer in tests.
-pub trait MetricsSink: Send + Sync {
-    fn emit(&self, line: &str);
-}
-
-/// CloudWatch Logs reads EMF from the function's stdout.
-pub struct StdoutMetrics;
-
-impl MetricsSink for StdoutMetrics {
-    fn emit(&self, line: &str) {
-        println!("{line}");
-    }
-}
+pub use keap_relay::metrics::{MetricsSink, StdoutMetrics};
 
 /// How the run ended, for the summary, the logs and the metrics' `status` property.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
