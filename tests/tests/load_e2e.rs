@@ -26,7 +26,7 @@
 //! `LOAD_E2E_SIGNUPS=5000 cargo test -p relay-tests --test load_e2e -- --nocapture`.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -66,38 +66,6 @@ const REFRESH_EVERY: Duration = Duration::from_millis(1500);
 const NO_KILL_AFTER_EXPIRY: Duration = Duration::from_secs(5);
 /// At most this many attempts per signup by the sender.
 const ATTEMPTS: usize = 8;
-
-/// Builds the function binaries of this profile (so a run never uses stale ones) and says
-/// where they are.
-fn function_binaries() -> PathBuf {
-    let exe = std::env::current_exe().expect("the test's own path");
-    // target/<profile>/deps/load_e2e-<hash>
-    let dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target/<profile>")
-        .to_owned();
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut build = std::process::Command::new(cargo);
-    build.current_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/..")).args([
-        "build",
-        "--quiet",
-        "--locked",
-        "-p",
-        "signup",
-        "-p",
-        "signup-retry",
-        "-p",
-        "refresh",
-        "--bins",
-    ]);
-    if dir.ends_with("release") {
-        build.arg("--release");
-    }
-    let status = build.status().expect("run cargo build");
-    assert!(status.success(), "cargo build of the function binaries failed");
-    dir
-}
 
 /// The signup queue and its dead-letter queue, as template.yaml declares them (times
 /// compressed).
@@ -516,7 +484,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let retry_processes = env_number("LOAD_E2E_RETRY_PROCESSES", 2).max(1) as usize;
     let seed = env_number("LOAD_E2E_SEED", 20_261_122);
 
-    let bin_dir = function_binaries();
+    let bin_dir = relay_tests::lambda_pool::build_function_binaries(&["signup", "signup-retry", "refresh"]);
     let scratch = TempDir::new("load-e2e");
     let log_dir = scratch.path().join("logs");
     std::fs::create_dir_all(&log_dir).unwrap();
