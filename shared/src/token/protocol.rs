@@ -296,12 +296,7 @@ impl Flight<'_> {
         let leased = current.state.with_lease(&self.holder, until);
         match self
             .versions
-            .write_child(
-                &current.version_id,
-                Step::Lease,
-                &leased.to_secret(),
-                self.versions.short_deadline(),
-            )
+            .write_state(&current.version_id, Step::Lease, &leased)
             .await?
         {
             ChildWrite::Current(version_id) => {
@@ -506,12 +501,7 @@ impl Flight<'_> {
         let released = leased.state.released(error, now, later(now, wait));
         if let Err(store_error) = self
             .versions
-            .write_child(
-                &leased.version_id,
-                Step::Release,
-                &released.to_secret(),
-                self.versions.short_deadline(),
-            )
+            .write_state(&leased.version_id, Step::Release, &released)
             .await
         {
             tracing::warn!(error = %store_error, "could not release the lease; it will run out");
@@ -560,12 +550,7 @@ impl Flight<'_> {
             let marked = base.state.needing_reauth(reason, self.now());
             match self
                 .versions
-                .write_child(
-                    &base.version_id,
-                    Step::Reauth,
-                    &marked.to_secret(),
-                    self.versions.short_deadline(),
-                )
+                .write_state(&base.version_id, Step::Reauth, &marked)
                 .await?
             {
                 ChildWrite::Current(version_id) => {
@@ -626,19 +611,13 @@ impl Flight<'_> {
                 });
             }
             let next = TokenState::connected(grant, previous.generation + 1, self.now());
-            let value = next.to_secret();
             let written = match &current {
                 Some(current) => {
                     self.versions
-                        .write_child(
-                            &current.version_id,
-                            Step::Connect,
-                            &value,
-                            self.versions.short_deadline(),
-                        )
+                        .write_state(&current.version_id, Step::Connect, &next)
                         .await?
                 }
-                None => self.versions.write_first(&value).await?,
+                None => self.versions.write_first(&next.to_secret()).await?,
             };
             if let ChildWrite::Current(version_id) = written {
                 tracing::info!(

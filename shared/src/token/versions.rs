@@ -160,6 +160,13 @@ impl Versions {
         self.read().await?.ok_or(TokenError::NotConnected)
     }
 
+    /// A short write (lease, release, reauth, connect): `state` as the `step` child of `parent`,
+    /// within [`Versions::short_deadline`].
+    pub async fn write_state(&self, parent: &str, step: Step, state: &TokenState) -> Result<ChildWrite, TokenError> {
+        self.write_child(parent, step, &state.to_secret(), self.short_deadline())
+            .await
+    }
+
     /// The deadline of a short write (lease, release, reauth, connect).
     pub fn short_deadline(&self) -> Instant {
         Instant::now()
