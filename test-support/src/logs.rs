@@ -31,13 +31,23 @@ impl<'a> MakeWriter<'a> for LogCapture {
 
 impl LogCapture {
     /// JSON lines at `level` and above, captured on this thread until the guard drops.
-    pub fn json_on_this_thread(&self, level: tracing::Level) -> tracing::subscriber::DefaultGuard {
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_writer(self.clone())
-            .with_max_level(level)
-            .finish();
-        tracing::subscriber::set_default(subscriber)
+    ///
+    /// The lines come through one global subscriber, installed once per test binary, that
+    /// routes each event to the capture of the thread that emits it. A subscriber set as the
+    /// thread's default instead would race with the other tests' threads over tracing's global
+    /// callsite interest and maximum level, and miss events now and then.
+    pub fn json_on_this_thread(&self, level: tracing::Level) -> CaptureGuard {
+        static ROUTER: std::sync::Once = std::sync::Once::new();
+        ROUTER.call_once(|| {
+            let router = tracing_subscriber::fmt()
+                .json()
+                .with_writer(Router)
+                .with_max_level(tracing::Level::TRACE)
+                .finish();
+            tracing::subscriber::set_global_default(router).expect("no other global subscriber in a test binary");
+        });
+        let previous = CURRENT.with(|current| current.replace(Some((self.clone(), level))));
+        CaptureGuard { previous }
     }
 
     /// Everything written so far.
@@ -82,5 +92,48 @@ mod tests {
         );
         logs.clear();
         assert!(logs.text().is_empty());
+    }
+}
+
+thread_local! {
+    /// The capture (and its level) of the thread's current [`LogCapture::json_on_this_thread`].
+    static CURRENT: std::cell::RefCell<Option<(LogCapture, tracing::Level)>> = const { std::cell::RefCell::new(None) };
+}
+
+/// Ends a [`LogCapture::json_on_this_thread`] capture when dropped.
+#[must_use = "the capture ends when the guard drops"]
+pub struct CaptureGuard {
+    previous: Option<(LogCapture, tracing::Level)>,
+}
+
+impl Drop for CaptureGuard {
+    fn drop(&mut self) {
+        let previous = self.previous.take();
+        CURRENT.with(|current| current.replace(previous));
+    }
+}
+
+/// The global subscriber's writer: the emitting thread's capture, else nowhere.
+struct Router;
+
+impl<'a> MakeWriter<'a> for Router {
+    type Writer = Box<dyn std::io::Write + 'a>;
+
+    fn make_writer(&'a self) -> Self::Writer {
+        Box::new(std::io::sink())
+    }
+
+    fn make_writer_for(&'a self, meta: &tracing::Metadata<'_>) -> Self::Writer {
+        let capture = CURRENT.with(|current| {
+            current
+                .borrow()
+                .as_ref()
+                .filter(|(_, level)| meta.level() <= level)
+                .map(|(capture, _)| capture.clone())
+        });
+        match capture {
+            Some(capture) => Box::new(capture),
+            None => Box::new(std::io::sink()),
+        }
     }
 }
