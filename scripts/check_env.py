@@ -4,8 +4,7 @@
 A misspelt name is silently ignored by the functions (they fall back to a default), so:
 - every variable the template sets must be read by config.rs (or be listed in EXTRA below);
 - every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
-  SIGNUP_QUEUE_URL, which only `signup` (to queue) and `signup-retry` (to park signups that
-  wait for Keap to be reconnected) get.
+  the ONLY_FOR ones, which exactly the functions named there get.
 
 Usage: check_env.py [TEMPLATE] [CONFIG_RS]
 """
@@ -22,7 +21,12 @@ ROOT = Path(__file__).resolve().parent.parent
 EXTRA = {"KEAP_START_URL"}
 # The local run's file store; meaningless on Lambda.
 LOCAL_ONLY = {"KEAP_STORE_DIR"}
-QUEUE_VAR, QUEUE_USERS = "SIGNUP_QUEUE_URL", {"SignupFunction", "SignupRetryFunction"}
+ONLY_FOR = {
+    # `signup` queues; `signup-retry` parks signups that wait for Keap to be reconnected.
+    "SIGNUP_QUEUE_URL": {"SignupFunction", "SignupRetryFunction"},
+    # Only `signup` sees signed requests (docs/security.md, item 3).
+    "SIGNUP_REPLAY_TABLE": {"SignupFunction"},
+}
 
 
 def main() -> int:
@@ -40,11 +44,12 @@ def main() -> int:
         env = set(function["Properties"].get("Environment", {}).get("Variables", {}))
         for name in sorted(env - read - EXTRA):
             problems.append(f"{function_id}: sets {name}, which {config_path.name} never reads (misspelt?)")
-        wanted = read - LOCAL_ONLY - {QUEUE_VAR} | ({QUEUE_VAR} if function_id in QUEUE_USERS else set())
+        own = {name for name, users in ONLY_FOR.items() if function_id in users}
+        wanted = (read - LOCAL_ONLY - set(ONLY_FOR)) | own
         for name in sorted(wanted - env):
             problems.append(f"{function_id}: does not set {name}, which {config_path.name} reads")
-        if function_id not in QUEUE_USERS and QUEUE_VAR in env:
-            problems.append(f"{function_id}: must not get {QUEUE_VAR} (only {', '.join(sorted(QUEUE_USERS))} queues signups)")
+        for name in sorted((set(ONLY_FOR) - own) & env):
+            problems.append(f"{function_id}: must not get {name} (only {', '.join(sorted(ONLY_FOR[name]))})")
     if problems:
         print("environment check FAILED:")
         print("\n".join(f"  - {p}" for p in problems))

@@ -63,10 +63,16 @@ def _secrets() -> set[tuple[str, str]]:
     return {("secretsmanager:GetSecretValue", "AppSecret")} | {(a, "TokenSecret") for a in TOKEN_ACTIONS}
 
 
+REPLAY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+
 # (action, resource) pairs; a resource is "Logical" for a Ref, "Logical.Attr" for a GetAtt.
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     "OAuthFunction": _logs("OAuthLogGroup") | _secrets(),
-    "SignupFunction": _logs("SignupLogGroup") | _secrets() | {("sqs:SendMessage", "SignupQueue.Arn")},
+    "SignupFunction": _logs("SignupLogGroup")
+    | _secrets()
+    | {("sqs:SendMessage", "SignupQueue.Arn")}
+    # replays of signed signups (docs/security.md, item 3)
+    | {(a, "SignupReplayTable.Arn") for a in REPLAY_ACTIONS},
     "RefreshFunction": _logs("RefreshLogGroup") | _secrets(),
     "SignupRetryFunction": _logs("SignupRetryLogGroup")
     | _secrets()
@@ -93,6 +99,7 @@ EXPECTED_TYPES = {
     "TokenSecret": "AWS::SecretsManager::Secret",
     "SignupQueue": "AWS::SQS::Queue",
     "SignupDeadLetterQueue": "AWS::SQS::Queue",
+    "SignupReplayTable": "AWS::DynamoDB::Table",
     "HttpApi": "AWS::ApiGatewayV2::Api",
     "RefreshFunctionSchedule": "AWS::Events::Rule",
     "OAuthLogGroup": "AWS::Logs::LogGroup",

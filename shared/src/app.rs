@@ -15,7 +15,10 @@ use tokio::sync::OnceCell;
 use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
 use crate::keap::api::KeapApi;
 use crate::keap::oauth::{OAuthClient, OAuthEndpoints};
-use crate::signup::{SignupQueue, SignupService, SignupSettings, SqsQueue};
+use crate::signup::replay;
+use crate::signup::{
+    DynamoReplayRecords, MemoryReplayRecords, ReplayRecords, SignupQueue, SignupService, SignupSettings, SqsQueue,
+};
 use crate::store::file::FileStore;
 use crate::store::secrets_manager::{self, SecretsManagerStore};
 use crate::store::{self, AppSecretError, SecretStore};
@@ -223,6 +226,8 @@ pub struct App {
     pub api: KeapApi,
     /// `SIGNUP_QUEUE_URL`, when set.
     pub queue: Option<Arc<dyn SignupQueue>>,
+    /// Answers to signed signups, for replays (`SIGNUP_REPLAY_TABLE`, else this process only).
+    pub replays: Arc<dyn ReplayRecords>,
 }
 
 impl std::fmt::Debug for App {
@@ -244,7 +249,21 @@ impl App {
 
     pub async fn from_config(config: Config) -> Result<App, AppError> {
         let (store, queue) = store_and_queue(&config).await;
-        App::with_parts(config, store, queue)
+        let replays = match &config.signup_replay_table {
+            Some(table) => Some(replay_table(table).await),
+            None => None,
+        };
+        let app = App::with_parts(config, store, queue)?;
+        Ok(match replays {
+            Some(replays) => app.with_replays(replays),
+            None => app,
+        })
+    }
+
+    /// Replaces where the answers to signed signups are kept.
+    pub fn with_replays(mut self, replays: Arc<dyn ReplayRecords>) -> App {
+        self.replays = replays;
+        self
     }
 
     /// Wires an app over a given store and queue (the local run and tests).
@@ -275,6 +294,7 @@ impl App {
             connection,
             api,
             queue,
+            replays: Arc::new(MemoryReplayRecords::new()),
         })
     }
 
@@ -307,6 +327,15 @@ pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<A
         None => None,
     };
     (store, queue)
+}
+
+/// The replay table (`SIGNUP_REPLAY_TABLE`) over the standard AWS configuration chain.
+async fn replay_table(table: &str) -> Arc<dyn ReplayRecords> {
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    let client = aws_sdk_dynamodb::Client::from_conf(
+        replay::with_replay_bounds(aws_sdk_dynamodb::config::Builder::from(&aws)).build(),
+    );
+    Arc::new(DynamoReplayRecords::new(client, table))
 }
 
 /// The one HTTP client. It follows no redirect: a 3xx from Keap comes back as an answer (an

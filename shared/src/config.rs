@@ -53,6 +53,10 @@ pub struct Config {
     /// Tag id or name applied to every signup.
     pub welcome_tag: Option<String>,
     pub signup_queue_url: Option<String>,
+    /// `SIGNUP_REPLAY_TABLE`: the DynamoDB table where the answers to signed signups are kept
+    /// until their signature expires, so a replay is answered like the original (see
+    /// `signup::replay`). Unset: replays are only recognised within one process.
+    pub signup_replay_table: Option<String>,
     /// Timeout of every HTTP call to Keap.
     pub http_timeout: Duration,
     /// An access token with less life than this is refreshed before use by request handlers.
@@ -207,6 +211,7 @@ impl Config {
             authorize_url: DEFAULT_AUTHORIZE_URL.into(),
             welcome_tag: None,
             signup_queue_url: None,
+            signup_replay_table: None,
             http_timeout: Duration::from_secs(10),
             access_margin: Duration::from_secs(300),
             refresh_lead: Duration::from_secs(6 * 3600),
@@ -288,6 +293,7 @@ impl Config {
             authorize_url: var("KEAP_AUTHORIZE_URL").unwrap_or(defaults.authorize_url),
             welcome_tag: var("KEAP_WELCOME_TAG").or(defaults.welcome_tag),
             signup_queue_url: var("SIGNUP_QUEUE_URL").or(defaults.signup_queue_url),
+            signup_replay_table: var("SIGNUP_REPLAY_TABLE").or(defaults.signup_replay_table),
             http_timeout: seconds("KEAP_HTTP_TIMEOUT_SECONDS", defaults.http_timeout)?,
             access_margin: seconds("KEAP_ACCESS_MARGIN_SECONDS", defaults.access_margin)?,
             refresh_lead: seconds("KEAP_REFRESH_LEAD_SECONDS", defaults.refresh_lead)?,
@@ -331,6 +337,9 @@ impl Config {
         ] {
             check_keap_url(name, value)?;
         }
+        if let Some(table) = &self.signup_replay_table {
+            check_table_name(table)?;
+        }
         if self.http_timeout < Duration::from_secs(2) {
             return Err(ConfigError::Invalid {
                 name: "KEAP_HTTP_TIMEOUT_SECONDS",
@@ -350,6 +359,19 @@ impl Config {
             });
         }
         Ok(())
+    }
+}
+
+/// DynamoDB's rule for table names: 3 to 255 of `a-z A-Z 0-9 _ - .`.
+fn check_table_name(table: &str) -> Result<(), ConfigError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.');
+    if (3..=255).contains(&table.len()) && table.chars().all(allowed) {
+        Ok(())
+    } else {
+        Err(ConfigError::Invalid {
+            name: "SIGNUP_REPLAY_TABLE",
+            reason: "must be a DynamoDB table name: 3 to 255 letters, digits, '_', '-' or '.'".into(),
+        })
     }
 }
 

@@ -54,6 +54,19 @@ pub fn quota_exceeded_line(function_name: impl Into<String>) -> String {
     quota_exceeded_record(function_name).to_line(SystemTime::now())
 }
 
+/// Count 1 per replay of a signed signup answered from its record, or refused while the first
+/// arrival is still being processed (`signup::replay`). Not alarmed: a sender's retries after a
+/// lost answer count here too; a sudden rise is worth a look.
+pub const SIGNUP_REPLAYS: &str = "SignupReplays";
+
+/// One `metric` = 1 for `function_name`, as a line for stdout, stamped now.
+pub fn count_line(metric: &str, function_name: impl Into<String>) -> String {
+    EmfRecord::new(NAMESPACE)
+        .dimension("FunctionName", function_name)
+        .metric(metric, Unit::Count, 1.0)
+        .to_line(SystemTime::now())
+}
+
 /// Count 1 per failed administrator login (HTTP Basic credentials presented and refused on
 /// `/oauth/start` or `/status`), from the oauth function. Alarmed by `AdminLoginFailuresAlarm` in
 /// template.yaml, dimension `FunctionName`.

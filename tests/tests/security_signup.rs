@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::signup::signature::{self, unix_seconds};
-use keap_relay::signup::{SignupQueue, SignupService};
+use keap_relay::signup::{ReplayRecords, SignupQueue, SignupService};
 use relay_tests::relay_server::{self, RelayOptions, RelayServer, SIGNING_KEY};
 use serde_json::{Value, json};
 use signup::handler::{SigningKeyUnavailable, SignupDeps};
@@ -88,6 +88,10 @@ impl SignupDeps for At<'_> {
         self.inner.queue()
     }
 
+    fn replays(&self) -> &dyn ReplayRecords {
+        self.inner.replays()
+    }
+
     fn now(&self) -> SystemTime {
         self.now
     }
@@ -111,12 +115,23 @@ async fn a_captured_request_replayed_is_harmless_inside_the_window_and_refused_a
     let header = signature::sign(&key(), unix_seconds(signed_at), body);
 
     assert_eq!(replay(&relay, body, &header, signed_at).await, 201);
-    // Inside the 300 s window a replay is accepted but changes nothing that matters: the
-    // contact is updated, the welcome tag is a duplicate, no second email goes out.
-    assert_eq!(
-        replay(&relay, body, &header, signed_at + Duration::from_secs(300)).await,
-        200
-    );
+    let writes = |relay: &RelayServer| {
+        let stats = relay.sandbox.stats();
+        stats.calls_to("PUT", "/crm/rest/v1/contacts") + stats.calls_to("POST", "/crm/rest/v1/contacts")
+    };
+    let writes_after_the_original = writes(&relay);
+    // Inside the 300 s window a replay gets the original answer (201, not 200 "updated") and
+    // reaches neither Keap nor the queue (docs/security.md, item 3), also with the header
+    // rewritten around the same MAC (entries reordered, upper-cased, a junk entry added).
+    let mac = header.split_once("v1=").unwrap().1;
+    let rewritten = format!("v1=00,t={},v1={}", unix_seconds(signed_at), mac.to_ascii_uppercase());
+    for header in [header.as_str(), rewritten.as_str()] {
+        assert_eq!(
+            replay(&relay, body, header, signed_at + Duration::from_secs(300)).await,
+            201
+        );
+    }
+    assert_eq!(writes(&relay), writes_after_the_original, "no replay reached Keap");
     // One second past the tolerance the identical bytes are refused, either way in time.
     assert_eq!(
         replay(&relay, body, &header, signed_at + Duration::from_secs(301)).await,

@@ -11,7 +11,9 @@ use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::http_edge::{self, with_retry_after};
 use keap_relay::metrics;
-use keap_relay::signup::{QueuedSignup, Signup, SignupError, SignupQueue, SignupService, signature};
+use keap_relay::signup::{
+    Claim, QueuedSignup, RecordedAnswer, ReplayRecords, Signup, SignupError, SignupQueue, SignupService, signature,
+};
 use lambda_http::http::{HeaderMap, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
 use serde::Serialize;
@@ -40,6 +42,8 @@ pub trait SignupDeps: Send + Sync {
     fn service(&self) -> &SignupService;
     /// Where signups wait when Keap cannot take them now (`SIGNUP_QUEUE_URL`).
     fn queue(&self) -> Option<&dyn SignupQueue>;
+    /// The answers given to signed signups, for their replays (`SIGNUP_REPLAY_TABLE`).
+    fn replays(&self) -> &dyn ReplayRecords;
     fn now(&self) -> SystemTime {
         SystemTime::now()
     }
@@ -78,10 +82,13 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         .headers()
         .get(signature::HEADER)
         .map(|v| v.to_str().unwrap_or("not-ascii"));
-    if let Err(problem) = signature::verify(&key, header, body, deps.now()) {
-        tracing::info!(code = problem.code(), "signature refused");
-        return error(StatusCode::UNAUTHORIZED, problem.code(), &problem.to_string());
-    }
+    let verified = match signature::verify_request(&key, header, body, deps.now()) {
+        Ok(verified) => verified,
+        Err(problem) => {
+            tracing::info!(code = problem.code(), "signature refused");
+            return error(StatusCode::UNAUTHORIZED, problem.code(), &problem.to_string());
+        }
+    };
 
     let signup = match Signup::from_json(body) {
         Ok(signup) => signup,
@@ -91,6 +98,92 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
         }
     };
 
+    // A signed request may arrive again while its signature is valid: the first arrival's
+    // answer is given again, with nothing sent to Keap or queued (docs/security.md, item 3).
+    let records = deps.replays();
+    let now = deps.now();
+    let claim = records
+        .claim(
+            &verified.replay_key,
+            now,
+            now + GATEWAY_LIMIT + DEADLINE_RESERVE,
+            verified.replayable_until(),
+        )
+        .await;
+    let owner = match claim {
+        Ok(Claim::Claimed { owner }) => Some(owner),
+        Ok(Claim::Answered(answer)) => {
+            tracing::info!(status = answer.status, "replayed signup answered from its record");
+            println!("{}", metrics::count_line(metrics::SIGNUP_REPLAYS, function_name()));
+            return replayed(answer);
+        }
+        Ok(Claim::InProgress) => {
+            tracing::info!("replayed signup arrived while the first is being processed");
+            println!("{}", metrics::count_line(metrics::SIGNUP_REPLAYS, function_name()));
+            let message = "this signed request is being processed; ask again for its answer";
+            return with_retry_after(
+                error(StatusCode::CONFLICT, "replay_in_progress", message),
+                Duration::from_secs(2),
+            );
+        }
+        Err(problem) => {
+            tracing::warn!(error = %problem, "replay records unavailable: processing without replay protection");
+            None
+        }
+    };
+    let response = deliver(request, signup, deps).await;
+    if let Some(owner) = owner {
+        let kept = match recorded(&response) {
+            Some(answer) => records.complete(&verified.replay_key, owner, &answer).await,
+            None => records.release(&verified.replay_key, owner).await,
+        };
+        if let Err(problem) = kept {
+            tracing::warn!(error = %problem, "could not record the signup's answer for replays");
+        }
+    }
+    response
+}
+
+/// The answer worth keeping for replays (see [`RecordedAnswer::is_final`]).
+fn recorded(response: &Response<Body>) -> Option<RecordedAnswer> {
+    let status = response.status().as_u16();
+    if !RecordedAnswer::is_final(status) {
+        return None;
+    }
+    let body = std::str::from_utf8(response.body().as_ref()).ok()?.to_owned();
+    let retry_after_seconds = response
+        .headers()
+        .get(header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    Some(RecordedAnswer {
+        status,
+        body,
+        retry_after_seconds,
+    })
+}
+
+/// The recorded answer again, marked as a replay.
+fn replayed(answer: RecordedAnswer) -> Response<Body> {
+    let status = StatusCode::from_u16(answer.status).unwrap_or(StatusCode::OK);
+    let mut response = Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("idempotent-replayed", "true")
+        .body(Body::from(answer.body))
+        .expect("a status from the record and static headers make a valid response");
+    if let Some(seconds) = answer.retry_after_seconds {
+        response = with_retry_after(response, Duration::from_secs(seconds));
+    }
+    response
+}
+
+fn function_name() -> String {
+    std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into())
+}
+
+/// Sends a valid, verified signup to Keap, or defers it.
+async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, deps: &D) -> Response<Body> {
     // A signup still waiting on Keap (a slow answer, a rotation in another process) when the
     // function is about to time out would be lost; stop in time and queue it instead.
     let budget = keap_budget(request, SystemTime::now());
@@ -131,8 +224,7 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
     tracing::warn!(code = failure.code(), error = %failure, "Keap could not take the signup");
     if metrics::mentions_quota_exceeded(&failure.to_string()) {
         // The token secret cannot take new versions (up to 24 h): alarmed, see SecretVersionQuotaAlarm.
-        let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into());
-        println!("{}", metrics::quota_exceeded_line(function));
+        println!("{}", metrics::quota_exceeded_line(function_name()));
     }
     if let Some(queue) = deps.queue() {
         let queued = QueuedSignup::new(signup, deps.now());

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::app::{App, AppSecretCache};
-use keap_relay::signup::{SignupQueue, SignupService};
+use keap_relay::signup::{ReplayRecords, SignupQueue, SignupService};
 
 pub use handler::handle;
 use handler::{SigningKeyUnavailable, SignupDeps};
@@ -20,6 +20,7 @@ pub struct Deps {
     /// Keep one per process: it caches tag ids.
     service: SignupService,
     queue: Option<Arc<dyn SignupQueue>>,
+    replays: Arc<dyn ReplayRecords>,
 }
 
 /// The name the tests and benches use.
@@ -31,6 +32,7 @@ impl Deps {
             app_secret: app.app_secret.clone(),
             service: app.signup_service(),
             queue: app.queue.clone(),
+            replays: app.replays.clone(),
         }
     }
 }
@@ -55,5 +57,9 @@ impl SignupDeps for Deps {
 
     fn queue(&self) -> Option<&dyn SignupQueue> {
         self.queue.as_deref()
+    }
+
+    fn replays(&self) -> &dyn ReplayRecords {
+        self.replays.as_ref()
     }
 }

@@ -3,9 +3,12 @@
 //! - [`signature`]: the `X-Signature` header (verify, and `sign` for senders and tests).
 //! - [`request`]: the body, validated into a [`Signup`] with precise error codes.
 //! - [`queue`]: the [`SignupQueue`] port (SQS, memory) for signups Keap could not take now.
+//! - [`replay`]: the [`ReplayRecords`] port (DynamoDB, memory): a replayed signed request gets
+//!   the first answer again.
 //! - [`SignupService`]: the one code path `signup` and `signup-retry` share.
 
 pub mod queue;
+pub mod replay;
 pub mod request;
 pub mod signature;
 
@@ -19,6 +22,7 @@ use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
 pub use queue::{MemoryQueue, QueueError, QueuedSignup, SignupQueue, SqsQueue};
+pub use replay::{Claim, DynamoReplayRecords, MemoryReplayRecords, RecordedAnswer, ReplayKey, ReplayRecords};
 pub use request::{InvalidSignup, Signup, TagRef};
 
 use crate::config::{Config, WelcomeEmail};

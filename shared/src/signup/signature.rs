@@ -10,6 +10,8 @@ use hmac::{Hmac, Mac};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::Sha256;
 
+use super::replay::ReplayKey;
+
 /// The header name (HTTP header names are case-insensitive; API Gateway lower-cases them).
 pub const HEADER: &str = "x-signature";
 
@@ -90,8 +92,38 @@ fn parse(header: &str) -> Result<Parsed<'_>, SignatureError> {
     }
 }
 
+/// A request whose signature verified.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verified {
+    /// The signed timestamp (unix seconds).
+    pub timestamp: i64,
+    /// Names this signed message, whatever `v1=` entries carried it (see [`ReplayKey`]).
+    pub replay_key: ReplayKey,
+}
+
+impl Verified {
+    /// After this the signature is refused as expired, so no replay can arrive.
+    pub fn replayable_until(&self) -> SystemTime {
+        let end = self.timestamp.saturating_add(TOLERANCE.as_secs() as i64);
+        match u64::try_from(end) {
+            Ok(seconds) => UNIX_EPOCH + Duration::from_secs(seconds.min(i64::MAX as u64 / 2)),
+            Err(_) => UNIX_EPOCH,
+        }
+    }
+}
+
 /// Checks `header` against `body`, with `now` as the reference time.
 pub fn verify(key: &SecretString, header: Option<&str>, body: &[u8], now: SystemTime) -> Result<(), SignatureError> {
+    verify_request(key, header, body, now).map(|_| ())
+}
+
+/// [`verify`], also naming the message for replay detection.
+pub fn verify_request(
+    key: &SecretString,
+    header: Option<&str>,
+    body: &[u8],
+    now: SystemTime,
+) -> Result<Verified, SignatureError> {
     let header = header
         .map(str::trim)
         .filter(|h| !h.is_empty())
@@ -106,7 +138,15 @@ pub fn verify(key: &SecretString, header: Option<&str>, body: &[u8], now: System
         // Non-hex entries simply do not match; `verify_slice` compares in constant time.
         hex::decode(signature).is_ok_and(|bytes| expected.clone().verify_slice(&bytes).is_ok())
     });
-    if matches { Ok(()) } else { Err(SignatureError::Mismatch) }
+    if !matches {
+        return Err(SignatureError::Mismatch);
+    }
+    Ok(Verified {
+        timestamp: parsed.timestamp,
+        // The MAC computed here, not a header entry: reordered, re-cased or extra `v1=`
+        // entries name the same message.
+        replay_key: ReplayKey::of_mac(&expected.finalize().into_bytes()),
+    })
 }
 
 #[cfg(test)]

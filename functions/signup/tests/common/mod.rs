@@ -11,7 +11,9 @@ use keap_relay::SecretString;
 use keap_relay::config::WelcomeEmail;
 use keap_relay::keap::api::KeapApi;
 use keap_relay::signup::signature::unix_seconds;
-use keap_relay::signup::{MemoryQueue, SignupQueue, SignupService, SignupSettings, TagRef};
+use keap_relay::signup::{
+    MemoryQueue, MemoryReplayRecords, ReplayRecords, SignupQueue, SignupService, SignupSettings, TagRef,
+};
 use keap_relay::token::{Credential, CredentialSource, TokenError};
 use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
 use lambda_http::http::{HeaderMap, StatusCode};
@@ -90,6 +92,7 @@ impl CredentialSource for TestCredentials {
 pub struct TestDeps {
     pub service: SignupService,
     pub queue: Option<Arc<MemoryQueue>>,
+    pub replays: Arc<MemoryReplayRecords>,
 }
 
 #[async_trait]
@@ -104,6 +107,10 @@ impl SignupDeps for TestDeps {
 
     fn queue(&self) -> Option<&dyn SignupQueue> {
         self.queue.as_deref().map(|queue| queue as &dyn SignupQueue)
+    }
+
+    fn replays(&self) -> &dyn ReplayRecords {
+        self.replays.as_ref()
     }
 }
 
@@ -163,7 +170,11 @@ impl Harness {
         let queue = options.queue.then(|| Arc::new(MemoryQueue::new()));
         Harness {
             sandbox,
-            deps: TestDeps { service, queue },
+            deps: TestDeps {
+                service,
+                queue,
+                replays: Arc::new(MemoryReplayRecords::new()),
+            },
             credentials,
         }
     }
@@ -190,6 +201,7 @@ impl Harness {
 /// An event file from `events/`, as JSON.
 pub use test_support::events::json as event;
 /// The event as API Gateway would deliver it, through lambda_http's own deserializer.
+#[allow(unused_imports)] // not every test file sends unsigned events
 pub use test_support::events::to_request as request;
 
 /// The event re-signed now with `key`.
