@@ -4,7 +4,8 @@
 # with the sample events, each answer checked:
 #   oauth         events/oauth-start-unauthorized.json -> 401, events/oauth-start.json -> 302,
 #                 the callback of that sign-in (relay-local callback-event) -> 200, events/status.json -> 200 connected
-#   signup        events/signup-valid.json re-signed (sign-event) -> 201, again -> 200,
+#   signup        events/signup-valid.json re-signed (sign-event) -> 201, the same signed event
+#                 again -> 201 marked Idempotent-Replayed, re-signed a second later -> 200,
 #                 events/signup-invalid-email.json re-signed -> 400, events/signup-bad-signature.json -> 401
 #   refresh       events/scheduled-refresh.json -> rotated (the maximum refresh-token age is set to 0)
 #   signup-retry  events/sqs-signup-batch.json -> only the truncated message reported failed
@@ -130,7 +131,11 @@ say "signup"
 sign events/signup-valid.json "$TMP/signup-valid.json"
 sign events/signup-invalid-email.json "$TMP/signup-invalid-email.json"
 expect_status signup "$TMP/signup-valid.json" 201 "signup: a new contact"
-expect_status signup "$TMP/signup-valid.json" 200 "signup: the same signup again"
+expect_status signup "$TMP/signup-valid.json" 201 "signup: the same signed request replayed gets the first answer"
+[ "$(json "$TMP/answer.json" 'a["headers"].get("idempotent-replayed")')" = true ] || fail "the replay is not marked Idempotent-Replayed"
+sleep 1 # a new signature (another second) makes it a new request
+sign events/signup-valid.json "$TMP/signup-again.json"
+expect_status signup "$TMP/signup-again.json" 200 "signup: the same person signing up again"
 expect_status signup "$TMP/signup-invalid-email.json" 400 "signup: an invalid email"
 expect_status signup events/signup-bad-signature.json 401 "signup: a bad signature"
 curl -sf "$SANDBOX/_sandbox/contacts?email=ada.lovelace@example.com" >"$TMP/contact.json" || fail "Keap has no contact for the signup"

@@ -4,15 +4,16 @@
 //! status report. Every step prints as it happens and ends in [`Check`]s.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::SystemTime;
 
-use keap_relay::signup::TagRef;
+use keap_relay::signup::{TagRef, signature};
 use keap_relay::{ExposeSecret, SecretString};
 use keap_sandbox::Sandbox;
 use reqwest::StatusCode;
 use reqwest::header::{COOKIE, LOCATION, SET_COOKIE};
 use serde_json::Value;
 
-use crate::helpers;
 use crate::progress;
 use crate::secrets;
 use crate::stack::{AppSecretState, Stack};
@@ -79,6 +80,9 @@ struct Story<'a> {
     client: reqwest::Client,
     admin_password: SecretString,
     signing_key: SecretString,
+    /// The last signature's timestamp: each signup of the story is a new request, so each gets
+    /// its own second (the same signed request again would be a replay, answered as before).
+    last_signed_at: AtomicI64,
     checks: Vec<Check>,
 }
 
@@ -113,6 +117,7 @@ pub async fn run(stack: &Stack, events_dir: &Path) -> Vec<Check> {
         client,
         admin_password,
         signing_key,
+        last_signed_at: AtomicI64::new(i64::MIN),
         checks: Vec::new(),
     };
     story.connect().await;
@@ -206,12 +211,22 @@ impl Story<'_> {
         serde_json::from_str(&answer.body).map_err(|e| unexpected(format!("GET /status is not JSON: {e}")))
     }
 
+    fn sign(&self, body: &[u8]) -> String {
+        let now = signature::unix_seconds(SystemTime::now());
+        let next = |last: i64| now.max(last.saturating_add(1));
+        let previous = self
+            .last_signed_at
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(next(last)))
+            .unwrap_or_else(|last| last);
+        signature::sign(&self.signing_key, next(previous), body)
+    }
+
     async fn post_signup(&self, body: &[u8]) -> Result<Answer, WalkError> {
         let response = self
             .client
             .post(self.url("/signup"))
             .header("content-type", "application/json")
-            .header("x-signature", helpers::sign_now(&self.signing_key, body))
+            .header("x-signature", self.sign(body))
             .body(body.to_vec())
             .send()
             .await?;
