@@ -23,8 +23,21 @@ fi
 say "cargo deny: bans, licenses, sources"
 cargo deny --locked check bans licenses sources
 
+say "cargo deny self-test: a crate with hyper 0.14 and native-tls must be refused"
+SELF_TEST="$(mktemp -d)"
 FETCH_LOG="$(mktemp)"
-trap 'rm -f "$FETCH_LOG"' EXIT
+trap 'rm -rf "$SELF_TEST" "$FETCH_LOG"' EXIT
+cp -r scripts/deny-self-test/. "$SELF_TEST/" && cp deny.toml "$SELF_TEST/"
+if cargo deny --manifest-path "$SELF_TEST/Cargo.toml" check bans >"$SELF_TEST/out.log" 2>&1; then
+  cat "$SELF_TEST/out.log" >&2
+  echo "check-deps: deny.toml let a second hyper major and a second TLS stack through" >&2
+  exit 1
+fi
+for banned in "hyper = 0.14" "native-tls" "openssl"; do
+  grep -q "crate '$banned" "$SELF_TEST/out.log" || { cat "$SELF_TEST/out.log" >&2; echo "check-deps: '$banned' was not reported as banned" >&2; exit 1; }
+done
+echo "refused as it should be: hyper 0.14, native-tls, openssl"
+
 say "cargo deny: advisories"
 if cargo deny --locked fetch db >"$FETCH_LOG" 2>&1; then
   cargo deny --locked check advisories

@@ -1,0 +1,1 @@
+//! Never built: only its dependency graph is checked (see Cargo.toml).
