@@ -155,9 +155,18 @@ fn signup_body() -> Vec<u8> {
 }
 
 /// A signed `POST /signup` through the signup function's handler; returns status, headers, JSON.
+/// Each call is a new signed request (its own second), not a replay of the previous one.
 async fn post_signup(app: &App) -> (u16, lambda_http::http::HeaderMap, Value) {
+    static LAST_SIGNED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let body = signup_body();
-    let header = signature::sign(&SecretString::from(SIGNING_KEY), unix_seconds(SystemTime::now()), &body);
+    let now = unix_seconds(SystemTime::now());
+    let previous = LAST_SIGNED_AT.fetch_max(now, Ordering::SeqCst);
+    let at = if previous >= now {
+        LAST_SIGNED_AT.fetch_add(1, Ordering::SeqCst) + 1
+    } else {
+        now
+    };
+    let header = signature::sign(&SecretString::from(SIGNING_KEY), at, &body);
     let deps = signup::Deps::from_app(app);
     let response = signup::handle(&signup_request(&body, &header), &deps).await;
     let (parts, body) = response.into_parts();
