@@ -24,6 +24,19 @@ pub struct ContactView {
     /// v1 name of the primary address's status: `NonMarketable`, `SingleOptIn` or
     /// `ListUnsubscribe`.
     pub email_status: String,
+    /// Phone numbers, in slot order.
+    #[serde(default)]
+    pub phones: Vec<String>,
+    /// Every other field the client wrote (`custom_fields`, `lead_source_id`, `origin`,
+    /// `job_title`, `website`, `utm_parameters`, …), as last written.
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+    /// Times an API goal was achieved for this contact (each one starts its campaigns).
+    #[serde(default)]
+    pub goals_achieved: u32,
+    /// Subjects of the emails sent to this contact, oldest first (listed or not yet).
+    #[serde(default)]
+    pub emails_sent: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -535,7 +548,16 @@ impl Crm {
                 .map_or(EmailStatus::NonMarketable, |e| e.status)
                 .v1_name()
                 .to_owned(),
+            phones: contact.phones.iter().map(|p| p.number.clone()).collect(),
+            extra: contact.other.clone(),
+            goals_achieved: 0,
+            emails_sent: Vec::new(),
         })
+    }
+
+    /// The primary email address of a contact.
+    pub(crate) fn address(&self, id: i64) -> Option<String> {
+        self.contact(id)?.primary_email().map(|e| e.email.clone())
     }
 
     /// The person unsubscribed (in Keap's UI, say): every address of theirs.
@@ -725,7 +747,21 @@ fn update(contact: &mut Contact, input: ContactInput, version: ApiVersion) {
     if input.source_type.is_some() {
         contact.source_type = input.source_type;
     }
-    contact.other.extend(input.other);
+    let mut other = input.other;
+    // Keap writes custom field values one by one: a value given replaces that field's only.
+    if let (Some(Value::Array(given)), Some(Value::Array(stored))) =
+        (other.get("custom_fields"), contact.other.get("custom_fields"))
+    {
+        let id = |v: &Value| v.get("id").map(ToString::to_string);
+        let mut merged: Vec<Value> = stored
+            .iter()
+            .filter(|s| !given.iter().any(|g| id(g) == id(s)))
+            .cloned()
+            .collect();
+        merged.extend(given.iter().cloned());
+        other.insert("custom_fields".into(), Value::Array(merged));
+    }
+    contact.other.extend(other);
     contact.updated = SystemTime::now();
 }
 

@@ -157,6 +157,7 @@ impl Harness {
                 html_body: "<p>Glad you are here.</p>".into(),
             }),
             retry_budget: options.retry_budget,
+            options: Default::default(),
         };
         let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
         let service = SignupService::new(api, credentials.clone(), settings);
