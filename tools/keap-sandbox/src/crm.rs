@@ -555,6 +555,16 @@ impl Crm {
         })
     }
 
+    /// Writes fields the sandbox keeps as given (a v2 PATCH of `utm_parameters`, say).
+    pub(crate) fn set_fields(&mut self, id: i64, fields: Map<String, Value>) -> bool {
+        let Some(contact) = self.contacts.iter_mut().find(|c| c.id == id) else {
+            return false;
+        };
+        contact.other.extend(fields);
+        contact.updated = SystemTime::now();
+        true
+    }
+
     /// The primary email address of a contact.
     pub(crate) fn address(&self, id: i64) -> Option<String> {
         self.contact(id)?.primary_email().map(|e| e.email.clone())
@@ -794,7 +804,8 @@ impl Contact {
             "date_created": iso8601(self.created),
             "last_updated": iso8601(self.updated),
         });
-        if let Value::Object(fields) = fields {
+        // Unset fields are left out, as Keap's v1 answers do (the spec types them as strings).
+        if let Value::Object(fields) = without_nulls(fields) {
             body.extend(fields);
         }
         Value::Object(body)

@@ -23,7 +23,7 @@ const V2: ApiVersion = ApiVersion::V2;
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v2/contacts", get(list_contacts).post(create_contact))
-        .route("/v2/contacts/{contact_id}", get(get_contact))
+        .route("/v2/contacts/{contact_id}", get(get_contact).patch(patch_contact))
         .route("/v2/tags", get(list_tags).post(create_tag))
         .route("/v2/tags/{tag_id}", get(get_tag))
         .route("/v2/tags/{tag_id}/contacts:applyTags", post(apply_tags))
@@ -351,4 +351,67 @@ async fn achieve_goal(State(shared): State<Arc<Shared>>, headers: HeaderMap, bod
         })
         .collect();
     Ok(super::json(StatusCode::OK, &json!({"results": results})))
+}
+
+/// `PATCH /v2/contacts/{contact_id}` (`CreateUpdateContactRequest`): the sandbox takes the
+/// marketing fields (`utm_parameters`, `leadsource_id`, `custom_fields`, `job_title`,
+/// `website`) and answers the contact. `utm_parameters` needs `keap_source_id` (the spec's
+/// `CreateContactUtmPropertiesRequest`).
+async fn patch_contact(
+    State(shared): State<Arc<Shared>>,
+    Path(contact_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let id = V2.path_id(&contact_id, "contact_id")?;
+    let body = V2.object(&headers, &body)?;
+    let object = body.as_object().cloned().unwrap_or_default();
+    const TAKEN: &[&str] = &[
+        "utm_parameters",
+        "leadsource_id",
+        "custom_fields",
+        "job_title",
+        "website",
+    ];
+    if let Some(name) = object.keys().find(|name| !TAKEN.contains(&name.as_str())) {
+        return Err(bad_request(format!(
+            "The sandbox's PATCH takes only {}; got {name}",
+            TAKEN.join(", ")
+        )));
+    }
+    if let Some(utm) = object.get("utm_parameters") {
+        let utm = utm
+            .as_object()
+            .ok_or_else(|| bad_request("utm_parameters must be an object"))?;
+        match utm.get("keap_source_id") {
+            Some(Value::String(source)) if !source.trim().is_empty() => {}
+            _ => return Err(bad_request("utm_parameters.keap_source_id is required")),
+        }
+        for (name, value) in utm {
+            let known = [
+                "keap_source_id",
+                "utm_source",
+                "utm_medium",
+                "utm_term",
+                "utm_campaign",
+                "utm_content",
+            ];
+            if !known.contains(&name.as_str()) || !value.is_string() {
+                return Err(bad_request(format!(
+                    "utm_parameters.{name} is not a known string field"
+                )));
+            }
+        }
+    }
+    let mut world = shared.world();
+    world.marketing.check_contact(&object).map_err(bad_request)?;
+    if !world.crm.set_fields(id, object) {
+        return Err(ApiError::not_found(V2, "Contact", id));
+    }
+    let contact = world
+        .crm
+        .contact(id)
+        .map(Contact::v2_json)
+        .ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
+    Ok(super::json(StatusCode::OK, &contact))
 }
