@@ -20,6 +20,8 @@ use serde::{Deserialize, Serialize};
 /// - `sent_despite_5xx_rate` (0..=1): of the injected 5xx answers to a call that sends email or
 ///   achieves a goal, this share comes *after* the email went out (the goal was achieved): the
 ///   caller cannot tell from the answer whether it happened.
+/// - `fail_next_sends(n)`: the next `n` email sends or goal achievements answer a gateway 502
+///   (after doing the work when `sent_despite_5xx_rate` says so).
 /// - `sent_listing_delay`: a sent email shows in `GET /v1/emails` only this long after it
 ///   went out.
 #[derive(Debug)]
@@ -31,6 +33,7 @@ pub struct Faults {
     dropped_refreshes_left: AtomicU32,
     sent_despite_5xx_rate_bits: AtomicU64,
     sent_listing_delay: Mutex<Duration>,
+    failing_sends_left: AtomicU32,
     rng: Mutex<u64>,
 }
 
@@ -56,6 +59,7 @@ pub struct FaultSettings {
     pub drop_next_refresh_responses: Option<u32>,
     pub sent_despite_5xx_rate: Option<f64>,
     pub sent_listing_delay_ms: Option<u64>,
+    pub fail_next_sends: Option<u32>,
 }
 
 impl Default for Faults {
@@ -68,6 +72,7 @@ impl Default for Faults {
             dropped_refreshes_left: AtomicU32::new(0),
             sent_despite_5xx_rate_bits: AtomicU64::new(0f64.to_bits()),
             sent_listing_delay: Mutex::new(Duration::ZERO),
+            failing_sends_left: AtomicU32::new(0),
             rng: Mutex::new(seed()),
         }
     }
@@ -121,6 +126,17 @@ impl Faults {
         self.sent_despite_5xx_rate_bits.store(rate.to_bits(), Ordering::SeqCst);
     }
 
+    /// The next `n` email sends or goal achievements answer a gateway 502.
+    pub fn fail_next_sends(&self, n: u32) {
+        self.failing_sends_left.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_failing_send(&self) -> bool {
+        self.failing_sends_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
     /// A sent email shows in `GET /v1/emails` only `delay` after it went out.
     pub fn set_sent_listing_delay(&self, delay: Duration) {
         *lock(&self.sent_listing_delay) = delay;
@@ -135,6 +151,7 @@ impl Faults {
         self.drop_next_refresh_responses(0);
         self.set_sent_despite_5xx_rate(0.0);
         self.set_sent_listing_delay(Duration::ZERO);
+        self.fail_next_sends(0);
     }
 
     /// Apply the JSON form of the knobs.
@@ -162,6 +179,9 @@ impl Faults {
         }
         if let Some(ms) = settings.sent_listing_delay_ms {
             self.set_sent_listing_delay(Duration::from_millis(ms));
+        }
+        if let Some(n) = settings.fail_next_sends {
+            self.fail_next_sends(n);
         }
     }
 

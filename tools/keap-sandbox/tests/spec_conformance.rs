@@ -558,7 +558,7 @@ async fn v1_welcome_and_field_operations_match_the_official_v1_spec() {
     for case in &cases {
         answers.push(run(&spec, &sandbox, case, &mut problems).await);
     }
-    assert_eq!(answers[3][0]["campaign_id"].as_i64().is_some(), true, "{}", answers[3]);
+    assert!(answers[3][0]["campaign_id"].as_i64().is_some(), "{}", answers[3]);
     assert_eq!(answers[4], json!([]), "no campaign listens to that goal");
     assert_eq!(answers[5]["emails"][0]["subject"], "Welcome from the campaign");
     assert!(

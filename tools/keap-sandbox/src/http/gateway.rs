@@ -113,10 +113,12 @@ async fn rest_gate(shared: &Shared, mut request: Request, next: Next) -> Respons
         }
     };
     request.extensions_mut().insert(credential);
-    if let Some(status) = shared.faults.roll_server_error() {
+    let send = is_send(request.method(), request.uri().path());
+    let forced = send && shared.faults.take_failing_send();
+    if let Some(status) = shared.faults.roll_server_error().or(forced.then_some(502)) {
         shared.world().stats.server_errors += 1;
         // An upstream failure after the work was done: the email went out, the answer did not.
-        if is_send(request.method(), request.uri().path()) && shared.faults.roll_sent_despite_5xx() {
+        if send && shared.faults.roll_sent_despite_5xx() {
             shared.world().stats.sent_despite_5xx += 1;
             let _ = next.run(request).await;
         }
