@@ -155,6 +155,10 @@ pub struct SignupOptions {
     /// `KEAP_WELCOME_RECHECK_SECONDS`: after a send whose outcome is unknown (5xx, timeout),
     /// how long until an email missing from Keap's sent-email listing counts as not sent.
     pub welcome_recheck_after: Duration,
+    /// `KEAP_WELCOME_GOAL_SENDS_EMAIL` (default true): the goal's campaign sends an email when
+    /// it starts, so Keap's sent-email listing tells whether an uncertain achievement went
+    /// through. `false`: such an achievement is never repeated (at most once).
+    pub welcome_goal_sends_email: bool,
 }
 
 impl Default for SignupOptions {
@@ -169,6 +173,7 @@ impl Default for SignupOptions {
             allowed_fields: None,
             allowed_tags: None,
             welcome_recheck_after: Duration::from_secs(900),
+            welcome_goal_sends_email: true,
         }
     }
 }
@@ -253,6 +258,10 @@ impl SignupOptions {
             allowed_fields: list("SIGNUP_ALLOWED_FIELDS"),
             allowed_tags: list("SIGNUP_ALLOWED_TAGS"),
             welcome_recheck_after: seconds("KEAP_WELCOME_RECHECK_SECONDS", defaults.welcome_recheck_after)?,
+            welcome_goal_sends_email: match var("KEAP_WELCOME_GOAL_SENDS_EMAIL") {
+                None => defaults.welcome_goal_sends_email,
+                Some(_) => flag("KEAP_WELCOME_GOAL_SENDS_EMAIL")?,
+            },
         })
     }
 }

@@ -410,3 +410,53 @@ async fn an_email_that_did_not_go_out_is_sent_once_the_listing_has_had_time() {
     );
     assert_eq!(received(&h), 1);
 }
+
+#[tokio::test]
+async fn a_new_contacts_welcome_is_written_ahead_and_survives_a_process_that_died_before_sending() {
+    let h = Harness::start(with(SignupOptions {
+        welcome_recheck_after: Duration::from_secs(60),
+        ..SignupOptions::default()
+    }))
+    .await;
+    // A new contact's welcome is written to the queue before it is sent.
+    let answer = signup(&h, json!({"email": "bo@example.com"})).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let queued = h.queued();
+    let QueuedMessage::Welcome(record) = QueuedMessage::from_message(&queued[0]).unwrap() else {
+        panic!("the welcome is written ahead: {queued:?}")
+    };
+    assert_eq!((record.part, record.attempted_at.is_some()), (WelcomePart::Email, true));
+    assert_eq!(answer.json["welcome_email"], "sent");
+    // Processed later, the record finds the email listed.
+    assert_eq!(
+        h.deps.service.retry_welcome(&record).await.unwrap(),
+        WelcomeRetry::AlreadySent
+    );
+
+    // A first signup whose process died right after the upsert: the contact exists, no tag,
+    // no email; only the record written ahead. Processed, it claims the welcome tag and sends.
+    let created = reqwest::Client::new()
+        .put(format!("{}/v1/contacts", h.sandbox.api_url()))
+        .header("X-Keap-API-Key", keap_sandbox::DEFAULT_API_KEY)
+        .json(
+            &json!({"duplicate_option": "Email", "email_addresses": [{"email": "ada@example.com", "field": "EMAIL1"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = created.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    let orphan = QueuedWelcome::new(WelcomePart::Email, id, Some(std::time::SystemTime::now()));
+    assert_eq!(
+        h.deps.service.retry_welcome(&orphan).await.unwrap(),
+        WelcomeRetry::Sent { started: vec![] }
+    );
+    // The sender's retry of that signup finds the tag claimed: no second email.
+    let retried = signup(&h, ada(json!({}))).await;
+    assert_eq!(retried.json["welcome_email"], "already_welcomed", "{}", retried.json);
+    assert_eq!(received(&h), 1);
+    // And the record, redelivered, finds it listed.
+    assert_eq!(
+        h.deps.service.retry_welcome(&orphan).await.unwrap(),
+        WelcomeRetry::AlreadySent
+    );
+}

@@ -367,15 +367,23 @@ impl SignupService {
             }
         };
 
-        // From here the contact exists. Without a welcome tag, "created" is the only sign of a
-        // first signup, and a retry of this signup will not see it: so if anything below fails,
-        // the welcomes are handed to the queue on their own before the signup is deferred.
-        match self.after_upsert(&attempt, signup, contact).await {
+        // A new contact is owed its welcomes: they are written to the queue before anything
+        // else, so a process that dies from here on (or a send that fails) loses none of them.
+        let written = if contact.created {
+            self.write_ahead(contact.id).await
+        } else {
+            Vec::new()
+        };
+        match self.after_upsert(&attempt, signup, contact, &written).await {
             Ok(outcome) => Ok(outcome),
             Err(error) => {
+                // Without a welcome tag, "created" is the only sign of a first signup, and a
+                // retry of this signup will not see it: hand over what was not written ahead.
                 if contact.created && self.settings.welcome_tag.is_none() && error.is_transient() {
                     for part in self.settings.welcomes() {
-                        self.hand_off(part, contact.id, None).await;
+                        if !written.contains(&part) {
+                            self.hand_off(part, contact.id, None).await;
+                        }
                     }
                 }
                 Err(error)
@@ -388,6 +396,7 @@ impl SignupService {
         attempt: &Attempt,
         signup: &Signup,
         contact: crate::keap::api::UpsertedContact,
+        written: &[WelcomePart],
     ) -> Result<SignupOutcome, SignupError> {
         if let (Some(source_id), Some(utm)) = (&self.settings.options.utm_v2_source_id, &signup.details.utm) {
             let entries = utm.entries();
@@ -449,7 +458,7 @@ impl SignupService {
             // No record that this contact was welcomed: none, rather than one per repeat.
             (Some(_), _) => None,
         };
-        let welcomes = self.welcome(attempt, contact.id, first_time).await;
+        let welcomes = self.welcome(attempt, contact.id, first_time, written).await;
         Ok(SignupOutcome {
             contact_id: contact.id,
             created: contact.created,

@@ -1,14 +1,15 @@
 //! The welcome, each part once per contact: the direct email, the Keap email template and the
 //! API goal (docs/welcome-and-fields.md).
 //!
-//! A send Keap answered with a 5xx, a timeout or an unreadable answer may or may not have gone
-//! out; sending again at once could welcome the person twice. So such a part is handed to the
-//! queue as a [`QueuedWelcome`] carrying when the send began, and `signup-retry` first reads
-//! Keap's own record of emails sent to the contact (`GET /v1/emails`) since then: listed means
-//! sent. Keap lists an email once it went out, not when it was queued, so only after
-//! `KEAP_WELCOME_RECHECK_SECONDS` without it is the part sent again. A part Keap surely did not
-//! send (429 beyond the budget, no usable token) is queued without that mark and sent at once
-//! by the retry.
+//! With a queue, every welcome owed is written to it *before* it is sent (a [`QueuedWelcome`]
+//! carrying when: "write-ahead"), delayed by `KEAP_WELCOME_RECHECK_SECONDS`. So a process that
+//! dies between the welcome tag and the send, a send Keap answered with a 5xx, a timeout or an
+//! unreadable answer (which may or may not have gone out), or a throttled send all end the same
+//! way: `signup-retry` reads Keap's own record of emails sent to the contact since then
+//! (`GET /v1/emails`). Listed means sent: done. Keap lists an email once it went out, not when
+//! it was queued, so a welcome not listed is sent again only once the recheck time has passed,
+//! and only by whoever newly applies the welcome tag (when one is configured): the tag is the
+//! claim that keeps a queued signup and its welcome record from both sending.
 
 use std::time::{Duration, SystemTime};
 
@@ -59,11 +60,22 @@ pub enum WelcomeRetry {
 impl SignupService {
     /// Sends every configured welcome part once for a first signup (`first_time`), reports the
     /// others: `Some(false)` already welcomed, `None` no record that it was (skipped).
-    pub(super) async fn welcome(&self, attempt: &Attempt, contact_id: i64, first_time: Option<bool>) -> Welcomes {
+    /// `written`: the parts already written ahead to the queue for this contact.
+    pub(super) async fn welcome(
+        &self,
+        attempt: &Attempt,
+        contact_id: i64,
+        first_time: Option<bool>,
+        written: &[WelcomePart],
+    ) -> Welcomes {
         let mut welcomes = Welcomes::default();
+        let written = match first_time {
+            Some(true) if written.is_empty() => self.write_ahead(contact_id).await,
+            _ => written.to_vec(),
+        };
         for part in self.settings.welcomes() {
             let outcome = match first_time {
-                Some(true) => self.send_now(attempt, part, contact_id).await,
+                Some(true) => self.send_now(attempt, part, contact_id, written.contains(&part)).await,
                 Some(false) => PartOutcome::Already,
                 None => PartOutcome::Skipped,
             };
@@ -74,6 +86,34 @@ impl SignupService {
             }
         }
         welcomes
+    }
+
+    /// Whether Keap's listing can tell if this part went out.
+    fn checkable(&self, part: WelcomePart) -> bool {
+        part != WelcomePart::Goal || self.settings.options.welcome_goal_sends_email
+    }
+
+    /// Writes every checkable welcome part owed to a new contact to the queue, to be checked
+    /// after the recheck time; the parts written (none without a queue).
+    pub(super) async fn write_ahead(&self, contact_id: i64) -> Vec<WelcomePart> {
+        let Some(queue) = &self.welcome_queue else {
+            return Vec::new();
+        };
+        let delay = self.settings.options.welcome_recheck_after.min(MAX_DELAY);
+        let mut written = Vec::new();
+        for part in self.settings.welcomes() {
+            if !self.checkable(part) {
+                continue;
+            }
+            let welcome = QueuedWelcome::new(part, contact_id, Some(SystemTime::now()));
+            match queue.enqueue_welcome(&welcome, delay).await {
+                Ok(()) => written.push(part),
+                Err(error) => {
+                    tracing::warn!(contact_id, part = part.as_str(), %error, "could not write the welcome ahead to the queue");
+                }
+            }
+        }
+        written
     }
 
     fn goal_outcome(&self, outcome: PartOutcome) -> GoalOutcome {
@@ -95,16 +135,28 @@ impl SignupService {
         GoalOutcome { status, goal, started }
     }
 
-    async fn send_now(&self, attempt: &Attempt, part: WelcomePart, contact_id: i64) -> PartOutcome {
+    async fn send_now(&self, attempt: &Attempt, part: WelcomePart, contact_id: i64, written: bool) -> PartOutcome {
         let began = SystemTime::now();
         match self.send_part(attempt, part, contact_id).await {
             Sent::Done(started) => {
                 self.report_goal(part, contact_id, &started);
                 PartOutcome::Done(started)
             }
-            Sent::Unsure(detail) => {
+            Sent::Unsure(detail) if written => {
+                tracing::warn!(contact_id, part = part.as_str(), %detail, "the welcome may or may not have gone out; its queued record checks Keap's listing");
+                PartOutcome::Queued
+            }
+            Sent::Unsure(detail) if self.checkable(part) => {
                 tracing::warn!(contact_id, part = part.as_str(), %detail, "the welcome may or may not have gone out; it is checked and retried through the queue");
                 self.queued_or_failed(part, contact_id, Some(began)).await
+            }
+            Sent::Unsure(detail) => {
+                tracing::error!(contact_id, part = part.as_str(), %detail, "the welcome goal may or may not have been achieved, and Keap cannot tell (KEAP_WELCOME_GOAL_SENDS_EMAIL=false): not repeated");
+                PartOutcome::Failed
+            }
+            Sent::Later(error) if written => {
+                tracing::warn!(contact_id, part = part.as_str(), error = %error, "the welcome could not be sent now; its queued record sends it");
+                PartOutcome::Queued
             }
             Sent::Later(error) => {
                 tracing::warn!(contact_id, part = part.as_str(), error = %error, "the welcome could not be sent now; retried through the queue");
@@ -230,6 +282,21 @@ impl SignupService {
         }
     }
 
+    /// Applies the welcome tag (when one is configured): true when this call newly applied it,
+    /// so no signup will send the welcome. Without a welcome tag nobody can claim.
+    async fn claim_welcome(&self, attempt: &Attempt, contact_id: i64) -> Result<bool, SignupError> {
+        let Some(tag) = &self.settings.welcome_tag else {
+            return Ok(false);
+        };
+        let id = self.resolve_tag(attempt, tag).await?;
+        let statuses = self
+            .call(attempt, Repeat::Idempotent, |credential| async move {
+                self.api.apply_tags(&credential, contact_id, &[id]).await
+            })
+            .await?;
+        Ok(statuses.get(&id) == Some(&crate::keap::api::TagApplyStatus::Success))
+    }
+
     fn configured(&self, part: WelcomePart) -> bool {
         self.settings.welcomes().contains(&part)
     }
@@ -272,6 +339,14 @@ impl SignupService {
             deadline: super::deadline_after(self.settings.retry_budget),
         };
         if let Some(began) = welcome.attempted_at {
+            if !self.checkable(part) {
+                tracing::error!(
+                    contact_id,
+                    part = part.as_str(),
+                    "a welcome goal that may have been achieved cannot be checked (KEAP_WELCOME_GOAL_SENDS_EMAIL=false): not repeated"
+                );
+                return Ok(WelcomeRetry::NotConfigured);
+            }
             if self.listed_as_sent(&attempt, part, contact_id, began).await? {
                 tracing::info!(
                     contact_id,
@@ -280,23 +355,27 @@ impl SignupService {
                 );
                 return Ok(WelcomeRetry::AlreadySent);
             }
-            let settled = began
-                .checked_add(self.settings.options.welcome_recheck_after)
-                .unwrap_or(SystemTime::UNIX_EPOCH);
-            if let Ok(left) = settled.duration_since(SystemTime::now()) {
-                // Too early to tell: Keap lists an email only once it went out.
-                return Ok(WelcomeRetry::Later {
-                    welcome: QueuedWelcome {
-                        id: uuid::Uuid::new_v4(),
-                        ..welcome.clone()
-                    },
-                    delay: (left + Duration::from_secs(1)).min(MAX_DELAY),
-                });
+            // Whoever newly applies the welcome tag owns the welcome; a signup that applied it
+            // (live, or queued) sends it itself, so it gets the recheck time to show up.
+            if !self.claim_welcome(&attempt, contact_id).await? {
+                let settled = began
+                    .checked_add(self.settings.options.welcome_recheck_after)
+                    .unwrap_or(SystemTime::UNIX_EPOCH);
+                if let Ok(left) = settled.duration_since(SystemTime::now()) {
+                    // Too early to tell: Keap lists an email only once it went out.
+                    return Ok(WelcomeRetry::Later {
+                        welcome: QueuedWelcome {
+                            id: uuid::Uuid::new_v4(),
+                            ..welcome.clone()
+                        },
+                        delay: (left + Duration::from_secs(1)).min(MAX_DELAY),
+                    });
+                }
             }
             tracing::info!(
                 contact_id,
                 part = part.as_str(),
-                "Keap does not list the welcome as sent: sending it again"
+                "Keap does not list the welcome as sent: sending it"
             );
         }
         let began = SystemTime::now();
