@@ -74,9 +74,11 @@ fn lin(sandbox: &Sandbox) -> keap_sandbox::ContactView {
 async fn surely_unsent_welcomes_are_sent_and_unsure_ones_checked_first() {
     let (sandbox, service, id) = setup(Duration::from_secs(60)).await;
     let parking = MemoryQueue::new();
-    // Nothing went out for these two: sent now, acknowledged.
-    let email = QueuedWelcome::new(WelcomePart::Email, id, None);
-    let goal = QueuedWelcome::new(WelcomePart::Goal, id, None);
+    // Nothing went out for these two, long ago: sent now (nobody could claim them: no welcome
+    // tag here, and the recheck time has passed), acknowledged.
+    let long_ago = Some(SystemTime::now() - Duration::from_secs(120));
+    let email = QueuedWelcome::new(WelcomePart::Email, id, long_ago);
+    let goal = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
     let response = handle_with_parking(event(&[&email, &goal]), &service, Some(&parking))
         .await
         .unwrap();
@@ -129,8 +131,31 @@ async fn an_unsure_welcome_not_listed_yet_goes_back_to_the_queue_to_be_checked_l
 
 #[tokio::test]
 async fn a_welcome_keap_refuses_goes_toward_the_dead_letter_queue() {
-    let (_sandbox, service, _) = setup(Duration::from_secs(60)).await;
-    let unknown = QueuedWelcome::new(WelcomePart::Email, 999_999, None);
+    let (_sandbox, service, _) = setup(Duration::from_secs(1)).await;
+    let unknown = QueuedWelcome::new(
+        WelcomePart::Email,
+        999_999,
+        Some(SystemTime::now() - Duration::from_secs(5)),
+    );
     let response = handle_with_parking(event(&[&unknown]), &service, None).await.unwrap();
     assert_eq!(response.batch_item_failures.len(), 1);
+}
+
+#[tokio::test]
+async fn the_sample_welcome_batch_is_sent_once() {
+    // events/sqs-welcome-batch.json: the email owed to contact 1001 (queued at 21:20:00, no
+    // send time), and its goal, whose achievement may have gone through at 21:20:03; both long
+    // past the recheck time and not listed, so both are sent.
+    let (sandbox, service, id) = setup(Duration::from_secs(60)).await;
+    assert_eq!(id, 1001, "the sandbox's first contact id, as the sample names it");
+    let event: SqsEvent = serde_json::from_value(test_support::events::json("sqs-welcome-batch.json")).unwrap();
+    let response = handle_with_parking(event.clone(), &service, None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let contact = lin(&sandbox);
+    assert_eq!(contact.emails_sent, ["Welcome!", "Welcome (campaign)"]);
+    // Redelivered (its answer lost): both find their email listed; nothing goes out twice.
+    let response = handle_with_parking(event, &service, None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let contact = lin(&sandbox);
+    assert_eq!((contact.emails_received, contact.goals_achieved), (2, 1));
 }

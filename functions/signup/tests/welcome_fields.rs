@@ -460,3 +460,25 @@ async fn a_new_contacts_welcome_is_written_ahead_and_survives_a_process_that_die
         WelcomeRetry::AlreadySent
     );
 }
+
+#[tokio::test]
+async fn the_sample_event_with_every_field_lands_in_keap() {
+    let h = Harness::start(with(SignupOptions {
+        utm_fields: vec![("source".into(), "UTM Source".into())],
+        ..SignupOptions::default()
+    }))
+    .await;
+    h.sandbox.add_custom_field("Plan", "Dropdown", &["Free", "Pro"]);
+    h.sandbox.add_custom_field("Seats", "WholeNumber", &[]);
+    h.sandbox.add_custom_field("Trial ends", "Date", &[]);
+    h.sandbox.add_custom_field("VIP", "YesNo", &[]);
+    h.sandbox.add_custom_field("UTM Source", "Text", &[]);
+    let webinar = h.sandbox.add_lead_source("Webinar");
+    let answer = h.send(signed_file("signup-fields.json")).await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let contact = h.sandbox.contact_by_email("grace.hopper@example.com").unwrap();
+    assert_eq!(contact.extra["lead_source_id"], webinar.id);
+    assert_eq!(contact.extra["origin"]["ip_address"], "203.0.113.10");
+    assert_eq!(contact.extra["custom_fields"].as_array().unwrap().len(), 5);
+    assert_eq!(contact.emails_received, 1);
+}

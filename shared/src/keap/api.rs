@@ -420,11 +420,18 @@ impl KeapApi {
             #[serde(default)]
             lead_sources: Vec<Entry>,
         }
-        let filter = format!("name=={name}");
-        let request = self
-            .http
-            .get(self.url("/v2/leadSources"))
-            .query(&[("filter", filter.as_str())]);
+        // A name holding the filter language's own characters cannot be put in a filter: then
+        // the first page of all lead sources is read and matched here.
+        let request = if name.contains([';', '*', '=', ',']) {
+            self.http
+                .get(self.url("/v2/leadSources"))
+                .query(&[("page_size", "1000")])
+        } else {
+            let filter = format!("name=={name}");
+            self.http
+                .get(self.url("/v2/leadSources"))
+                .query(&[("filter", filter.as_str())])
+        };
         let response = self.send(OP, credential, request).await?;
         let list: List = read_json(OP, response).await?;
         let exact = list.lead_sources.iter().find(|l| l.name.as_deref() == Some(name));

@@ -93,9 +93,6 @@ pub(super) fn check_value(field: &CustomFieldMeta, label: &str, value: &FieldVal
             .parse::<email_address::EmailAddress>()
             .map(|_| Value::String(text.trim().to_owned()))
             .map_err(|_| bad("must be an email address".into())),
-        "Text" | "Name" | "PhoneNumber" | "Website" | "State" if text.chars().count() > 255 => {
-            Err(bad("must be at most 255 characters".into()))
-        }
         _ => Ok(Value::String(text)),
     }
 }
@@ -354,7 +351,6 @@ mod tests {
         assert!(check_value(&email, "E", &text("not-an-address")).is_err());
         let plain = field("Text", &[]);
         assert_eq!(check_value(&plain, "T", &FieldValue::Number(7.into())).unwrap(), "7");
-        assert!(check_value(&plain, "T", &text(&"x".repeat(256))).is_err());
     }
 
     #[test]

@@ -395,9 +395,8 @@ fn custom_fields(value: Option<&Value>) -> Result<BTreeMap<String, FieldValue>, 
                 )));
             }
         };
-        if fields.insert(label.to_owned(), value).is_some() {
-            return Err(bad("is given twice".into()));
-        }
+        // Two keys that trim to one label: the last one wins, as in a JSON object.
+        fields.insert(label.to_owned(), value);
     }
     Ok(fields)
 }

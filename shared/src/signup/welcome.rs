@@ -212,7 +212,9 @@ impl SignupService {
             );
             return false;
         };
-        let welcome = QueuedWelcome::new(part, contact_id, began);
+        // Even a send that surely did not go out gets its time: the record may be received
+        // twice (a batch whose answer was lost), and the second receive must look first.
+        let welcome = QueuedWelcome::new(part, contact_id, Some(began.unwrap_or_else(SystemTime::now)));
         let delay = match began {
             Some(_) => self.settings.options.welcome_recheck_after.min(MAX_DELAY),
             None => Duration::ZERO,
@@ -338,7 +340,9 @@ impl SignupService {
             reauthorized: std::sync::Mutex::new(0),
             deadline: super::deadline_after(self.settings.retry_budget),
         };
-        if let Some(began) = welcome.attempted_at {
+        // A record without a send time (written by hand, or by an older version) is looked up
+        // from when it was queued: it may have been received, and sent, before.
+        if let Some(began) = welcome.attempted_at.or(Some(welcome.first_seen_at)) {
             if !self.checkable(part) {
                 tracing::error!(
                     contact_id,

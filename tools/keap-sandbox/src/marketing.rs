@@ -294,7 +294,7 @@ impl Marketing {
     }
 
     /// Keap's checks of the marketing parts of a contact body: `custom_fields` (known ids,
-    /// values of the field's type), `lead_source_id` / `leadsource_id` (a known lead source),
+    /// values of the field's type), `lead_source_id` / `leadsource_id` (an id),
     /// `origin.ip_address` (an IP address).
     pub(crate) fn check_contact(&self, body: &Map<String, Value>) -> Result<(), String> {
         match body.get("custom_fields") {
@@ -316,18 +316,16 @@ impl Marketing {
             }
             Some(_) => return Err("custom_fields must be an array".into()),
         }
+        // Keap is not known to check that a lead source id exists: only its shape is checked.
         for name in ["lead_source_id", "leadsource_id"] {
             match body.get(name) {
                 None | Some(Value::Null) => {}
-                Some(id) => {
-                    let id = id
+                Some(id)
+                    if id
                         .as_i64()
                         .or_else(|| id.as_str().and_then(|s| s.parse().ok()))
-                        .ok_or_else(|| format!("{name} must be a lead source id"))?;
-                    if !self.lead_sources.iter().any(|l| l.id == id) {
-                        return Err(format!("Lead source with id {id} not found"));
-                    }
-                }
+                        .is_some() => {}
+                Some(_) => return Err(format!("{name} must be a lead source id")),
             }
         }
         match body.get("origin") {

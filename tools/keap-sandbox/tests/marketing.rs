@@ -41,7 +41,10 @@ async fn custom_field_values_lead_sources_and_origin_are_checked_as_keap_does() 
             json!({"custom_fields": [{"id": 9999, "content": "x"}]}),
             "Custom field with id 9999 not found",
         ),
-        (json!({"lead_source_id": 12345}), "Lead source with id 12345 not found"),
+        (
+            json!({"lead_source_id": "twelve"}),
+            "lead_source_id must be a lead source id",
+        ),
         (json!({"origin": {"ip_address": "not-an-ip"}}), "origin.ip_address"),
     ] {
         let response = upsert(&sandbox, extra.clone()).await;
