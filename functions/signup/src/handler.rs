@@ -112,6 +112,15 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
                 created = outcome.created,
                 "signup sent to Keap"
             );
+            if let Some(goal) = outcome
+                .welcome_goal
+                .as_ref()
+                .filter(|g| g.status == keap_relay::signup::GoalStatus::NoListener)
+            {
+                // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
+                let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into());
+                println!("{}", metrics::welcome_goal_without_listener_line(function, &goal.goal));
+            }
             let status = if outcome.created {
                 StatusCode::CREATED
             } else {

@@ -299,6 +299,11 @@ impl SignupService {
         Ok(statuses.get(&id) == Some(&crate::keap::api::TagApplyStatus::Success))
     }
 
+    /// `KEAP_WELCOME_GOAL` as configured (`integration:call_name`, `automation:<id>:<goal_id>`).
+    pub fn welcome_goal_label(&self) -> Option<String> {
+        self.settings.options.welcome_goal.as_ref().map(|g| g.label())
+    }
+
     fn configured(&self, part: WelcomePart) -> bool {
         self.settings.welcomes().contains(&part)
     }
