@@ -303,6 +303,7 @@ impl App {
     pub fn signup_service(&self) -> SignupService {
         let credentials: Arc<dyn CredentialSource> = self.connection.clone();
         SignupService::new(self.api.clone(), credentials, SignupSettings::from_config(&self.config))
+            .with_welcome_queue(self.queue.clone())
     }
 }
 

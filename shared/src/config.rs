@@ -74,6 +74,200 @@ pub struct Config {
     /// Total time a signup may spend retrying Keap 429/5xx before it is queued.
     pub signup_retry_budget: Duration,
     pub welcome_email: Option<WelcomeEmail>,
+    /// The welcome goal and template, contact fields and allow-lists (see [`SignupOptions`]).
+    pub signup_options: SignupOptions,
+}
+
+/// The API goal achieved once per new contact (`KEAP_WELCOME_GOAL`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum WelcomeGoal {
+    /// `integration:call_name`: v1 `POST /v1/campaigns/goals/{integration}/{callName}`.
+    Named { integration: String, call_name: String },
+    /// `automation:<automation_id>:<goal_id>`: v2 `POST /v2/automations/goals/achieve`.
+    Automation { automation_id: i64, goal_id: i64 },
+}
+
+impl WelcomeGoal {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        if let Some(ids) = text.strip_prefix("automation:") {
+            let (automation, goal) = ids
+                .split_once(':')
+                .ok_or("expected automation:<automation_id>:<goal_id>")?;
+            let id = |part: &str| part.trim().parse::<i64>().ok().filter(|id| *id > 0);
+            return match (id(automation), id(goal)) {
+                (Some(automation_id), Some(goal_id)) => Ok(Self::Automation { automation_id, goal_id }),
+                _ => Err("automation and goal ids must be positive integers".into()),
+            };
+        }
+        let (integration, call_name) = text
+            .split_once(':')
+            .ok_or("expected integration:call_name (or automation:<automation_id>:<goal_id>)")?;
+        let part = |p: &str| {
+            let p = p.trim();
+            (!p.is_empty()
+                && p.len() <= 100
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.'))
+            .then(|| p.to_owned())
+        };
+        match (part(integration), part(call_name)) {
+            (Some(integration), Some(call_name)) => Ok(Self::Named { integration, call_name }),
+            _ => Err("integration and call name must be 1 to 100 letters, digits, '_', '-' or '.'".into()),
+        }
+    }
+
+    /// How logs and answers name it.
+    pub fn label(&self) -> String {
+        match self {
+            Self::Named { integration, call_name } => format!("{integration}:{call_name}"),
+            Self::Automation { automation_id, goal_id } => format!("automation:{automation_id}:{goal_id}"),
+        }
+    }
+}
+
+/// A Keap email template sent once per new contact (`KEAP_WELCOME_TEMPLATE_ID`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WelcomeTemplate {
+    pub template_id: i64,
+    /// Keap user the email is sent on behalf of (`KEAP_WELCOME_TEMPLATE_USER_ID`, else
+    /// `KEAP_WELCOME_EMAIL_USER_ID`).
+    pub user_id: i64,
+}
+
+/// Settings of the welcome goal and template, contact fields and allow-lists. Every one is
+/// optional; the defaults change nothing for an existing deployment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SignupOptions {
+    pub welcome_goal: Option<WelcomeGoal>,
+    pub welcome_template: Option<WelcomeTemplate>,
+    /// `KEAP_CREATE_CUSTOM_FIELDS=true`: an unknown custom field label is created as text.
+    pub create_custom_fields: bool,
+    /// `KEAP_CREATE_LEAD_SOURCES=true`: an unknown lead source name is created.
+    pub create_lead_sources: bool,
+    /// `KEAP_UTM_FIELDS=source=UTM Source,medium=UTM Medium,…`: custom field labels that take
+    /// the UTM parameters (v1 contacts have no UTM fields).
+    pub utm_fields: Vec<(String, String)>,
+    /// `KEAP_UTM_V2_SOURCE_ID`: the Keap form id (`keap_source_id`) that v2 `utm_parameters`
+    /// require; when set, UTM goes to the contact's v2 `utm_parameters`.
+    pub utm_v2_source_id: Option<String>,
+    /// `SIGNUP_ALLOWED_FIELDS`: body fields a signed request may set (custom fields as
+    /// `fields.<label>`, or `fields` for all); unset: all.
+    pub allowed_fields: Option<Vec<String>>,
+    /// `SIGNUP_ALLOWED_TAGS`: tag ids or names a signed request may ask for; unset: all.
+    pub allowed_tags: Option<Vec<String>>,
+    /// `KEAP_WELCOME_RECHECK_SECONDS`: after a send whose outcome is unknown (5xx, timeout),
+    /// how long until an email missing from Keap's sent-email listing counts as not sent.
+    pub welcome_recheck_after: Duration,
+    /// `KEAP_WELCOME_GOAL_SENDS_EMAIL` (default true): the goal's campaign sends an email when
+    /// it starts, so Keap's sent-email listing tells whether an uncertain achievement went
+    /// through. `false`: such an achievement is never repeated (at most once).
+    pub welcome_goal_sends_email: bool,
+}
+
+impl Default for SignupOptions {
+    fn default() -> Self {
+        Self {
+            welcome_goal: None,
+            welcome_template: None,
+            create_custom_fields: false,
+            create_lead_sources: false,
+            utm_fields: Vec::new(),
+            utm_v2_source_id: None,
+            allowed_fields: None,
+            allowed_tags: None,
+            welcome_recheck_after: Duration::from_secs(900),
+            welcome_goal_sends_email: true,
+        }
+    }
+}
+
+fn flag(name: &'static str) -> Result<bool, ConfigError> {
+    match var(name).map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        None | Some("false") | Some("0") | Some("no") => Ok(false),
+        Some("true") | Some("1") | Some("yes") => Ok(true),
+        Some(other) => Err(ConfigError::Invalid {
+            name,
+            reason: format!("{other:?} is neither true nor false"),
+        }),
+    }
+}
+
+fn list(name: &'static str) -> Option<Vec<String>> {
+    var(name).map(|v| {
+        v.split(',')
+            .map(str::trim)
+            .filter(|item| !item.is_empty())
+            .map(str::to_owned)
+            .collect()
+    })
+}
+
+impl SignupOptions {
+    fn from_env(welcome_email: Option<&WelcomeEmail>) -> Result<Self, ConfigError> {
+        let defaults = Self::default();
+        let welcome_goal = var("KEAP_WELCOME_GOAL")
+            .map(|text| {
+                WelcomeGoal::parse(&text).map_err(|reason| ConfigError::Invalid {
+                    name: "KEAP_WELCOME_GOAL",
+                    reason,
+                })
+            })
+            .transpose()?;
+        let positive = |name: &'static str, text: String| {
+            text.trim()
+                .parse::<i64>()
+                .ok()
+                .filter(|id| *id > 0)
+                .ok_or(ConfigError::Invalid {
+                    name,
+                    reason: format!("{text:?} is not a positive integer"),
+                })
+        };
+        let welcome_template = match var("KEAP_WELCOME_TEMPLATE_ID") {
+            None => None,
+            Some(id) => {
+                let template_id = positive("KEAP_WELCOME_TEMPLATE_ID", id)?;
+                let user_id = match var("KEAP_WELCOME_TEMPLATE_USER_ID") {
+                    Some(user) => positive("KEAP_WELCOME_TEMPLATE_USER_ID", user)?,
+                    None => welcome_email.map(|e| e.user_id).ok_or(ConfigError::Missing {
+                        name: "KEAP_WELCOME_TEMPLATE_USER_ID",
+                    })?,
+                };
+                Some(WelcomeTemplate { template_id, user_id })
+            }
+        };
+        let mut utm_fields = Vec::new();
+        for entry in list("KEAP_UTM_FIELDS").unwrap_or_default() {
+            let (name, label) = entry.split_once('=').ok_or(ConfigError::Invalid {
+                name: "KEAP_UTM_FIELDS",
+                reason: format!("{entry:?} is not <parameter>=<custom field label>"),
+            })?;
+            let name = name.trim().trim_start_matches("utm_").to_owned();
+            if !["source", "medium", "campaign", "term", "content"].contains(&name.as_str()) {
+                return Err(ConfigError::Invalid {
+                    name: "KEAP_UTM_FIELDS",
+                    reason: format!("{name:?} is not one of source, medium, campaign, term, content"),
+                });
+            }
+            utm_fields.push((name, label.trim().to_owned()));
+        }
+        Ok(Self {
+            welcome_goal,
+            welcome_template,
+            create_custom_fields: flag("KEAP_CREATE_CUSTOM_FIELDS")?,
+            create_lead_sources: flag("KEAP_CREATE_LEAD_SOURCES")?,
+            utm_fields,
+            utm_v2_source_id: var("KEAP_UTM_V2_SOURCE_ID"),
+            allowed_fields: list("SIGNUP_ALLOWED_FIELDS"),
+            allowed_tags: list("SIGNUP_ALLOWED_TAGS"),
+            welcome_recheck_after: seconds("KEAP_WELCOME_RECHECK_SECONDS", defaults.welcome_recheck_after)?,
+            welcome_goal_sends_email: match var("KEAP_WELCOME_GOAL_SENDS_EMAIL") {
+                None => defaults.welcome_goal_sends_email,
+                Some(_) => flag("KEAP_WELCOME_GOAL_SENDS_EMAIL")?,
+            },
+        })
+    }
 }
 
 /// Optional direct welcome email, for accounts without a tag-triggered automation.
@@ -221,6 +415,7 @@ impl Config {
             refresh_backoff_max: Duration::from_secs(7200),
             signup_retry_budget: Duration::from_millis(2000),
             welcome_email: None,
+            signup_options: SignupOptions::default(),
         }
     }
 
@@ -302,6 +497,7 @@ impl Config {
             refresh_backoff_min: seconds("KEAP_REFRESH_BACKOFF_MIN_SECONDS", defaults.refresh_backoff_min)?,
             refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", defaults.refresh_backoff_max)?,
             signup_retry_budget: millis("KEAP_SIGNUP_RETRY_BUDGET_MS", defaults.signup_retry_budget)?,
+            signup_options: SignupOptions::from_env(welcome_email.as_ref())?,
             welcome_email,
         };
         config.validate()?;
@@ -327,6 +523,10 @@ impl Config {
             ("KEAP_REFRESH_BACKOFF_MIN_SECONDS", self.refresh_backoff_min),
             ("KEAP_REFRESH_BACKOFF_MAX_SECONDS", self.refresh_backoff_max),
             ("KEAP_SIGNUP_RETRY_BUDGET_MS", self.signup_retry_budget),
+            (
+                "KEAP_WELCOME_RECHECK_SECONDS",
+                self.signup_options.welcome_recheck_after,
+            ),
         ] {
             bounded(name, value)?;
         }
@@ -519,6 +719,38 @@ mod tests {
             }
         }
         assert!(bounded("KEAP_LEASE_SECONDS", MAX_SETTING).is_ok());
+    }
+
+    #[test]
+    fn welcome_goals_parse_both_forms_and_refuse_the_rest() {
+        assert_eq!(
+            WelcomeGoal::parse("relay:signup").unwrap(),
+            WelcomeGoal::Named {
+                integration: "relay".into(),
+                call_name: "signup".into()
+            }
+        );
+        assert_eq!(
+            WelcomeGoal::parse("automation:12:34").unwrap(),
+            WelcomeGoal::Automation {
+                automation_id: 12,
+                goal_id: 34
+            }
+        );
+        assert_eq!(WelcomeGoal::parse(" relay:signup ").unwrap().label(), "relay:signup");
+        for bad in [
+            "",
+            "relay",
+            ":signup",
+            "relay:",
+            "automation:12",
+            "automation:x:1",
+            "automation:0:1",
+            "a b:c",
+            "a/b:c",
+        ] {
+            assert!(WelcomeGoal::parse(bad).is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -67,6 +67,20 @@ pub fn count_line(metric: &str, function_name: impl Into<String>) -> String {
         .to_line(SystemTime::now())
 }
 
+/// Count 1 per achievement of `KEAP_WELCOME_GOAL` that no published campaign listens to (a
+/// configuration mistake: nothing started), from signup and signup-retry. Alarmed by
+/// `WelcomeGoalWithoutListenerAlarm` in template.yaml, dimension `FunctionName`.
+pub const WELCOME_GOAL_WITHOUT_LISTENER: &str = "WelcomeGoalWithoutListener";
+
+/// [`WELCOME_GOAL_WITHOUT_LISTENER`] = 1 as a line for stdout, stamped now, with the goal.
+pub fn welcome_goal_without_listener_line(function_name: impl Into<String>, goal: &str) -> String {
+    EmfRecord::new(NAMESPACE)
+        .dimension("FunctionName", function_name)
+        .metric(WELCOME_GOAL_WITHOUT_LISTENER, Unit::Count, 1.0)
+        .property("goal", goal)
+        .to_line(SystemTime::now())
+}
+
 /// Count 1 per failed administrator login (HTTP Basic credentials presented and refused on
 /// `/oauth/start` or `/status`), from the oauth function. Alarmed by `AdminLoginFailuresAlarm` in
 /// template.yaml, dimension `FunctionName`.

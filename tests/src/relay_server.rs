@@ -126,6 +126,13 @@ pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> 
             subject: "Welcome".into(),
             html_body: "<p>Welcome aboard.</p>".into(),
         }),
+        // Any custom field label or lead source name a schema-valid body carries is created,
+        // so such a body is taken (openapi.yaml; scripts/check-hostile.sh).
+        signup_options: keap_relay::config::SignupOptions {
+            create_custom_fields: true,
+            create_lead_sources: true,
+            ..Default::default()
+        },
         ..Config::defaults()
     }
 }

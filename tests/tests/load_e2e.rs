@@ -19,6 +19,12 @@
 //! logged (at TRACE for the relay's crates) holds no token or secret. Last, the one case
 //! that may end in `needs_reauth`: a refresh answer lost on the way back.
 //!
+//! The welcome: `LOAD_E2E_WELCOME=email` (default: the direct email) or `goal` (an API goal
+//! whose campaign sends an email when it starts). Half the injected 5xx answers to a send come
+//! after the email went out, and Keap lists a sent email only after a delay: every contact in
+//! Keap must have exactly one welcome, as the sandbox counts them (`missed_welcomes`,
+//! `duplicate_welcomes` in the report).
+//!
 //! Size: `LOAD_E2E_SIGNUPS` (default 300), `LOAD_E2E_RATE` (arrivals per second, 25),
 //! `LOAD_E2E_FAULT_MS` (mean time between fault switches, 700 ms), `LOAD_E2E_SIGNUP_PROCESSES`
 //! (4), `LOAD_E2E_RETRY_PROCESSES` (2), `LOAD_E2E_SEED`. The report is printed and written to
@@ -66,6 +72,20 @@ const REFRESH_EVERY: Duration = Duration::from_millis(1500);
 const NO_KILL_AFTER_EXPIRY: Duration = Duration::from_secs(5);
 /// At most this many attempts per signup by the sender.
 const ATTEMPTS: usize = 8;
+/// Of the injected 5xx answers to an email send or goal achievement, the share sent after it
+/// went out.
+const SENT_DESPITE_5XX: f64 = 0.5;
+/// How long after an email went out Keap's sandbox lists it.
+const LISTING_DELAY: Duration = Duration::from_millis(300);
+/// `KEAP_WELCOME_RECHECK_SECONDS`, compressed as the queue's times are.
+const WELCOME_RECHECK_SECS: &str = "2";
+
+/// The welcome model: sends that may go out despite a 5xx, and a delayed sent-email listing
+/// (set again after every "faults cleared").
+fn welcome_model(sandbox: &Sandbox) {
+    sandbox.faults().set_sent_despite_5xx_rate(SENT_DESPITE_5XX);
+    sandbox.faults().set_sent_listing_delay(LISTING_DELAY);
+}
 
 /// The signup queue and its dead-letter queue, as template.yaml declares them (times
 /// compressed).
@@ -388,6 +408,7 @@ impl FaultSwitch {
             }
             _ => {
                 self.sandbox.faults().clear();
+                welcome_model(&self.sandbox);
                 self.proxy.clear();
                 "faults cleared"
             }
@@ -483,6 +504,11 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let signup_processes = env_number("LOAD_E2E_SIGNUP_PROCESSES", 4).max(1) as usize;
     let retry_processes = env_number("LOAD_E2E_RETRY_PROCESSES", 2).max(1) as usize;
     let seed = env_number("LOAD_E2E_SEED", 20_261_122);
+    let goal_mode = match std::env::var("LOAD_E2E_WELCOME").as_deref() {
+        Ok("goal") => true,
+        Ok("email") | Err(_) => false,
+        Ok(other) => panic!("LOAD_E2E_WELCOME={other}: expected email or goal"),
+    };
 
     let bin_dir = relay_tests::lambda_pool::build_function_binaries(&["signup", "signup-retry", "refresh"]);
     let scratch = TempDir::new("load-e2e");
@@ -507,7 +533,25 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let operator = seed::token_source(store.clone(), TOKEN_SECRET_ID, &sandbox.token_url(), operator_settings).unwrap();
     let first_generation = operator.status().await.unwrap().generation.unwrap();
     let queues = Queues::create(&moto.endpoint).await;
+    if goal_mode {
+        sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
+    }
+    welcome_model(&sandbox);
     sandbox.reset_stats();
+    let welcome_vars: &[(&str, &str)] = if goal_mode {
+        &[
+            ("KEAP_WELCOME_GOAL", "relay:signup"),
+            ("KEAP_WELCOME_EMAIL_SUBJECT", ""),
+            ("KEAP_WELCOME_EMAIL_USER_ID", ""),
+            ("KEAP_WELCOME_EMAIL_HTML", ""),
+        ]
+    } else {
+        &[
+            ("KEAP_WELCOME_EMAIL_SUBJECT", "Welcome aboard"),
+            ("KEAP_WELCOME_EMAIL_USER_ID", "1"),
+            ("KEAP_WELCOME_EMAIL_HTML", "<p>Welcome!</p>"),
+        ]
+    };
 
     // template.yaml's environment, aimed at the sandbox, moto's SQS and (through the fault
     // proxy) moto's Secrets Manager.
@@ -528,9 +572,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         let overrides = [
             ("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint.as_str()),
             ("SIGNUP_QUEUE_URL", queues.main.as_str()),
-            ("KEAP_WELCOME_EMAIL_SUBJECT", "Welcome aboard"),
-            ("KEAP_WELCOME_EMAIL_USER_ID", "1"),
-            ("KEAP_WELCOME_EMAIL_HTML", "<p>Welcome!</p>"),
+            ("KEAP_WELCOME_RECHECK_SECONDS", WELCOME_RECHECK_SECS),
             ("KEAP_HTTP_TIMEOUT_SECONDS", "3"),
             ("KEAP_LEASE_SECONDS", "20"),
             // Keap fails every few seconds here: a short shared backoff keeps the run short.
@@ -541,7 +583,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
                 "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace",
             ),
         ];
-        for (name, value) in overrides.iter().chain(extra) {
+        for (name, value) in overrides.iter().chain(welcome_vars).chain(extra) {
             vars.retain(|(n, _)| n != name);
             vars.push(((*name).to_owned(), (*value).to_owned()));
         }
@@ -641,6 +683,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         .expect("the injector stops")
         .unwrap();
     sandbox.faults().clear();
+    welcome_model(&sandbox);
     proxy.clear();
     eprintln!(
         "load_e2e: stream done in {:.0} s; draining the queue",
@@ -675,14 +718,28 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let welcome_tags = tag_ids_named(&sandbox, WELCOME_TAG).await;
     let mut tally = BTreeMap::<&'static str, u64>::new();
     let mut problems = Vec::new();
+    let (mut missed_welcomes, mut duplicate_welcomes) = (0u64, 0u64);
     for (email, fate) in &fates {
         let contact = sandbox.contact_by_email(email);
-        let emails_received = contact.as_ref().map_or(0, |c| c.emails_received);
-        if emails_received > 1 {
-            problems.push(format!("{email} got {emails_received} welcome emails"));
+        // Counted by the sandbox per contact: emails received (the direct email, or the
+        // campaign's), and in goal mode the campaign starts too.
+        let welcomes = contact.as_ref().map_or(0, |c| {
+            if goal_mode {
+                c.goals_achieved.max(c.emails_received)
+            } else {
+                c.emails_received
+            }
+        });
+        if welcomes > 1 {
+            duplicate_welcomes += 1;
+            problems.push(format!("{email} got {welcomes} welcomes"));
+        }
+        if welcomes == 0 && contact.is_some() {
+            missed_welcomes += 1;
+            problems.push(format!("{email} is in Keap and got no welcome"));
         }
         *tally
-            .entry(if emails_received == 1 {
+            .entry(if welcomes == 1 {
                 "welcome_emails_received"
             } else {
                 "no_welcome_email"
@@ -828,6 +885,14 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         "secrets_checked": secrets.len(),
         "secrets_found_in_logs": leaked,
         "dropped_refresh_answer": dropped_case,
+        "welcome": {
+            "mode": if goal_mode { "goal" } else { "email" },
+            "missed_welcomes": missed_welcomes,
+            "duplicate_welcomes": duplicate_welcomes,
+            "sends_that_went_out_despite_a_5xx": stats.sent_despite_5xx,
+            "campaigns_started": stats.campaigns_started,
+            "sent_email_listings_read": stats.calls_to("GET", "/crm/rest/v1/emails"),
+        },
         "stream_seconds": stream_time.as_secs_f64(),
         "drain_seconds": drain_time.as_secs_f64(),
         "left_in_queue_after_drain": left,
@@ -843,6 +908,11 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     }
 
     assert_eq!(left, 0, "the queue drains once Keap and the store are healthy");
+    assert_eq!(
+        (missed_welcomes, duplicate_welcomes),
+        (0, 0),
+        "every contact in Keap is welcomed exactly once"
+    );
 
     assert!(
         problems.is_empty(),

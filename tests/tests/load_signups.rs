@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use keap_relay::app::App;
 use keap_relay::signup::signature;
-use keap_relay::signup::{QueueError, QueuedSignup, SignupQueue};
+use keap_relay::signup::{QueueError, QueuedSignup, QueuedWelcome, SignupQueue};
 use keap_relay::store::memory::{FaultPoint, MemoryStore};
 use keap_relay::store::{SecretStore, StoreOp};
 use keap_relay::token::{Credential, RotationPolicy};
@@ -61,15 +61,24 @@ struct QueueState {
     dead: Vec<(String, String)>,
 }
 
-#[async_trait]
-impl SignupQueue for SqsLike {
-    async fn enqueue(&self, signup: &QueuedSignup, _delay: Duration) -> Result<(), QueueError> {
+impl SqsLike {
+    fn push(&self, body: String, delay: Duration) {
         let mut state = self.inner.lock().unwrap();
         state.next_id += 1;
         let id = format!("m-{}", state.next_id);
-        state
-            .waiting
-            .push((id, signup.to_message(), 0, std::time::Instant::now()));
+        state.waiting.push((id, body, 0, std::time::Instant::now() + delay));
+    }
+}
+
+#[async_trait]
+impl SignupQueue for SqsLike {
+    async fn enqueue(&self, signup: &QueuedSignup, _delay: Duration) -> Result<(), QueueError> {
+        self.push(signup.to_message(), Duration::ZERO);
+        Ok(())
+    }
+
+    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, delay: Duration) -> Result<(), QueueError> {
+        self.push(welcome.to_message(), delay);
         Ok(())
     }
 }

@@ -12,6 +12,12 @@
 //! Once Keap is found unavailable, the remaining records of the batch are failed without
 //! calling Keap: they come back after the visibility timeout.
 //!
+//! A welcome queued on its own (`{"welcome": "email" | "template" | "goal", "contact_id", …}`, see
+//! [`keap_relay::signup::QueuedWelcome`]) goes through [`SignupService::retry_welcome`]: when the
+//! last send may have gone out, Keap's sent-email listing is read first; a welcome that is not
+//! listed yet and may still be is sent back to the queue with a delay (a new message, since it
+//! may carry a new send time) and acknowledged.
+//!
 //! Keap *not connected* (never connected, or waiting for an administrator to re-authorize) is
 //! different: that can last days, far longer than `maxReceiveCount` redeliveries. So those
 //! signups are parked: sent again to the queue with SQS's longest delay and acknowledged,
@@ -21,7 +27,9 @@ use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use keap_relay::metrics;
-use keap_relay::signup::{QueuedSignup, SignupError, SignupQueue, SignupService};
+use keap_relay::signup::{
+    QueuedMessage, QueuedWelcome, SignupError, SignupQueue, SignupService, WelcomePart, WelcomeRetry,
+};
 
 /// How long a signup may wait for Keap to be reconnected before it goes to the dead-letter
 /// queue (the dead-letter queue then keeps it 14 days more).
@@ -43,9 +51,11 @@ enum Attempt {
     /// Keap could not take it now (why); SQS will redeliver it.
     Transient(String),
     /// No usable Keap connection: park it (see the module docs).
-    Disconnected(QueuedSignup),
+    Disconnected(QueuedMessage),
     /// It can never succeed; failed until SQS dead-letters it.
     Poison,
+    /// A welcome to look at again after `delay` (as this new message); Keap is fine.
+    Later(QueuedWelcome, Duration),
 }
 
 /// What this batch has learnt about Keap so far.
@@ -111,6 +121,7 @@ pub async fn handle_with_parking(
                 parked += usize::from(done);
                 done
             }
+            Attempt::Later(welcome, delay) => later(parking, &welcome, delay, message_id).await,
         };
         if !acknowledged {
             response.add_failure(message_id);
@@ -125,28 +136,49 @@ pub async fn handle_with_parking(
     Ok(response)
 }
 
-/// Sends a signup that waits for a reconnection back to the queue. False: leave it to SQS.
-async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_id: &str) -> bool {
+/// Sends a welcome to look at again back to the queue. False: leave it to SQS's redelivery.
+async fn later(parking: Option<&dyn SignupQueue>, welcome: &QueuedWelcome, delay: Duration, message_id: &str) -> bool {
     let Some(queue) = parking else { return false };
-    let waited = SystemTime::now()
-        .duration_since(queued.first_seen_at)
-        .unwrap_or_default();
+    match queue.enqueue_welcome(welcome, delay).await {
+        Ok(()) => {
+            tracing::info!(message_id, welcome_id = %welcome.id, delay_s = delay.as_secs(), "welcome sent back to the queue to check again");
+            true
+        }
+        Err(error) => {
+            tracing::warn!(message_id, %error, "could not send the welcome back to the queue; SQS will redeliver it");
+            false
+        }
+    }
+}
+
+/// Sends a message that waits for a reconnection back to the queue. False: leave it to SQS.
+async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedMessage, message_id: &str) -> bool {
+    let Some(queue) = parking else { return false };
+    let (id, first_seen_at) = match queued {
+        QueuedMessage::Signup(signup) => (signup.id, signup.first_seen_at),
+        QueuedMessage::Welcome(welcome) => (welcome.id, welcome.first_seen_at),
+    };
+    let waited = SystemTime::now().duration_since(first_seen_at).unwrap_or_default();
     if waited > PARK_LIMIT {
         tracing::error!(
             message_id,
-            signup_id = %queued.id,
+            signup_id = %id,
             waited_hours = waited.as_secs() / 3600,
             "Keap has not been reconnected for too long; leaving this signup to the dead-letter queue"
         );
         return false;
     }
-    match queue.enqueue(queued, PARK_DELAY).await {
+    let parked = match queued {
+        QueuedMessage::Signup(signup) => queue.enqueue(signup, PARK_DELAY).await,
+        QueuedMessage::Welcome(welcome) => queue.enqueue_welcome(welcome, PARK_DELAY).await,
+    };
+    match parked {
         Ok(()) => {
-            tracing::info!(message_id, signup_id = %queued.id, "Keap is not connected; signup parked until it is");
+            tracing::info!(message_id, signup_id = %id, "Keap is not connected; signup parked until it is");
             true
         }
         Err(error) => {
-            tracing::warn!(message_id, signup_id = %queued.id, %error, "could not park the signup; SQS will redeliver it");
+            tracing::warn!(message_id, signup_id = %id, %error, "could not park the signup; SQS will redeliver it");
             false
         }
     }
@@ -161,9 +193,9 @@ fn receive_count(record: &SqsMessage) -> &str {
         .unwrap_or("?")
 }
 
-fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
+fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedMessage> {
     let receive_count = receive_count(record);
-    match QueuedSignup::from_message(record.body.as_deref().unwrap_or_default()) {
+    match QueuedMessage::from_message(record.body.as_deref().unwrap_or_default()) {
         Ok(queued) => Some(queued),
         Err(invalid) => {
             tracing::error!(
@@ -181,8 +213,12 @@ fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
 
 async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> Attempt {
     let receive_count = receive_count(record);
-    let Some(queued) = parse(record, message_id) else {
-        return Attempt::Poison;
+    let queued = match parse(record, message_id) {
+        None => return Attempt::Poison,
+        Some(QueuedMessage::Signup(queued)) => *queued,
+        Some(QueuedMessage::Welcome(welcome)) => {
+            return retry_welcome(welcome, message_id, receive_count, service).await;
+        }
     };
     let signup_id = queued.id.to_string();
     match service.process(&queued.signup).await {
@@ -196,7 +232,7 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
             );
             Attempt::Delivered
         }
-        Err(error @ SignupError::Rejected { .. }) => {
+        Err(error @ (SignupError::Rejected { .. } | SignupError::Invalid { .. })) => {
             tracing::error!(
                 message_id,
                 signup_id,
@@ -210,7 +246,7 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
         }
         Err(error @ SignupError::NotConnected { .. }) => {
             tracing::warn!(message_id, signup_id, receive_count, reason = %error, "Keap is not connected");
-            Attempt::Disconnected(queued)
+            Attempt::Disconnected(QueuedMessage::Signup(Box::new(queued)))
         }
         Err(error) => {
             tracing::warn!(message_id, signup_id, receive_count, code = error.code(), reason = %error, "Keap cannot take queued signups now");
@@ -219,6 +255,79 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup-retry".into());
                 println!("{}", metrics::quota_exceeded_line(function));
             }
+            Attempt::Transient(error.to_string())
+        }
+    }
+}
+
+async fn retry_welcome(
+    welcome: QueuedWelcome,
+    message_id: &str,
+    receive_count: &str,
+    service: &SignupService,
+) -> Attempt {
+    let (welcome_id, contact_id, part) = (welcome.id.to_string(), welcome.contact_id, welcome.part.as_str());
+    let welcome_part = welcome.part;
+    match service.retry_welcome(&welcome).await {
+        Ok(WelcomeRetry::Sent { started }) => {
+            if welcome_part == WelcomePart::Goal && started.is_empty() {
+                // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
+                let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup-retry".into());
+                let goal = service.welcome_goal_label().unwrap_or_default();
+                println!("{}", metrics::welcome_goal_without_listener_line(function, &goal));
+            }
+            let campaigns: Vec<i64> = started.iter().map(|s| s.campaign_id).collect();
+            tracing::info!(
+                message_id,
+                welcome_id,
+                contact_id,
+                part,
+                ?campaigns,
+                "queued welcome sent"
+            );
+            Attempt::Delivered
+        }
+        Ok(WelcomeRetry::AlreadySent) => {
+            tracing::info!(
+                message_id,
+                welcome_id,
+                contact_id,
+                part,
+                "queued welcome was sent earlier after all"
+            );
+            Attempt::Delivered
+        }
+        Ok(WelcomeRetry::NotConfigured) => {
+            tracing::warn!(
+                message_id,
+                welcome_id,
+                contact_id,
+                part,
+                "this deployment no longer sends this welcome; dropping it"
+            );
+            Attempt::Delivered
+        }
+        Ok(WelcomeRetry::Later { welcome, delay }) => Attempt::Later(welcome, delay),
+        Err(error @ (SignupError::Rejected { .. } | SignupError::Invalid { .. })) => {
+            tracing::error!(
+                message_id,
+                welcome_id,
+                contact_id,
+                part,
+                receive_count,
+                poison = true,
+                code = error.code(),
+                reason = %error,
+                "Keap refuses this welcome; failing it so it reaches the dead-letter queue"
+            );
+            Attempt::Poison
+        }
+        Err(error @ SignupError::NotConnected { .. }) => {
+            tracing::warn!(message_id, welcome_id, receive_count, reason = %error, "Keap is not connected");
+            Attempt::Disconnected(QueuedMessage::Welcome(welcome))
+        }
+        Err(error) => {
+            tracing::warn!(message_id, welcome_id, receive_count, code = error.code(), reason = %error, "Keap cannot take queued welcomes now");
             Attempt::Transient(error.to_string())
         }
     }

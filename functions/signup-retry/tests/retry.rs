@@ -38,6 +38,7 @@ async fn setup(api_key: &str) -> (Sandbox, SignupService) {
             html_body: "<p>Hi</p>".into(),
         }),
         retry_budget: Duration::from_millis(300),
+        options: Default::default(),
     };
     let service = SignupService::new(
         api,

@@ -66,6 +66,7 @@ async fn a_signup_queued_in_sqs_is_delivered_by_signup_retry() {
     let credentials = Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY)));
     let settings = SignupSettings {
         retry_budget: Duration::from_millis(300),
+        options: Default::default(),
         ..SignupSettings::default()
     };
     let service = SignupService::new(api, credentials, settings);

@@ -1,7 +1,8 @@
 //! `POST /signup` (API Gateway HTTP API, payload v2).
 //!
 //! Checks run cheapest first and each has its own answer: 405 method, 413 size, 415 content
-//! type, 401 signature, 400 body; then the signup goes to Keap (201/200), is refused by Keap
+//! type, 401 signature, 400 body; then the signup goes to Keap (201/200), names a custom field,
+//! lead source, field or tag Keap or the deployment does not take (400), is refused by Keap
 //! (422), or, when Keap cannot take it now, is queued (202) or answered 503 with `Retry-After`.
 //! No input leads to a 500 or a panic.
 
@@ -204,12 +205,25 @@ async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, deps
                 created = outcome.created,
                 "signup sent to Keap"
             );
+            if let Some(goal) = outcome
+                .welcome_goal
+                .as_ref()
+                .filter(|g| g.status == keap_relay::signup::GoalStatus::NoListener)
+            {
+                // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
+                let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into());
+                println!("{}", metrics::welcome_goal_without_listener_line(function, &goal.goal));
+            }
             let status = if outcome.created {
                 StatusCode::CREATED
             } else {
                 StatusCode::OK
             };
             json_response(status, &outcome)
+        }
+        Err(SignupError::Invalid { code, message }) => {
+            tracing::info!(code, %message, "the signup asks for something Keap or this deployment does not take");
+            error(StatusCode::BAD_REQUEST, code, &message)
         }
         Err(SignupError::Rejected { status, message }) => {
             tracing::info!(keap_status = status, %message, "Keap refused the contact");

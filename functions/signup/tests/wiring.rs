@@ -6,7 +6,7 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{SIGNING_KEY, event, now, request, signed_file, signed_with};
+use common::{SIGNING_KEY, request, signed_file};
 use keap_relay::SecretString;
 use keap_relay::app::App;
 use keap_relay::config::{AuthMode, Config, WelcomeEmail, local_config};
@@ -76,7 +76,7 @@ async fn oauth_mode_refreshes_after_a_401_and_the_signup_goes_through() {
 
     // Keap stops honouring the cached access token: 401, store re-read, one refresh, retry.
     sandbox.expire_access_tokens();
-    let (status, body) = status_and_code(&deps, signed_a_second_earlier("signup-valid.json")).await;
+    let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let stats = sandbox.stats();
     assert_eq!((stats.unauthorized, stats.refreshes_served), (1, 1));
@@ -105,7 +105,7 @@ async fn a_401_on_the_token_another_process_stored_refreshes_that_one_instead_of
     sandbox.expire_access_tokens();
 
     // 401 on the cached token, 401 on the stored one, then a refresh of the stored one.
-    let (status, body) = status_and_code(&deps, signed_a_second_earlier("signup-valid.json")).await;
+    let (status, body) = status_and_code(&deps, signed_file("signup-valid.json")).await;
     assert_eq!(status, StatusCode::OK, "{body}");
     let stats = sandbox.stats();
     assert_eq!((stats.unauthorized, stats.refreshes_served), (2, 2));
@@ -161,9 +161,4 @@ async fn without_a_signing_key_every_signup_is_503_and_nothing_reaches_keap() {
     let (status, _) = status_and_code(&deps, request(&common::event("signup-wrong-method.json"))).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
     assert!(sandbox.stats().calls.is_empty());
-}
-
-/// The sender's next signup of the same body: a new signed request, not a replay.
-fn signed_a_second_earlier(name: &str) -> lambda_http::Request {
-    signed_with(&event(name), SIGNING_KEY, now() - 1)
 }

@@ -99,7 +99,67 @@ pub struct ContactUpsert {
     pub family_name: Option<String>,
     /// When set, the address is made marketable (if its status allows) with this reason.
     pub opt_in_reason: Option<String>,
+    pub phone: Option<String>,
+    /// Written as `company_name` (v1 takes a company only by id; see docs/welcome-and-fields.md).
+    pub company: Option<String>,
+    pub job_title: Option<String>,
+    pub website: Option<String>,
+    pub lead_source_id: Option<i64>,
+    /// The person's IP, as `origin.ip_address` (Keap's consent record).
+    pub ip_address: Option<std::net::IpAddr>,
+    /// `(custom field id, content)`.
+    pub custom_fields: Vec<(i64, serde_json::Value)>,
 }
+
+/// A contact custom field (v1 `CustomFieldMetaData`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct CustomFieldMeta {
+    pub id: i64,
+    #[serde(default)]
+    pub label: String,
+    #[serde(default)]
+    pub field_type: String,
+    /// Option labels (Dropdown, Radio, ListBox).
+    #[serde(default, deserialize_with = "option_labels")]
+    pub options: Vec<String>,
+}
+
+fn option_labels<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    struct Option_ {
+        #[serde(default)]
+        label: Option<String>,
+    }
+    let options: Option<Vec<Option_>> = Option::deserialize(deserializer)?;
+    Ok(options
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|o| o.label)
+        .collect())
+}
+
+/// One campaign (v1) or automation (v2) that an achieved goal started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GoalStart {
+    /// v1 `campaign_id`, v2 `automation_id`.
+    pub campaign_id: i64,
+    pub goal_id: i64,
+    pub success: bool,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// An email Keap lists as sent (v1 `EmailSentQueryResult`).
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct SentEmail {
+    #[serde(default)]
+    pub subject: Option<String>,
+    #[serde(default)]
+    pub sent_date: Option<String>,
+}
+
+/// How a goal is achieved (see `config::WelcomeGoal`).
+pub use crate::config::WelcomeGoal as GoalRef;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct UpsertedContact {
@@ -143,6 +203,26 @@ struct UpsertBody<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     opt_in_reason: Option<&'a str>,
     source_type: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    phone_numbers: Option<[PhoneBody<'a>; 1]>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    company_name: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    job_title: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    website: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lead_source_id: Option<i64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    origin: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    custom_fields: Vec<serde_json::Value>,
+}
+
+#[derive(Serialize)]
+struct PhoneBody<'a> {
+    number: &'a str,
+    field: &'static str,
 }
 
 #[derive(Deserialize)]
@@ -200,6 +280,25 @@ impl KeapApi {
             family_name: contact.family_name.as_deref(),
             opt_in_reason: contact.opt_in_reason.as_deref(),
             source_type: "API",
+            phone_numbers: contact.phone.as_deref().map(|number| {
+                [PhoneBody {
+                    number,
+                    field: "PHONE1",
+                }]
+            }),
+            company_name: contact.company.as_deref(),
+            job_title: contact.job_title.as_deref(),
+            website: contact.website.as_deref(),
+            lead_source_id: contact.lead_source_id,
+            origin: contact.ip_address.map(|ip| {
+                let now = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+                serde_json::json!({ "ip_address": ip.to_string(), "date": now })
+            }),
+            custom_fields: contact
+                .custom_fields
+                .iter()
+                .map(|(id, content)| serde_json::json!({ "id": id, "content": content }))
+                .collect(),
         };
         let request = self.http.put(self.url("/v1/contacts")).json(&body);
         let response = self.send(OP, credential, request).await?;
@@ -282,6 +381,208 @@ impl KeapApi {
         self.send(OP, credential, request).await.map(drop)
     }
 
+    /// The contact custom fields of the account (v1 `GET /v1/contacts/model`).
+    pub async fn contact_model(&self, credential: &Credential) -> Result<Vec<CustomFieldMeta>, ApiError> {
+        const OP: &str = "contact model";
+        #[derive(Deserialize)]
+        struct Model {
+            #[serde(default)]
+            custom_fields: Vec<CustomFieldMeta>,
+        }
+        let request = self.http.get(self.url("/v1/contacts/model"));
+        let response = self.send(OP, credential, request).await?;
+        let model: Model = read_json(OP, response).await?;
+        Ok(model.custom_fields)
+    }
+
+    /// Creates a text custom field on contacts (v1 `POST /v1/contacts/model/customFields`).
+    pub async fn create_custom_field(&self, credential: &Credential, label: &str) -> Result<CustomFieldMeta, ApiError> {
+        const OP: &str = "custom field creation";
+        let request = self
+            .http
+            .post(self.url("/v1/contacts/model/customFields"))
+            .json(&serde_json::json!({ "label": label, "field_type": "Text" }));
+        let response = self.send(OP, credential, request).await?;
+        read_json(OP, response).await
+    }
+
+    /// The id of the lead source with this name (v2 `GET /v2/leadSources?filter=name==…`).
+    pub async fn find_lead_source(&self, credential: &Credential, name: &str) -> Result<Option<i64>, ApiError> {
+        const OP: &str = "lead source lookup";
+        #[derive(Deserialize)]
+        struct Entry {
+            id: serde_json::Value,
+            #[serde(default)]
+            name: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            lead_sources: Vec<Entry>,
+        }
+        // A name holding the filter language's own characters cannot be put in a filter: then
+        // the first page of all lead sources is read and matched here.
+        let request = if name.contains([';', '*', '=', ',']) {
+            self.http
+                .get(self.url("/v2/leadSources"))
+                .query(&[("page_size", "1000")])
+        } else {
+            let filter = format!("name=={name}");
+            self.http
+                .get(self.url("/v2/leadSources"))
+                .query(&[("filter", filter.as_str())])
+        };
+        let response = self.send(OP, credential, request).await?;
+        let list: List = read_json(OP, response).await?;
+        let exact = list.lead_sources.iter().find(|l| l.name.as_deref() == Some(name));
+        let folded = || {
+            list.lead_sources
+                .iter()
+                .find(|l| l.name.as_deref().is_some_and(|n| n.eq_ignore_ascii_case(name)))
+        };
+        exact.or_else(folded).map(|l| v2_id(OP, &l.id)).transpose()
+    }
+
+    /// Creates a lead source (v2 `POST /v2/leadSources`) and returns its id.
+    pub async fn create_lead_source(&self, credential: &Credential, name: &str) -> Result<i64, ApiError> {
+        const OP: &str = "lead source creation";
+        let request = self
+            .http
+            .post(self.url("/v2/leadSources"))
+            .json(&serde_json::json!({ "name": name, "status": "ACTIVE" }));
+        let response = self.send(OP, credential, request).await?;
+        let created: serde_json::Value = read_json(OP, response).await?;
+        v2_id(OP, created.get("id").unwrap_or(&serde_json::Value::Null))
+    }
+
+    /// Achieves an API goal for a contact: v1 `POST /v1/campaigns/goals/{integration}/{callName}`
+    /// or v2 `POST /v2/automations/goals/achieve`. One entry per campaign (automation) that
+    /// listens to the goal; none when no published one does.
+    pub async fn achieve_goal(
+        &self,
+        credential: &Credential,
+        goal: &GoalRef,
+        contact_id: i64,
+    ) -> Result<Vec<GoalStart>, ApiError> {
+        const OP: &str = "welcome goal";
+        #[derive(Deserialize)]
+        struct Result_ {
+            #[serde(default, alias = "automation_id")]
+            campaign_id: Option<i64>,
+            #[serde(default)]
+            goal_id: Option<i64>,
+            #[serde(default)]
+            success: Option<bool>,
+            #[serde(default)]
+            message: Option<String>,
+        }
+        #[derive(Deserialize)]
+        struct V2 {
+            #[serde(default)]
+            results: Vec<Result_>,
+        }
+        let results: Vec<Result_> = match goal {
+            GoalRef::Named { integration, call_name } => {
+                let path = format!(
+                    "/v1/campaigns/goals/{}/{}",
+                    url_segment(integration),
+                    url_segment(call_name)
+                );
+                let request = self
+                    .http
+                    .post(self.url(&path))
+                    .json(&serde_json::json!({ "contact_id": contact_id }));
+                let response = self.send(OP, credential, request).await?;
+                read_json(OP, response).await?
+            }
+            GoalRef::Automation { automation_id, goal_id } => {
+                let body = serde_json::json!({
+                    "contact_id": contact_id, "automation_id": automation_id, "goal_id": goal_id,
+                });
+                let request = self.http.post(self.url("/v2/automations/goals/achieve")).json(&body);
+                let response = self.send(OP, credential, request).await?;
+                read_json::<V2>(OP, response).await?.results
+            }
+        };
+        Ok(results
+            .into_iter()
+            .map(|r| GoalStart {
+                campaign_id: r.campaign_id.unwrap_or_default(),
+                goal_id: r.goal_id.unwrap_or_default(),
+                success: r.success.unwrap_or(false),
+                message: r
+                    .message
+                    .map(|m| m.chars().filter(|c| !c.is_control()).take(300).collect()),
+            })
+            .collect())
+    }
+
+    /// Sends a Keap email template to a contact (v2 `POST /v2/emails/templates:send`).
+    pub async fn send_template(
+        &self,
+        credential: &Credential,
+        template_id: i64,
+        user_id: i64,
+        contact_id: i64,
+    ) -> Result<(), ApiError> {
+        const OP: &str = "welcome template";
+        let body = serde_json::json!({
+            "template_id": template_id.to_string(),
+            "contact_ids": [contact_id.to_string()],
+            "user_id": user_id.to_string(),
+        });
+        let request = self.http.post(self.url("/v2/emails/templates:send")).json(&body);
+        self.send(OP, credential, request).await.map(drop)
+    }
+
+    /// Emails Keap lists as sent to a contact since `since` (v1 `GET /v1/emails`; Keap lists an
+    /// email once it went out, not when it was queued). At most 100, which is plenty to find a
+    /// welcome.
+    pub async fn sent_emails(
+        &self,
+        credential: &Credential,
+        contact_id: i64,
+        since: std::time::SystemTime,
+    ) -> Result<Vec<SentEmail>, ApiError> {
+        const OP: &str = "sent email listing";
+        #[derive(Deserialize)]
+        struct List {
+            #[serde(default)]
+            emails: Vec<SentEmail>,
+        }
+        let since = humantime::format_rfc3339_seconds(since).to_string();
+        let contact = contact_id.to_string();
+        let request = self.http.get(self.url("/v1/emails")).query(&[
+            ("contact_id", contact.as_str()),
+            ("since_sent_date", since.as_str()),
+            ("limit", "100"),
+        ]);
+        let response = self.send(OP, credential, request).await?;
+        Ok(read_json::<List>(OP, response).await?.emails)
+    }
+
+    /// Writes the contact's v2 `utm_parameters` (`PATCH /v2/contacts/{id}?update_mask=utm_parameters`).
+    pub async fn set_utm(
+        &self,
+        credential: &Credential,
+        contact_id: i64,
+        keap_source_id: &str,
+        utm: &[(&'static str, &str)],
+    ) -> Result<(), ApiError> {
+        const OP: &str = "utm parameters";
+        let mut parameters = serde_json::Map::new();
+        parameters.insert("keap_source_id".into(), keap_source_id.into());
+        for (name, value) in utm {
+            parameters.insert(format!("utm_{name}"), (*value).into());
+        }
+        let request = self
+            .http
+            .patch(self.url(&format!("/v2/contacts/{contact_id}")))
+            .query(&[("update_mask", "utm_parameters")])
+            .json(&serde_json::json!({ "utm_parameters": parameters }));
+        self.send(OP, credential, request).await.map(drop)
+    }
+
     /// One cheap authenticated call (`GET /v1/tags?limit=1`) that tells whether Keap accepts
     /// the credential; used by the scheduled function in api-key mode.
     pub async fn check_credential(&self, credential: &Credential) -> Result<(), ApiError> {
@@ -332,6 +633,24 @@ impl KeapApi {
             },
         })
     }
+}
+
+/// A v2 id: a string holding a number (or a number).
+fn v2_id(operation: &'static str, value: &serde_json::Value) -> Result<i64, ApiError> {
+    value
+        .as_i64()
+        .or_else(|| value.as_str().and_then(|s| s.trim().parse().ok()))
+        .ok_or_else(|| ApiError::Protocol {
+            operation,
+            detail: format!("id {value} is not a number"),
+        })
+}
+
+/// A path segment, percent-encoded.
+fn url_segment(text: &str) -> String {
+    form_urlencoded::byte_serialize(text.as_bytes())
+        .collect::<String>()
+        .replace('+', "%20")
 }
 
 fn transport_error(operation: &'static str, error: reqwest::Error) -> ApiError {

@@ -7,10 +7,12 @@
 //!   the first answer again.
 //! - [`SignupService`]: the one code path `signup` and `signup-retry` share.
 
+mod fields;
 pub mod queue;
 pub mod replay;
 pub mod request;
 pub mod signature;
+mod welcome;
 
 use std::collections::{BTreeMap, HashMap};
 use std::future::Future;
@@ -21,12 +23,16 @@ use backon::{ExponentialBuilder, Retryable};
 use serde::{Serialize, Serializer};
 use tokio::time::Instant;
 
-pub use queue::{MemoryQueue, QueueError, QueuedSignup, SignupQueue, SqsQueue};
+pub use queue::{
+    MemoryQueue, QueueError, QueuedMessage, QueuedSignup, QueuedWelcome, SignupQueue, SqsQueue, WelcomePart,
+};
 pub use replay::{Claim, DynamoReplayRecords, MemoryReplayRecords, RecordedAnswer, ReplayKey, ReplayRecords};
-pub use request::{InvalidSignup, Signup, TagRef};
+pub use request::{ContactDetails, FieldValue, InvalidSignup, LeadSourceRef, Signup, TagRef, Utm};
 
-use crate::config::{Config, WelcomeEmail};
-use crate::keap::api::{ApiError, ContactUpsert, KeapApi, QueuedEmail, TagApplyStatus};
+pub use welcome::WelcomeRetry;
+
+use crate::config::{Config, SignupOptions, WelcomeEmail};
+use crate::keap::api::{ApiError, ContactUpsert, GoalStart, KeapApi, TagApplyStatus};
 use crate::token::{Credential, CredentialSource, TokenError};
 
 /// What the service needs from the configuration.
@@ -38,6 +44,8 @@ pub struct SignupSettings {
     pub welcome_email: Option<WelcomeEmail>,
     /// Time one signup may spend retrying Keap's 429/5xx before giving up.
     pub retry_budget: Duration,
+    /// Welcome goal and template, contact fields, allow-lists.
+    pub options: SignupOptions,
 }
 
 impl SignupSettings {
@@ -46,7 +54,23 @@ impl SignupSettings {
             welcome_tag: config.welcome_tag.as_deref().map(TagRef::parse),
             welcome_email: config.welcome_email.clone(),
             retry_budget: config.signup_retry_budget,
+            options: config.signup_options.clone(),
         }
+    }
+
+    /// Whether any welcome (direct email, template or goal) is configured.
+    fn welcomes(&self) -> Vec<WelcomePart> {
+        let mut parts = Vec::new();
+        if self.welcome_email.is_some() {
+            parts.push(WelcomePart::Email);
+        }
+        if self.options.welcome_template.is_some() {
+            parts.push(WelcomePart::Template);
+        }
+        if self.options.welcome_goal.is_some() {
+            parts.push(WelcomePart::Goal);
+        }
+        parts
     }
 }
 
@@ -63,6 +87,34 @@ pub enum WelcomeEmailOutcome {
     /// The welcome tag could not be applied (refused, or an unknown tag id), so there is no
     /// record that this contact was welcomed: no email, rather than one per repeat.
     Skipped,
+    /// Not sent yet (Keap failed, or may have sent it without saying so): retried through the
+    /// queue, after checking Keap's sent-email listing, until it is sent once.
+    Queued,
+}
+
+/// What happened to the welcome goal (`KEAP_WELCOME_GOAL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GoalStatus {
+    /// Achieved: `started` lists the campaigns (automations) it started.
+    Achieved,
+    /// Achieved, but no published campaign listens to this goal: a configuration mistake
+    /// (logged as a warning).
+    NoListener,
+    AlreadyWelcomed,
+    Skipped,
+    Queued,
+    Failed,
+}
+
+/// The welcome goal's part of the answer.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct GoalOutcome {
+    pub status: GoalStatus,
+    /// The goal as configured (`integration:call_name` or `automation:<id>:<goal_id>`).
+    pub goal: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub started: Vec<GoalStart>,
 }
 
 /// A signup Keap took. Serializes to the `POST /signup` success body.
@@ -76,6 +128,12 @@ pub struct SignupOutcome {
     pub tags: BTreeMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub welcome_email: Option<WelcomeEmailOutcome>,
+    /// The Keap email template (`KEAP_WELCOME_TEMPLATE_ID`), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub welcome_template: Option<WelcomeEmailOutcome>,
+    /// The API goal (`KEAP_WELCOME_GOAL`), when configured.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub welcome_goal: Option<GoalOutcome>,
 }
 
 fn as_string<S: Serializer>(id: &i64, serializer: S) -> Result<S::Ok, S::Error> {
@@ -88,6 +146,11 @@ pub enum SignupError {
     /// Keap refused the contact itself (4xx); retrying the same signup cannot help.
     #[error("Keap refused the contact ({status}): {message}")]
     Rejected { status: u16, message: String },
+    /// The signup asks for something Keap's account does not have or this deployment does not
+    /// allow (an unknown custom field, a value of the wrong type, a field off the allow-list):
+    /// the caller's to fix, answered 400 with `code`.
+    #[error("{message}")]
+    Invalid { code: &'static str, message: String },
     /// No usable Keap connection: never connected, needs re-authorization, or the key is refused.
     #[error("Keap is not connected: {reason}")]
     NotConnected { reason: String },
@@ -103,6 +166,7 @@ impl SignupError {
     pub fn code(&self) -> &'static str {
         match self {
             SignupError::Rejected { .. } => "keap_rejected",
+            SignupError::Invalid { code, .. } => code,
             SignupError::NotConnected { .. } => "keap_not_connected",
             SignupError::Unavailable { .. } => "keap_unavailable",
         }
@@ -110,7 +174,7 @@ impl SignupError {
 
     /// True when trying the same signup again later may succeed.
     pub fn is_transient(&self) -> bool {
-        !matches!(self, SignupError::Rejected { .. })
+        !matches!(self, SignupError::Rejected { .. } | SignupError::Invalid { .. })
     }
 
     pub fn retry_after(&self) -> Option<Duration> {
@@ -203,12 +267,19 @@ impl Attempt {
     }
 }
 
-/// Sends signups to Keap. Built once per process; caches tag ids by name.
+/// Sends signups to Keap. Built once per process; caches tag ids by name, the contact custom
+/// fields, and lead source ids by name.
 pub struct SignupService {
     api: KeapApi,
     credentials: Arc<dyn CredentialSource>,
     settings: SignupSettings,
     tag_ids: Mutex<HashMap<String, i64>>,
+    /// `GET /v1/contacts/model`'s custom fields, read once per process (again when Keap says
+    /// a cached id is unknown).
+    custom_fields: Mutex<Option<Arc<Vec<crate::keap::api::CustomFieldMeta>>>>,
+    lead_source_ids: Mutex<HashMap<String, i64>>,
+    /// Where a welcome that could not be sent now waits (`SIGNUP_QUEUE_URL`).
+    welcome_queue: Option<Arc<dyn SignupQueue>>,
 }
 
 impl std::fmt::Debug for SignupService {
@@ -227,37 +298,133 @@ impl SignupService {
             credentials,
             settings,
             tag_ids: Mutex::new(HashMap::new()),
+            custom_fields: Mutex::new(None),
+            lead_source_ids: Mutex::new(HashMap::new()),
+            welcome_queue: None,
         }
     }
 
-    /// Upserts the contact, applies the welcome and requested tags, and sends the welcome
-    /// email when the welcome tag was newly applied. Repeating a signup is harmless: the
-    /// contact is updated, tags come back `DUPLICATE` and no second email goes out.
+    /// Welcomes that cannot be sent at once are retried through `queue` (without one they are
+    /// reported `failed`).
+    pub fn with_welcome_queue(mut self, queue: Option<Arc<dyn SignupQueue>>) -> Self {
+        self.welcome_queue = queue;
+        self
+    }
+
+    /// Upserts the contact (with its details and custom fields), applies the welcome and
+    /// requested tags, and, for a contact seen for the first time, sends the welcome email and
+    /// template and achieves the welcome goal. Repeating a signup is harmless: the contact is
+    /// updated, tags come back `DUPLICATE` and no welcome goes out twice.
     pub async fn process(&self, signup: &Signup) -> Result<SignupOutcome, SignupError> {
+        self.check_allowed(signup)?;
         let attempt = Attempt {
             credential: Mutex::new(self.credentials.credential().await?),
             reauthorized: Mutex::new(0),
             deadline: deadline_after(self.settings.retry_budget),
         };
 
-        let upsert = ContactUpsert {
+        let lead_source_id = match &signup.details.lead_source {
+            None => None,
+            Some(source) => Some(self.resolve_lead_source(&attempt, source).await?),
+        };
+        let mut upsert = ContactUpsert {
             email: signup.email.clone(),
             given_name: signup.given_name.clone(),
             family_name: signup.family_name.clone(),
             opt_in_reason: signup.opt_in.then(|| opt_in_reason(signup.source.as_deref())),
+            phone: signup.details.phone.clone(),
+            company: signup.details.company.clone(),
+            job_title: signup.details.job_title.clone(),
+            website: signup.details.website.clone(),
+            lead_source_id,
+            ip_address: signup.details.ip_address,
+            custom_fields: self.resolve_custom_fields(&attempt, signup).await?,
         };
-        let contact = self
-            .call(&attempt, Repeat::Idempotent, |credential| {
-                let upsert = &upsert;
-                async move { self.api.upsert_contact(&credential, upsert).await }
-            })
-            .await?;
+        let mut refreshed = false;
+        let contact = loop {
+            let result = self
+                .call(&attempt, Repeat::Idempotent, |credential| {
+                    let upsert = &upsert;
+                    async move { self.api.upsert_contact(&credential, upsert).await }
+                })
+                .await;
+            match result {
+                // A custom field deleted (or re-created) in Keap since the model was read: read
+                // it again and resolve the labels anew, once.
+                Err(CallError::Api(ApiError::Rejected {
+                    status: 400, message, ..
+                })) if !refreshed && !upsert.custom_fields.is_empty() && fields::mentions_unknown_field(&message) => {
+                    tracing::info!(%message, "Keap does not know a cached custom field id; reading the contact model again");
+                    refreshed = true;
+                    self.forget_custom_fields();
+                    upsert.custom_fields = self.resolve_custom_fields(&attempt, signup).await?;
+                }
+                Err(CallError::Api(ApiError::Rejected {
+                    status: 400, message, ..
+                })) if fields::mentions_custom_field(&message) => {
+                    return Err(SignupError::Invalid {
+                        code: "invalid_custom_field",
+                        message,
+                    });
+                }
+                other => break other?,
+            }
+        };
+
+        // A new contact is owed its welcomes: they are written to the queue before anything
+        // else, so a process that dies from here on (or a send that fails) loses none of them.
+        let written = if contact.created {
+            self.write_ahead(contact.id).await
+        } else {
+            Vec::new()
+        };
+        match self.after_upsert(&attempt, signup, contact, &written).await {
+            Ok(outcome) => Ok(outcome),
+            Err(error) => {
+                // Without a welcome tag, "created" is the only sign of a first signup, and a
+                // retry of this signup will not see it: hand over what was not written ahead.
+                if contact.created && self.settings.welcome_tag.is_none() && error.is_transient() {
+                    for part in self.settings.welcomes() {
+                        if !written.contains(&part) {
+                            self.hand_off(part, contact.id, None).await;
+                        }
+                    }
+                }
+                Err(error)
+            }
+        }
+    }
+
+    async fn after_upsert(
+        &self,
+        attempt: &Attempt,
+        signup: &Signup,
+        contact: crate::keap::api::UpsertedContact,
+        written: &[WelcomePart],
+    ) -> Result<SignupOutcome, SignupError> {
+        if let (Some(source_id), Some(utm)) = (&self.settings.options.utm_v2_source_id, &signup.details.utm) {
+            let entries = utm.entries();
+            let written = self
+                .call(attempt, Repeat::Idempotent, |credential| {
+                    let entries = &entries;
+                    async move { self.api.set_utm(&credential, contact.id, source_id, entries).await }
+                })
+                .await;
+            match written {
+                Ok(()) => {}
+                // The contact is saved; UTM data Keap refuses is not worth failing the signup for.
+                Err(CallError::Api(ApiError::Rejected { status, message, .. })) => {
+                    tracing::warn!(status, %message, "Keap refused the UTM parameters");
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
 
         let requested: Vec<&TagRef> = self.settings.welcome_tag.iter().chain(&signup.tags).collect();
         let mut tags = BTreeMap::new();
         let mut resolved: Vec<(&TagRef, i64)> = Vec::new();
         for tag in dedup(requested) {
-            match self.resolve_tag(&attempt, tag).await {
+            match self.resolve_tag(attempt, tag).await {
                 Ok(id) => resolved.push((tag, id)),
                 Err(CallError::Api(ApiError::Rejected { status, message, .. })) => {
                     tracing::warn!(tag = %tag.label(), status, %message, "Keap refused to create a tag");
@@ -269,7 +436,7 @@ impl SignupService {
 
         let ids: Vec<i64> = resolved.iter().map(|(_, id)| *id).collect();
         let statuses = self
-            .call(&attempt, Repeat::Idempotent, |credential| {
+            .call(attempt, Repeat::Idempotent, |credential| {
                 let ids = &ids;
                 async move { self.api.apply_tags(&credential, contact.id, ids).await }
             })
@@ -286,57 +453,24 @@ impl SignupService {
             tags.insert(tag.label(), status.as_str().to_owned());
         }
 
-        let outcome = |welcome_email| SignupOutcome {
+        // The welcome tag newly applied is the "first signup" signal; without a welcome tag
+        // configured, a newly created contact is.
+        let first_time = match (&self.settings.welcome_tag, welcome_tag_status) {
+            (None, _) => Some(contact.created),
+            (Some(_), Some(TagApplyStatus::Success)) => Some(true),
+            (Some(_), Some(TagApplyStatus::Duplicate)) => Some(false),
+            // No record that this contact was welcomed: none, rather than one per repeat.
+            (Some(_), _) => None,
+        };
+        let welcomes = self.welcome(attempt, contact.id, first_time, written).await;
+        Ok(SignupOutcome {
             contact_id: contact.id,
             created: contact.created,
-            tags: tags.clone(),
-            welcome_email,
-        };
-        let welcome_email = match &self.settings.welcome_email {
-            None => None,
-            Some(email) => {
-                // The welcome tag newly applied is the "first signup" signal; without a
-                // welcome tag configured, a newly created contact is.
-                let first_time = match (&self.settings.welcome_tag, welcome_tag_status) {
-                    (None, _) => contact.created,
-                    (Some(_), Some(TagApplyStatus::Success)) => true,
-                    (Some(_), Some(TagApplyStatus::Duplicate)) => false,
-                    (Some(_), _) => return Ok(outcome(Some(WelcomeEmailOutcome::Skipped))),
-                };
-                Some(if first_time {
-                    self.send_welcome(&attempt, email, contact.id).await
-                } else {
-                    WelcomeEmailOutcome::AlreadyWelcomed
-                })
-            }
-        };
-
-        Ok(outcome(welcome_email))
-    }
-
-    async fn send_welcome(&self, attempt: &Attempt, email: &WelcomeEmail, contact_id: i64) -> WelcomeEmailOutcome {
-        let message = QueuedEmail {
-            contact_ids: vec![contact_id],
-            user_id: email.user_id,
-            subject: email.subject.clone(),
-            html_body: email.html_body.clone(),
-        };
-        let sent = self
-            .call(attempt, Repeat::OnlyIfThrottled, |credential| {
-                let message = &message;
-                async move { self.api.queue_email(&credential, message).await }
-            })
-            .await;
-        match sent {
-            Ok(()) => WelcomeEmailOutcome::Sent,
-            Err(error) => {
-                // The welcome tag is applied now, so a later retry would not send it either:
-                // report it instead of failing a signup that otherwise succeeded.
-                let error = SignupError::from(error);
-                tracing::error!(contact_id, error = %error, "the welcome email could not be queued");
-                WelcomeEmailOutcome::Failed
-            }
-        }
+            tags,
+            welcome_email: welcomes.email,
+            welcome_template: welcomes.template,
+            welcome_goal: welcomes.goal,
+        })
     }
 
     /// A tag id: given, cached, looked up by name, or created.

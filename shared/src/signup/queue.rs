@@ -4,6 +4,11 @@
 //! A message is the validated signup's JSON plus `id` (a UUID, for logs and de-duplication
 //! by eye) and `first_seen_at` (RFC 3339), so `signup-retry` validates it with the very code
 //! that validated the request.
+//!
+//! A welcome that could not be sent at once travels alone, as a [`QueuedWelcome`]:
+//! `{"welcome": "email" | "template" | "goal", "contact_id": 123, "attempted_at": "…", "id", "first_seen_at"}`
+//! (`attempted_at` when the last send may or may not have gone out; see
+//! `docs/welcome-and-fields.md`).
 
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -78,6 +83,135 @@ impl QueuedSignup {
     }
 }
 
+/// Which welcome a [`QueuedWelcome`] still owes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WelcomePart {
+    /// The direct email (`KEAP_WELCOME_EMAIL_*`).
+    Email,
+    /// The Keap email template (`KEAP_WELCOME_TEMPLATE_ID`).
+    Template,
+    /// The API goal (`KEAP_WELCOME_GOAL`).
+    Goal,
+}
+
+impl WelcomePart {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WelcomePart::Email => "email",
+            WelcomePart::Template => "template",
+            WelcomePart::Goal => "goal",
+        }
+    }
+}
+
+/// One welcome owed to one contact, retried through the queue apart from its signup.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QueuedWelcome {
+    pub id: Uuid,
+    pub first_seen_at: SystemTime,
+    pub part: WelcomePart,
+    pub contact_id: i64,
+    /// When the last send whose outcome is unknown began: before sending again, Keap's
+    /// sent-email listing is checked from this moment. `None`: nothing may have gone out.
+    pub attempted_at: Option<SystemTime>,
+}
+
+#[derive(Serialize)]
+struct WelcomeMessage {
+    welcome: WelcomePart,
+    contact_id: i64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    attempted_at: Option<String>,
+    id: Uuid,
+    first_seen_at: String,
+}
+
+fn to_second(time: SystemTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(time.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs())
+}
+
+impl QueuedWelcome {
+    /// Times are kept to the second, as the message carries them (`attempted_at` rounded down,
+    /// so the listing is read from no later than the send began).
+    pub fn new(part: WelcomePart, contact_id: i64, attempted_at: Option<SystemTime>) -> Self {
+        Self {
+            id: Uuid::new_v4(),
+            first_seen_at: to_second(SystemTime::now()),
+            part,
+            contact_id,
+            attempted_at: attempted_at.map(to_second),
+        }
+    }
+
+    pub fn to_message(&self) -> String {
+        let message = WelcomeMessage {
+            welcome: self.part,
+            contact_id: self.contact_id,
+            attempted_at: self
+                .attempted_at
+                .map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            id: self.id,
+            first_seen_at: humantime::format_rfc3339_seconds(self.first_seen_at).to_string(),
+        };
+        serde_json::to_string(&message).expect("a welcome always serializes")
+    }
+
+    fn from_object(object: &serde_json::Map<String, Value>) -> Result<Self, InvalidSignup> {
+        let bad = |reason: &str| InvalidSignup::InvalidField {
+            field: "welcome",
+            reason: reason.to_owned(),
+        };
+        let part = serde_json::from_value::<WelcomePart>(object.get("welcome").cloned().unwrap_or_default())
+            .map_err(|_| bad("must be email, template or goal"))?;
+        let contact_id = object
+            .get("contact_id")
+            .and_then(Value::as_i64)
+            .filter(|id| *id > 0)
+            .ok_or_else(|| bad("needs a positive contact_id"))?;
+        let time = |name: &str| -> Result<Option<SystemTime>, InvalidSignup> {
+            match object.get(name) {
+                None | Some(Value::Null) => Ok(None),
+                Some(Value::String(at)) => humantime::parse_rfc3339_weak(at)
+                    .map(Some)
+                    .map_err(|_| bad("has a time that is not RFC 3339")),
+                Some(_) => Err(bad("has a time that is not a string")),
+            }
+        };
+        Ok(Self {
+            id: object
+                .get("id")
+                .and_then(Value::as_str)
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .unwrap_or_else(Uuid::new_v4),
+            first_seen_at: time("first_seen_at")?.unwrap_or_else(SystemTime::now),
+            part,
+            contact_id,
+            attempted_at: time("attempted_at")?,
+        })
+    }
+}
+
+/// A message of the signup queue: a whole signup, or one welcome owed to a contact.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueuedMessage {
+    Signup(Box<QueuedSignup>),
+    Welcome(QueuedWelcome),
+}
+
+impl QueuedMessage {
+    /// Reads a message body: a welcome when it has a `welcome` field, a signup otherwise.
+    pub fn from_message(body: &str) -> Result<Self, InvalidSignup> {
+        let value: Value = serde_json::from_str(body).map_err(|e| InvalidSignup::InvalidJson(e.to_string()))?;
+        match &value {
+            Value::Object(object) if object.contains_key("welcome") => {
+                QueuedWelcome::from_object(object).map(QueuedMessage::Welcome)
+            }
+            _ => QueuedSignup::from_message(body).map(|s| QueuedMessage::Signup(Box::new(s))),
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 #[error("could not queue the signup: {0}")]
 pub struct QueueError(pub String);
@@ -87,6 +221,9 @@ pub struct QueueError(pub String);
 pub trait SignupQueue: Send + Sync {
     /// Queues `signup`, to be delivered no earlier than `delay` from now (capped by the backend).
     async fn enqueue(&self, signup: &QueuedSignup, delay: Duration) -> Result<(), QueueError>;
+
+    /// Queues a welcome owed to a contact, as [`SignupQueue::enqueue`] does a signup.
+    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, delay: Duration) -> Result<(), QueueError>;
 }
 
 /// In-process queue for tests and the local run.
@@ -120,6 +257,14 @@ impl SignupQueue for MemoryQueue {
             .push(signup.to_message());
         Ok(())
     }
+
+    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, _delay: Duration) -> Result<(), QueueError> {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(welcome.to_message());
+        Ok(())
+    }
 }
 
 /// SQS (`SIGNUP_QUEUE_URL`), a standard queue.
@@ -138,19 +283,29 @@ impl SqsQueue {
     }
 }
 
-#[async_trait]
-impl SignupQueue for SqsQueue {
-    async fn enqueue(&self, signup: &QueuedSignup, delay: Duration) -> Result<(), QueueError> {
+impl SqsQueue {
+    async fn send(&self, body: String, delay: Duration) -> Result<(), QueueError> {
         let delay_seconds = i32::try_from(delay.min(MAX_DELAY).as_secs()).unwrap_or(0);
         self.client
             .send_message()
             .queue_url(&self.queue_url)
-            .message_body(signup.to_message())
+            .message_body(body)
             .delay_seconds(delay_seconds)
             .send()
             .await
             .map_err(|e| QueueError(aws_sdk_sqs::error::DisplayErrorContext(e).to_string()))?;
         Ok(())
+    }
+}
+
+#[async_trait]
+impl SignupQueue for SqsQueue {
+    async fn enqueue(&self, signup: &QueuedSignup, delay: Duration) -> Result<(), QueueError> {
+        self.send(signup.to_message(), delay).await
+    }
+
+    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, delay: Duration) -> Result<(), QueueError> {
+        self.send(welcome.to_message(), delay).await
     }
 }
 
@@ -168,6 +323,7 @@ mod tests {
             opt_in: true,
             tags: vec![TagRef::Name("vip".into()), TagRef::Id(7)],
             source: None,
+            details: Default::default(),
         };
         let queued = QueuedSignup::new(signup, SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000));
         let message = queued.to_message();
@@ -176,6 +332,38 @@ mod tests {
         assert_eq!(json["tags"], serde_json::json!(["vip", 7]));
         assert_eq!(json["first_seen_at"], "2023-11-14T22:13:20Z");
         assert_eq!(QueuedSignup::from_message(&message).unwrap(), queued);
+    }
+
+    #[test]
+    fn a_welcome_message_reads_back_and_is_told_from_a_signup() {
+        let at = SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_900);
+        let welcome = QueuedWelcome::new(WelcomePart::Goal, 1234, Some(at));
+        assert_eq!(
+            welcome.attempted_at,
+            Some(SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000))
+        );
+        let message = welcome.to_message();
+        assert_eq!(
+            QueuedMessage::from_message(&message).unwrap(),
+            QueuedMessage::Welcome(welcome)
+        );
+        let signup = r#"{"email":"a@example.com","id":"x"}"#;
+        assert!(matches!(
+            QueuedMessage::from_message(signup).unwrap(),
+            QueuedMessage::Signup(_)
+        ));
+        for bad in [
+            r#"{"welcome":"fax","contact_id":1}"#,
+            r#"{"welcome":"email"}"#,
+            r#"{"welcome":"email","contact_id":-1}"#,
+            r#"{"welcome":"email","contact_id":1,"attempted_at":"yesterday"}"#,
+        ] {
+            assert_eq!(
+                QueuedMessage::from_message(bad).unwrap_err().code(),
+                "invalid_field",
+                "{bad}"
+            );
+        }
     }
 
     #[test]

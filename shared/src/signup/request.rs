@@ -2,6 +2,14 @@
 //!
 //! `{"email": "…", "given_name": "…", "family_name": "…", "opt_in": true, "tags": ["…", 12], "source": "…"}`:
 //! only `email` is required, `null` counts as absent, unknown fields are ignored.
+//!
+//! Optional contact details (see [`ContactDetails`]): `phone`, `company`, `job_title`, `website`,
+//! `lead_source` (id or name), `utm` (`source`, `medium`, `campaign`, `term`, `content`),
+//! `ip_address`, and `fields` (custom fields by their Keap label). This is the one parser of
+//! signup bodies: the public form route converts its posts to this JSON and parses them here.
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
 
 use email_address::{EmailAddress, Options};
 use serde::{Deserialize, Serialize};
@@ -16,6 +24,15 @@ pub const MAX_NAME_CHARS: usize = 40;
 pub const MAX_TEXT_CHARS: usize = 100;
 /// Most tags one signup may ask for.
 pub const MAX_TAGS: usize = 20;
+/// Longest phone number (Keap's v1 `phone_numbers[].number` is at most 40 in practice).
+pub const MAX_PHONE_CHARS: usize = 40;
+/// Longest website, UTM value or lead source name.
+pub const MAX_LONG_TEXT_CHARS: usize = 255;
+/// Most custom fields one signup may set.
+pub const MAX_CUSTOM_FIELDS: usize = 50;
+/// Longest custom field value given as text (Keap's text area fields take more; a signup
+/// has no business sending more).
+pub const MAX_FIELD_VALUE_CHARS: usize = 2000;
 
 /// A tag named by the caller: a Keap tag id, or a name to look up (created when missing).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -44,6 +61,93 @@ impl TagRef {
     }
 }
 
+/// A lead source named by the caller: an id, or a name to look up.
+pub type LeadSourceRef = TagRef;
+
+/// UTM parameters of the visit that led to the signup.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Utm {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub medium: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub term: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+}
+
+impl Utm {
+    /// The parameters that are set, by their short name (`source`, …).
+    pub fn entries(&self) -> Vec<(&'static str, &str)> {
+        [
+            ("source", &self.source),
+            ("medium", &self.medium),
+            ("campaign", &self.campaign),
+            ("term", &self.term),
+            ("content", &self.content),
+        ]
+        .into_iter()
+        .filter_map(|(name, value)| value.as_deref().map(|v| (name, v)))
+        .collect()
+    }
+}
+
+/// A custom field value as the caller gave it; checked against the field's type once the
+/// field is known (see `SignupService`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(untagged)]
+pub enum FieldValue {
+    Text(String),
+    Number(serde_json::Number),
+    Bool(bool),
+}
+
+/// Contact details beyond name and email; every one optional.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct ContactDetails {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub phone: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub company: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_title: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub website: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lead_source: Option<LeadSourceRef>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub utm: Option<Utm>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ip_address: Option<IpAddr>,
+    /// Custom fields by their Keap label.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, FieldValue>,
+}
+
+impl ContactDetails {
+    /// The body field names that are set (for the allow-list); custom fields as `fields.<label>`.
+    pub fn names_set(&self) -> Vec<String> {
+        let mut names: Vec<String> = [
+            ("phone", self.phone.is_some()),
+            ("company", self.company.is_some()),
+            ("job_title", self.job_title.is_some()),
+            ("website", self.website.is_some()),
+            ("lead_source", self.lead_source.is_some()),
+            ("utm", self.utm.is_some()),
+            ("ip_address", self.ip_address.is_some()),
+        ]
+        .into_iter()
+        .filter(|(_, set)| *set)
+        .map(|(name, _)| name.to_owned())
+        .collect();
+        names.extend(self.fields.keys().map(|label| format!("fields.{label}")));
+        names
+    }
+}
+
 /// A validated signup. Serializes to the same JSON shape it was read from.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Signup {
@@ -57,6 +161,8 @@ pub struct Signup {
     pub tags: Vec<TagRef>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    #[serde(flatten)]
+    pub details: ContactDetails,
 }
 
 /// Why a body is not a valid signup. `message` is safe to show to the caller.
@@ -70,6 +176,9 @@ pub enum InvalidSignup {
     InvalidEmail,
     #[error("`{field}` {reason}")]
     InvalidField { field: &'static str, reason: String },
+    /// A custom field (`fields.<label>`) with a value of the wrong shape.
+    #[error("`fields.{label}` {reason}")]
+    InvalidCustomField { label: String, reason: String },
 }
 
 impl InvalidSignup {
@@ -78,7 +187,7 @@ impl InvalidSignup {
             InvalidSignup::InvalidJson(_) => "invalid_json",
             InvalidSignup::MissingEmail => "missing_email",
             InvalidSignup::InvalidEmail => "invalid_email",
-            InvalidSignup::InvalidField { .. } => "invalid_field",
+            InvalidSignup::InvalidField { .. } | InvalidSignup::InvalidCustomField { .. } => "invalid_field",
         }
     }
 }
@@ -121,8 +230,175 @@ impl Signup {
             },
             tags: tags(present(object, "tags"))?,
             source: optional_text(object, "source", MAX_TEXT_CHARS)?,
+            details: details(object)?,
         })
     }
+}
+
+fn details(object: &Map<String, Value>) -> Result<ContactDetails, InvalidSignup> {
+    Ok(ContactDetails {
+        phone: match optional_text(object, "phone", MAX_PHONE_CHARS)? {
+            Some(phone) if !is_phone(&phone) => {
+                return Err(invalid(
+                    "phone",
+                    "must be a phone number (digits, spaces and + - ( ) . only)",
+                ));
+            }
+            phone => phone,
+        },
+        company: optional_text(object, "company", MAX_TEXT_CHARS)?,
+        job_title: optional_text(object, "job_title", MAX_TEXT_CHARS)?,
+        website: match optional_text(object, "website", MAX_LONG_TEXT_CHARS)? {
+            Some(website) => Some(web_address(&website)?),
+            None => None,
+        },
+        lead_source: match present(object, "lead_source") {
+            None => None,
+            Some(Value::Number(number)) => match number.as_i64() {
+                Some(id) if id > 0 => Some(TagRef::Id(id)),
+                _ => {
+                    return Err(invalid(
+                        "lead_source",
+                        format!("holds {number}, which is not a lead source id (a positive integer)"),
+                    ));
+                }
+            },
+            Some(value) => text("lead_source", value, MAX_LONG_TEXT_CHARS)?.map(|name| TagRef::parse(&name)),
+        },
+        utm: utm(present(object, "utm"))?,
+        ip_address: match present(object, "ip_address") {
+            None => None,
+            Some(Value::String(ip)) => Some(
+                ip.trim()
+                    .parse::<IpAddr>()
+                    .map_err(|_| invalid("ip_address", "must be an IPv4 or IPv6 address"))?,
+            ),
+            Some(other) => {
+                return Err(invalid(
+                    "ip_address",
+                    format!("must be a string, found {}", kind(other)),
+                ));
+            }
+        },
+        fields: custom_fields(present(object, "fields"))?,
+    })
+}
+
+/// Digits with the usual separators; at least three digits.
+fn is_phone(text: &str) -> bool {
+    text.chars()
+        .all(|c| c.is_ascii_digit() || matches!(c, ' ' | '+' | '-' | '(' | ')' | '.'))
+        && text.chars().filter(char::is_ascii_digit).count() >= 3
+}
+
+/// An `http`/`https` URL; a bare `example.com` is taken as `https://example.com`.
+fn web_address(text: &str) -> Result<String, InvalidSignup> {
+    let full = if text.contains("://") {
+        text.to_owned()
+    } else {
+        format!("https://{text}")
+    };
+    match url::Url::parse(&full) {
+        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| h.contains('.')) => {
+            Ok(full)
+        }
+        _ => Err(invalid("website", "must be a web address (https://…)")),
+    }
+}
+
+fn utm(value: Option<&Value>) -> Result<Option<Utm>, InvalidSignup> {
+    let object = match value {
+        None => return Ok(None),
+        Some(Value::Object(object)) => object,
+        Some(other) => return Err(invalid("utm", format!("must be an object, found {}", kind(other)))),
+    };
+    // `utm_source` and friends are accepted too: they are what the page's URL carries.
+    let get = |name: &'static str| -> Result<Option<String>, InvalidSignup> {
+        let long = format!("utm_{name}");
+        let value = object
+            .get(name)
+            .filter(|v| !v.is_null())
+            .or_else(|| object.get(&long).filter(|v| !v.is_null()));
+        match value {
+            None => Ok(None),
+            Some(value @ Value::String(_)) => text("utm", value, MAX_LONG_TEXT_CHARS),
+            Some(other) => Err(invalid(
+                "utm",
+                format!("`{name}` must be a string, found {}", kind(other)),
+            )),
+        }
+    };
+    let utm = Utm {
+        source: get("source")?,
+        medium: get("medium")?,
+        campaign: get("campaign")?,
+        term: get("term")?,
+        content: get("content")?,
+    };
+    Ok((utm != Utm::default()).then_some(utm))
+}
+
+fn custom_fields(value: Option<&Value>) -> Result<BTreeMap<String, FieldValue>, InvalidSignup> {
+    let object = match value {
+        None => return Ok(BTreeMap::new()),
+        Some(Value::Object(object)) => object,
+        Some(other) => {
+            return Err(invalid(
+                "fields",
+                format!(
+                    "must be an object of custom field values by label, found {}",
+                    kind(other)
+                ),
+            ));
+        }
+    };
+    if object.len() > MAX_CUSTOM_FIELDS {
+        return Err(invalid(
+            "fields",
+            format!("must hold at most {MAX_CUSTOM_FIELDS} fields"),
+        ));
+    }
+    let mut fields = BTreeMap::new();
+    for (label, value) in object {
+        let label = label.trim();
+        if label.is_empty() || label.chars().count() > MAX_TEXT_CHARS || label.chars().any(char::is_control) {
+            return Err(invalid(
+                "fields",
+                format!("labels must be 1 to {MAX_TEXT_CHARS} characters without control characters"),
+            ));
+        }
+        let bad = |reason: String| InvalidSignup::InvalidCustomField {
+            label: label.to_owned(),
+            reason,
+        };
+        let value = match value {
+            Value::Null => continue,
+            Value::Bool(flag) => FieldValue::Bool(*flag),
+            Value::Number(number) => FieldValue::Number(number.clone()),
+            Value::String(text) => {
+                let text = text.trim();
+                if text.chars().any(|c| c.is_control() && c != '\n' && c != '\t') {
+                    return Err(bad("must not contain control characters".into()));
+                }
+                if text.chars().count() > MAX_FIELD_VALUE_CHARS {
+                    return Err(bad(format!("must be at most {MAX_FIELD_VALUE_CHARS} characters")));
+                }
+                if text.is_empty() {
+                    continue;
+                }
+                FieldValue::Text(text.to_owned())
+            }
+            other => {
+                return Err(bad(format!(
+                    "must be a string, a number or true/false, found {}",
+                    kind(other)
+                )));
+            }
+        };
+        // Two keys that trim to one label: the last one wins, as in a JSON object.
+        fields.insert(label.to_owned(), value);
+    }
+    Ok(fields)
 }
 
 /// The field's value unless it is absent or `null`.
@@ -251,6 +527,7 @@ mod tests {
                 opt_in: true,
                 tags: vec![TagRef::Name("Newsletter".into()), TagRef::Id(12), TagRef::Id(34)],
                 source: Some("landing".into()),
+                details: ContactDetails::default(),
             }
         );
     }

@@ -24,6 +24,19 @@ pub struct ContactView {
     /// v1 name of the primary address's status: `NonMarketable`, `SingleOptIn` or
     /// `ListUnsubscribe`.
     pub email_status: String,
+    /// Phone numbers, in slot order.
+    #[serde(default)]
+    pub phones: Vec<String>,
+    /// Every other field the client wrote (`custom_fields`, `lead_source_id`, `origin`,
+    /// `job_title`, `website`, `utm_parameters`, …), as last written.
+    #[serde(default)]
+    pub extra: Map<String, Value>,
+    /// Times an API goal was achieved for this contact (each one starts its campaigns).
+    #[serde(default)]
+    pub goals_achieved: u32,
+    /// Subjects of the emails sent to this contact, oldest first (listed or not yet).
+    #[serde(default)]
+    pub emails_sent: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -535,7 +548,26 @@ impl Crm {
                 .map_or(EmailStatus::NonMarketable, |e| e.status)
                 .v1_name()
                 .to_owned(),
+            phones: contact.phones.iter().map(|p| p.number.clone()).collect(),
+            extra: contact.other.clone(),
+            goals_achieved: 0,
+            emails_sent: Vec::new(),
         })
+    }
+
+    /// Writes fields the sandbox keeps as given (a v2 PATCH of `utm_parameters`, say).
+    pub(crate) fn set_fields(&mut self, id: i64, fields: Map<String, Value>) -> bool {
+        let Some(contact) = self.contacts.iter_mut().find(|c| c.id == id) else {
+            return false;
+        };
+        contact.other.extend(fields);
+        contact.updated = SystemTime::now();
+        true
+    }
+
+    /// The primary email address of a contact.
+    pub(crate) fn address(&self, id: i64) -> Option<String> {
+        self.contact(id)?.primary_email().map(|e| e.email.clone())
     }
 
     /// The person unsubscribed (in Keap's UI, say): every address of theirs.
@@ -725,7 +757,21 @@ fn update(contact: &mut Contact, input: ContactInput, version: ApiVersion) {
     if input.source_type.is_some() {
         contact.source_type = input.source_type;
     }
-    contact.other.extend(input.other);
+    let mut other = input.other;
+    // Keap writes custom field values one by one: a value given replaces that field's only.
+    if let (Some(Value::Array(given)), Some(Value::Array(stored))) =
+        (other.get("custom_fields"), contact.other.get("custom_fields"))
+    {
+        let id = |v: &Value| v.get("id").map(ToString::to_string);
+        let mut merged: Vec<Value> = stored
+            .iter()
+            .filter(|s| !given.iter().any(|g| id(g) == id(s)))
+            .cloned()
+            .collect();
+        merged.extend(given.iter().cloned());
+        other.insert("custom_fields".into(), Value::Array(merged));
+    }
+    contact.other.extend(other);
     contact.updated = SystemTime::now();
 }
 
@@ -758,7 +804,8 @@ impl Contact {
             "date_created": iso8601(self.created),
             "last_updated": iso8601(self.updated),
         });
-        if let Value::Object(fields) = fields {
+        // Unset fields are left out, as Keap's v1 answers do (the spec types them as strings).
+        if let Value::Object(fields) = without_nulls(fields) {
             body.extend(fields);
         }
         Value::Object(body)

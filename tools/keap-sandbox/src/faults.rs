@@ -17,6 +17,13 @@ use serde::{Deserialize, Serialize};
 /// - `drop_next_refresh_responses(n)`: the next `n` successful refreshes are applied (old
 ///   refresh token dead, new pair issued and counted) but the connection is closed without
 ///   an HTTP response.
+/// - `sent_despite_5xx_rate` (0..=1): of the injected 5xx answers to a call that sends email or
+///   achieves a goal, this share comes *after* the email went out (the goal was achieved): the
+///   caller cannot tell from the answer whether it happened.
+/// - `fail_next_sends(n)`: the next `n` email sends or goal achievements answer a gateway 502
+///   (after doing the work when `sent_despite_5xx_rate` says so).
+/// - `sent_listing_delay`: a sent email shows in `GET /v1/emails` only this long after it
+///   went out.
 #[derive(Debug)]
 pub struct Faults {
     latency: Mutex<Duration>,
@@ -24,6 +31,9 @@ pub struct Faults {
     server_error_rate_bits: AtomicU64,
     throttle: Mutex<Throttle>,
     dropped_refreshes_left: AtomicU32,
+    sent_despite_5xx_rate_bits: AtomicU64,
+    sent_listing_delay: Mutex<Duration>,
+    failing_sends_left: AtomicU32,
     rng: Mutex<u64>,
 }
 
@@ -47,6 +57,9 @@ pub struct FaultSettings {
     /// Retry-After seconds for the `throttle_next` answers.
     pub retry_after: Option<u32>,
     pub drop_next_refresh_responses: Option<u32>,
+    pub sent_despite_5xx_rate: Option<f64>,
+    pub sent_listing_delay_ms: Option<u64>,
+    pub fail_next_sends: Option<u32>,
 }
 
 impl Default for Faults {
@@ -57,6 +70,9 @@ impl Default for Faults {
             server_error_rate_bits: AtomicU64::new(0f64.to_bits()),
             throttle: Mutex::new(Throttle::default()),
             dropped_refreshes_left: AtomicU32::new(0),
+            sent_despite_5xx_rate_bits: AtomicU64::new(0f64.to_bits()),
+            sent_listing_delay: Mutex::new(Duration::ZERO),
+            failing_sends_left: AtomicU32::new(0),
             rng: Mutex::new(seed()),
         }
     }
@@ -103,6 +119,29 @@ impl Faults {
         self.dropped_refreshes_left.store(n, Ordering::SeqCst);
     }
 
+    /// Of the injected 5xx answers to email sends and goal achievements, this share (clamped
+    /// to 0..=1) is sent after the email went out or the goal was achieved.
+    pub fn set_sent_despite_5xx_rate(&self, rate: f64) {
+        let rate = if rate.is_nan() { 0.0 } else { rate.clamp(0.0, 1.0) };
+        self.sent_despite_5xx_rate_bits.store(rate.to_bits(), Ordering::SeqCst);
+    }
+
+    /// The next `n` email sends or goal achievements answer a gateway 502.
+    pub fn fail_next_sends(&self, n: u32) {
+        self.failing_sends_left.store(n, Ordering::SeqCst);
+    }
+
+    pub(crate) fn take_failing_send(&self) -> bool {
+        self.failing_sends_left
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+    }
+
+    /// A sent email shows in `GET /v1/emails` only `delay` after it went out.
+    pub fn set_sent_listing_delay(&self, delay: Duration) {
+        *lock(&self.sent_listing_delay) = delay;
+    }
+
     /// Back to no faults at all.
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
@@ -110,6 +149,9 @@ impl Faults {
         self.set_server_error_rate(0.0);
         self.throttle_next(0, None);
         self.drop_next_refresh_responses(0);
+        self.set_sent_despite_5xx_rate(0.0);
+        self.set_sent_listing_delay(Duration::ZERO);
+        self.fail_next_sends(0);
     }
 
     /// Apply the JSON form of the knobs.
@@ -132,6 +174,29 @@ impl Faults {
         if let Some(n) = settings.drop_next_refresh_responses {
             self.drop_next_refresh_responses(n);
         }
+        if let Some(rate) = settings.sent_despite_5xx_rate {
+            self.set_sent_despite_5xx_rate(rate);
+        }
+        if let Some(ms) = settings.sent_listing_delay_ms {
+            self.set_sent_listing_delay(Duration::from_millis(ms));
+        }
+        if let Some(n) = settings.fail_next_sends {
+            self.fail_next_sends(n);
+        }
+    }
+
+    pub(crate) fn sent_listing_delay(&self) -> Duration {
+        *lock(&self.sent_listing_delay)
+    }
+
+    /// Whether an injected 5xx to a send comes after the send.
+    pub(crate) fn roll_sent_despite_5xx(&self) -> bool {
+        let rate = f64::from_bits(self.sent_despite_5xx_rate_bits.load(Ordering::SeqCst));
+        if rate <= 0.0 {
+            return false;
+        }
+        let unit = (self.next_random() >> 11) as f64 / (1u64 << 53) as f64;
+        unit < rate
     }
 
     pub(crate) fn latency(&self) -> Duration {

@@ -14,6 +14,7 @@ mod config;
 mod crm;
 mod faults;
 mod http;
+mod marketing;
 mod oauth_store;
 mod quota;
 mod server;
@@ -33,6 +34,7 @@ pub use config::{
 };
 pub use crm::ContactView;
 pub use faults::{FaultSettings, Faults};
+pub use marketing::{CampaignDef, CustomFieldDef, EmailTemplateDef, LeadSourceDef};
 pub use oauth_store::TokenResponse;
 pub use stats::{AuthKind, CallRecord, Stats};
 
@@ -42,8 +44,29 @@ pub use stats::{AuthKind, CallRecord, Stats};
 pub(crate) struct World {
     pub oauth: oauth_store::OAuthStore,
     pub crm: crm::Crm,
+    pub marketing: marketing::Marketing,
     pub quotas: quota::Quotas,
     pub stats: Stats,
+}
+
+impl World {
+    pub(crate) fn contact_view(&self, email: &str) -> Option<ContactView> {
+        let mut view = self.crm.contact_by_email(email)?;
+        view.goals_achieved = self.marketing.goals_achieved.get(&view.id).copied().unwrap_or(0);
+        view.emails_sent = self.marketing.subjects_sent_to(view.id);
+        Some(view)
+    }
+
+    /// Sends an email with `subject` to each contact; all must exist. Err: the first unknown id.
+    pub(crate) fn send_email(&mut self, contact_ids: &[i64], subject: &str) -> Result<(), i64> {
+        self.crm.deliver_email(contact_ids)?;
+        for id in contact_ids {
+            let address = self.crm.address(*id).unwrap_or_default();
+            self.marketing.record_sent(*id, subject, &address);
+        }
+        self.stats.emails_queued += contact_ids.len() as u64;
+        Ok(())
+    }
 }
 
 #[derive(Debug)]
@@ -201,7 +224,41 @@ impl Sandbox {
 
     /// The oldest contact holding this email address (case-insensitive).
     pub fn contact_by_email(&self, email: &str) -> Option<ContactView> {
-        self.shared.world().crm.contact_by_email(email)
+        self.shared.world().contact_view(email)
+    }
+
+    /// Defines a contact custom field (as an administrator would in Keap's UI).
+    pub fn add_custom_field(&self, label: &str, field_type: &str, options: &[&str]) -> CustomFieldDef {
+        let options = options.iter().map(|o| (*o).to_owned()).collect();
+        self.shared
+            .world()
+            .marketing
+            .add_custom_field(label, field_type, options)
+            .unwrap_or_else(|e| panic!("sandbox custom field {label:?}: {e}"))
+            .clone()
+    }
+
+    /// Deletes a custom field by label (ids the relay cached become unknown to Keap).
+    pub fn remove_custom_field(&self, label: &str) -> bool {
+        self.shared.world().marketing.remove_custom_field(label)
+    }
+
+    pub fn add_lead_source(&self, name: &str) -> LeadSourceDef {
+        self.shared.world().marketing.add_lead_source(name).clone()
+    }
+
+    /// Publishes a campaign that starts on the API goal `integration`/`call_name` and sends
+    /// an email with `email_subject` when it starts (when given).
+    pub fn add_campaign(&self, integration: &str, call_name: &str, email_subject: Option<&str>) -> CampaignDef {
+        self.shared
+            .world()
+            .marketing
+            .add_campaign(integration, call_name, email_subject.map(str::to_owned))
+            .clone()
+    }
+
+    pub fn add_email_template(&self, subject: &str) -> EmailTemplateDef {
+        self.shared.world().marketing.add_template(subject).clone()
     }
 
     /// The id of the oldest tag with exactly this name.

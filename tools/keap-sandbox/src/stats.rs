@@ -66,6 +66,12 @@ pub struct Stats {
     pub throttled: u64,
     /// Injected 5xx answers (REST and `/token`).
     pub server_errors: u64,
+    /// Of those, answers to an email send or goal achievement sent after it was done.
+    pub sent_despite_5xx: u64,
+    /// API goals achieved (one per listening campaign started).
+    pub campaigns_started: u64,
+    /// Achievements of a goal no campaign listens to.
+    pub goals_without_listener: u64,
     /// Responses deliberately not sent (connection closed instead).
     pub dropped_responses: u64,
     pub calls: Vec<CallRecord>,

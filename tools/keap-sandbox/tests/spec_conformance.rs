@@ -24,6 +24,19 @@ fn spec_path() -> PathBuf {
     )
 }
 
+fn v1_spec_path() -> PathBuf {
+    std::env::var_os("KEAP_V1_SPEC").map_or_else(
+        || PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/spec/keap-v1-openapi.yml")),
+        PathBuf::from,
+    )
+}
+
+fn load_v1_spec() -> Yaml {
+    let path = v1_spec_path();
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
+    serde_yaml_ng::from_str(&text).expect("spec parses as YAML")
+}
+
 fn load_spec() -> Yaml {
     let path = spec_path();
     let text = std::fs::read_to_string(&path).unwrap_or_else(|err| panic!("cannot read {}: {err}", path.display()));
@@ -69,7 +82,14 @@ fn check(spec: &Yaml, schema: &Yaml, value: &Json, at: &str, problems: &mut Vec<
         Some(Yaml::Sequence(many)) => many.iter().filter_map(Yaml::as_str).collect(),
         _ => Vec::new(),
     };
-    if !types.is_empty() && !types.iter().any(|t| type_matches(t, value)) {
+    // The v1 spec (generated from Java) types an untyped value (`Object`, as a custom
+    // field's `content`) as an object without properties: any JSON value.
+    let untyped = types == ["object"]
+        && schema
+            .get("properties")
+            .and_then(Yaml::as_mapping)
+            .is_some_and(|p| p.is_empty());
+    if !types.is_empty() && !untyped && !types.iter().any(|t| type_matches(t, value)) {
         problems.push(format!("{at}: {value} is not of type {types:?}"));
         return;
     }
@@ -146,9 +166,18 @@ async fn run(spec: &Yaml, sandbox: &keap_sandbox::Sandbox, case: &Case, problems
         problems.push(format!("{label}: the spec has no such operation"));
         return Json::Null;
     };
+    // v2 writes status keys as strings ('200'), v1 as numbers (200).
     let Some(documented) = operation
         .get("responses")
-        .and_then(|r| r.get(status.to_string().as_str()))
+        .and_then(Yaml::as_mapping)
+        .and_then(|responses| {
+            responses
+                .iter()
+                .find(|(key, _)| {
+                    key.as_str() == Some(status.to_string().as_str()) || key.as_u64() == Some(u64::from(status))
+                })
+                .map(|(_, value)| value)
+        })
     else {
         problems.push(format!("{label}: status {status} is not documented"));
         return Json::Null;
@@ -324,6 +353,217 @@ async fn v2_operations_codes_and_bodies_match_the_official_spec() {
     assert!(
         problems.is_empty(),
         "departures from the v2 spec:\n{}",
+        problems.join("\n")
+    );
+}
+
+#[tokio::test]
+async fn v2_welcome_and_field_operations_match_the_official_spec() {
+    let spec = load_spec();
+    let sandbox = sandbox().await;
+    let mut problems = Vec::new();
+    let contact = run(
+        &spec,
+        &sandbox,
+        &case(
+            Method::POST,
+            "/rest/v2/contacts",
+            "/v2/contacts?duplicate_option=Email",
+            Some(json!({"email_addresses": [{"email": "dee@example.com", "field": "EMAIL1"}]})),
+            201,
+        ),
+        &mut problems,
+    )
+    .await;
+    let contact_id = contact["id"].as_str().unwrap_or("0").to_owned();
+    let template = sandbox.add_email_template("Welcome from the template");
+    let campaign = sandbox.add_campaign("relay", "signup", Some("Welcome from the campaign"));
+    let source = run(
+        &spec,
+        &sandbox,
+        &case(
+            Method::POST,
+            "/rest/v2/leadSources",
+            "/v2/leadSources",
+            Some(json!({"name": "Google Ads", "status": "ACTIVE"})),
+            201,
+        ),
+        &mut problems,
+    )
+    .await;
+    let cases = [
+        case(
+            Method::GET,
+            "/rest/v2/leadSources",
+            "/v2/leadSources?filter=name%3D%3DGoogle%20Ads",
+            None,
+            200,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/leadSources",
+            "/v2/leadSources",
+            Some(json!({})),
+            400,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/emails/templates:send",
+            "/v2/emails/templates:send",
+            Some(json!({"template_id": template.id.to_string(), "contact_ids": [contact_id], "user_id": "1"})),
+            202,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/emails/templates:send",
+            "/v2/emails/templates:send",
+            Some(json!({"template_id": "999999", "contact_ids": [contact_id], "user_id": "1"})),
+            404,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/emails/templates:send",
+            "/v2/emails/templates:send",
+            Some(json!({"template_id": template.id.to_string(), "contact_ids": [contact_id]})),
+            400,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/automations/goals/achieve",
+            "/v2/automations/goals/achieve",
+            Some(
+                json!({"contact_id": contact_id.parse::<i64>().unwrap_or(0), "integration": "relay", "call_name": "signup"}),
+            ),
+            200,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/automations/goals/achieve",
+            "/v2/automations/goals/achieve",
+            Some(
+                json!({"contact_id": contact_id.parse::<i64>().unwrap_or(0), "automation_id": campaign.campaign_id, "goal_id": campaign.goal_id}),
+            ),
+            200,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/automations/goals/achieve",
+            "/v2/automations/goals/achieve",
+            Some(json!({"contact_id": 1, "automation_id": 999, "goal_id": 1})),
+            404,
+        ),
+        case(
+            Method::POST,
+            "/rest/v2/automations/goals/achieve",
+            "/v2/automations/goals/achieve",
+            Some(json!({"contact_id": 1, "integration": "relay"})),
+            400,
+        ),
+        case(
+            Method::PATCH,
+            "/rest/v2/contacts/{contact_id}",
+            format!("/v2/contacts/{contact_id}?update_mask=utm_parameters"),
+            Some(
+                json!({"utm_parameters": {"keap_source_id": "6088", "utm_source": "google"}, "leadsource_id": source["id"]}),
+            ),
+            200,
+        ),
+        case(
+            Method::PATCH,
+            "/rest/v2/contacts/{contact_id}",
+            format!("/v2/contacts/{contact_id}"),
+            Some(json!({"utm_parameters": {"utm_source": "google"}})),
+            400,
+        ),
+    ];
+    for case in &cases {
+        run(&spec, &sandbox, case, &mut problems).await;
+    }
+    let seen = sandbox.contact_by_email("dee@example.com").unwrap();
+    assert_eq!(seen.goals_achieved, 2, "both achievements started the campaign");
+    assert_eq!(
+        seen.emails_sent,
+        [
+            "Welcome from the template",
+            "Welcome from the campaign",
+            "Welcome from the campaign"
+        ]
+    );
+    assert_eq!(seen.extra["utm_parameters"]["utm_source"], "google");
+    assert!(
+        problems.is_empty(),
+        "departures from the v2 spec:\n{}",
+        problems.join("\n")
+    );
+}
+
+/// The v1 operations the sandbox serves for the welcome goal and contact fields, against Keap's
+/// v1 spec (whose paths omit `/v1`).
+#[tokio::test]
+async fn v1_welcome_and_field_operations_match_the_official_v1_spec() {
+    let spec = load_v1_spec();
+    let sandbox = sandbox().await;
+    let mut problems = Vec::new();
+    let plan = sandbox.add_custom_field("Plan", "Dropdown", &["free", "pro"]);
+    sandbox.add_campaign("relay", "signup", Some("Welcome from the campaign"));
+    let source = sandbox.add_lead_source("Webinar");
+    let upsert = json!({
+        "duplicate_option": "Email",
+        "email_addresses": [{"email": "eve@example.com", "field": "EMAIL1"}],
+        "custom_fields": [{"id": plan.id, "content": "pro"}],
+        "lead_source_id": source.id,
+        "origin": {"ip_address": "203.0.113.5", "date": "2026-03-01T10:00:00Z"},
+        "job_title": "Baker",
+    });
+    let created = rest(&sandbox, Method::PUT, "/v1/contacts")
+        .json(&upsert)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status().as_u16(), 201);
+    let contact_id = json_of(created).await["id"].as_i64().unwrap();
+    let cases = [
+        case(Method::PUT, "/contacts", "/v1/contacts", Some(upsert.clone()), 200),
+        case(Method::GET, "/contacts/model", "/v1/contacts/model", None, 200),
+        case(
+            Method::POST,
+            "/contacts/model/customFields",
+            "/v1/contacts/model/customFields",
+            Some(json!({"label": "Referrer", "field_type": "Text"})),
+            201,
+        ),
+        case(
+            Method::POST,
+            "/campaigns/goals/{integration}/{callName}",
+            "/v1/campaigns/goals/relay/signup",
+            Some(json!({"contact_id": contact_id})),
+            201,
+        ),
+        case(
+            Method::POST,
+            "/campaigns/goals/{integration}/{callName}",
+            "/v1/campaigns/goals/nobody/listens",
+            Some(json!({"contact_id": contact_id})),
+            201,
+        ),
+        case(
+            Method::GET,
+            "/emails",
+            format!("/v1/emails?contact_id={contact_id}&since_sent_date=2020-01-01T00:00:00Z"),
+            None,
+            200,
+        ),
+    ];
+    let mut answers = Vec::new();
+    for case in &cases {
+        answers.push(run(&spec, &sandbox, case, &mut problems).await);
+    }
+    assert!(answers[3][0]["campaign_id"].as_i64().is_some(), "{}", answers[3]);
+    assert_eq!(answers[4], json!([]), "no campaign listens to that goal");
+    assert_eq!(answers[5]["emails"][0]["subject"], "Welcome from the campaign");
+    assert!(
+        problems.is_empty(),
+        "departures from the v1 spec:\n{}",
         problems.join("\n")
     );
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
-use keap_relay::signup::{QueueError, QueuedSignup, SignupQueue};
+use keap_relay::signup::{QueueError, QueuedSignup, QueuedWelcome, SignupQueue};
 use serde_json::{Value, json};
 
 /// SQS's largest batch for a Lambda event source.
@@ -151,14 +151,13 @@ impl LocalQueue {
     }
 }
 
-#[async_trait]
-impl SignupQueue for LocalQueue {
-    async fn enqueue(&self, signup: &QueuedSignup, delay: Duration) -> Result<(), QueueError> {
+impl LocalQueue {
+    fn push(&self, signup_id: uuid::Uuid, body: String, delay: Duration) {
         let now = SystemTime::now();
         let message = Message {
             id: uuid::Uuid::new_v4(),
-            signup_id: signup.id,
-            body: signup.to_message(),
+            signup_id,
+            body,
             sent_at: now,
             visible_at: now + delay.min(MAX_DELAY),
             receive_count: 0,
@@ -167,6 +166,18 @@ impl SignupQueue for LocalQueue {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push_back(message);
+    }
+}
+
+#[async_trait]
+impl SignupQueue for LocalQueue {
+    async fn enqueue(&self, signup: &QueuedSignup, delay: Duration) -> Result<(), QueueError> {
+        self.push(signup.id, signup.to_message(), delay);
+        Ok(())
+    }
+
+    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, delay: Duration) -> Result<(), QueueError> {
+        self.push(welcome.id, welcome.to_message(), delay);
         Ok(())
     }
 }

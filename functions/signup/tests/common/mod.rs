@@ -114,12 +114,20 @@ impl SignupDeps for TestDeps {
     }
 }
 
+/// See [`Options::configure`].
+pub type Configure = Box<dyn Fn(&Sandbox) -> keap_relay::config::SignupOptions>;
+
 pub struct Options {
     pub credentials: TestCredentials,
     pub queue: bool,
     pub welcome_tag: Option<&'static str>,
     pub welcome_email: bool,
     pub retry_budget: Duration,
+    /// Welcome goal and template, field settings, allow-lists.
+    pub signup_options: keap_relay::config::SignupOptions,
+    /// Sets the sandbox up and gives the options that name what it set up (in place of
+    /// `signup_options`).
+    pub configure: Option<Configure>,
 }
 
 impl Default for Options {
@@ -130,6 +138,8 @@ impl Default for Options {
             welcome_tag: Some(WELCOME_TAG),
             welcome_email: true,
             retry_budget: Duration::from_secs(3),
+            signup_options: Default::default(),
+            configure: None,
         }
     }
 }
@@ -164,10 +174,15 @@ impl Harness {
                 html_body: "<p>Glad you are here.</p>".into(),
             }),
             retry_budget: options.retry_budget,
+            options: match &options.configure {
+                Some(configure) => configure(&sandbox),
+                None => options.signup_options,
+            },
         };
         let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
-        let service = SignupService::new(api, credentials.clone(), settings);
         let queue = options.queue.then(|| Arc::new(MemoryQueue::new()));
+        let service = SignupService::new(api, credentials.clone(), settings)
+            .with_welcome_queue(queue.clone().map(|q| q as Arc<dyn SignupQueue>));
         Harness {
             sandbox,
             deps: TestDeps {
@@ -201,7 +216,7 @@ impl Harness {
 /// An event file from `events/`, as JSON.
 pub use test_support::events::json as event;
 /// The event as API Gateway would deliver it, through lambda_http's own deserializer.
-#[allow(unused_imports)] // not every test file sends unsigned events
+#[allow(unused_imports)] // not every test file sends a stored event as is
 pub use test_support::events::to_request as request;
 
 /// The event re-signed now with `key`.
@@ -214,9 +229,17 @@ pub fn now() -> i64 {
     unix_seconds(std::time::SystemTime::now())
 }
 
-/// The event re-signed now with the test signing key.
+/// The event re-signed now with the test signing key, as a new request: every call gets a
+/// timestamp of its own (a second later than the last one when needed), since the same signed
+/// request twice is a replay (see tests/replays.rs).
 pub fn signed(event: &Value) -> Request {
-    signed_with(event, SIGNING_KEY, now())
+    static LAST_SIGNED_AT: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
+    let now = now();
+    let next = |last: i64| now.max(last + 1);
+    let last = LAST_SIGNED_AT
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |last| Some(next(last)))
+        .unwrap_or_else(|last| last);
+    signed_with(event, SIGNING_KEY, next(last))
 }
 
 /// The stored event file, re-signed now.

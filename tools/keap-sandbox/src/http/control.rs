@@ -33,6 +33,10 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/contacts", get(contact))
         .route("/tags", get(tag))
         .route("/unsubscribe", post(unsubscribe))
+        .route("/custom-fields", post(add_custom_field))
+        .route("/lead-sources", post(add_lead_source))
+        .route("/campaigns", post(add_campaign))
+        .route("/email-templates", post(add_template))
 }
 
 fn done() -> Response {
@@ -134,7 +138,7 @@ async fn contact(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<
     let Some(email) = query.get("email") else {
         return bad_request("query parameter email is required");
     };
-    match shared.world().crm.contact_by_email(email) {
+    match shared.world().contact_view(email) {
         Some(contact) => json(StatusCode::OK, &json!(contact)),
         None => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
     }
@@ -159,6 +163,83 @@ async fn unsubscribe(State(shared): State<Arc<Shared>>, body: Bytes) -> Response
     match parse::<Unsubscribe>(&body) {
         Ok(request) if shared.world().crm.unsubscribe(&request.email) => done(),
         Ok(_) => json(StatusCode::NOT_FOUND, &json!({"error": "no contact with that email"})),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewCustomField {
+    label: String,
+    field_type: String,
+    #[serde(default)]
+    options: Vec<String>,
+}
+
+/// `{"label","field_type","options"}` -> the field (as `GET /v1/contacts/model` lists it).
+async fn add_custom_field(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<NewCustomField>(&body) {
+        Ok(field) => match shared
+            .world()
+            .marketing
+            .add_custom_field(&field.label, &field.field_type, field.options)
+        {
+            Ok(field) => json(StatusCode::OK, &json!(field)),
+            Err(message) => bad_request(message),
+        },
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewLeadSource {
+    name: String,
+}
+
+async fn add_lead_source(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<NewLeadSource>(&body) {
+        Ok(source) => json(
+            StatusCode::OK,
+            &json!(shared.world().marketing.add_lead_source(&source.name)),
+        ),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewCampaign {
+    integration: String,
+    call_name: String,
+    #[serde(default)]
+    email_subject: Option<String>,
+}
+
+/// A published campaign starting on an API goal: `{"integration","call_name","email_subject"}`.
+async fn add_campaign(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<NewCampaign>(&body) {
+        Ok(c) => json(
+            StatusCode::OK,
+            &json!(
+                shared
+                    .world()
+                    .marketing
+                    .add_campaign(&c.integration, &c.call_name, c.email_subject)
+            ),
+        ),
+        Err(err) => err.into_response(),
+    }
+}
+
+#[derive(Deserialize)]
+struct NewTemplate {
+    subject: String,
+}
+
+async fn add_template(State(shared): State<Arc<Shared>>, body: Bytes) -> Response {
+    match parse::<NewTemplate>(&body) {
+        Ok(t) => json(
+            StatusCode::OK,
+            &json!(shared.world().marketing.add_template(&t.subject)),
+        ),
         Err(err) => err.into_response(),
     }
 }

@@ -112,16 +112,35 @@ async fn rest_gate(shared: &Shared, mut request: Request, next: Next) -> Respons
             }
         }
     };
-    if let Some(status) = shared.faults.roll_server_error() {
+    request.extensions_mut().insert(credential);
+    let send = is_send(request.method(), request.uri().path());
+    let forced = send && shared.faults.take_failing_send();
+    if let Some(status) = shared.faults.roll_server_error().or(forced.then_some(502)) {
         shared.world().stats.server_errors += 1;
+        // An upstream failure after the work was done: the email went out, the answer did not.
+        if send && shared.faults.roll_sent_despite_5xx() {
+            shared.world().stats.sent_despite_5xx += 1;
+            let _ = next.run(request).await;
+        }
         return gateway_error(status);
     }
-    request.extensions_mut().insert(credential);
     let mut response = next.run(request).await;
     if let Some(report) = quota {
         quota_headers(response.headers_mut(), &report);
     }
     response
+}
+
+/// Calls that send an email or achieve a goal (the ones whose 5xx leaves the caller unsure).
+fn is_send(method: &http::Method, path: &str) -> bool {
+    let Some(rest) = path.strip_prefix(REST_PREFIX) else {
+        return false;
+    };
+    method == http::Method::POST
+        && (matches!(
+            rest,
+            "/v1/emails/queue" | "/v2/emails:send" | "/v2/emails/templates:send" | "/v2/automations/goals/achieve"
+        ) || rest.starts_with("/v1/campaigns/goals/"))
 }
 
 async fn token_gate(shared: &Shared, request: Request, next: Next) -> Response {

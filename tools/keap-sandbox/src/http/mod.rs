@@ -127,13 +127,34 @@ pub(crate) fn deliver_email(
     for field in ["html_content", "plain_content"] {
         check_base64(body, field).map_err(|message| ApiError::bad_request(version, message))?;
     }
-    let mut world = shared.world();
-    world
-        .crm
-        .deliver_email(contacts)
+    let subject = body.get("subject").and_then(|s| s.as_str()).unwrap_or_default();
+    shared
+        .world()
+        .send_email(contacts, subject)
         .map_err(|unknown| ApiError::bad_request(version, format!("Contact {unknown} not found")))?;
-    world.stats.emails_queued += contacts.len() as u64;
     Ok(StatusCode::ACCEPTED.into_response())
+}
+
+/// Achieves an API goal for a contact: every listening campaign starts (again, on a repeat),
+/// sending its email when it has one. `None` when the contact does not exist.
+pub(crate) fn achieve_goal(
+    world: &mut crate::World,
+    goal: crate::marketing::GoalRef<'_>,
+    contact_id: i64,
+) -> Option<Vec<crate::marketing::CampaignDef>> {
+    world.crm.contact(contact_id)?;
+    let campaigns = world.marketing.listeners(goal);
+    if campaigns.is_empty() {
+        world.stats.goals_without_listener += 1;
+    }
+    for campaign in &campaigns {
+        world.stats.campaigns_started += 1;
+        *world.marketing.goals_achieved.entry(contact_id).or_default() += 1;
+        if let Some(subject) = &campaign.email_subject {
+            let _ = world.send_email(&[contact_id], subject);
+        }
+    }
+    Some(campaigns)
 }
 
 /// Base64 (standard alphabet) content fields of the email endpoints.

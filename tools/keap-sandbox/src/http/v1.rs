@@ -30,10 +30,118 @@ pub(crate) fn routes() -> Router<Arc<Shared>> {
         .route("/v1/tags", get(list_tags).post(create_tag))
         .route("/v1/tags/{tag_id}", get(get_tag))
         .route("/v1/emails/queue", post(queue_email))
+        .route("/v1/emails", get(list_emails))
+        .route("/v1/contacts/model", get(contact_model))
+        .route("/v1/contacts/model/customFields", post(create_custom_field))
+        .route("/v1/campaigns/goals/{integration}/{call_name}", post(achieve_goal))
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(V1, message)
+}
+
+/// Custom fields, lead source and origin of a contact body, checked as Keap does (400).
+fn check_marketing(world: &crate::World, body: &Value) -> Result<(), ApiError> {
+    let body = body
+        .as_object()
+        .ok_or_else(|| bad_request("The request body must be a JSON object"))?;
+    world.marketing.check_contact(body).map_err(bad_request)
+}
+
+/// `GET /v1/contacts/model`: the account's custom fields and the optional properties.
+async fn contact_model(State(shared): State<Arc<Shared>>) -> Reply {
+    Ok(super::json(StatusCode::OK, &shared.world().marketing.model_json()))
+}
+
+/// `POST /v1/contacts/model/customFields` (`CreateRestCustomField`) -> 201 `CustomFieldMetaData`.
+async fn create_custom_field(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = V1.object(&headers, &body)?;
+    let text = |name: &str| match body.get(name) {
+        Some(Value::String(text)) => Ok(text.clone()),
+        None | Some(Value::Null) => Err(bad_request(format!("{name} is required"))),
+        Some(_) => Err(bad_request(format!("{name} must be a string"))),
+    };
+    let (label, field_type) = (text("label")?, text("field_type")?);
+    let options = match body.get("options") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(options)) => options
+            .iter()
+            .map(|o| o.get("label").and_then(Value::as_str).map(str::to_owned))
+            .collect::<Option<Vec<String>>>()
+            .ok_or_else(|| bad_request("options entries need a label"))?,
+        Some(_) => return Err(bad_request("options must be an array")),
+    };
+    let mut world = shared.world();
+    let field = world
+        .marketing
+        .add_custom_field(&label, &field_type, options)
+        .map_err(bad_request)?;
+    Ok(super::json(
+        StatusCode::CREATED,
+        &crate::marketing::Marketing::field_json(field),
+    ))
+}
+
+/// `POST /v1/campaigns/goals/{integration}/{callName}` with `{"contact_id"}`: 201 with one
+/// `GoalEventResultDTO` per listening campaign; an empty list when none listens.
+async fn achieve_goal(
+    State(shared): State<Arc<Shared>>,
+    Path((integration, call_name)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let body = V1.object(&headers, &body)?;
+    let contact_id = match body.get("contact_id") {
+        Some(Value::Number(id)) if id.as_i64().is_some_and(|id| id > 0) => id.as_i64().unwrap_or_default(),
+        None | Some(Value::Null) => return Err(bad_request("contact_id is required")),
+        Some(_) => return Err(bad_request("contact_id must be a positive integer")),
+    };
+    let goal = crate::marketing::GoalRef::Named {
+        integration: &integration,
+        call_name: &call_name,
+    };
+    let mut world = shared.world();
+    let results: Vec<Value> = match super::achieve_goal(&mut world, goal, contact_id) {
+        Some(campaigns) => campaigns
+            .iter()
+            .map(|c| json!({"campaign_id": c.campaign_id, "goal_id": c.goal_id, "success": true, "message": "Goal achieved"}))
+            .collect(),
+        // Keap answers per listening campaign that the contact was not found.
+        None => world
+            .marketing
+            .listeners(goal)
+            .iter()
+            .map(|c| json!({"campaign_id": c.campaign_id, "goal_id": c.goal_id, "success": false, "message": format!("Contact {contact_id} not found")}))
+            .collect(),
+    };
+    Ok(super::json(StatusCode::CREATED, &Value::Array(results)))
+}
+
+/// `GET /v1/emails?contact_id=&since_sent_date=&limit=&offset=`: emails sent (and listed:
+/// see the `sent_listing_delay` fault), oldest first.
+async fn list_emails(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let (limit, offset) = paging(&query)?;
+    let contact_id = match query.get("contact_id") {
+        None => None,
+        Some(raw) => Some(
+            raw.parse::<i64>()
+                .map_err(|_| bad_request("contact_id must be an integer"))?,
+        ),
+    };
+    let since = match query.get("since_sent_date") {
+        None => None,
+        Some(raw) => Some(
+            humantime::parse_rfc3339_weak(raw.trim_end_matches('Z'))
+                .or_else(|_| humantime::parse_rfc3339(raw))
+                .map_err(|_| bad_request("since_sent_date must be a date-time (RFC 3339)"))?,
+        ),
+    };
+    let delay = shared.faults.sent_listing_delay();
+    let (count, emails) = shared
+        .world()
+        .marketing
+        .sent_json(contact_id, since, delay, offset, limit);
+    Ok(super::json(StatusCode::OK, &json!({"emails": emails, "count": count})))
 }
 
 /// `PUT /v1/contacts`: create or update by `duplicate_option`.
@@ -48,6 +156,7 @@ async fn upsert_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
     };
     let input = parse_contact(&body, ApiVersion::V1).map_err(bad_request)?;
     let mut world = shared.world();
+    check_marketing(&world, &body)?;
     let (created, id) = world
         .crm
         .upsert(input, Some(duplicate), ApiVersion::V1)
@@ -60,6 +169,7 @@ async fn create_contact(State(shared): State<Arc<Shared>>, headers: HeaderMap, b
     let body = V1.object(&headers, &body)?;
     let input = parse_contact(&body, ApiVersion::V1).map_err(bad_request)?;
     let mut world = shared.world();
+    check_marketing(&world, &body)?;
     let id = world.crm.create(input).map_err(bad_request)?;
     super::contact_saved(&mut world, V1, true, id)
 }

@@ -23,11 +23,14 @@ const V2: ApiVersion = ApiVersion::V2;
 pub(crate) fn routes() -> Router<Arc<Shared>> {
     Router::new()
         .route("/v2/contacts", get(list_contacts).post(create_contact))
-        .route("/v2/contacts/{contact_id}", get(get_contact))
+        .route("/v2/contacts/{contact_id}", get(get_contact).patch(patch_contact))
         .route("/v2/tags", get(list_tags).post(create_tag))
         .route("/v2/tags/{tag_id}", get(get_tag))
         .route("/v2/tags/{tag_id}/contacts:applyTags", post(apply_tags))
         .route("/v2/emails:send", post(send_email))
+        .route("/v2/emails/templates:send", post(send_template))
+        .route("/v2/leadSources", get(list_lead_sources).post(create_lead_source))
+        .route("/v2/automations/goals/achieve", post(achieve_goal))
 }
 
 fn bad_request(message: impl Into<String>) -> ApiError {
@@ -100,6 +103,9 @@ async fn create_contact(
     let body = V2.object(&headers, &body)?;
     let input = parse_contact(&body, ApiVersion::V2).map_err(bad_request)?;
     let mut world = shared.world();
+    if let Some(object) = body.as_object() {
+        world.marketing.check_contact(object).map_err(bad_request)?;
+    }
     let (created, id) = world
         .crm
         .upsert(input, duplicate, ApiVersion::V2)
@@ -248,4 +254,164 @@ async fn send_email(State(shared): State<Arc<Shared>>, headers: HeaderMap, body:
         }
     }
     super::deliver_email(&shared, V2, &body, &contacts)
+}
+
+/// A v2 id: a number, or a string holding one.
+fn id_field(body: &Value, name: &str) -> Result<Option<i64>, ApiError> {
+    match body.get(name) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value) => value
+            .as_i64()
+            .or_else(|| value.as_str().and_then(|s| s.parse().ok()))
+            .filter(|id| *id > 0)
+            .map(Some)
+            .ok_or_else(|| bad_request(format!("{name} must be a positive id"))),
+    }
+}
+
+/// `POST /v2/emails/templates:send` (`EmailSendTemplateRequest`): 202; the template's subject
+/// is what the contacts receive.
+async fn send_template(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = V2.object(&headers, &body)?;
+    let template_id = id_field(&body, "template_id")?.ok_or_else(|| bad_request("template_id is required"))?;
+    let contacts = string_ids(&body, "contact_ids")?;
+    id_field(&body, "user_id")?.ok_or_else(|| bad_request("user_id is required"))?;
+    let mut world = shared.world();
+    let subject = world
+        .marketing
+        .template(template_id)
+        .map(|t| t.subject.clone())
+        .ok_or_else(|| ApiError::not_found(V2, "EmailTemplate", template_id))?;
+    world
+        .send_email(&contacts, &subject)
+        .map_err(|unknown| bad_request(format!("Contact {unknown} not found")))?;
+    Ok(axum::response::IntoResponse::into_response(StatusCode::ACCEPTED))
+}
+
+/// `GET /v2/leadSources?filter=name==Google*`.
+async fn list_lead_sources(State(shared): State<Arc<Shared>>, Query(query): Query<HashMap<String, String>>) -> Reply {
+    let filters = parse_filter(query.get("filter"), &["name"])?;
+    let limit = page_size(&query)?;
+    let name = filters.iter().find(|(field, _)| *field == "name").map(|(_, v)| *v);
+    let sources = shared.world().marketing.lead_sources_json(name, limit);
+    Ok(super::json(
+        StatusCode::OK,
+        &json!({"lead_sources": sources, "next_page_token": ""}),
+    ))
+}
+
+/// `POST /v2/leadSources` (`CreateLeadSourceRequest`) -> 201 `LeadSource`.
+async fn create_lead_source(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = V2.object(&headers, &body)?;
+    let name = match body.get("name") {
+        Some(Value::String(name)) if !name.trim().is_empty() && name.chars().count() <= 255 => name.clone(),
+        _ => return Err(bad_request("name is required (1 to 255 characters)")),
+    };
+    let mut world = shared.world();
+    let source = world.marketing.add_lead_source(&name);
+    Ok(super::json(
+        StatusCode::CREATED,
+        &crate::marketing::Marketing::lead_source_json(source),
+    ))
+}
+
+/// `POST /v2/automations/goals/achieve` (`AchieveGoalRequest`): either `integration` +
+/// `call_name` or `automation_id` + `goal_id`, and `contact_id`. 200 with one result per
+/// listening automation (none: no published automation listens).
+async fn achieve_goal(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Reply {
+    let body = V2.object(&headers, &body)?;
+    let contact_id = id_field(&body, "contact_id")?.ok_or_else(|| bad_request("contact_id is required"))?;
+    let text = |name: &str| body.get(name).and_then(Value::as_str).filter(|t| !t.trim().is_empty());
+    let ids = (id_field(&body, "automation_id")?, id_field(&body, "goal_id")?);
+    let goal = match (text("integration"), text("call_name"), ids) {
+        (Some(integration), Some(call_name), (None, None)) => {
+            crate::marketing::GoalRef::Named { integration, call_name }
+        }
+        (None, None, (Some(automation_id), Some(goal_id))) => crate::marketing::GoalRef::Ids { automation_id, goal_id },
+        _ => {
+            return Err(bad_request(
+                "Provide either integration and call_name, or automation_id and goal_id",
+            ));
+        }
+    };
+    let mut world = shared.world();
+    if let crate::marketing::GoalRef::Ids { automation_id, .. } = goal
+        && world.marketing.listeners(goal).is_empty()
+    {
+        return Err(ApiError::not_found(V2, "Automation goal", automation_id));
+    }
+    let campaigns = super::achieve_goal(&mut world, goal, contact_id)
+        .ok_or_else(|| ApiError::not_found(V2, "Contact", contact_id))?;
+    let results: Vec<Value> = campaigns
+        .iter()
+        .map(|c| {
+            json!({"success": true, "message": "Goal achieved", "automation_id": c.campaign_id, "goal_id": c.goal_id,
+                   "flow_start_results": [{"success": true, "message": "Flow started", "flow_id": c.goal_id + 1}],
+                   "flow_stop_results": []})
+        })
+        .collect();
+    Ok(super::json(StatusCode::OK, &json!({"results": results})))
+}
+
+/// `PATCH /v2/contacts/{contact_id}` (`CreateUpdateContactRequest`): the sandbox takes the
+/// marketing fields (`utm_parameters`, `leadsource_id`, `custom_fields`, `job_title`,
+/// `website`) and answers the contact. `utm_parameters` needs `keap_source_id` (the spec's
+/// `CreateContactUtmPropertiesRequest`).
+async fn patch_contact(
+    State(shared): State<Arc<Shared>>,
+    Path(contact_id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let id = V2.path_id(&contact_id, "contact_id")?;
+    let body = V2.object(&headers, &body)?;
+    let object = body.as_object().cloned().unwrap_or_default();
+    const TAKEN: &[&str] = &[
+        "utm_parameters",
+        "leadsource_id",
+        "custom_fields",
+        "job_title",
+        "website",
+    ];
+    if let Some(name) = object.keys().find(|name| !TAKEN.contains(&name.as_str())) {
+        return Err(bad_request(format!(
+            "The sandbox's PATCH takes only {}; got {name}",
+            TAKEN.join(", ")
+        )));
+    }
+    if let Some(utm) = object.get("utm_parameters") {
+        let utm = utm
+            .as_object()
+            .ok_or_else(|| bad_request("utm_parameters must be an object"))?;
+        match utm.get("keap_source_id") {
+            Some(Value::String(source)) if !source.trim().is_empty() => {}
+            _ => return Err(bad_request("utm_parameters.keap_source_id is required")),
+        }
+        for (name, value) in utm {
+            let known = [
+                "keap_source_id",
+                "utm_source",
+                "utm_medium",
+                "utm_term",
+                "utm_campaign",
+                "utm_content",
+            ];
+            if !known.contains(&name.as_str()) || !value.is_string() {
+                return Err(bad_request(format!(
+                    "utm_parameters.{name} is not a known string field"
+                )));
+            }
+        }
+    }
+    let mut world = shared.world();
+    world.marketing.check_contact(&object).map_err(bad_request)?;
+    if !world.crm.set_fields(id, object) {
+        return Err(ApiError::not_found(V2, "Contact", id));
+    }
+    let contact = world
+        .crm
+        .contact(id)
+        .map(Contact::v2_json)
+        .ok_or_else(|| ApiError::not_found(V2, "Contact", id))?;
+    Ok(super::json(StatusCode::OK, &contact))
 }

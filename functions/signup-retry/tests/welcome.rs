@@ -1,0 +1,161 @@
+//! Welcomes queued on their own (`{"welcome": …, "contact_id": …}`) through `signup-retry`:
+//! a send that may have gone out is looked up in Keap's sent-email listing first, and sent
+//! again only once it surely did not.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use aws_lambda_events::event::sqs::SqsEvent;
+use keap_relay::SecretString;
+use keap_relay::config::{SignupOptions, WelcomeEmail, WelcomeGoal};
+use keap_relay::keap::api::KeapApi;
+use keap_relay::signup::{MemoryQueue, QueuedMessage, QueuedWelcome, SignupService, SignupSettings, WelcomePart};
+use keap_relay::token::ApiKeySource;
+use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
+use serde_json::{Value, json};
+use signup_retry::handler::handle_with_parking;
+
+async fn setup(recheck: Duration) -> (Sandbox, SignupService, i64) {
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
+    let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
+    let settings = SignupSettings {
+        welcome_tag: None,
+        welcome_email: Some(WelcomeEmail {
+            user_id: 1,
+            subject: "Welcome!".into(),
+            html_body: "<p>Hi</p>".into(),
+        }),
+        retry_budget: Duration::from_millis(300),
+        options: SignupOptions {
+            welcome_goal: Some(WelcomeGoal::Named {
+                integration: "relay".into(),
+                call_name: "signup".into(),
+            }),
+            welcome_recheck_after: recheck,
+            ..SignupOptions::default()
+        },
+    };
+    let service = SignupService::new(
+        api,
+        Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY))),
+        settings,
+    );
+    let created = reqwest::Client::new()
+        .put(format!("{}/v1/contacts", sandbox.api_url()))
+        .header("X-Keap-API-Key", DEFAULT_API_KEY)
+        .json(
+            &json!({"duplicate_option": "Email", "email_addresses": [{"email": "lin@example.com", "field": "EMAIL1"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    let id = created.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
+    (sandbox, service, id)
+}
+
+fn event(welcomes: &[&QueuedWelcome]) -> SqsEvent {
+    let records: Vec<Value> = welcomes
+        .iter()
+        .enumerate()
+        .map(|(index, welcome)| {
+            json!({"messageId": format!("m-{index}"), "body": welcome.to_message(), "eventSource": "aws:sqs",
+                   "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}})
+        })
+        .collect();
+    serde_json::from_value(json!({ "Records": records })).unwrap()
+}
+
+fn lin(sandbox: &Sandbox) -> keap_sandbox::ContactView {
+    sandbox.contact_by_email("lin@example.com").unwrap()
+}
+
+#[tokio::test]
+async fn surely_unsent_welcomes_are_sent_and_unsure_ones_checked_first() {
+    let (sandbox, service, id) = setup(Duration::from_secs(60)).await;
+    let parking = MemoryQueue::new();
+    // Nothing went out for these two, long ago: sent now (nobody could claim them: no welcome
+    // tag here, and the recheck time has passed), acknowledged.
+    let long_ago = Some(SystemTime::now() - Duration::from_secs(120));
+    let email = QueuedWelcome::new(WelcomePart::Email, id, long_ago);
+    let goal = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
+    let response = handle_with_parking(event(&[&email, &goal]), &service, Some(&parking))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let contact = lin(&sandbox);
+    assert_eq!(contact.emails_sent, ["Welcome!", "Welcome (campaign)"]);
+    assert_eq!(contact.goals_achieved, 1);
+
+    // The same two again, as if their earlier send had failed with a 5xx: both are listed,
+    // so neither goes out again.
+    let before = SystemTime::now() - Duration::from_secs(5);
+    let email = QueuedWelcome::new(WelcomePart::Email, id, Some(before));
+    let goal = QueuedWelcome::new(WelcomePart::Goal, id, Some(before));
+    let response = handle_with_parking(event(&[&email, &goal]), &service, Some(&parking))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(lin(&sandbox).emails_received, 2);
+    assert_eq!(lin(&sandbox).goals_achieved, 1);
+    assert!(parking.messages().is_empty());
+}
+
+#[tokio::test]
+async fn an_unsure_welcome_not_listed_yet_goes_back_to_the_queue_to_be_checked_later() {
+    let (sandbox, service, id) = setup(Duration::from_secs(60)).await;
+    let parking = MemoryQueue::new();
+    let unsure = QueuedWelcome::new(WelcomePart::Email, id, Some(SystemTime::now()));
+    let response = handle_with_parking(event(&[&unsure]), &service, Some(&parking))
+        .await
+        .unwrap();
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "acknowledged: a new message carries it"
+    );
+    let messages = parking.messages();
+    assert_eq!(messages.len(), 1);
+    let QueuedMessage::Welcome(again) = QueuedMessage::from_message(&messages[0]).unwrap() else {
+        panic!("{}", messages[0])
+    };
+    assert_eq!(
+        (again.part, again.contact_id, again.attempted_at),
+        (unsure.part, id, unsure.attempted_at)
+    );
+    assert_eq!(lin(&sandbox).emails_received, 0, "not sent while it may still show up");
+
+    // Without a queue to send it back to, SQS redelivers it.
+    let response = handle_with_parking(event(&[&unsure]), &service, None).await.unwrap();
+    assert_eq!(response.batch_item_failures.len(), 1);
+}
+
+#[tokio::test]
+async fn a_welcome_keap_refuses_goes_toward_the_dead_letter_queue() {
+    let (_sandbox, service, _) = setup(Duration::from_secs(1)).await;
+    let unknown = QueuedWelcome::new(
+        WelcomePart::Email,
+        999_999,
+        Some(SystemTime::now() - Duration::from_secs(5)),
+    );
+    let response = handle_with_parking(event(&[&unknown]), &service, None).await.unwrap();
+    assert_eq!(response.batch_item_failures.len(), 1);
+}
+
+#[tokio::test]
+async fn the_sample_welcome_batch_is_sent_once() {
+    // events/sqs-welcome-batch.json: the email owed to contact 1001 (queued at 21:20:00, no
+    // send time), and its goal, whose achievement may have gone through at 21:20:03; both long
+    // past the recheck time and not listed, so both are sent.
+    let (sandbox, service, id) = setup(Duration::from_secs(60)).await;
+    assert_eq!(id, 1001, "the sandbox's first contact id, as the sample names it");
+    let event: SqsEvent = serde_json::from_value(test_support::events::json("sqs-welcome-batch.json")).unwrap();
+    let response = handle_with_parking(event.clone(), &service, None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let contact = lin(&sandbox);
+    assert_eq!(contact.emails_sent, ["Welcome!", "Welcome (campaign)"]);
+    // Redelivered (its answer lost): both find their email listed; nothing goes out twice.
+    let response = handle_with_parking(event, &service, None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let contact = lin(&sandbox);
+    assert_eq!((contact.emails_received, contact.goals_achieved), (2, 1));
+}
