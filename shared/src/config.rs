@@ -70,6 +70,8 @@ pub struct Config {
     /// Total time a signup may spend retrying Keap 429/5xx before it is queued.
     pub signup_retry_budget: Duration,
     pub welcome_email: Option<WelcomeEmail>,
+    /// The website forms (`POST /form`, `POST /form/{form_name}`): see [`crate::forms`].
+    pub forms: crate::forms::FormsConfig,
 }
 
 /// Optional direct welcome email, for accounts without a tag-triggered automation.
@@ -97,6 +99,9 @@ pub struct AppSecret {
     pub signup_signing_key: Option<SecretString>,
     #[serde(default, deserialize_with = "non_blank")]
     pub admin_password: Option<SecretString>,
+    /// The human-check provider's secret key (`FORM_CAPTCHA_PROVIDER`), for siteverify.
+    #[serde(default, deserialize_with = "non_blank")]
+    pub captcha_secret: Option<SecretString>,
 }
 
 fn non_blank<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -216,6 +221,7 @@ impl Config {
             refresh_backoff_max: Duration::from_secs(7200),
             signup_retry_budget: Duration::from_millis(2000),
             welcome_email: None,
+            forms: crate::forms::FormsConfig::default(),
         }
     }
 
@@ -297,6 +303,7 @@ impl Config {
             refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", defaults.refresh_backoff_max)?,
             signup_retry_budget: millis("KEAP_SIGNUP_RETRY_BUDGET_MS", defaults.signup_retry_budget)?,
             welcome_email,
+            forms: crate::forms::FormsConfig::from_env()?,
         };
         config.validate()?;
         Ok(config)

@@ -17,6 +17,7 @@ mod http;
 mod oauth_store;
 mod quota;
 mod server;
+pub mod siteverify;
 mod stats;
 
 use std::net::{Ipv4Addr, SocketAddr};
