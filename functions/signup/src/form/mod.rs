@@ -100,6 +100,7 @@ pub async fn handle<D: FormDeps + ?Sized>(request: &Request, deps: &D) -> Respon
     }
     let cors = |response| answer::allow_origin(response, origin.as_deref());
     if request.method() == Method::OPTIONS {
+        tracing::info!(form = name.unwrap_or("default"), "CORS preflight allowed");
         return cors(answer::preflight());
     }
     let refuse = |refusal: Refusal| cors(answer::refusal(caller, form.error_url.as_ref(), &refusal));
