@@ -44,8 +44,10 @@ pub enum BadForm {
     Malformed(&'static str),
     #[error("the form has more than {MAX_FIELDS} fields or a field name longer than {MAX_FIELD_NAME_BYTES} bytes")]
     TooManyFields,
-    #[error("form field values must be text")]
+    #[error("form field values must be text (contact and campaign fields: strings)")]
     NotText,
+    #[error("a form field name holds a control character, a quote or a backslash")]
+    FieldName,
 }
 
 impl BadForm {
@@ -55,6 +57,7 @@ impl BadForm {
             BadForm::Malformed("JSON") => "invalid_json",
             BadForm::Malformed(_) => "invalid_form",
             BadForm::TooManyFields => "too_many_fields",
+            BadForm::FieldName => "invalid_form",
             BadForm::NotText => "invalid_field",
         }
     }
@@ -81,6 +84,11 @@ impl Fields {
     fn push(&mut self, name: String, value: String) -> Result<(), BadForm> {
         if self.0.len() >= MAX_FIELDS || name.len() > MAX_FIELD_NAME_BYTES {
             return Err(BadForm::TooManyFields);
+        }
+        // No form field is named so, and a multipart header could not carry it: the same
+        // refusal whatever the encoding.
+        if name.chars().any(|c| c.is_control() || c == '"' || c == '\\') {
+            return Err(BadForm::FieldName);
         }
         self.0.push((name, value));
         Ok(())
@@ -125,6 +133,8 @@ impl Fields {
                     let text = match value {
                         Value::Null => continue,
                         Value::String(text) => text,
+                        // A name, an address or a campaign is text, never `false` or `12`.
+                        _ if is_contact_field(&name) => return Err(BadForm::NotText),
                         Value::Bool(flag) => flag.to_string(),
                         Value::Number(number) => number.to_string(),
                         Value::Array(_) | Value::Object(_) => return Err(BadForm::NotText),
@@ -150,6 +160,12 @@ const CONTACT_FIELDS: &[(&str, &[&str])] = &[
 
 /// `utm_source` and the others become `utm.source` and so on.
 const UTM_FIELDS: &[&str] = &["source", "medium", "campaign", "term", "content"];
+
+/// A contact or campaign field, which a JSON post must send as a string (or `null`).
+fn is_contact_field(name: &str) -> bool {
+    CONTACT_FIELDS.iter().any(|(_, names)| names.contains(&name))
+        || name.strip_prefix("utm_").is_some_and(|part| UTM_FIELDS.contains(&part))
+}
 
 /// What a checkbox or a JSON flag may say.
 fn opt_in(value: &str) -> Result<bool, BadForm> {
@@ -296,7 +312,27 @@ mod tests {
             (Encoding::Json, &b"[1]"[..], "invalid_json"),
             (Encoding::Json, &b"{"[..], "invalid_json"),
             (Encoding::Json, &br#"{"email":["a@example.com"]}"#[..], "invalid_field"),
+            (
+                Encoding::Json,
+                &br#"{"email":"a@example.com","family_name":false}"#[..],
+                "invalid_field",
+            ),
+            (
+                Encoding::Json,
+                &br#"{"email":"a@example.com","utm_term":7}"#[..],
+                "invalid_field",
+            ),
             (Encoding::UrlEncoded, &b"email=\xff"[..], "invalid_form"),
+            (
+                Encoding::UrlEncoded,
+                &b"email=a%40example.com&a%0Fb=1"[..],
+                "invalid_form",
+            ),
+            (
+                Encoding::Json,
+                &br#"{"email":"a@example.com","a\"b":"1"}"#[..],
+                "invalid_form",
+            ),
         ] {
             let error = Fields::decode(&encoding, body).await.unwrap_err();
             assert_eq!(error.code(), code, "{body:?}");
