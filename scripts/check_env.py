@@ -5,7 +5,9 @@ A misspelt name is silently ignored by the functions (they fall back to a defaul
 - every variable the template sets must be read by config.rs (or be listed in EXTRA below);
 - every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
   SIGNUP_QUEUE_URL, which only `signup` (to queue) and `signup-retry` (to park signups that
-  wait for Keap to be reconnected) get.
+  wait for Keap to be reconnected) get;
+- every website-form variable shared/src/forms.rs reads (FORM_*, FORMS_JSON) must be set on
+  `signup`, the function that answers the form routes, and on no other.
 
 Usage: check_env.py [TEMPLATE] [CONFIG_RS]
 """
@@ -23,6 +25,7 @@ EXTRA = {"KEAP_START_URL"}
 # The local run's file store; meaningless on Lambda.
 LOCAL_ONLY = {"KEAP_STORE_DIR"}
 QUEUE_VAR, QUEUE_USERS = "SIGNUP_QUEUE_URL", {"SignupFunction", "SignupRetryFunction"}
+FORMS_USER = "SignupFunction"
 
 
 def main() -> int:
@@ -32,12 +35,24 @@ def main() -> int:
     if not read:
         print(f"no variable names found in {config_path}")
         return 1
+    forms_path = config_path.parent / "forms.rs"
+    forms = set(re.findall(r'"(FORMS?_[A-Z0-9_]+)"', forms_path.read_text(encoding="utf-8")))
+    if not forms:
+        print(f"no variable names found in {forms_path}")
+        return 1
     resources = translate(load_template(template_path))["Resources"]
     problems = []
     for function_id, function in sorted(resources.items()):
         if function["Type"] != "AWS::Lambda::Function":
             continue
         env = set(function["Properties"].get("Environment", {}).get("Variables", {}))
+        if function_id == FORMS_USER:
+            for name in sorted(forms - env):
+                problems.append(f"{function_id}: does not set {name}, which {forms_path.name} reads")
+            env -= forms
+        for name in sorted(env & forms):
+            problems.append(f"{function_id}: must not get {name} (only {FORMS_USER} answers the form routes)")
+        env -= forms
         for name in sorted(env - read - EXTRA):
             problems.append(f"{function_id}: sets {name}, which {config_path.name} never reads (misspelt?)")
         wanted = read - LOCAL_ONLY - {QUEUE_VAR} | ({QUEUE_VAR} if function_id in QUEUE_USERS else set())
@@ -49,7 +64,10 @@ def main() -> int:
         print("environment check FAILED:")
         print("\n".join(f"  - {p}" for p in problems))
         return 1
-    print(f"environment check passed: {len(read - LOCAL_ONLY)} variables of {config_path.name} set as expected")
+    print(
+        f"environment check passed: {len(read - LOCAL_ONLY)} variables of {config_path.name} and "
+        f"{len(forms)} of {forms_path.name} set as expected"
+    )
     return 0
 
 
