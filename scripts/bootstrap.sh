@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what keap-relay's tests and local run need, idempotently, into the project only:
-# a Python virtual environment at .venv (moto, cargo-lambda, the SAM CLI) and the arm64 Rust target.
+# a Python virtual environment at .venv (moto, cargo-lambda, the SAM CLI, selenium) and the arm64 Rust target;
+# as root (CI), Debian's chromium and chromium-driver with apt for the browser test (scripts/check-browser.sh).
 # Sourced by the other scripts; safe to run again.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -20,6 +21,7 @@ case "$WANT" in
     [ -x "$VENV/bin/moto_server" ] || need+=("moto[server]")
     [ -x "$VENV/bin/cargo-lambda" ] || need+=("cargo-lambda")
     [ -x "$VENV/bin/sam" ] || need+=("aws-sam-cli")
+    "$VENV/bin/python" -c 'import selenium' 2>/dev/null || need+=("selenium>=4.20,<5")
     ;;
 esac
 if [ "${#need[@]}" -gt 0 ]; then
@@ -29,6 +31,15 @@ fi
 if [ "$WANT" = all ] && ! rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
   say "adding the aarch64-unknown-linux-gnu Rust target (for Lambda arm64 builds)"
   rustup target add aarch64-unknown-linux-gnu >&2
+fi
+if [ "$WANT" = all ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    say "installing chromium and chromium-driver with apt (for the browser test)"
+    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
+  else
+    say "chromium and chromium-driver are missing: the browser test needs them (apt-get install chromium chromium-driver)"
+  fi
 fi
 export PATH="$VENV/bin:$PATH"
 export MOTO_SERVER="$VENV/bin/moto_server"

@@ -4,7 +4,9 @@
 A misspelt name is silently ignored by the functions (they fall back to a default), so:
 - every variable the template sets must be read by config.rs (or be listed in EXTRA below);
 - every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
-  the ONLY_FOR ones, which exactly the functions named there get.
+  the ONLY_FOR ones, which exactly the functions named there get;
+- every website-form variable shared/src/forms.rs reads (FORM_*, FORMS_JSON) must be set on
+  `signup`, the function that answers the form routes, and on no other.
 
 Usage: check_env.py [TEMPLATE] [CONFIG_RS]
 """
@@ -27,6 +29,7 @@ ONLY_FOR = {
     # Only `signup` sees signed requests (docs/security.md, item 3).
     "SIGNUP_REPLAY_TABLE": {"SignupFunction"},
 }
+FORMS_USER = "SignupFunction"
 
 
 def main() -> int:
@@ -36,12 +39,24 @@ def main() -> int:
     if not read:
         print(f"no variable names found in {config_path}")
         return 1
+    forms_path = config_path.parent / "forms.rs"
+    forms = set(re.findall(r'"(FORMS?_[A-Z0-9_]+)"', forms_path.read_text(encoding="utf-8")))
+    if not forms:
+        print(f"no variable names found in {forms_path}")
+        return 1
     resources = translate(load_template(template_path))["Resources"]
     problems = []
     for function_id, function in sorted(resources.items()):
         if function["Type"] != "AWS::Lambda::Function":
             continue
         env = set(function["Properties"].get("Environment", {}).get("Variables", {}))
+        if function_id == FORMS_USER:
+            for name in sorted(forms - env):
+                problems.append(f"{function_id}: does not set {name}, which {forms_path.name} reads")
+            env -= forms
+        for name in sorted(env & forms):
+            problems.append(f"{function_id}: must not get {name} (only {FORMS_USER} answers the form routes)")
+        env -= forms
         for name in sorted(env - read - EXTRA):
             problems.append(f"{function_id}: sets {name}, which {config_path.name} never reads (misspelt?)")
         own = {name for name, users in ONLY_FOR.items() if function_id in users}
@@ -54,7 +69,10 @@ def main() -> int:
         print("environment check FAILED:")
         print("\n".join(f"  - {p}" for p in problems))
         return 1
-    print(f"environment check passed: {len(read - LOCAL_ONLY)} variables of {config_path.name} set as expected")
+    print(
+        f"environment check passed: {len(read - LOCAL_ONLY)} variables of {config_path.name} and "
+        f"{len(forms)} of {forms_path.name} set as expected"
+    )
     return 0
 
 

@@ -88,7 +88,13 @@ EXPECTED_INVOKERS: dict[str, set[tuple[str, str]]] = {
         ("apigateway.amazonaws.com", "HttpApi:/*/GET/oauth/callback"),
         ("apigateway.amazonaws.com", "HttpApi:/*/GET/status"),
     },
-    "SignupFunction": {("apigateway.amazonaws.com", "HttpApi:/*/POST/signup")},
+    "SignupFunction": {
+        ("apigateway.amazonaws.com", "HttpApi:/*/POST/signup"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/POST/form"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/OPTIONS/form"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/POST/form/*"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/OPTIONS/form/*"),
+    },
     "RefreshFunction": {("events.amazonaws.com", "RefreshFunctionSchedule.Arn")},
     "SignupRetryFunction": set(),
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Runs every keap-relay test on a fresh machine: installs what it needs (scripts/bootstrap.sh),
 # then the format and lint gates (cargo fmt --check, clippy -D warnings), the Rust suites (unit, property, sandbox, moto, storms, handlers with sample events,
-# end-to-end local flow), the template checks and the hostile-input checks.
+# end-to-end local flow), the template checks, the hostile-input checks and the website form in a real browser.
 # Ends with one summary line: "N passed, N failed".
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -48,7 +48,7 @@ export CHECK_TEMPLATE_QUICK_PROFILE="${CHECK_TEMPLATE_QUICK_PROFILE:-1}"
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step rust-tests cargo test --workspace --locked --no-fail-fast
-for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh scripts/check-cargo-lambda.sh scripts/check-deps.sh; do
+for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh scripts/check-cargo-lambda.sh scripts/check-browser.sh scripts/check-deps.sh; do
   if [ -x "$extra" ]; then step "$(basename "$extra" .sh)" "$extra"; fi
 done
 

@@ -115,6 +115,24 @@ impl DeploymentEnv {
         }
         if self.function == "signup" {
             vars.push(("SIGNUP_QUEUE_URL", self.queue_url.clone()));
+            // The website forms (SignupFunction's own, defaults of their parameters).
+            for (name, value) in [
+                ("FORM_ALLOWED_ORIGINS", ""),
+                ("FORM_THANK_YOU_URL", ""),
+                ("FORM_ERROR_URL", ""),
+                ("FORM_TAGS", ""),
+                ("FORM_SOURCE", "the website form"),
+                ("FORM_CUSTOM_FIELDS", ""),
+                ("FORMS_JSON", ""),
+                ("FORM_CAPTCHA_PROVIDER", "none"),
+                ("FORM_CAPTCHA_REQUIRED", "true"),
+                ("FORM_CAPTCHA_VERIFY_URL", ""),
+                ("FORM_RECORD_IP", "false"),
+                ("FORM_RATE_LIMIT_PER_MINUTE", "10"),
+                ("FORM_HONEYPOT_FIELD", "_gotcha"),
+            ] {
+                vars.push((name, value.into()));
+            }
         }
         vars.into_iter().map(|(name, value)| (name.to_owned(), value)).collect()
     }

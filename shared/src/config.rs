@@ -76,6 +76,8 @@ pub struct Config {
     pub welcome_email: Option<WelcomeEmail>,
     /// The welcome goal and template, contact fields and allow-lists (see [`SignupOptions`]).
     pub signup_options: SignupOptions,
+    /// The website forms (`POST /form`, `POST /form/{form_name}`): see [`crate::forms`].
+    pub forms: crate::forms::FormsConfig,
 }
 
 /// The API goal achieved once per new contact (`KEAP_WELCOME_GOAL`).
@@ -295,6 +297,9 @@ pub struct AppSecret {
     pub signup_signing_key: Option<SecretString>,
     #[serde(default, deserialize_with = "non_blank")]
     pub admin_password: Option<SecretString>,
+    /// The human-check provider's secret key (`FORM_CAPTCHA_PROVIDER`), for siteverify.
+    #[serde(default, deserialize_with = "non_blank")]
+    pub captcha_secret: Option<SecretString>,
 }
 
 fn non_blank<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -416,6 +421,7 @@ impl Config {
             signup_retry_budget: Duration::from_millis(2000),
             welcome_email: None,
             signup_options: SignupOptions::default(),
+            forms: crate::forms::FormsConfig::default(),
         }
     }
 
@@ -499,6 +505,7 @@ impl Config {
             signup_retry_budget: millis("KEAP_SIGNUP_RETRY_BUDGET_MS", defaults.signup_retry_budget)?,
             signup_options: SignupOptions::from_env(welcome_email.as_ref())?,
             welcome_email,
+            forms: crate::forms::FormsConfig::from_env()?,
         };
         config.validate()?;
         Ok(config)

@@ -8,6 +8,7 @@
 //! - [`config`]: environment configuration and the operator-written app secret.
 
 pub mod config;
+pub mod forms;
 pub mod keap;
 pub mod signup;
 pub mod store;

@@ -97,21 +97,21 @@ async fn memory_records_keep_the_contract() {
 #[tokio::test]
 async fn dynamodb_records_keep_the_contract_on_moto() {
     let moto = MotoServer::start().await;
-    let client = dynamodb_client(&moto.endpoint);
-    create_replay_table(&client, "signup-replays").await;
+    create_replay_table(&moto.endpoint, "signup-replays").await;
+    let client = dynamodb_client(&moto.endpoint, false);
     contract(Arc::new(DynamoReplayRecords::new(client, "signup-replays"))).await;
 }
 
 #[tokio::test]
 async fn dynamodb_records_fail_open_when_the_table_is_missing_or_unreachable() {
     let moto = MotoServer::start().await;
-    let missing = DynamoReplayRecords::new(dynamodb_client(&moto.endpoint), "no-such-table");
+    let missing = DynamoReplayRecords::new(dynamodb_client(&moto.endpoint, true), "no-such-table");
     let error = missing.claim(&key(1), at(100), at(130), at(400)).await.unwrap_err();
     assert!(error.to_string().contains("unavailable"), "{error}");
 
     // nothing listens here: the call is bounded and fails, it does not hang
     let port = test_support::moto::free_port();
-    let unreachable = DynamoReplayRecords::new(dynamodb_client(&format!("http://127.0.0.1:{port}")), "t");
+    let unreachable = DynamoReplayRecords::new(dynamodb_client(&format!("http://127.0.0.1:{port}"), true), "t");
     let started = std::time::Instant::now();
     assert!(unreachable.claim(&key(1), at(100), at(130), at(400)).await.is_err());
     assert!(started.elapsed() < keap_relay::signup::replay::DYNAMO_CALL_TIMEOUT + Duration::from_secs(1));

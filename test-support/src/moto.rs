@@ -113,11 +113,18 @@ pub fn sqs_client(endpoint: &str) -> aws_sdk_sqs::Client {
     aws_sdk_sqs::Client::from_conf(config)
 }
 
-/// A DynamoDB client for a local endpoint (moto), with dummy credentials and the relay's own
-/// timeouts and retries.
-pub fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
+/// A DynamoDB client for a local endpoint (moto), with dummy credentials; with the relay's own
+/// timeouts and retries when `relay_bounds` (else the SDK's defaults, which a loaded test
+/// machine needs for tests of anything but those bounds).
+pub fn dynamodb_client(endpoint: &str, relay_bounds: bool) -> aws_sdk_dynamodb::Client {
     use aws_sdk_dynamodb::config::{BehaviorVersion, Credentials, Region};
-    let config = keap_relay::signup::replay::with_replay_bounds(aws_sdk_dynamodb::Config::builder())
+    let builder = aws_sdk_dynamodb::Config::builder();
+    let builder = if relay_bounds {
+        keap_relay::signup::replay::with_replay_bounds(builder)
+    } else {
+        builder
+    };
+    let config = builder
         .behavior_version(BehaviorVersion::latest())
         .region(Region::new("us-east-1"))
         .credentials_provider(Credentials::new("test", "test", None, None, "keap-relay-tests"))
@@ -126,10 +133,11 @@ pub fn dynamodb_client(endpoint: &str) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(config)
 }
 
-/// Creates the replay table as template.yaml declares it (partition key `pk`, on demand).
-pub async fn create_replay_table(client: &aws_sdk_dynamodb::Client, table: &str) {
+/// Creates the replay table as template.yaml declares it (partition key `pk`, on demand),
+/// with the SDK's default timeouts (moto's first DynamoDB call loads the service).
+pub async fn create_replay_table(endpoint: &str, table: &str) {
     use aws_sdk_dynamodb::types::{AttributeDefinition, BillingMode, KeySchemaElement, KeyType, ScalarAttributeType};
-    client
+    dynamodb_client(endpoint, false)
         .create_table()
         .table_name(table)
         .billing_mode(BillingMode::PayPerRequest)

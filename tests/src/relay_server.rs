@@ -28,6 +28,10 @@ pub const TOKEN_SECRET_ID: &str = "keap-relay/token";
 pub const ADMIN_PASSWORD: &str = "hostile-admin-password";
 pub const SIGNING_KEY: &str = "hostile-signup-signing-key";
 pub const WELCOME_TAG: &str = "Welcome";
+/// The origin the website forms accept (schemathesis sends it as `Origin`).
+pub const FORM_ORIGIN: &str = "https://www.example.com";
+/// The named form (`/form/contact`).
+pub const FORM_NAME: &str = "contact";
 /// The callback URL registered with the (sandbox) Keap client.
 pub const REDIRECT_PATH: &str = "/oauth/callback";
 
@@ -133,8 +137,26 @@ pub fn config(sandbox: &Sandbox, redirect_uri: &str, retry_budget: Duration) -> 
             create_lead_sources: true,
             ..Default::default()
         },
+        forms: forms(),
         ..Config::defaults()
     }
+}
+
+/// The website forms: posts from [`FORM_ORIGIN`] to `/form` and `/form/contact`; no thank-you
+/// or error page (so plain forms get the relay's pages, not a redirect off this machine), no
+/// per-address limit (every request comes from 127.0.0.1), the address recorded.
+pub fn forms() -> keap_relay::forms::FormsConfig {
+    let vars = [
+        ("FORM_ALLOWED_ORIGINS", FORM_ORIGIN.to_owned()),
+        ("FORM_RATE_LIMIT_PER_MINUTE", "0".to_owned()),
+        ("FORM_RECORD_IP", "true".to_owned()),
+        (
+            "FORMS_JSON",
+            serde_json::json!({ FORM_NAME: { "tags": ["Contact form"] } }).to_string(),
+        ),
+    ];
+    keap_relay::forms::FormsConfig::from_lookup(|name| vars.iter().find(|(n, _)| *n == name).map(|(_, v)| v.clone()))
+        .expect("the test server's form settings are valid")
 }
 
 /// Starts the sandbox and the relay.

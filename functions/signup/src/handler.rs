@@ -13,7 +13,8 @@ use keap_relay::SecretString;
 use keap_relay::http_edge::{self, with_retry_after};
 use keap_relay::metrics;
 use keap_relay::signup::{
-    Claim, QueuedSignup, RecordedAnswer, ReplayRecords, Signup, SignupError, SignupQueue, SignupService, signature,
+    Claim, QueuedSignup, RecordedAnswer, ReplayRecords, Signup, SignupError, SignupOutcome, SignupQueue, SignupService,
+    signature,
 };
 use lambda_http::http::{HeaderMap, Method, StatusCode, header};
 use lambda_http::{Body, Request, RequestExt, Response};
@@ -132,7 +133,7 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
             None
         }
     };
-    let response = deliver(request, signup, deps).await;
+    let response = answer(deliver(request, signup, deps).await);
     if let Some(owner) = owner {
         let kept = match recorded(&response) {
             Some(answer) => records.complete(&verified.replay_key, owner, &answer).await,
@@ -183,8 +184,51 @@ fn function_name() -> String {
     std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into())
 }
 
-/// Sends a valid, verified signup to Keap, or defers it.
-async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, deps: &D) -> Response<Body> {
+/// The HTTP answer to a [`Delivery`] of `POST /signup`.
+fn answer(delivery: Delivery) -> Response<Body> {
+    match delivery {
+        Delivery::Sent(outcome) => {
+            let status = if outcome.created {
+                StatusCode::CREATED
+            } else {
+                StatusCode::OK
+            };
+            json_response(status, &outcome)
+        }
+        Delivery::Queued { id } => json_response(StatusCode::ACCEPTED, &json!({ "queued": true, "id": id })),
+        Delivery::Invalid { code, message } => error(StatusCode::BAD_REQUEST, code, &message),
+        Delivery::Rejected { message } => error(StatusCode::UNPROCESSABLE_ENTITY, "keap_rejected", &message),
+        Delivery::Unavailable {
+            code,
+            message,
+            retry_after,
+        } => with_retry_after(error(StatusCode::SERVICE_UNAVAILABLE, code, message), retry_after),
+    }
+}
+
+/// What became of a valid signup: the part `POST /signup` and the form route share.
+#[derive(Debug)]
+pub enum Delivery {
+    /// Keap took it.
+    Sent(SignupOutcome),
+    /// Keap could not take it now; it waits in the queue for `signup-retry`.
+    Queued { id: String },
+    /// The signup asks for something Keap or this deployment does not take (an unknown custom
+    /// field, a value of the wrong type, a field or tag off the allow-list): a precise 400.
+    Invalid { code: &'static str, message: String },
+    /// Keap refused the contact (its message, which may quote the submitted values).
+    Rejected { message: String },
+    /// Keap could not take it now and there is no queue (or queuing failed): try again later.
+    Unavailable {
+        code: &'static str,
+        message: &'static str,
+        retry_after: Duration,
+    },
+}
+
+/// Sends a valid signup to Keap (upsert, tags, welcome), stopping in time to queue it when
+/// Keap cannot take it before the deadline.
+pub async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, deps: &D) -> Delivery {
     // A signup still waiting on Keap (a slow answer, a rotation in another process) when the
     // function is about to time out would be lost; stop in time and queue it instead.
     let budget = keap_budget(request, SystemTime::now());
@@ -211,30 +255,27 @@ async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, deps
                 .filter(|g| g.status == keap_relay::signup::GoalStatus::NoListener)
             {
                 // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
-                let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup".into());
-                println!("{}", metrics::welcome_goal_without_listener_line(function, &goal.goal));
+                println!(
+                    "{}",
+                    metrics::welcome_goal_without_listener_line(function_name(), &goal.goal)
+                );
             }
-            let status = if outcome.created {
-                StatusCode::CREATED
-            } else {
-                StatusCode::OK
-            };
-            json_response(status, &outcome)
+            Delivery::Sent(outcome)
         }
         Err(SignupError::Invalid { code, message }) => {
             tracing::info!(code, %message, "the signup asks for something Keap or this deployment does not take");
-            error(StatusCode::BAD_REQUEST, code, &message)
+            Delivery::Invalid { code, message }
         }
         Err(SignupError::Rejected { status, message }) => {
             tracing::info!(keap_status = status, %message, "Keap refused the contact");
-            error(StatusCode::UNPROCESSABLE_ENTITY, "keap_rejected", &message)
+            Delivery::Rejected { message }
         }
         Err(failure) => defer(signup, failure, deps).await,
     }
 }
 
 /// Keap cannot take the signup now: queue it when a queue exists, else say when to retry.
-async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, deps: &D) -> Response<Body> {
+async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, deps: &D) -> Delivery {
     tracing::warn!(code = failure.code(), error = %failure, "Keap could not take the signup");
     if metrics::mentions_quota_exceeded(&failure.to_string()) {
         // The token secret cannot take new versions (up to 24 h): alarmed, see SecretVersionQuotaAlarm.
@@ -245,7 +286,9 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
         match queue.enqueue(&queued, failure.retry_after().unwrap_or_default()).await {
             Ok(()) => {
                 tracing::info!(queued_id = %queued.id, "signup queued for signup-retry");
-                return json_response(StatusCode::ACCEPTED, &json!({ "queued": true, "id": queued.id }));
+                return Delivery::Queued {
+                    id: queued.id.to_string(),
+                };
             }
             Err(problem) => tracing::error!(error = %problem, "could not queue the signup either"),
         }
@@ -260,10 +303,11 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
             failure.retry_after().unwrap_or(UNAVAILABLE_RETRY_AFTER),
         ),
     };
-    with_retry_after(
-        error(StatusCode::SERVICE_UNAVAILABLE, failure.code(), message),
+    Delivery::Unavailable {
+        code: failure.code(),
+        message,
         retry_after,
-    )
+    }
 }
 
 /// How long the Keap calls may take: until shortly before the Lambda deadline and never past

@@ -1,4 +1,4 @@
-//! Lambda entry point of `POST /signup`: wiring only (see `handler.rs`).
+//! Lambda entry point of `POST /signup` and the form routes: wiring only (see `handler.rs`, `form/`).
 
 use std::convert::Infallible;
 
@@ -16,7 +16,7 @@ async fn main() -> Result<(), Error> {
         let deadline = request
             .lambda_context_ref()
             .and_then(|c| invocation_deadline(c.deadline));
-        Ok::<_, Infallible>(invocation::run(deadline, signup::handle(&request, deps)).await)
+        Ok::<_, Infallible>(invocation::run(deadline, signup::route(&request, deps)).await)
     }))
     .await
 }

@@ -18,6 +18,7 @@ mod marketing;
 mod oauth_store;
 mod quota;
 mod server;
+pub mod siteverify;
 mod stats;
 
 use std::net::{Ipv4Addr, SocketAddr};

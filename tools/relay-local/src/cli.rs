@@ -4,18 +4,20 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::defaults::{RELAY_PORT, SANDBOX_PORT};
+use crate::site::DEFAULT_SITE_PORT;
 
 pub const USAGE: &str = "\
 relay-local: keap-relay on this machine, on embedded defaults (no AWS, no Keap account)
 
 usage:
-  relay-local demo [--no-serve | --once] [--port N] [--sandbox-port N] [--events DIR]
+  relay-local demo [--no-serve | --once] [--port N] [--sandbox-port N] [--site-port N] [--events DIR]
                    [--refresh-every SECS] [--drain-every SECS]
       Starts the Keap sandbox, the secret store and the four functions' handlers, walks
       through connect, signups, a forced token rotation and the status report, then keeps
       serving (Ctrl-C stops). --no-serve (or --once) exits after the walkthrough: 0 when
       every check held, 1 otherwise.
-  relay-local serve [--port N] [--sandbox [--sandbox-port N]] [--refresh-every SECS] [--drain-every SECS]
+  relay-local serve [--port N] [--sandbox [--sandbox-port N]] [--site-port N] [--refresh-every SECS]
+                    [--drain-every SECS]
       Just the server, the schedule and the queue, configured from the environment (the
       variables of the Lambda functions). No Keap sandbox unless --sandbox.
   relay-local sign [--key KEY] BODY
@@ -31,7 +33,9 @@ usage:
       Writes the app secret JSON read from standard input (or the local defaults) into the
       configured store (KEAP_STORE, KEAP_STORE_DIR, KEAP_APP_SECRET_ID).
 
-Ports default to 9000 (relay) and 9400 (sandbox); 0 picks a free one. The signing key of
+Both also serve the example website form (examples/website-form/) on its own port, posting
+to the relay's /form. Ports default to 9000 (relay), 9400 (sandbox) and 9100 (example
+website); 0 picks a free one. The signing key of
 sign and curl is --key, else SIGNUP_SIGNING_KEY, else the local default. Logs go to standard
 error (RUST_LOG, default warn).";
 
@@ -72,6 +76,8 @@ pub struct DemoArgs {
     pub serve: bool,
     pub events: Option<PathBuf>,
     pub timers: Timers,
+    /// The example website's port.
+    pub site_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -80,6 +86,8 @@ pub struct ServeArgs {
     /// `Some(port)` starts the sandbox.
     pub sandbox_port: Option<u16>,
     pub timers: Timers,
+    /// The example website's port.
+    pub site_port: u16,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -126,6 +134,7 @@ fn seconds(flag: &str, value: String) -> Result<Duration, CliError> {
 struct Parsed {
     port: Option<u16>,
     sandbox_port: Option<u16>,
+    site_port: Option<u16>,
     sandbox: bool,
     no_serve: bool,
     events: Option<PathBuf>,
@@ -157,6 +166,7 @@ fn parse_flags(args: impl Iterator<Item = String>, allowed: &[&str]) -> Result<P
         match flag {
             "--port" => parsed.port = Some(number(flag, value()?)?),
             "--sandbox-port" => parsed.sandbox_port = Some(number(flag, value()?)?),
+            "--site-port" => parsed.site_port = Some(number(flag, value()?)?),
             "--sandbox" => parsed.sandbox = true,
             "--no-serve" | "--once" => parsed.no_serve = true,
             "--events" => parsed.events = Some(PathBuf::from(value()?)),
@@ -182,9 +192,16 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
         "-h" | "--help" | "help" => return Ok(Command::Help),
         "demo" => parse_flags(
             args,
-            &with(&["--port", "--sandbox-port", "--no-serve", "--once", "--events"]),
+            &with(&[
+                "--port",
+                "--sandbox-port",
+                "--site-port",
+                "--no-serve",
+                "--once",
+                "--events",
+            ]),
         )?,
-        "serve" => parse_flags(args, &with(&["--port", "--sandbox-port", "--sandbox"]))?,
+        "serve" => parse_flags(args, &with(&["--port", "--sandbox-port", "--sandbox", "--site-port"]))?,
         "sign" => parse_flags(args, &["--key"])?,
         "curl" => parse_flags(args, &["--key", "--port", "--url"])?,
         "app-secret" => parse_flags(args, &["--local-defaults"])?,
@@ -213,6 +230,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
                 serve: !parsed.no_serve,
                 events: parsed.events.clone(),
                 timers: parsed.timers.clone(),
+                site_port: parsed.site_port.unwrap_or(DEFAULT_SITE_PORT),
             })
         }
         "serve" => {
@@ -222,6 +240,7 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
                 port: parsed.port.unwrap_or(RELAY_PORT),
                 sandbox_port: sandbox.then(|| parsed.sandbox_port.unwrap_or(SANDBOX_PORT)),
                 timers: parsed.timers.clone(),
+                site_port: parsed.site_port.unwrap_or(DEFAULT_SITE_PORT),
             })
         }
         "sign" => Command::Sign {
@@ -265,6 +284,11 @@ mod tests {
             panic!()
         };
         assert_eq!((demo.port, demo.sandbox_port, demo.serve), (9000, 9400, true));
+        assert_eq!(demo.site_port, 9100);
+        let Command::Serve(serve) = parse_line("serve --site-port 0").unwrap() else {
+            panic!()
+        };
+        assert_eq!(serve.site_port, 0);
         let Command::Demo(demo) = parse_line("demo --once --port 0 --sandbox-port 0 --refresh-every 5").unwrap() else {
             panic!()
         };

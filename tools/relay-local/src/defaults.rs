@@ -36,6 +36,9 @@ pub fn app_secret() -> SecretString {
         "api_key": keap_sandbox::DEFAULT_API_KEY,
         "signup_signing_key": SIGNING_KEY,
         "admin_password": ADMIN_PASSWORD,
+        // Known to the local fake siteverify (keap_sandbox::siteverify), used when
+        // FORM_CAPTCHA_PROVIDER is set and FORM_CAPTCHA_VERIFY_URL is not.
+        "captcha_secret": keap_sandbox::siteverify::DEFAULT_SECRET,
     });
     SecretString::from(value.to_string())
 }
@@ -61,6 +64,16 @@ pub fn env_defaults(relay_base: &str, with_sandbox: bool) -> Vec<(&'static str, 
         ]);
     }
     defaults
+}
+
+/// The website form's defaults: the example website (at `site_base`) may post, and plain
+/// forms are sent on to its thank-you and error pages.
+pub fn form_env_defaults(site_base: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("FORM_ALLOWED_ORIGINS", site_base.to_owned()),
+        ("FORM_THANK_YOU_URL", format!("{site_base}/thanks.html")),
+        ("FORM_ERROR_URL", format!("{site_base}/error.html")),
+    ]
 }
 
 /// The Keap endpoints that point at the sandbox unless set.

@@ -43,12 +43,14 @@ pub enum Function {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routing {
     /// As API Gateway routes `template.yaml`'s HTTP API (`relay-local`): `GET /oauth/start`,
-    /// `GET /oauth/callback` and `GET /status` to `oauth`, `POST /signup` to `signup`. Anything
-    /// else (another path, or another method on a known path) is `404 {"message":"Not Found"}`.
+    /// `GET /oauth/callback` and `GET /status` to `oauth`; `POST /signup`, and `POST` and
+    /// `OPTIONS` on `/form` and `/form/{form_name}`, to `signup`. Anything else (another path,
+    /// or another method on a known path) is `404 {"message":"Not Found"}`.
     Template,
     /// Every request reaches a handler, so that the handlers' own answers to other methods (405
     /// with `Allow`) and paths (404) are what the client sees (hostile-input tests): `/signup`
-    /// (with any method, trailing slashes ignored) to `signup`, everything else to `oauth`.
+    /// and the form paths (with any method, trailing slashes ignored) to `signup`, everything
+    /// else to `oauth`.
     Handlers,
 }
 
@@ -59,11 +61,26 @@ impl Routing {
             Routing::Template => match (method, path) {
                 (&http::Method::GET, "/oauth/start" | "/oauth/callback" | "/status") => Some(Function::OAuth),
                 (&http::Method::POST, "/signup") => Some(Function::Signup),
+                (&http::Method::POST | &http::Method::OPTIONS, _) if is_form_route(path) => Some(Function::Signup),
                 _ => None,
             },
-            Routing::Handlers if path.trim_end_matches('/') == "/signup" => Some(Function::Signup),
+            Routing::Handlers if path.trim_end_matches('/') == "/signup" || signup::form::is_form_path(path) => {
+                Some(Function::Signup)
+            }
             Routing::Handlers => Some(Function::OAuth),
         }
+    }
+}
+
+/// `/form` or `/form/{form_name}` as API Gateway matches them (one non-empty segment, no
+/// trailing slash).
+fn is_form_route(path: &str) -> bool {
+    match path.strip_prefix("/form") {
+        Some("") => true,
+        Some(rest) => rest
+            .strip_prefix('/')
+            .is_some_and(|name| !name.is_empty() && !name.contains('/')),
+        None => false,
     }
 }
 
@@ -89,7 +106,7 @@ async fn route(
     };
     match function {
         Function::OAuth => http_response(oauth::handle(request, &functions.oauth).await),
-        Function::Signup => http_response(signup::handle(&request, &functions.signup).await),
+        Function::Signup => http_response(signup::route(&request, &functions.signup).await),
     }
 }
 
@@ -272,7 +289,7 @@ mod tests {
     }
 
     #[test]
-    fn the_template_routes_only_its_four_method_and_path_pairs() {
+    fn the_template_routes_only_its_method_and_path_pairs() {
         use http::Method;
         let route = |method: Method, path: &str| Routing::Template.function(&method, path);
         for path in ["/oauth/start", "/oauth/callback", "/status"] {
@@ -281,6 +298,14 @@ mod tests {
             assert_eq!(route(Method::HEAD, path), None, "{path}");
         }
         assert_eq!(route(Method::POST, "/signup"), Some(Function::Signup));
+        for path in ["/form", "/form/contact"] {
+            assert_eq!(route(Method::POST, path), Some(Function::Signup), "{path}");
+            assert_eq!(route(Method::OPTIONS, path), Some(Function::Signup), "{path}");
+            assert_eq!(route(Method::GET, path), None, "{path}");
+        }
+        for path in ["/form/", "/form/a/b", "/formx", "/form//"] {
+            assert_eq!(route(Method::POST, path), None, "{path}");
+        }
         for (method, path) in [
             (Method::GET, "/signup"),
             (Method::POST, "/signup/"),
@@ -298,6 +323,7 @@ mod tests {
         let route = |method: Method, path: &str| Routing::Handlers.function(&method, path);
         assert_eq!(route(Method::POST, "/signup"), Some(Function::Signup));
         assert_eq!(route(Method::DELETE, "/signup/"), Some(Function::Signup));
+        assert_eq!(route(Method::GET, "/form/contact"), Some(Function::Signup));
         assert_eq!(route(Method::POST, "/status"), Some(Function::OAuth));
         assert_eq!(route(Method::GET, "/nope"), Some(Function::OAuth));
     }

@@ -11,5 +11,6 @@ pub mod progress;
 pub mod queue;
 pub mod run;
 pub mod secrets;
+pub mod site;
 pub mod stack;
 pub mod walkthrough;

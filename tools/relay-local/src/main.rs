@@ -4,7 +4,7 @@ use std::io::{IsTerminal, Read};
 use std::process::ExitCode;
 
 use relay_local::cli::{self, Command};
-use relay_local::{defaults, helpers, progress, run};
+use relay_local::{defaults, helpers, progress, run, site};
 
 fn main() -> ExitCode {
     let command = match cli::parse(std::env::args().skip(1)) {
@@ -30,7 +30,7 @@ fn main() -> ExitCode {
         Command::CallbackEvent { answer } => callback_event(&answer),
         Command::AppSecret { local_defaults } => {
             let input = if local_defaults { None } else { read_stdin() };
-            with_local_env(defaults::RELAY_PORT, false, |runtime| {
+            with_local_env(defaults::RELAY_PORT, None, false, |runtime| {
                 runtime.block_on(run::write_app_secret(local_defaults, input))
             })
         }
@@ -42,8 +42,15 @@ fn main() -> ExitCode {
                 Ok(listener) => listener,
                 Err(message) => return startup_failure(&message),
             };
+            let site = match site::bind(args.site_port) {
+                Ok(listener) => listener,
+                Err(message) => return startup_failure(&message),
+            };
             let port = relay.local_addr().map(|a| a.port()).unwrap_or(args.port);
-            with_local_env(port, true, |runtime| runtime.block_on(run::demo(args, relay)))
+            let site_port = site.local_addr().map(|a| a.port()).ok();
+            with_local_env(port, site_port, true, |runtime| {
+                runtime.block_on(run::demo(args, relay, site))
+            })
         }
         Command::Serve(args) => {
             if args.sandbox_port.is_some() && refuse(run::sandbox_conflicts(false)) {
@@ -53,17 +60,25 @@ fn main() -> ExitCode {
                 Ok(listener) => listener,
                 Err(message) => return startup_failure(&message),
             };
+            let site = match site::bind(args.site_port) {
+                Ok(listener) => listener,
+                Err(message) => return startup_failure(&message),
+            };
             let port = relay.local_addr().map(|a| a.port()).unwrap_or(args.port);
+            let site_port = site.local_addr().map(|a| a.port()).ok();
             let with_sandbox = args.sandbox_port.is_some();
-            with_local_env(port, with_sandbox, |runtime| runtime.block_on(run::serve(args, relay)))
+            with_local_env(port, site_port, with_sandbox, |runtime| {
+                runtime.block_on(run::serve(args, relay, site))
+            })
         }
     }
 }
 
-/// Fills the unset environment variables with the local defaults, then runs `body` on a
-/// Tokio runtime.
+/// Fills the unset environment variables with the local defaults (the website form's too when
+/// the example website runs on `site_port`), then runs `body` on a Tokio runtime.
 fn with_local_env(
     relay_port: u16,
+    site_port: Option<u16>,
     with_sandbox: bool,
     body: impl FnOnce(&tokio::runtime::Runtime) -> ExitCode,
 ) -> ExitCode {
@@ -71,7 +86,10 @@ fn with_local_env(
     // SAFETY: no other thread exists yet; the runtime (and every thread) starts below.
     #[allow(unsafe_code)] // before the runtime starts: no other thread exists yet
     unsafe {
-        defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox))
+        defaults::apply_env_defaults(&defaults::env_defaults(&relay_base, with_sandbox));
+        if let Some(port) = site_port {
+            defaults::apply_env_defaults(&defaults::form_env_defaults(&format!("http://127.0.0.1:{port}")));
+        }
     };
     init_logs();
     match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

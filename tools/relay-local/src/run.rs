@@ -65,9 +65,14 @@ fn events_dir(explicit: Option<PathBuf>) -> PathBuf {
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../events"))
 }
 
-async fn start(relay: std::net::TcpListener, sandbox: Option<SocketAddr>) -> Option<Stack> {
+async fn start(
+    relay: std::net::TcpListener,
+    site: std::net::TcpListener,
+    sandbox: Option<SocketAddr>,
+) -> Option<Stack> {
     match Stack::start(StackOptions {
         relay,
+        site: Some(site),
         sandbox,
         queue: QueueSettings::default(),
     })
@@ -81,9 +86,9 @@ async fn start(relay: std::net::TcpListener, sandbox: Option<SocketAddr>) -> Opt
     }
 }
 
-pub async fn demo(args: DemoArgs, relay: std::net::TcpListener) -> ExitCode {
+pub async fn demo(args: DemoArgs, relay: std::net::TcpListener, site: std::net::TcpListener) -> ExitCode {
     println!("keap-relay on this machine: the Keap sandbox, the secret store and the four functions' handlers");
-    let Some(stack) = start(relay, Some(sandbox_addr(args.sandbox_port))).await else {
+    let Some(stack) = start(relay, site, Some(sandbox_addr(args.sandbox_port))).await else {
         return ExitCode::FAILURE;
     };
     describe(&stack);
@@ -107,9 +112,9 @@ pub async fn demo(args: DemoArgs, relay: std::net::TcpListener) -> ExitCode {
     if passed { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
-pub async fn serve(args: ServeArgs, relay: std::net::TcpListener) -> ExitCode {
+pub async fn serve(args: ServeArgs, relay: std::net::TcpListener, site: std::net::TcpListener) -> ExitCode {
     println!("keap-relay on this machine: the four functions' handlers, configured from the environment");
-    let Some(stack) = start(relay, args.sandbox_port.map(sandbox_addr)).await else {
+    let Some(stack) = start(relay, site, args.sandbox_port.map(sandbox_addr)).await else {
         return ExitCode::FAILURE;
     };
     describe(&stack);
@@ -217,9 +222,22 @@ fn describe(stack: &Stack) {
         ));
     }
     progress::ok(&format!(
-        "relay on {}: GET /oauth/start, GET /oauth/callback, GET /status → oauth; POST /signup → signup",
+        "relay on {}: GET /oauth/start, GET /oauth/callback, GET /status → oauth; POST /signup, POST /form, POST /form/{{form_name}} → signup",
         stack.relay_url
     ));
+    if let Some(site) = &stack.site_url {
+        progress::ok(&format!(
+            "example website on {site}: {site}/ (plain form), {site}/fetch.html (fetch()) → POST {}/form",
+            stack.relay_url
+        ));
+    }
+    if let Some(check) = &config.forms.human_check {
+        progress::detail(&format!(
+            "website form human check: {} (siteverify {})",
+            check.provider.name(),
+            check.verify_url
+        ));
+    }
     let welcome_tag = config.welcome_tag.as_deref().unwrap_or("none");
     let welcome_email = config
         .welcome_email

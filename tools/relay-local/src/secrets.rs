@@ -76,6 +76,7 @@ pub fn filled_fields(secret: &AppSecret) -> Vec<&'static str> {
         ("api_key", filled(secret.api_key.as_ref())),
         ("signup_signing_key", filled(secret.signup_signing_key.as_ref())),
         ("admin_password", filled(secret.admin_password.as_ref())),
+        ("captcha_secret", filled(secret.captcha_secret.as_ref())),
     ]
     .into_iter()
     .filter_map(|(name, present)| present.then_some(name))

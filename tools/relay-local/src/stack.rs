@@ -13,6 +13,7 @@ use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
 use keap_relay::signup::SignupQueue;
 use keap_relay::store::{self, AppSecretError, SecretStore};
+use keap_sandbox::siteverify::FakeSiteverify;
 use keap_sandbox::{ClientConfig, Sandbox, SandboxConfig};
 use refresh::{MetricsSink, RefreshError, RefreshSummary};
 use serde_json::json;
@@ -65,6 +66,8 @@ pub struct StackOptions {
     /// The relay's listener, bound before the configuration was read (its port is in
     /// `KEAP_REDIRECT_URI`).
     pub relay: std::net::TcpListener,
+    /// Serve the example website (`crate::site`) on this listener.
+    pub site: Option<std::net::TcpListener>,
     /// Start the Keap sandbox on this address and point Keap's URLs at it (unless set).
     pub sandbox: Option<SocketAddr>,
     pub queue: QueueSettings,
@@ -86,6 +89,10 @@ pub struct Stack {
     pub config: Config,
     /// `http://127.0.0.1:PORT` of the relay.
     pub relay_url: String,
+    /// `http://127.0.0.1:PORT` of the example website, when served.
+    pub site_url: Option<String>,
+    /// The fake siteverify the human check is verified with (sandbox runs only).
+    pub fake_siteverify: Option<FakeSiteverify>,
     pub sandbox: Option<Sandbox>,
     pub store: Arc<dyn SecretStore>,
     pub app_secret: AppSecretState,
@@ -134,6 +141,35 @@ impl Stack {
             },
         };
 
+        // With the sandbox, a human check without its own verify URL goes to a local fake that
+        // knows the app secret's captcha_secret, as Keap's URLs go to the sandbox.
+        let fake_siteverify = match (&sandbox, &app_secret) {
+            (Some(_), AppSecretState::Ready { secret, .. })
+                if config.forms.human_check.is_some() && !defaults::is_set("FORM_CAPTCHA_VERIFY_URL") =>
+            {
+                let known = secret
+                    .captcha_secret
+                    .as_ref()
+                    .map_or(keap_sandbox::siteverify::DEFAULT_SECRET, |s| s.expose_secret());
+                let fake = FakeSiteverify::start(known)
+                    .await
+                    .map_err(|source| StackError::Listen {
+                        what: "the fake siteverify",
+                        addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                        flag: "(a free port)",
+                        source,
+                    })?;
+                if let Some(check) = config.forms.human_check.as_mut() {
+                    check.verify_url = url::Url::parse(&fake.url()).map_err(|e| ConfigError::Invalid {
+                        name: "FORM_CAPTCHA_VERIFY_URL",
+                        reason: e.to_string(),
+                    })?;
+                }
+                Some(fake)
+            }
+            _ => None,
+        };
+
         let local_queue = config.signup_queue_url.is_none().then(|| {
             Arc::new(LocalQueue::new(
                 options.queue.max_receives,
@@ -169,17 +205,56 @@ impl Stack {
         options.relay.set_nonblocking(true).map_err(listen_error)?;
         let listener = tokio::net::TcpListener::from_std(options.relay).map_err(listen_error)?;
         let (stop_server, stopped) = oneshot::channel::<()>();
+        let (site_url, site_router) = match options.site {
+            Some(site) => {
+                let addr = site.local_addr().map_err(|source| StackError::Listen {
+                    what: "the example website",
+                    addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+                    flag: "--site-port",
+                    source,
+                })?;
+                let site_error = |source| StackError::Listen {
+                    what: "the example website",
+                    addr,
+                    flag: "--site-port",
+                    source,
+                };
+                site.set_nonblocking(true).map_err(site_error)?;
+                let listener = tokio::net::TcpListener::from_std(site).map_err(site_error)?;
+                let router = crate::site::router(crate::site::Site {
+                    relay_url: format!("http://{relay_addr}"),
+                    fake_human_check: fake_siteverify
+                        .as_ref()
+                        .and(config.forms.human_check.as_ref())
+                        .map(|check| check.provider),
+                });
+                (Some(format!("http://{addr}")), Some((listener, router)))
+            }
+            None => (None, None),
+        };
         let server = tokio::spawn(async move {
-            axum::serve(listener, gateway::router(functions, Routing::Template))
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
+            let stopped = async move {
+                let _ = stopped.await;
+            };
+            let relay = axum::serve(listener, gateway::router(functions, Routing::Template));
+            match site_router {
+                None => relay.with_graceful_shutdown(stopped).await,
+                Some((site_listener, site_router)) => {
+                    // Both stop together: the site is served while the relay is.
+                    let site = axum::serve(site_listener, site_router);
+                    tokio::select! {
+                        served = relay.with_graceful_shutdown(stopped) => served,
+                        served = site => served,
+                    }
+                }
+            }
         });
 
         Ok(Stack {
             config,
             relay_url: format!("http://{relay_addr}"),
+            site_url,
+            fake_siteverify,
             sandbox,
             store,
             app_secret,

@@ -25,7 +25,20 @@ fn relay_local(dir: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
 }
 
 fn demo_once(dir: &Path, extra: &[&str], env: &[(&str, &str)]) -> (Output, String) {
-    let args = [&["demo", "--no-serve", "--port", "0", "--sandbox-port", "0"], extra].concat();
+    let args = [
+        &[
+            "demo",
+            "--no-serve",
+            "--port",
+            "0",
+            "--sandbox-port",
+            "0",
+            "--site-port",
+            "0",
+        ],
+        extra,
+    ]
+    .concat();
     let output = relay_local(dir, &args, env);
     let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
     (output, stdout)
@@ -223,6 +236,8 @@ async fn serve_queues_what_keap_cannot_take_retries_it_and_stops_on_sigterm() {
         "--port",
         "0",
         "--sandbox-port",
+        "0",
+        "--site-port",
         "0",
         "--drain-every",
         "1",
