@@ -44,6 +44,7 @@ impl AppSecretSource for Secret {
             api_key: None,
             signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
             admin_password: Some(SecretString::from(ADMIN_PASSWORD)),
+            events_signing_key: None,
         }))
     }
 }

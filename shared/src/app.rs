@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
+use crate::events::{EventSink, SqsSink};
 use crate::keap::api::KeapApi;
 use crate::keap::oauth::{OAuthClient, OAuthEndpoints};
 use crate::signup::{SignupQueue, SignupService, SignupSettings, SqsQueue};
@@ -223,6 +224,8 @@ pub struct App {
     pub api: KeapApi,
     /// `SIGNUP_QUEUE_URL`, when set.
     pub queue: Option<Arc<dyn SignupQueue>>,
+    /// The event queue (`EVENTS_QUEUE_URL`) when events are on (`EVENTS_WEBHOOK_URL` set too).
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 impl std::fmt::Debug for App {
@@ -244,7 +247,14 @@ impl App {
 
     pub async fn from_config(config: Config) -> Result<App, AppError> {
         let (store, queue) = store_and_queue(&config).await;
-        App::with_parts(config, store, queue)
+        let events = events_sink(&config).await;
+        Ok(App::with_parts(config, store, queue)?.with_events(events))
+    }
+
+    /// The same app emitting its events to `events` (the local run's queue, tests' memory sink).
+    pub fn with_events(mut self, events: Option<Arc<dyn EventSink>>) -> App {
+        self.events = events;
+        self
     }
 
     /// Wires an app over a given store and queue (the local run and tests).
@@ -275,6 +285,7 @@ impl App {
             connection,
             api,
             queue,
+            events: None,
         })
     }
 
@@ -307,6 +318,16 @@ pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<A
         None => None,
     };
     (store, queue)
+}
+
+/// The SQS event queue when events are on: `EVENTS_QUEUE_URL` and `EVENTS_WEBHOOK_URL` both set
+/// (without a receiver there is nobody to tell).
+pub async fn events_sink(config: &Config) -> Option<Arc<dyn EventSink>> {
+    let (Some(url), Some(_)) = (&config.events.queue_url, &config.events.webhook_url) else {
+        return None;
+    };
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    Some(Arc::new(SqsSink::new(aws_sdk_sqs::Client::new(&aws), url.clone())))
 }
 
 /// The one HTTP client. It follows no redirect: a 3xx from Keap comes back as an answer (an

@@ -70,6 +70,35 @@ pub struct Config {
     /// Total time a signup may spend retrying Keap 429/5xx before it is queued.
     pub signup_retry_budget: Duration,
     pub welcome_email: Option<WelcomeEmail>,
+    /// Signed events to the product and the queues the console looks into (issue 15).
+    pub events: EventsConfig,
+}
+
+/// Events to the product (`EVENTS_WEBHOOK_URL`) and the queues the operator console inspects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// `EVENTS_WEBHOOK_URL`: where the `events` function delivers signed events.
+    pub webhook_url: Option<String>,
+    /// `EVENTS_QUEUE_URL`: where the functions put events for delivery; none: no events.
+    pub queue_url: Option<String>,
+    /// `EVENTS_DEAD_LETTER_QUEUE_URL`: events that were never delivered (the console).
+    pub dead_letter_queue_url: Option<String>,
+    /// `EVENTS_STATE_SECRET_ID`: the receiver's on/off switch (off after a 410).
+    pub state_secret_id: Option<String>,
+    /// `SIGNUP_DEAD_LETTER_QUEUE_URL`: signups that never reached Keap (the console).
+    pub signup_dead_letter_queue_url: Option<String>,
+}
+
+impl EventsConfig {
+    fn from_env() -> Self {
+        Self {
+            webhook_url: var("EVENTS_WEBHOOK_URL"),
+            queue_url: var("EVENTS_QUEUE_URL"),
+            dead_letter_queue_url: var("EVENTS_DEAD_LETTER_QUEUE_URL"),
+            state_secret_id: var("EVENTS_STATE_SECRET_ID"),
+            signup_dead_letter_queue_url: var("SIGNUP_DEAD_LETTER_QUEUE_URL"),
+        }
+    }
 }
 
 /// Optional direct welcome email, for accounts without a tag-triggered automation.
@@ -97,6 +126,9 @@ pub struct AppSecret {
     pub signup_signing_key: Option<SecretString>,
     #[serde(default, deserialize_with = "non_blank")]
     pub admin_password: Option<SecretString>,
+    /// Signs the events sent to `EVENTS_WEBHOOK_URL` (only needed when that is set).
+    #[serde(default, deserialize_with = "non_blank")]
+    pub events_signing_key: Option<SecretString>,
 }
 
 fn non_blank<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -216,6 +248,7 @@ impl Config {
             refresh_backoff_max: Duration::from_secs(7200),
             signup_retry_budget: Duration::from_millis(2000),
             welcome_email: None,
+            events: EventsConfig::default(),
         }
     }
 
@@ -297,6 +330,7 @@ impl Config {
             refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", defaults.refresh_backoff_max)?,
             signup_retry_budget: millis("KEAP_SIGNUP_RETRY_BUDGET_MS", defaults.signup_retry_budget)?,
             welcome_email,
+            events: EventsConfig::from_env(),
         };
         config.validate()?;
         Ok(config)
@@ -330,6 +364,12 @@ impl Config {
             ("KEAP_AUTHORIZE_URL", &self.authorize_url),
         ] {
             check_keap_url(name, value)?;
+        }
+        if let Some(url) = &self.events.webhook_url {
+            crate::events::webhook::check_url(url).map_err(|e| ConfigError::Invalid {
+                name: "EVENTS_WEBHOOK_URL",
+                reason: e.to_string(),
+            })?;
         }
         if self.http_timeout < Duration::from_secs(2) {
             return Err(ConfigError::Invalid {

@@ -8,6 +8,7 @@
 //! - [`config`]: environment configuration and the operator-written app secret.
 
 pub mod config;
+pub mod events;
 pub mod keap;
 pub mod signup;
 pub mod store;

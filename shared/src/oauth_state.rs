@@ -418,6 +418,7 @@ mod tests {
             api_key: None,
             signup_signing_key: signing_key.map(SecretString::from),
             admin_password: admin_password.map(SecretString::from),
+            events_signing_key: None,
         }
     }
 

@@ -20,6 +20,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use keap_relay::events::{Event, EventSink};
 use keap_relay::metrics;
 use keap_relay::signup::{QueuedSignup, SignupError, SignupQueue, SignupService};
 
@@ -70,6 +71,17 @@ pub async fn handle_with_parking(
     service: &SignupService,
     parking: Option<&dyn SignupQueue>,
 ) -> Result<SqsBatchResponse, RetryError> {
+    handle_with_events(event, service, parking, None).await
+}
+
+/// [`handle_with_parking`], telling the product (`events`) what became of each signup:
+/// `signup.delivered`, and `signup.failed` for one that can never reach Keap.
+pub async fn handle_with_events(
+    event: SqsEvent,
+    service: &SignupService,
+    parking: Option<&dyn SignupQueue>,
+    events: Option<&dyn EventSink>,
+) -> Result<SqsBatchResponse, RetryError> {
     if event.records.iter().any(|record| record.message_id.is_none()) {
         tracing::error!("{}", RetryError::MissingMessageId);
         return Err(RetryError::MissingMessageId);
@@ -80,7 +92,7 @@ pub async fn handle_with_parking(
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
         let attempt = match &keap {
-            KeapSeen::Up => process(record, message_id, service).await,
+            KeapSeen::Up => process(record, message_id, service, events).await,
             KeapSeen::Down(reason) => {
                 // Logged per record with the earlier failure: a message skipped on every
                 // receive reaches the dead-letter queue, and this line is its reason.
@@ -179,9 +191,23 @@ fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedSignup> {
     }
 }
 
-async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> Attempt {
+async fn process(
+    record: &SqsMessage,
+    message_id: &str,
+    service: &SignupService,
+    events: Option<&dyn EventSink>,
+) -> Attempt {
     let receive_count = receive_count(record);
     let Some(queued) = parse(record, message_id) else {
+        if receive_count == "1" {
+            let event = Event::signup_failed(
+                None,
+                None,
+                "invalid_message",
+                "the queued message is not a valid signup",
+            );
+            keap_relay::events::emit(events, event).await;
+        }
         return Attempt::Poison;
     };
     let signup_id = queued.id.to_string();
@@ -194,6 +220,8 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 created = outcome.created,
                 "queued signup delivered"
             );
+            let event = Event::signup_delivered(&queued.signup.email, &outcome, Some(queued.id));
+            keap_relay::events::emit(events, event).await;
             Attempt::Delivered
         }
         Err(error @ SignupError::Rejected { .. }) => {
@@ -206,6 +234,16 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 reason = %error,
                 "Keap refuses this signup; failing it so it reaches the dead-letter queue"
             );
+            // Once per signup (its first refusal), though it is failed until SQS dead-letters it.
+            if receive_count == "1" {
+                let event = Event::signup_failed(
+                    Some(&queued.signup.email),
+                    Some(queued.id),
+                    error.code(),
+                    &error.to_string(),
+                );
+                keap_relay::events::emit(events, event).await;
+            }
             Attempt::Poison
         }
         Err(error @ SignupError::NotConnected { .. }) => {

@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keap_relay::SecretString;
+use keap_relay::events::{self, Event, EventSink};
 use keap_relay::http_edge::{self, with_retry_after};
 use keap_relay::metrics;
 use keap_relay::signup::{QueuedSignup, Signup, SignupError, SignupQueue, SignupService, signature};
@@ -42,6 +43,10 @@ pub trait SignupDeps: Send + Sync {
     fn queue(&self) -> Option<&dyn SignupQueue>;
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+    /// Where events to the product go (`EVENTS_QUEUE_URL`); none: no events.
+    fn events(&self) -> Option<&dyn EventSink> {
+        None
     }
 }
 
@@ -111,6 +116,7 @@ pub async fn handle<D: SignupDeps + ?Sized>(request: &Request, deps: &D) -> Resp
                 created = outcome.created,
                 "signup sent to Keap"
             );
+            events::emit(deps.events(), Event::signup_delivered(&signup.email, &outcome, None)).await;
             let status = if outcome.created {
                 StatusCode::CREATED
             } else {
@@ -139,6 +145,8 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
         match queue.enqueue(&queued, failure.retry_after().unwrap_or_default()).await {
             Ok(()) => {
                 tracing::info!(queued_id = %queued.id, "signup queued for signup-retry");
+                let event = Event::signup_queued(&queued.signup.email, queued.id, failure.code());
+                events::emit(deps.events(), event).await;
                 return json_response(StatusCode::ACCEPTED, &json!({ "queued": true, "id": queued.id }));
             }
             Err(problem) => tracing::error!(error = %problem, "could not queue the signup either"),

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::app::{App, AppSecretCache};
+use keap_relay::events::EventSink;
 use keap_relay::signup::{SignupQueue, SignupService};
 
 pub use handler::handle;
@@ -20,6 +21,7 @@ pub struct Deps {
     /// Keep one per process: it caches tag ids.
     service: SignupService,
     queue: Option<Arc<dyn SignupQueue>>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 /// The name the tests and benches use.
@@ -31,6 +33,7 @@ impl Deps {
             app_secret: app.app_secret.clone(),
             service: app.signup_service(),
             queue: app.queue.clone(),
+            events: app.events.clone(),
         }
     }
 }
@@ -55,5 +58,9 @@ impl SignupDeps for Deps {
 
     fn queue(&self) -> Option<&dyn SignupQueue> {
         self.queue.as_deref()
+    }
+
+    fn events(&self) -> Option<&dyn EventSink> {
+        self.events.as_deref()
     }
 }

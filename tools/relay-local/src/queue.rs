@@ -226,7 +226,11 @@ mod tests {
                 ..SignupSettings::default()
             },
         );
-        signup_retry::Deps { service, parking: None }
+        signup_retry::Deps {
+            service,
+            parking: None,
+            events: None,
+        }
     }
 
     /// A sandbox failing every call, and a queue holding one signup for it.

@@ -103,6 +103,7 @@ pub fn app_secret(client_secret: &str, admin_password: Option<&str>) -> AppSecre
         api_key: None,
         signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
         admin_password: admin_password.map(SecretString::from),
+        events_signing_key: None,
     }
 }
 
