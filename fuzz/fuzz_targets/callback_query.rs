@@ -125,6 +125,8 @@ impl Connection for Store {
             needs_reauth_reason: None,
             generation: Some(1),
             retry_not_before: None,
+            last_error_at: None,
+            needs_reauth_since: None,
         })
     }
 
@@ -161,6 +163,7 @@ fn world() -> &'static World {
             connection: Arc::new(Store),
             function_name: "oauth".into(),
             metrics: Arc::new(NoMetrics),
+            console: Default::default(),
         },
         key: StateKey::from_deployment_secrets(&SecretString::from(SIGNING_KEY), &SecretString::from(ADMIN_PASSWORD)),
     })

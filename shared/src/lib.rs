@@ -19,3 +19,4 @@ pub mod app;
 pub mod http_edge;
 pub mod metrics;
 pub mod oauth_state;
+pub mod queues;

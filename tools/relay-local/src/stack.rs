@@ -11,6 +11,7 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use keap_relay::ExposeSecret;
 use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
+use keap_relay::queues::QueueInspector;
 use keap_relay::signup::SignupQueue;
 use keap_relay::store::{self, AppSecretError, SecretStore};
 use keap_sandbox::{ClientConfig, Sandbox, SandboxConfig};
@@ -146,8 +147,13 @@ impl Stack {
             .map(|queue| queue as Arc<dyn SignupQueue>)
             .or(sqs_queue);
         let function_app = |queue: Option<Arc<dyn SignupQueue>>| App::with_parts(config.clone(), store.clone(), queue);
+        let mut oauth_deps = oauth::Deps::from_app(&function_app(None)?);
+        // The console looks into the local queue (SQS's, when SIGNUP_QUEUE_URL is set).
+        if let Some(local) = &local_queue {
+            oauth_deps.console.signups = Some(local.clone() as Arc<dyn QueueInspector>);
+        }
         let functions = Arc::new(Functions {
-            oauth: oauth::Deps::from_app(&function_app(None)?),
+            oauth: oauth_deps,
             signup: signup::Deps::from_app(&function_app(queue.clone())?),
         });
         let refresh = Arc::new(refresh_deps(&function_app(None)?));
@@ -168,13 +174,17 @@ impl Stack {
         };
         options.relay.set_nonblocking(true).map_err(listen_error)?;
         let listener = tokio::net::TcpListener::from_std(options.relay).map_err(listen_error)?;
+        let control_queue = local_queue.clone();
         let (stop_server, stopped) = oneshot::channel::<()>();
         let server = tokio::spawn(async move {
-            axum::serve(listener, gateway::router(functions, Routing::Template))
-                .with_graceful_shutdown(async move {
-                    let _ = stopped.await;
-                })
-                .await
+            axum::serve(
+                listener,
+                gateway::router(functions, Routing::Template).merge(local_routes(control_queue)),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stopped.await;
+            })
+            .await
         });
 
         Ok(Stack {
@@ -235,6 +245,32 @@ impl Stack {
             sandbox.shutdown().await;
         }
     }
+}
+
+/// Routes of the local run only (never in template.yaml): `POST /_local/dead-letters` puts its
+/// body into the local dead-letter queue, so the console's Redrive and Discard can be tried
+/// (the browser test does). 404 when the queue is SQS's.
+fn local_routes(queue: Option<Arc<LocalQueue>>) -> axum::Router {
+    async fn dead_letter(
+        axum::extract::State(queue): axum::extract::State<Option<Arc<LocalQueue>>>,
+        body: String,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        match queue {
+            Some(queue) => {
+                let id = queue.add_dead_letter(body);
+                (http::StatusCode::CREATED, axum::Json(json!({ "id": id }))).into_response()
+            }
+            None => (
+                http::StatusCode::NOT_FOUND,
+                axum::Json(json!({ "message": "Not Found" })),
+            )
+                .into_response(),
+        }
+    }
+    axum::Router::new()
+        .route("/_local/dead-letters", axum::routing::post(dead_letter))
+        .with_state(queue)
 }
 
 /// The sandbox knows the OAuth client and API key of the app secret, whatever they are.

@@ -212,6 +212,7 @@ impl Harness {
             connection: connection.clone(),
             function_name: FUNCTION_NAME.into(),
             metrics: metrics.clone(),
+            console: Default::default(),
         };
         Harness {
             sandbox,
