@@ -48,7 +48,7 @@ export CHECK_TEMPLATE_QUICK_PROFILE="${CHECK_TEMPLATE_QUICK_PROFILE:-1}"
 step fmt cargo fmt --all --check
 step clippy cargo clippy --workspace --all-targets --locked -- -D warnings
 step rust-tests cargo test --workspace --locked --no-fail-fast
-for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh scripts/check-cargo-lambda.sh; do
+for extra in scripts/check-template.sh scripts/check-hostile.sh scripts/check-local-demo.sh scripts/check-browser.sh scripts/check-cargo-lambda.sh; do
   if [ -x "$extra" ]; then step "$(basename "$extra" .sh)" "$extra"; fi
 done
 
