@@ -15,12 +15,13 @@ pub enum DeliveryError {
     MissingMessageId,
 }
 
-/// What the batch has learnt about the receiver so far.
+/// What the batch has learnt about the receiver so far. A failed delivery does not hold the
+/// rest of the batch back: each record is tried (at most [`TIMEOUT`](keap_relay::events::webhook::TIMEOUT)
+/// each, within the function's timeout), because a skipped record would spend one of its
+/// receives all the same, and a flaky receiver would see its events dead-lettered.
 #[derive(Debug, Clone, PartialEq, Eq)]
 enum Receiver {
     Up,
-    /// Failing (why): the rest of the batch waits its backoff without a call.
-    Down(String),
     /// Switched off after a 410: everything waits the longest backoff.
     Off,
 }
@@ -74,10 +75,6 @@ pub async fn handle(event: SqsEvent, deps: &Deps) -> Result<SqsBatchResponse, De
                 tracing::info!(message_id, event_id = %parsed.id, "the receiver is switched off (410): held back");
                 Some(MAX_BACKOFF)
             }
-            (Receiver::Down(reason), _) => {
-                tracing::info!(message_id, event_id = %parsed.id, reason, "the receiver failed earlier in this batch; not tried");
-                Some(backoff(attempt))
-            }
             (Receiver::Up, None) => Some(backoff(attempt)),
             (Receiver::Up, Some(key)) => match webhook.deliver(&parsed, key, SystemTime::now()).await {
                 Delivery::Delivered { status } => {
@@ -96,7 +93,6 @@ pub async fn handle(event: SqsEvent, deps: &Deps) -> Result<SqsBatchResponse, De
                         .unwrap_or_else(|| backoff(attempt))
                         .max(Duration::from_secs(1));
                     tracing::warn!(message_id, event_id = %parsed.id, attempt, detail, wait_seconds = wait.as_secs(), "event not delivered; trying again later");
-                    receiver = Receiver::Down(detail);
                     Some(wait)
                 }
             },

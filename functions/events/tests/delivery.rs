@@ -176,15 +176,19 @@ async fn every_event_is_delivered_signed_and_acknowledged() {
 
 #[tokio::test]
 async fn a_failing_receiver_gets_the_event_again_after_a_growing_backoff() {
-    // 503 twice, then 200; the second event of the first batch is not even tried.
-    let setup = setup(&[503, 500]).await;
+    // 503, 500, 503, then 200: every record of a batch is tried, each failure backs off.
+    let setup = setup(&[503, 500, 503]).await;
     let events = sample_events();
     let (first, second) = (&events[0], &events[1]);
     let response = events::handle(batch(&[(first, 1), (second, 1)]), &setup.deps)
         .await
         .unwrap();
     assert_eq!(failed(&response).len(), 2);
-    assert_eq!(*setup.receiver.calls.lock().unwrap(), 1, "the rest of the batch waits");
+    assert_eq!(
+        *setup.receiver.calls.lock().unwrap(),
+        2,
+        "one failure does not hold the rest back"
+    );
     let waits = setup.waits.0.lock().unwrap().clone();
     assert_eq!(waits[&format!("r-{}-1", first.id)], backoff(1));
     assert_eq!(waits[&format!("r-{}-1", second.id)], backoff(1));
@@ -283,4 +287,67 @@ async fn without_a_signing_key_or_with_a_bad_body_nothing_is_sent_and_nothing_lo
     .unwrap();
     let response = events::handle(poison, &setup.deps).await.unwrap();
     assert_eq!(failed(&response), ["poison"]);
+}
+
+/// SQS's part, in memory: a failed record comes back (its receive count up) until it is
+/// delivered or has used its receives (then it is a dead letter).
+#[tokio::test]
+async fn with_a_flaky_receiver_every_emitted_event_is_delivered() {
+    const EVENTS: usize = 120;
+    const MAX_RECEIVES: u32 = 8;
+    // Every third answer fails (500, 503 with Retry-After, 429) until the receiver recovers.
+    let answers: Vec<u16> = (0..EVENTS * 2)
+        .map(|n| match n % 6 {
+            1 => 500,
+            3 => 503,
+            5 => 429,
+            _ => 200,
+        })
+        .collect();
+    let setup = setup(&answers).await;
+    let sink = keap_relay::events::MemorySink::new();
+    for n in 0..EVENTS {
+        let event = match n % 3 {
+            0 => Event::signup_queued(&format!("p{n}@example.com"), uuid_of(n as u128), "keap_unavailable"),
+            1 => Event::connection_recovered(&format!("acct-{n}")),
+            _ => Event::welcome_sent(n as i64, None, "template"),
+        };
+        keap_relay::events::emit(Some(&sink), event).await;
+    }
+    let emitted = sink.take();
+    let mut queue: Vec<(Event, u32)> = emitted.iter().map(|e| (e.clone(), 0)).collect();
+    let mut dead = 0;
+    let mut batches = 0;
+    while !queue.is_empty() {
+        batches += 1;
+        assert!(batches < 1000, "the queue never drained");
+        let take = queue.len().min(10);
+        let mut batch_records: Vec<(Event, u32)> = queue.drain(..take).collect();
+        for record in &mut batch_records {
+            record.1 += 1;
+        }
+        let records: Vec<(&Event, u32)> = batch_records.iter().map(|(e, n)| (e, *n)).collect();
+        let response = events::handle(batch(&records), &setup.deps).await.unwrap();
+        let failed = failed(&response);
+        for (event, receives) in batch_records {
+            if failed.contains(&format!("m-{}", event.id)) {
+                if receives >= MAX_RECEIVES {
+                    dead += 1;
+                } else {
+                    queue.push((event, receives));
+                }
+            }
+        }
+    }
+    let received: HashSet<String> = setup.receiver.received.lock().unwrap().iter().cloned().collect();
+    let expected: HashSet<String> = emitted.iter().map(|e| e.id.to_string()).collect();
+    assert_eq!(dead, 0);
+    assert_eq!(received, expected, "events delivered = events emitted");
+    assert_eq!(*setup.receiver.bad_signatures.lock().unwrap(), 0);
+    println!(
+        "{} events emitted, {} delivered, {} receiver calls, {batches} batches",
+        expected.len(),
+        received.len(),
+        setup.receiver.calls.lock().unwrap()
+    );
 }
