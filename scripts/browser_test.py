@@ -9,7 +9,9 @@ free ports with a fresh secret store, waits for its walkthrough to pass, then, a
   3. clicks Reconnect, approves on the sandbox's consent page, and sees "connected" again;
   4. puts a message into the local dead-letter queue, clicks Redrive, and sees the queue drain
      (and the contact reach the sandbox).
-Screenshots of each step go to target/browser-test/. Exit 0 only when every step held.
+Meanwhile a receiver at EVENTS_WEBHOOK_URL checks each event's signature and collects the
+types: signup.queued, connection.needs_reauth, connection.recovered and signup.delivered must
+arrive. Screenshots of each step go to target/browser-test/. Exit 0 only when every step held.
 
 Usage: scripts/browser_test.py [path/to/relay-local]  (default target/debug/relay-local)
 """
@@ -36,6 +38,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOTS = os.path.join(ROOT, "target", "browser-test")
 ADMIN_PASSWORD = "local-admin-password"  # tools/relay-local/src/defaults.rs
 SIGNING_KEY = "local-signup-signing-key"  # the same
+EVENTS_SIGNING_KEY = "local-events-signing-key"  # the same
 STEP_TIMEOUT = 60
 
 
@@ -74,11 +77,43 @@ def get_status(url):
         return error.code
 
 
+class EventReceiver:
+    """EVENTS_WEBHOOK_URL: verifies X-Signature as the README's receiver does, keeps the types."""
+
+    def __init__(self):
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        received, bad = [], []
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                body = self.rfile.read(int(self.headers.get("content-length", 0)))
+                parts = [p.strip().split("=", 1) for p in self.headers.get("x-signature", "").split(",") if "=" in p]
+                t = next((v for k, v in parts if k == "t"), "")
+                expected = hmac.new(EVENTS_SIGNING_KEY.encode(), t.encode() + b"." + body, hashlib.sha256).hexdigest()
+                if not any(k == "v1" and hmac.compare_digest(v.encode(), expected.encode()) for k, v in parts):
+                    bad.append(body)
+                    self.send_response(401)
+                else:
+                    received.append(json.loads(body)["type"])
+                    self.send_response(204)
+                self.end_headers()
+
+            def log_message(self, *args):
+                pass
+
+        self.received, self.bad = received, bad
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
 class Relay:
     """relay-local demo in its own process group, its output kept for the failure report."""
 
-    def __init__(self, binary, port, sandbox_port, store_dir):
-        env = dict(os.environ, KEAP_STORE_DIR=store_dir, RUST_LOG=os.environ.get("RUST_LOG", "warn"))
+    def __init__(self, binary, port, sandbox_port, store_dir, events_url):
+        env = dict(os.environ, KEAP_STORE_DIR=store_dir, RUST_LOG=os.environ.get("RUST_LOG", "warn"),
+                   EVENTS_WEBHOOK_URL=events_url)
         self.lines = []
         self.ready = threading.Event()
         self.process = subprocess.Popen(
@@ -137,7 +172,8 @@ def main():
     port, sandbox_port = free_port(), free_port()
     relay_url, sandbox_url = f"http://127.0.0.1:{port}", f"http://127.0.0.1:{sandbox_port}"
     work = tempfile.mkdtemp(prefix="keap-relay-browser-")
-    relay = Relay(binary, port, sandbox_port, os.path.join(work, "secrets"))
+    receiver = EventReceiver()
+    relay = Relay(binary, port, sandbox_port, os.path.join(work, "secrets"), receiver.url)
     driver = None
     step = "start relay-local demo"
     try:
@@ -199,6 +235,15 @@ def main():
         shot("6-drained")
         status = get_status(f"{sandbox_url}/_sandbox/contacts?email={email}")
         assert status == 200, f"the redriven signup did not reach Keap ({status})"
+
+        step = "the product heard of it all, signed"
+        wanted = {"signup.queued", "connection.needs_reauth", "connection.recovered", "signup.delivered"}
+        wait_for(f"events {sorted(wanted)}", lambda: wanted <= set(receiver.received))
+        assert not receiver.bad, f"events with a bad signature: {receiver.bad[:2]}"
+        console()
+        assert driver.find_element(By.ID, "receiver-state").text == "enabled", driver.page_source
+        shot("7-events")
+        print(f"events received: {len(receiver.received)} ({', '.join(sorted(set(receiver.received)))})")
         print(f"browser test: ok (screenshots in {SHOTS})")
         return 0
     except Exception as error:
