@@ -351,3 +351,21 @@ async fn with_a_flaky_receiver_every_emitted_event_is_delivered() {
         setup.receiver.calls.lock().unwrap()
     );
 }
+
+/// `events/sqs-event-batch.json` (what `cargo lambda invoke events` takes): two events, one at
+/// its third receive, and a body that is no event.
+#[tokio::test]
+async fn the_sample_batch_is_delivered_but_its_poison_record() {
+    let setup = setup(&[]).await;
+    let sample: SqsEvent = test_support::events::parse("sqs-event-batch.json");
+    let response = events::handle(sample, &setup.deps).await.unwrap();
+    assert_eq!(failed(&response), ["7b1e2c3d-4e5f-4a6b-8c7d-000000000003"]);
+    let received = setup.receiver.received.lock().unwrap().clone();
+    assert_eq!(
+        received,
+        [
+            "3d6f0b7a-9c1e-4b8f-8a2d-5e4f3c2b1a01",
+            "3d6f0b7a-9c1e-4b8f-8a2d-5e4f3c2b1a02"
+        ]
+    );
+}
