@@ -13,6 +13,8 @@
 //! without `Retry-After`; the store holds a working pair; Keap's refreshes equal the
 //! generations stored (no issued pair lost, no refresh token spent twice). Everything the run
 //! logged at TRACE holds no token, client secret, API key, signing key or admin password.
+//! Every event the run emitted (issue 15) is then delivered by the `events` function to a
+//! receiver that fails a third of its calls: events delivered = events emitted.
 //!
 //! Size: `LOAD_SIGNUPS` (default 200), `LOAD_RATE` (arrivals per second, default 20),
 //! `LOAD_FAULT_MS` (mean time between fault switches, default 1500),
