@@ -228,14 +228,15 @@ async fn queue_report(inspector: &dyn QueueInspector, queue: QueueName) -> Queue
 /// Why a dead letter is there, as far as its body tells: SQS keeps no reason, so the console
 /// says what the function would find (a bad body) or what must have happened (every attempt failed).
 fn dead_letter_report(letter: DeadLetter, queue: QueueName) -> DeadLetterReport {
-    let attempts = letter.receive_count;
+    // SQS counts every receive, the console's own looks too: "received", not "attempts".
+    let received = letter.receive_count;
     let (subject, reason) = match queue {
         QueueName::Signups => match QueuedSignup::from_message(&letter.body) {
             Ok(queued) => (
                 queued.signup.email,
-                format!(
-                    "Keap refused it or stayed unavailable over {attempts} attempts (the signup-retry log has each attempt's reason under this message id)"
-                ),
+                "Keap refused it or stayed unavailable on every attempt (the signup-retry log has each \
+                 attempt's reason under this message id)"
+                    .to_owned(),
             ),
             Err(invalid) => (
                 "(not a signup)".into(),
@@ -245,7 +246,7 @@ fn dead_letter_report(letter: DeadLetter, queue: QueueName) -> DeadLetterReport 
         QueueName::Events => match Event::from_json(&letter.body) {
             Ok(event) => (
                 event.kind.as_str().to_owned(),
-                format!("the receiver did not take it over {attempts} attempts"),
+                "the receiver did not take it on any attempt".to_owned(),
             ),
             Err(_) => ("(not an event)".into(), "not a valid event".into()),
         },
@@ -255,7 +256,7 @@ fn dead_letter_report(letter: DeadLetter, queue: QueueName) -> DeadLetterReport 
         subject: truncate(&subject, 200),
         reason,
         sent_at: letter.sent_at,
-        receive_count: attempts,
+        receive_count: received,
     }
 }
 
@@ -562,7 +563,7 @@ fn queue_html(queue: &QueueReport, name: QueueName, csrf: &str) -> String {
                 escape_html(csrf)
             );
             html.push_str(&format!(
-                "<li class=\"dead-letter\"><strong>{}</strong> — {} <small>(<code>{id}</code>, {} attempts{})</small><br>\
+                "<li class=\"dead-letter\"><strong>{}</strong> — {} <small>(<code>{id}</code>, received {} times{})</small><br>\
                  <form method=\"post\" action=\"admin/redrive\">{hidden}<button type=\"submit\" class=\"redrive\">Redrive</button></form> \
                  <form method=\"post\" action=\"admin/discard\">{hidden}<button type=\"submit\" class=\"discard\">Discard</button></form></li>\n",
                 escape_html(&letter.subject),
@@ -622,7 +623,8 @@ mod tests {
         assert!(bad.reason.contains("missing_email"), "{bad:?}");
         let good = dead_letter_report(letter("{\"email\":\"a@example.com\"}"), QueueName::Signups);
         assert_eq!(good.subject, "a@example.com");
-        assert!(good.reason.contains("5 attempts"), "{good:?}");
+        assert!(good.reason.contains("every attempt"), "{good:?}");
+        assert_eq!(good.receive_count, 5);
         let event = Event::connection_recovered("x").to_json();
         let event = dead_letter_report(letter(&event), QueueName::Events);
         assert_eq!(event.subject, "connection.recovered");
