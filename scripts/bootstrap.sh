@@ -21,12 +21,21 @@ case "$WANT" in
     [ -x "$VENV/bin/moto_server" ] || need+=("moto[server]")
     [ -x "$VENV/bin/cargo-lambda" ] || need+=("cargo-lambda")
     [ -x "$VENV/bin/sam" ] || need+=("aws-sam-cli")
+    # The browser tests (scripts/check-browser.sh) drive Chromium over WebDriver.
     "$VENV/bin/python" -c 'import selenium' 2>/dev/null || need+=("selenium>=4.20,<5")
     ;;
 esac
 if [ "${#need[@]}" -gt 0 ]; then
   say "installing ${need[*]} into $VENV (first run only; takes a minute or two)"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "${need[@]}"
+fi
+# Headless Chromium and its WebDriver for the browser test: Debian's packages, as root (or sudo).
+if [ "$WANT" = all ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
+  as_root=()
+  [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
+  say "installing chromium and chromium-driver (apt-get; for scripts/check-browser.sh)"
+  "${as_root[@]}" apt-get update -qq >&2 && "${as_root[@]}" apt-get install -y -qq chromium chromium-driver >&2 ||
+    say "could not install chromium and chromium-driver; scripts/check-browser.sh will fail"
 fi
 if [ "$WANT" = all ] && ! rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
   say "adding the aarch64-unknown-linux-gnu Rust target (for Lambda arm64 builds)"

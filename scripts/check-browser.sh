@@ -1,5 +1,10 @@
 #!/usr/bin/env bash
-# The website form in a real browser (issue 13), called by scripts/test.sh.
+# The pages people see, in a real browser, called by scripts/test.sh:
+#   1. the website form (issue 13): tests/browser/website_form.py, below;
+#   2. the operator console (issue 15): tests/browser/console.py logs in to `relay-local demo`,
+#      sees "connected", forces a needs_reauth in the sandbox, sees the banner, reconnects
+#      through the consent page, and redrives a dead letter until the queue drains
+#      (screenshots under target/browser-test/).
 #
 # Starts `relay-local serve --sandbox` (API-key mode, files under a scratch directory, the
 # human check on with the local fake siteverify, a named form "elsewhere" the example site may
@@ -84,4 +89,11 @@ if [ "$status" -ne 0 ]; then
   tail -40 "$WORK/relay.log" >&2
   exit 1
 fi
-say "browser checks passed; screenshot at target/browser/thank-you.png"
+say "website form checks passed; screenshot at target/browser/thank-you.png"
+kill "$RELAY_PID" 2>/dev/null || true
+wait "$RELAY_PID" 2>/dev/null || true
+RELAY_PID=""
+
+say "the operator console (tests/browser/console.py)"
+timeout --kill-after=10 "${BROWSER_TIMEOUT:-300}" "$VENV/bin/python" tests/browser/console.py "$ROOT/target/debug/relay-local"
+say "browser checks passed"

@@ -142,6 +142,24 @@ checks.negative_data_rejection.enabled = false
 [[operations]]
 include-path = "/form/{form_name}"
 checks.positive_data_acceptance.expected-statuses = ["200", "204", "303", "404"]
+
+[[operations]]
+include-path = "/admin"
+checks.negative_data_rejection.enabled = false
+
+# The console's actions need the page's CSRF token, which no generated form has: a
+# schema-valid form is refused (403 csrf_refused), or 409 without a receiver switch.
+[[operations]]
+include-path = "/admin/redrive"
+checks.positive_data_acceptance.expected-statuses = ["303", "403"]
+
+[[operations]]
+include-path = "/admin/discard"
+checks.positive_data_acceptance.expected-statuses = ["303", "403"]
+
+[[operations]]
+include-path = "/admin/enable-events"
+checks.positive_data_acceptance.expected-statuses = ["303", "403", "409"]
 TOML
   say "schemathesis: every operation of openapi.yaml, $EXAMPLES examples each"
   # From the scratch directory: schemathesis keeps a cache (.schemathesis/) in its working directory.

@@ -4,7 +4,9 @@
 A misspelt name is silently ignored by the functions (they fall back to a default), so:
 - every variable the template sets must be read by config.rs (or be listed in EXTRA below);
 - every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
-  the ONLY_FOR ones, which exactly the functions named there get;
+  the ONLY_FOR ones, which exactly the functions named there get (SIGNUP_QUEUE_URL: `signup`
+  to queue, `signup-retry` to park, `oauth` for the console; the console's and the events
+  function's own; the replay table);
 - every website-form variable shared/src/forms.rs reads (FORM_*, FORMS_JSON) must be set on
   `signup`, the function that answers the form routes, and on no other.
 
@@ -24,10 +26,15 @@ EXTRA = {"KEAP_START_URL"}
 # The local run's file store; meaningless on Lambda.
 LOCAL_ONLY = {"KEAP_STORE_DIR"}
 ONLY_FOR = {
-    # `signup` queues; `signup-retry` parks signups that wait for Keap to be reconnected.
-    "SIGNUP_QUEUE_URL": {"SignupFunction", "SignupRetryFunction"},
+    # `signup` queues; `signup-retry` parks signups that wait for Keap to be reconnected; the
+    # console (`oauth`) counts and redrives.
+    "SIGNUP_QUEUE_URL": {"SignupFunction", "SignupRetryFunction", "OAuthFunction"},
     # Only `signup` sees signed requests (docs/security.md, item 3).
     "SIGNUP_REPLAY_TABLE": {"SignupFunction"},
+    # The console's view of the queues and the event receiver's switch.
+    "SIGNUP_DEAD_LETTER_QUEUE_URL": {"OAuthFunction"},
+    "EVENTS_DEAD_LETTER_QUEUE_URL": {"OAuthFunction"},
+    "EVENTS_STATE_SECRET_ID": {"OAuthFunction", "EventsFunction"},
 }
 FORMS_USER = "SignupFunction"
 
@@ -35,7 +42,7 @@ FORMS_USER = "SignupFunction"
 def main() -> int:
     template_path = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "template.yaml"
     config_path = Path(sys.argv[2]) if len(sys.argv) > 2 else ROOT / "shared/src/config.rs"
-    read = set(re.findall(r'"((?:KEAP|SIGNUP)_[A-Z0-9_]+)"', config_path.read_text(encoding="utf-8")))
+    read = set(re.findall(r'"((?:KEAP|SIGNUP|EVENTS)_[A-Z0-9_]+)"', config_path.read_text(encoding="utf-8")))
     if not read:
         print(f"no variable names found in {config_path}")
         return 1

@@ -66,19 +66,38 @@ def _secrets() -> set[tuple[str, str]]:
 REPLAY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 # (action, resource) pairs; a resource is "Logical" for a Ref, "Logical.Attr" for a GetAtt.
+# Every function but events may emit an event (issue 15): SendMessage on the event queue.
+EMIT = {("sqs:SendMessage", "EventsQueue.Arn")}
+QUEUES = ("SignupQueue", "SignupDeadLetterQueue", "EventsQueue", "EventsDeadLetterQueue")
+DEAD_LETTERS = ("SignupDeadLetterQueue", "EventsDeadLetterQueue")
 EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
-    "OAuthFunction": _logs("OAuthLogGroup") | _secrets(),
+    "OAuthFunction": _logs("OAuthLogGroup")
+    | _secrets()
+    # the console: the receiver switch, queue counts, dead letters (look, redrive, discard)
+    | {(a, "EventsStateSecret") for a in TOKEN_ACTIONS}
+    | {("sqs:GetQueueAttributes", f"{q}.Arn") for q in QUEUES}
+    | {(a, f"{q}.Arn") for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility") for q in DEAD_LETTERS}
+    | {("sqs:SendMessage", "SignupQueue.Arn")}
+    | EMIT,
     "SignupFunction": _logs("SignupLogGroup")
     | _secrets()
     | {("sqs:SendMessage", "SignupQueue.Arn")}
     # replays of signed signups (docs/security.md, item 3)
-    | {(a, "SignupReplayTable.Arn") for a in REPLAY_ACTIONS},
-    "RefreshFunction": _logs("RefreshLogGroup") | _secrets(),
+    | {(a, "SignupReplayTable.Arn") for a in REPLAY_ACTIONS}
+    | EMIT,
+    "RefreshFunction": _logs("RefreshLogGroup") | _secrets() | EMIT,
     "SignupRetryFunction": _logs("SignupRetryLogGroup")
     | _secrets()
     | {(a, "SignupQueue.Arn") for a in SQS_POLLER_ACTIONS}
     # parking: signups waiting for a Keap reconnection go back to the queue with a delay
-    | {("sqs:SendMessage", "SignupQueue.Arn")},
+    | {("sqs:SendMessage", "SignupQueue.Arn")}
+    | EMIT,
+    "EventsFunction": _logs("EventsLogGroup")
+    | {("secretsmanager:GetSecretValue", "AppSecret")}
+    | {(a, "EventsStateSecret") for a in TOKEN_ACTIONS}
+    | {(a, "EventsQueue.Arn") for a in SQS_POLLER_ACTIONS}
+    # each failed delivery's backoff
+    | {("sqs:ChangeMessageVisibility", "EventsQueue.Arn")},
 }
 
 # (principal, source): source is "Api:/stage/METHOD/path" or "Logical.Arn".
@@ -87,6 +106,10 @@ EXPECTED_INVOKERS: dict[str, set[tuple[str, str]]] = {
         ("apigateway.amazonaws.com", "HttpApi:/*/GET/oauth/start"),
         ("apigateway.amazonaws.com", "HttpApi:/*/GET/oauth/callback"),
         ("apigateway.amazonaws.com", "HttpApi:/*/GET/status"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/GET/admin"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/POST/admin/redrive"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/POST/admin/discard"),
+        ("apigateway.amazonaws.com", "HttpApi:/*/POST/admin/enable-events"),
     },
     "SignupFunction": {
         ("apigateway.amazonaws.com", "HttpApi:/*/POST/signup"),
@@ -97,6 +120,7 @@ EXPECTED_INVOKERS: dict[str, set[tuple[str, str]]] = {
     },
     "RefreshFunction": {("events.amazonaws.com", "RefreshFunctionSchedule.Arn")},
     "SignupRetryFunction": set(),
+    "EventsFunction": set(),
 }
 
 # Logical id -> CloudFormation type, for every resource a grant may name.
@@ -112,6 +136,10 @@ EXPECTED_TYPES = {
     "SignupLogGroup": "AWS::Logs::LogGroup",
     "RefreshLogGroup": "AWS::Logs::LogGroup",
     "SignupRetryLogGroup": "AWS::Logs::LogGroup",
+    "EventsStateSecret": "AWS::SecretsManager::Secret",
+    "EventsQueue": "AWS::SQS::Queue",
+    "EventsDeadLetterQueue": "AWS::SQS::Queue",
+    "EventsLogGroup": "AWS::Logs::LogGroup",
 }
 
 RETRY_FUNCTION, RETRY_QUEUE = "SignupRetryFunction", "SignupQueue"
@@ -131,6 +159,9 @@ GUARDED: dict[str, dict[str, str]] = {
     "SignupQueue": dict.fromkeys(QUEUE_SEND + QUEUE_CONSUME, "always"),
     # Not SendMessage: SQS moves dead letters in itself, and that move must not be put at risk.
     "SignupDeadLetterQueue": dict.fromkeys(QUEUE_CONSUME, "always"),
+    "EventsStateSecret": dict.fromkeys(SECRET_READ + SECRET_WRITE, "always"),
+    "EventsQueue": dict.fromkeys(QUEUE_SEND + QUEUE_CONSUME, "always"),
+    "EventsDeadLetterQueue": dict.fromkeys(QUEUE_CONSUME, "always"),
 }
 OPERATOR_PARAMETER, OPERATOR_CONDITION = "OperatorPrincipalArn", "HasOperatorPrincipal"
 OPERATOR = "OperatorPrincipalArn (the operator)"  # stands for the operator in an exemption set
@@ -699,7 +730,7 @@ def _attached_policy(template: dict[str, Any]) -> None:
         "Properties": {
             "PolicyName": "extra",
             "Roles": [{"Ref": role_id}],
-            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:SendMessage", "Resource": {"Fn::GetAtt": ["SignupQueue", "Arn"]}}]},
+            "PolicyDocument": {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sqs:PurgeQueue", "Resource": {"Fn::GetAtt": ["SignupQueue", "Arn"]}}]},
         },
     }
 
@@ -842,7 +873,10 @@ MUTATIONS: list[tuple[str, Callable[[dict[str, Any]], None]]] = [
     ("the signup queue's policy denies SendMessage to the signup function (nothing could be queued)", _drop_exemption("SignupQueuePolicy", "SentBySignupAndSignupRetryOnly", "SignupRole")),
     ("the signup queue's policy no longer exempts signup-retry from ReceiveMessage (Lambda's poller)", _drop_exemption("SignupQueuePolicy", "ConsumedBySignupRetryOnly", "SignupRetryRole")),
     ("the token secret's policy exempts a literal role ARN", _add_exemption("TokenSecretPolicy", "arn:aws:iam::111122223333:role/someone")),
-    ("the signup queue's policy exempts the oauth role from SendMessage", _add_exemption("SignupQueuePolicy", {"Fn::GetAtt": ["OAuthRole", "Arn"]})),
+    ("the signup queue's policy exempts the refresh role from SendMessage", _add_exemption("SignupQueuePolicy", {"Fn::GetAtt": ["RefreshRole", "Arn"]})),
+    ("the events function may read the signup dead letters", _add_statement("EventsFunction", {"Effect": "Allow", "Action": "sqs:ReceiveMessage", "Resource": {"Fn::GetAtt": ["SignupDeadLetterQueue", "Arn"]}})),
+    ("the event queue's policy no longer exempts the events function from ReceiveMessage", _drop_exemption("EventsQueuePolicy", "ConsumedByEventsOnly", "EventsRole")),
+    ("the events dead-letter queue's policy is removed", _drop_resource("EventsDeadLetterQueuePolicy")),
     ("the app secret's policy denies secretsmanager:* (CloudFormation locked out)", _set_action("AppSecretPolicy", "secretsmanager:*")),
     ("the token secret's policy denies DeleteSecret (the stack could not be deleted)", _set_action("TokenSecretPolicy", ["secretsmanager:GetSecretValue", "secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage", "secretsmanager:DeleteSecret"])),
     ("the dead-letter queue's policy is removed", _drop_resource("DeadLetterQueuePolicy")),

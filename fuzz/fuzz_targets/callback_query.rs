@@ -44,6 +44,7 @@ impl AppSecretSource for Secret {
             api_key: None,
             signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
             admin_password: Some(SecretString::from(ADMIN_PASSWORD)),
+            events_signing_key: None,
         }))
     }
 }
@@ -124,6 +125,8 @@ impl Connection for Store {
             needs_reauth_reason: None,
             generation: Some(1),
             retry_not_before: None,
+            last_error_at: None,
+            needs_reauth_since: None,
         })
     }
 
@@ -160,6 +163,7 @@ fn world() -> &'static World {
             connection: Arc::new(Store),
             function_name: "oauth".into(),
             metrics: Arc::new(NoMetrics),
+            console: Default::default(),
         },
         key: StateKey::from_deployment_secrets(&SecretString::from(SIGNING_KEY), &SecretString::from(ADMIN_PASSWORD)),
     })

@@ -13,6 +13,7 @@ use async_trait::async_trait;
 use tokio::sync::OnceCell;
 
 use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
+use crate::events::{EventSink, SqsSink};
 use crate::keap::api::KeapApi;
 use crate::keap::oauth::{OAuthClient, OAuthEndpoints};
 use crate::signup::replay;
@@ -228,6 +229,8 @@ pub struct App {
     pub queue: Option<Arc<dyn SignupQueue>>,
     /// Answers to signed signups, for replays (`SIGNUP_REPLAY_TABLE`, else this process only).
     pub replays: Arc<dyn ReplayRecords>,
+    /// The event queue (`EVENTS_QUEUE_URL`) when events are on (`EVENTS_WEBHOOK_URL` set too).
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 impl std::fmt::Debug for App {
@@ -249,11 +252,12 @@ impl App {
 
     pub async fn from_config(config: Config) -> Result<App, AppError> {
         let (store, queue) = store_and_queue(&config).await;
+        let events = events_sink(&config).await;
         let replays = match &config.signup_replay_table {
             Some(table) => Some(replay_table(table).await),
             None => None,
         };
-        let app = App::with_parts(config, store, queue)?;
+        let app = App::with_parts(config, store, queue)?.with_events(events);
         Ok(match replays {
             Some(replays) => app.with_replays(replays),
             None => app,
@@ -263,6 +267,12 @@ impl App {
     /// Replaces where the answers to signed signups are kept.
     pub fn with_replays(mut self, replays: Arc<dyn ReplayRecords>) -> App {
         self.replays = replays;
+        self
+    }
+
+    /// The same app emitting its events to `events` (the local run's queue, tests' memory sink).
+    pub fn with_events(mut self, events: Option<Arc<dyn EventSink>>) -> App {
+        self.events = events;
         self
     }
 
@@ -295,6 +305,7 @@ impl App {
             api,
             queue,
             replays: Arc::new(MemoryReplayRecords::new()),
+            events: None,
         })
     }
 
@@ -337,6 +348,16 @@ async fn replay_table(table: &str) -> Arc<dyn ReplayRecords> {
         replay::with_replay_bounds(aws_sdk_dynamodb::config::Builder::from(&aws)).build(),
     );
     Arc::new(DynamoReplayRecords::new(client, table))
+}
+
+/// The SQS event queue when events are on: `EVENTS_QUEUE_URL` and `EVENTS_WEBHOOK_URL` both set
+/// (without a receiver there is nobody to tell).
+pub async fn events_sink(config: &Config) -> Option<Arc<dyn EventSink>> {
+    let (Some(url), Some(_)) = (&config.events.queue_url, &config.events.webhook_url) else {
+        return None;
+    };
+    let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+    Some(Arc::new(SqsSink::new(aws_sdk_sqs::Client::new(&aws), url.clone())))
 }
 
 /// The one HTTP client. It follows no redirect: a 3xx from Keap comes back as an answer (an

@@ -78,6 +78,8 @@ pub struct Config {
     pub signup_options: SignupOptions,
     /// The website forms (`POST /form`, `POST /form/{form_name}`): see [`crate::forms`].
     pub forms: crate::forms::FormsConfig,
+    /// Signed events to the product and the queues the console looks into (issue 15).
+    pub events: EventsConfig,
 }
 
 /// The API goal achieved once per new contact (`KEAP_WELCOME_GOAL`).
@@ -272,6 +274,33 @@ impl SignupOptions {
     }
 }
 
+/// Events to the product (`EVENTS_WEBHOOK_URL`) and the queues the operator console inspects.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EventsConfig {
+    /// `EVENTS_WEBHOOK_URL`: where the `events` function delivers signed events.
+    pub webhook_url: Option<String>,
+    /// `EVENTS_QUEUE_URL`: where the functions put events for delivery; none: no events.
+    pub queue_url: Option<String>,
+    /// `EVENTS_DEAD_LETTER_QUEUE_URL`: events that were never delivered (the console).
+    pub dead_letter_queue_url: Option<String>,
+    /// `EVENTS_STATE_SECRET_ID`: the receiver's on/off switch (off after a 410).
+    pub state_secret_id: Option<String>,
+    /// `SIGNUP_DEAD_LETTER_QUEUE_URL`: signups that never reached Keap (the console).
+    pub signup_dead_letter_queue_url: Option<String>,
+}
+
+impl EventsConfig {
+    fn from_env() -> Self {
+        Self {
+            webhook_url: var("EVENTS_WEBHOOK_URL"),
+            queue_url: var("EVENTS_QUEUE_URL"),
+            dead_letter_queue_url: var("EVENTS_DEAD_LETTER_QUEUE_URL"),
+            state_secret_id: var("EVENTS_STATE_SECRET_ID"),
+            signup_dead_letter_queue_url: var("SIGNUP_DEAD_LETTER_QUEUE_URL"),
+        }
+    }
+}
+
 /// Optional direct welcome email, for accounts without a tag-triggered automation.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WelcomeEmail {
@@ -300,6 +329,9 @@ pub struct AppSecret {
     /// The human-check provider's secret key (`FORM_CAPTCHA_PROVIDER`), for siteverify.
     #[serde(default, deserialize_with = "non_blank")]
     pub captcha_secret: Option<SecretString>,
+    /// Signs the events sent to `EVENTS_WEBHOOK_URL` (only needed when that is set).
+    #[serde(default, deserialize_with = "non_blank")]
+    pub events_signing_key: Option<SecretString>,
 }
 
 fn non_blank<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
@@ -422,6 +454,7 @@ impl Config {
             welcome_email: None,
             signup_options: SignupOptions::default(),
             forms: crate::forms::FormsConfig::default(),
+            events: EventsConfig::default(),
         }
     }
 
@@ -506,6 +539,7 @@ impl Config {
             signup_options: SignupOptions::from_env(welcome_email.as_ref())?,
             welcome_email,
             forms: crate::forms::FormsConfig::from_env()?,
+            events: EventsConfig::from_env(),
         };
         config.validate()?;
         Ok(config)
@@ -546,6 +580,12 @@ impl Config {
         }
         if let Some(table) = &self.signup_replay_table {
             check_table_name(table)?;
+        }
+        if let Some(url) = &self.events.webhook_url {
+            crate::events::webhook::check_url(url).map_err(|e| ConfigError::Invalid {
+                name: "EVENTS_WEBHOOK_URL",
+                reason: e.to_string(),
+            })?;
         }
         if self.http_timeout < Duration::from_secs(2) {
             return Err(ConfigError::Invalid {

@@ -8,6 +8,7 @@
 //! - [`config`]: environment configuration and the operator-written app secret.
 
 pub mod config;
+pub mod events;
 pub mod forms;
 pub mod keap;
 pub mod signup;
@@ -19,3 +20,4 @@ pub mod app;
 pub mod http_edge;
 pub mod metrics;
 pub mod oauth_state;
+pub mod queues;

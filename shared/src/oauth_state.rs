@@ -419,6 +419,7 @@ mod tests {
             signup_signing_key: signing_key.map(SecretString::from),
             admin_password: admin_password.map(SecretString::from),
             captcha_secret: None,
+            events_signing_key: None,
         }
     }
 

@@ -13,6 +13,8 @@
 //! without `Retry-After`; the store holds a working pair; Keap's refreshes equal the
 //! generations stored (no issued pair lost, no refresh token spent twice). Everything the run
 //! logged at TRACE holds no token, client secret, API key, signing key or admin password.
+//! Every event the run emitted (issue 15) is then delivered by the `events` function to a
+//! receiver that fails a third of its calls: events delivered = events emitted.
 //!
 //! Size: `LOAD_SIGNUPS` (default 200), `LOAD_RATE` (arrivals per second, default 20),
 //! `LOAD_FAULT_MS` (mean time between fault switches, default 1500),
@@ -27,6 +29,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use keap_relay::app::App;
+use keap_relay::events::{Event, EventSink, MemorySink};
 use keap_relay::signup::signature;
 use keap_relay::signup::{QueueError, QueuedSignup, QueuedWelcome, SignupQueue};
 use keap_relay::store::memory::{FaultPoint, MemoryStore};
@@ -51,6 +54,8 @@ const MAX_RECEIVES: u32 = 5;
 #[derive(Default)]
 struct SqsLike {
     inner: Mutex<QueueState>,
+    /// The event queue every function of the run publishes into (issue 15).
+    events: Arc<MemorySink>,
 }
 
 #[derive(Default)]
@@ -115,14 +120,16 @@ impl SqsLike {
             })
             .collect();
         let event = serde_json::from_value(serde_json::json!({ "Records": records })).unwrap();
-        let failed: Vec<String> = match signup_retry::handler::handle(event, service).await {
-            Ok(response) => response
-                .batch_item_failures
-                .into_iter()
-                .map(|f| f.item_identifier)
-                .collect(),
-            Err(_) => batch.iter().map(|(id, _, _)| id.clone()).collect(),
-        };
+        let events: &dyn EventSink = self.events.as_ref();
+        let failed: Vec<String> =
+            match signup_retry::handler::handle_with_events(event, service, None, Some(events)).await {
+                Ok(response) => response
+                    .batch_item_failures
+                    .into_iter()
+                    .map(|f| f.item_identifier)
+                    .collect(),
+                Err(_) => batch.iter().map(|(id, _, _)| id.clone()).collect(),
+            };
         let mut state = self.inner.lock().unwrap();
         let mut acknowledged = 0;
         for (id, body, count) in batch {
@@ -328,9 +335,12 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     config.lease_duration = Duration::from_secs(20);
     config.http_timeout = Duration::from_secs(3);
     let shared_store: Arc<dyn SecretStore> = store.clone();
+    let events_sink: Arc<dyn EventSink> = queue.events.clone();
     let app = |with_queue: bool| {
         let queue: Option<Arc<dyn SignupQueue>> = with_queue.then(|| queue.clone() as Arc<dyn SignupQueue>);
-        App::with_parts(config.clone(), shared_store.clone(), queue).unwrap()
+        App::with_parts(config.clone(), shared_store.clone(), queue)
+            .unwrap()
+            .with_events(Some(events_sink.clone()))
     };
 
     // The administrator connects (through the oauth function's connection), as /oauth/callback would.
@@ -532,6 +542,11 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
     }
     secrets.sort();
     secrets.dedup();
+    // The events the run emitted, delivered by the events function to a receiver that fails
+    // often (500, 503 with Retry-After, 429, 410-free): every one arrives.
+    let emitted = queue.events.take();
+    let events = deliver_events(&emitted, seed).await;
+
     let logged = captured.text();
     let log_lines = logged.lines().count();
     // Each dead letter's reason, as an operator finds it: the last line signup-retry logged
@@ -590,10 +605,19 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
         "log_lines_audited": log_lines,
         "secrets_checked": secrets.len(),
         "stream_seconds": stream_time.as_secs_f64(),
+        "events_emitted": emitted.len(),
+        "events_delivered": events.delivered,
+        "events_dead_lettered": events.dead_lettered,
+        "event_receiver_calls": events.calls,
+        "event_receiver_faults": events.faults,
+        "events_by_type": events.by_type,
     });
     println!("LOAD REPORT {}", serde_json::to_string_pretty(&report).unwrap());
 
     assert_eq!(lost, 0, "every 202 is delivered or dead-lettered");
+    assert_eq!(events.delivered, emitted.len(), "events delivered = events emitted");
+    assert_eq!(events.bad_signatures, 0, "every event is signed");
+    assert!(events.faults > 0, "the receiver failed some deliveries");
     assert_eq!(
         counters.bad_5xx.load(Ordering::Relaxed),
         0,
@@ -614,4 +638,140 @@ async fn signups_under_load_and_faults_are_all_delivered_or_dead_lettered_and_no
         0,
         "no invocation ran into Lambda's timeout"
     );
+}
+
+/// What delivering the run's events showed.
+struct EventFigures {
+    /// Distinct event ids the receiver took with a valid signature.
+    delivered: usize,
+    dead_lettered: usize,
+    calls: u64,
+    faults: u64,
+    bad_signatures: u64,
+    by_type: BTreeMap<String, u64>,
+}
+
+/// The receiver of the events: checks each signature; fails about one call in three (500, 503
+/// with `Retry-After`, 429), chosen by `seed`.
+#[derive(Default)]
+struct FlakyReceiver {
+    rng: Mutex<Option<Rng>>,
+    taken: Mutex<BTreeMap<String, String>>,
+    calls: AtomicU64,
+    faults: AtomicU64,
+    bad_signatures: AtomicU64,
+}
+
+const EVENTS_KEY: &str = "load-run-events-signing-key";
+
+async fn receive_event(
+    axum::extract::State(receiver): axum::extract::State<Arc<FlakyReceiver>>,
+    headers: http::HeaderMap,
+    body: axum::body::Bytes,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    receiver.calls.fetch_add(1, Ordering::Relaxed);
+    let header = headers.get(signature::HEADER).and_then(|v| v.to_str().ok());
+    if signature::verify(&SecretString::from(EVENTS_KEY), header, &body, SystemTime::now()).is_err() {
+        receiver.bad_signatures.fetch_add(1, Ordering::Relaxed);
+        return http::StatusCode::UNAUTHORIZED.into_response();
+    }
+    let roll = receiver
+        .rng
+        .lock()
+        .unwrap()
+        .as_mut()
+        .map(|rng| rng.below(9))
+        .unwrap_or(0);
+    let fault = match roll {
+        0 => Some(http::StatusCode::INTERNAL_SERVER_ERROR.into_response()),
+        1 => Some((http::StatusCode::SERVICE_UNAVAILABLE, [("retry-after", "30")]).into_response()),
+        2 => Some(http::StatusCode::TOO_MANY_REQUESTS.into_response()),
+        _ => None,
+    };
+    if let Some(fault) = fault {
+        receiver.faults.fetch_add(1, Ordering::Relaxed);
+        return fault;
+    }
+    let event: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
+    let id = event["id"].as_str().unwrap_or_default().to_owned();
+    let kind = event["type"].as_str().unwrap_or_default().to_owned();
+    receiver.taken.lock().unwrap().insert(id, kind);
+    http::StatusCode::NO_CONTENT.into_response()
+}
+
+struct EventsKey;
+
+#[async_trait]
+impl events::SigningKey for EventsKey {
+    async fn events_signing_key(&self) -> Result<SecretString, String> {
+        Ok(SecretString::from(EVENTS_KEY))
+    }
+}
+
+/// The events function over an SQS-like event queue (the template's 8 receives; the backoffs
+/// compressed to nothing) until every event is delivered or dead-lettered.
+async fn deliver_events(emitted: &[Event], seed: u64) -> EventFigures {
+    let receiver = Arc::new(FlakyReceiver::default());
+    *receiver.rng.lock().unwrap() = Some(Rng((seed ^ 0xE7E7) | 1));
+    let router = axum::Router::new()
+        .route("/events", axum::routing::post(receive_event))
+        .with_state(receiver.clone());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/events", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, router).await });
+    let deps = events::Deps {
+        webhook: Some(keap_relay::events::webhook::Webhook::new(&url).unwrap()),
+        key: Arc::new(EventsKey),
+        state: None,
+        retry: None,
+    };
+    const EVENT_RECEIVES: u32 = 8;
+    let mut waiting: Vec<(&Event, u32)> = emitted.iter().map(|e| (e, 0)).collect();
+    let mut dead_lettered = 0;
+    while !waiting.is_empty() {
+        let take = waiting.len().min(10);
+        let batch: Vec<(&Event, u32)> = waiting.drain(..take).map(|(e, n)| (e, n + 1)).collect();
+        let records: Vec<serde_json::Value> = batch
+            .iter()
+            .map(|(event, receives)| {
+                serde_json::json!({
+                    "messageId": event.id.to_string(), "receiptHandle": format!("{}-{receives}", event.id),
+                    "body": event.to_json(), "eventSource": "aws:sqs",
+                    "attributes": {"ApproximateReceiveCount": receives.to_string()},
+                })
+            })
+            .collect();
+        let sqs = serde_json::from_value(serde_json::json!({ "Records": records })).unwrap();
+        let response = events::handle(sqs, &deps).await.unwrap();
+        let failed: Vec<String> = response
+            .batch_item_failures
+            .into_iter()
+            .map(|f| f.item_identifier)
+            .collect();
+        for (event, receives) in batch {
+            if failed.contains(&event.id.to_string()) {
+                if receives >= EVENT_RECEIVES {
+                    dead_lettered += 1;
+                } else {
+                    waiting.push((event, receives));
+                }
+            }
+        }
+    }
+    server.abort();
+    let taken = receiver.taken.lock().unwrap().clone();
+    let mut by_type = BTreeMap::new();
+    for kind in taken.values() {
+        *by_type.entry(kind.clone()).or_default() += 1;
+    }
+    let delivered = emitted.iter().filter(|e| taken.contains_key(&e.id.to_string())).count();
+    EventFigures {
+        delivered,
+        dead_lettered,
+        calls: receiver.calls.load(Ordering::Relaxed),
+        faults: receiver.faults.load(Ordering::Relaxed),
+        bad_signatures: receiver.bad_signatures.load(Ordering::Relaxed),
+        by_type,
+    }
 }

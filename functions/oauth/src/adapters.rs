@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use keap_relay::app::{App, AppSecretCache, LazyOAuthClient};
 use keap_relay::config::AppSecret;
 use keap_relay::keap::oauth::{OAuthClient, OAuthError};
+use keap_relay::queues::{QueueInspector, SqsInspector};
 use keap_relay::token::TokenGrant;
 
 use crate::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable, StdoutMetrics};
@@ -88,6 +89,42 @@ impl crate::OAuthDeps {
             connection: app.connection.clone(),
             function_name: app.config.function_name.clone().unwrap_or_else(|| "oauth".into()),
             metrics: Arc::new(StdoutMetrics),
+            console: crate::admin::ConsoleDeps {
+                welcome: crate::admin::Welcome::from_config(&app.config),
+                emit: app.events.clone(),
+                ..crate::admin::ConsoleDeps::default()
+            },
         }
+    }
+
+    /// [`Self::from_app`] with the console reading the SQS queues of the configuration
+    /// (`SIGNUP_QUEUE_URL` and `SIGNUP_DEAD_LETTER_QUEUE_URL`, `EVENTS_QUEUE_URL` and
+    /// `EVENTS_DEAD_LETTER_QUEUE_URL`) and the receiver switch (`EVENTS_STATE_SECRET_ID`).
+    pub async fn from_app_with_queues(app: &App) -> Self {
+        let mut deps = Self::from_app(app);
+        let config = &app.config;
+        let events = &config.events;
+        let pairs = [
+            (
+                config.signup_queue_url.clone(),
+                events.signup_dead_letter_queue_url.clone(),
+            ),
+            (events.queue_url.clone(), events.dead_letter_queue_url.clone()),
+        ];
+        if pairs.iter().any(|(q, d)| q.is_some() && d.is_some()) {
+            let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+            let client = aws_sdk_sqs::Client::new(&aws);
+            let inspector = |(queue, dead): &(Option<String>, Option<String>)| match (queue, dead) {
+                (Some(queue), Some(dead)) => {
+                    Some(Arc::new(SqsInspector::new(client.clone(), queue, dead)) as Arc<dyn QueueInspector>)
+                }
+                _ => None,
+            };
+            deps.console.signups = inspector(&pairs[0]);
+            deps.console.events = inspector(&pairs[1]);
+        }
+        deps.console.events_receiver = events.webhook_url.as_deref().and_then(crate::admin::origin_of);
+        deps.console.receiver_state = events.state_secret_id.clone().map(|id| (app.store.clone(), id));
+        deps
     }
 }

@@ -49,6 +49,19 @@ pub fn check(headers: &HeaderMap, admin_password: Option<&SecretString>) -> Admi
     }
 }
 
+/// The user name of a Basic `Authorization` header (the console's "who"; any name is
+/// accepted, so it is what the operator typed, bounded to 64 characters).
+pub fn user_name(headers: &HeaderMap) -> Option<String> {
+    let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();
+    let (scheme, encoded) = value.split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(STANDARD.decode(encoded.trim()).ok()?).ok()?;
+    let (user, _password) = decoded.split_once(':')?;
+    Some(user.chars().filter(|c| !c.is_control()).take(64).collect())
+}
+
 /// The password of an `Authorization: Basic base64(user:password)` header.
 fn presented_password(headers: &HeaderMap) -> Option<SecretString> {
     let value = headers.get(AUTHORIZATION)?.to_str().ok()?.trim();

@@ -15,15 +15,17 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use keap_relay::config::{AppSecret, AuthMode};
+use keap_relay::events::{self, Event, receiver};
 use keap_relay::metrics;
 use keap_relay::oauth_state::{STATE_TTL, StateError, StateKey};
-use keap_relay::token::{ConnectError, ConnectOutcome, Connection, TokenError, TokenState};
+use keap_relay::token::{ConnectError, ConnectOutcome, Connection, ConnectionStatus, TokenError, TokenState};
 use keap_relay::{ExposeSecret, SecretString};
 use lambda_http::http::{Method, StatusCode};
 use lambda_http::request::RequestContext;
 use lambda_http::{Body, Request, RequestExt, Response};
 use uuid::Uuid;
 
+use crate::admin::{self, ConsoleDeps};
 use crate::basic_auth::{self, AdminAuth};
 use crate::pages::{self, Page};
 use crate::ports::{AppSecretSource, AuthorizationServer, MetricsSink};
@@ -40,6 +42,8 @@ pub struct OAuthDeps {
     /// The `FunctionName` dimension of the `AdminLoginFailures` metric (`AWS_LAMBDA_FUNCTION_NAME`).
     pub function_name: String,
     pub metrics: Arc<dyn MetricsSink>,
+    /// What the operator console looks into (queues, the event receiver) and where events go.
+    pub console: ConsoleDeps,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -47,6 +51,16 @@ enum Route {
     Start,
     Callback,
     Status,
+    Admin,
+    Action(Action),
+}
+
+/// The console's POST actions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Action {
+    Redrive,
+    Discard,
+    EnableEvents,
 }
 
 impl Route {
@@ -55,6 +69,10 @@ impl Route {
             Route::Start => "/oauth/start",
             Route::Callback => "/oauth/callback",
             Route::Status => "/status",
+            Route::Admin => "/admin",
+            Route::Action(Action::Redrive) => "/admin/redrive",
+            Route::Action(Action::Discard) => "/admin/discard",
+            Route::Action(Action::EnableEvents) => "/admin/enable-events",
         }
     }
 }
@@ -64,12 +82,19 @@ pub async fn handle(request: Request, deps: &OAuthDeps) -> Response<Body> {
         "/oauth/start" => Route::Start,
         "/oauth/callback" => Route::Callback,
         "/status" => Route::Status,
+        "/admin" => Route::Admin,
+        "/admin/redrive" => Route::Action(Action::Redrive),
+        "/admin/discard" => Route::Action(Action::Discard),
+        "/admin/enable-events" => Route::Action(Action::EnableEvents),
         other => {
             return pages::json_error(StatusCode::NOT_FOUND, "not_found", &format!("no route for {other}"));
         }
     };
-    if request.method() != Method::GET {
-        return pages::method_not_allowed(request.method());
+    match route {
+        Route::Action(_) if request.method() != Method::POST => return pages::post_only(request.method()),
+        Route::Action(_) => {}
+        _ if request.method() != Method::GET => return pages::method_not_allowed(request.method()),
+        _ => {}
     }
     // A refusal is an HTML page on the browser routes, a JSON error on `/status`.
     match route {
@@ -81,6 +106,10 @@ pub async fn handle(request: Request, deps: &OAuthDeps) -> Response<Body> {
             response
         }
         Route::Status => status(&request, deps).await.unwrap_or_else(Page::into_json_response),
+        Route::Admin => console(&request, deps).await.unwrap_or_else(Page::into_response),
+        Route::Action(action) => console_action(&request, deps, action)
+            .await
+            .unwrap_or_else(Page::into_response),
     }
 }
 
@@ -156,10 +185,14 @@ async fn callback(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>,
         pages::exchange_failure(&error)
     })?;
     let requested = grant.account.clone().unwrap_or_else(|| grant.scope.clone());
+    let was_refused = deps.connection.status().await.is_ok_and(|status| status.needs_reauth);
     match deps.connection.connect(grant, state.switch).await {
         Ok(ConnectOutcome::Connected { account, replaced }) => {
             let account = account.unwrap_or(requested);
             tracing::info!(nonce = %state.nonce, %account, replaced, switch = state.switch, "connected to Keap");
+            if was_refused {
+                events::emit(deps.console.emit.as_deref(), Event::connection_recovered(&account)).await;
+            }
             Ok(pages::connected(&account).into_response())
         }
         Err(ConnectError::DifferentAccount { current, requested }) => {
@@ -174,18 +207,137 @@ async fn callback(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>,
 }
 
 /// `GET /status`: administrator only; the connection's health as JSON, never a token.
+/// Its earlier fields (the connection's) stay at the top level; the console's sections
+/// (`signup_queue`, `events`, `welcome`, `history`) are added next to them.
 async fn status(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Page> {
     admin_gate(request, deps, Route::Status).await?;
-    let status = match deps.connection.status().await {
-        Ok(status) => status,
+    let status = connection_status(deps).await?;
+    let report = deps.console.report(status).await;
+    Ok(pages::json(StatusCode::OK, &report))
+}
+
+async fn connection_status(deps: &OAuthDeps) -> Result<ConnectionStatus, Page> {
+    match deps.connection.status().await {
+        Ok(status) => Ok(status),
         // Only the token source reports "not connected", and it does so as an OAuth status.
-        Err(TokenError::NotConnected) => TokenState::default().status_report(SystemTime::now()),
+        Err(TokenError::NotConnected) => Ok(TokenState::default().status_report(SystemTime::now())),
         Err(error) => {
             tracing::error!(error = %error, "could not read the connection status");
-            return Err(pages::status_unavailable(&error));
+            Err(pages::status_unavailable(&error))
+        }
+    }
+}
+
+/// `GET /admin[?done=…]`: the console page.
+async fn console(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, Page> {
+    let secret = admin_gate(request, deps, Route::Admin).await?;
+    let password = secret
+        .admin_password
+        .clone()
+        .ok_or_else(pages::admin_password_missing)?;
+    let status = connection_status(deps).await?;
+    let report = deps.console.report(status).await;
+    let now = SystemTime::now();
+    let notice = request
+        .query_string_parameters()
+        .first("done")
+        .and_then(pages::console_notice);
+    let html = admin::render(&report, &admin::csrf_token(&password, now), notice, now);
+    Ok(pages::console_page(html))
+}
+
+/// `POST /admin/{redrive,discard,enable-events}`: a form from the console page. Refused
+/// without a valid CSRF token, or when the browser says it comes from another site.
+async fn console_action(request: &Request, deps: &OAuthDeps, action: Action) -> Result<Response<Body>, Page> {
+    let secret = admin_gate(request, deps, Route::Action(action)).await?;
+    let password = secret
+        .admin_password
+        .clone()
+        .ok_or_else(pages::admin_password_missing)?;
+    let cross_site = request
+        .headers()
+        .get("sec-fetch-site")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|site| site == "cross-site");
+    let body: &[u8] = request.body().as_ref();
+    if body.len() > 4096 {
+        return Err(pages::bad_console_form("the form is larger than 4 KiB"));
+    }
+    let form: std::collections::HashMap<String, String> = url::form_urlencoded::parse(body).into_owned().collect();
+    if cross_site || !admin::csrf_valid(&password, form.get("csrf").map(String::as_str), SystemTime::now()) {
+        tracing::warn!(
+            route = Route::Action(action).path(),
+            cross_site,
+            "console action refused: no valid CSRF token"
+        );
+        return Err(pages::csrf_refused());
+    }
+    let who = basic_auth::user_name(request.headers()).unwrap_or_default();
+    let source_ip = source_ip(request).unwrap_or_else(|| "unknown".into());
+    let done = match action {
+        Action::EnableEvents => {
+            let (store, id) = deps
+                .console
+                .receiver_state
+                .as_ref()
+                .ok_or_else(pages::events_not_configured)?;
+            receiver::enable(
+                store.as_ref(),
+                id,
+                if who.is_empty() { "admin" } else { &who },
+                SystemTime::now(),
+            )
+            .await
+            .map_err(|error| pages::console_failure(&error.to_string()))?;
+            tracing::info!(
+                action = "enable_events",
+                who,
+                source_ip,
+                "operator switched the event receiver on"
+            );
+            "receiver_enabled"
+        }
+        Action::Redrive | Action::Discard => {
+            let queue = form
+                .get("queue")
+                .and_then(|q| admin::QueueName::parse(q))
+                .ok_or_else(|| pages::bad_console_form("queue must be signups or events"))?;
+            let id = form
+                .get("id")
+                .map(|id| id.trim())
+                .filter(|id| !id.is_empty() && id.len() <= 128)
+                .ok_or_else(|| pages::bad_console_form("id must be a message id"))?;
+            let inspector = deps
+                .console
+                .inspector(queue)
+                .ok_or_else(|| pages::bad_console_form("that queue is not configured"))?;
+            let result = match action {
+                Action::Redrive => inspector.redrive(id).await,
+                _ => inspector.discard(id).await,
+            };
+            let found = result.map_err(|error| pages::console_failure(&error.to_string()))?;
+            let name = if action == Action::Redrive {
+                "redrive"
+            } else {
+                "discard"
+            };
+            tracing::info!(
+                action = name,
+                queue = queue.as_str(),
+                message_id = id,
+                found,
+                who,
+                source_ip,
+                "operator console action"
+            );
+            match (action, found) {
+                (_, false) => "not_found",
+                (Action::Redrive, true) => "redriven",
+                _ => "discarded",
+            }
         }
     };
-    Ok(pages::json(StatusCode::OK, &status))
+    Ok(pages::see_other(&format!("../admin?done={done}")))
 }
 
 /// Basic auth against the app secret's `admin_password`. No password, or one shorter than

@@ -5,6 +5,7 @@
 //! that tests drive with API Gateway events from `events/`.
 
 pub mod adapters;
+pub mod admin;
 pub mod basic_auth;
 pub mod handler;
 pub mod pages;

@@ -11,7 +11,7 @@ use lambda_http::{Error, Request, RequestExt, service_fn};
 async fn main() -> Result<(), Error> {
     init_tracing();
     let app = App::from_env().await?;
-    let deps = &oauth::Deps::from_app(&app);
+    let deps = &oauth::Deps::from_app_with_queues(&app).await;
     lambda_http::run(service_fn(move |request: Request| async move {
         // Invariant 9: see `keap_relay::token::invocation`.
         let deadline = request

@@ -123,6 +123,51 @@ pub fn method_not_allowed(method: &Method) -> Response<Body> {
     finish(http_edge::method_not_allowed(method, "GET"))
 }
 
+/// 405 for a console action, which takes POST only.
+pub fn post_only(method: &Method) -> Response<Body> {
+    finish(http_edge::method_not_allowed(method, "POST"))
+}
+
+/// The console page: the headers of every page, and a policy that also keeps its forms on this
+/// origin (`form-action 'self'`) and its base URL fixed.
+pub fn console_page(html: String) -> Response<Body> {
+    let mut response = Response::new(html);
+    response
+        .headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
+    let mut response = finish(response);
+    response
+        .headers_mut()
+        .insert("content-security-policy", HeaderValue::from_static(CONSOLE_CSP));
+    response
+}
+
+/// The console's Content-Security-Policy: no script, no remote anything, forms to itself only.
+pub const CONSOLE_CSP: &str =
+    "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'";
+
+/// 303 to `location` (relative: the console after an action).
+pub fn see_other(location: &str) -> Response<Body> {
+    let mut response = Response::new(String::new());
+    *response.status_mut() = StatusCode::SEE_OTHER;
+    if let Ok(value) = HeaderValue::from_str(location) {
+        response.headers_mut().insert(LOCATION, value);
+    }
+    finish(response)
+}
+
+/// The console's fixed notices, by the code its actions redirect with (`?done=`): nothing
+/// from the query reaches the page but the choice among these.
+pub fn console_notice(code: &str) -> Option<&'static str> {
+    Some(match code {
+        "redriven" => "The dead letter was sent back to its queue.",
+        "discarded" => "The dead letter was discarded.",
+        "not_found" => "That dead letter is no longer there (already redriven, discarded, or expired).",
+        "receiver_enabled" => "The event receiver is switched on again.",
+        _ => return None,
+    })
+}
+
 pub fn json<T: Serialize>(status: StatusCode, value: &T) -> Response<Body> {
     finish(http_edge::json_response(status, value))
 }
@@ -395,6 +440,46 @@ pub fn store_failure(error: &TokenError) -> Page {
         format!("{error}. Nothing was changed; start again in a minute."),
     )
     .with_link("start", "Start again")
+}
+
+pub fn bad_console_form(detail: &str) -> Page {
+    Page::new(
+        StatusCode::BAD_REQUEST,
+        "bad_console_form",
+        "Invalid console request",
+        detail,
+    )
+    .with_link("../admin", "Back to the console")
+}
+
+pub fn csrf_refused() -> Page {
+    Page::new(
+        StatusCode::FORBIDDEN,
+        "csrf_refused",
+        "Not sent from the console",
+        "This action must be sent from the console page (its form token is missing, wrong or more \
+         than an hour old). Nothing was changed.",
+    )
+    .with_link("../admin", "Back to the console")
+}
+
+pub fn events_not_configured() -> Page {
+    Page::new(
+        StatusCode::CONFLICT,
+        "events_not_configured",
+        "Events are not configured",
+        "EVENTS_STATE_SECRET_ID is not set, so there is no receiver switch to turn on.",
+    )
+}
+
+pub fn console_failure(detail: &str) -> Page {
+    Page::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "console_action_failed",
+        "The action failed",
+        format!("{detail}. Nothing may have changed; try again in a minute."),
+    )
+    .with_link("../admin", "Back to the console")
 }
 
 /// `/status` could not read the connection (answered as JSON).

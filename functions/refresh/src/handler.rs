@@ -12,12 +12,13 @@
 //!   `SecretVersionQuotaExceeded 1` (alarmed) and an error-level line saying what it means.
 
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use aws_lambda_events::eventbridge::EventBridgeEvent;
 use keap_relay::app::App;
 use keap_relay::config::AuthMode;
+use keap_relay::events::{self, Event, EventSink};
 use keap_relay::keap::api::{ApiError, KeapApi};
 use keap_relay::metrics::{self, EmfRecord, NAMESPACE, SECRET_VERSION_QUOTA_EXCEEDED, Unit};
 use keap_relay::token::{Connection, ConnectionStatus, Credential, RotationAction, RotationPolicy, TokenError};
@@ -37,7 +38,14 @@ pub struct Deps {
     /// The `FunctionName` dimension of the metrics (`AWS_LAMBDA_FUNCTION_NAME`).
     pub function_name: String,
     pub metrics: Arc<dyn MetricsSink>,
+    /// Where events to the product go (`EVENTS_QUEUE_URL`); none: no events.
+    pub events: Option<Arc<dyn EventSink>>,
 }
+
+/// How long after Keap's refusal the schedule keeps announcing `connection.needs_reauth`: every
+/// run in that window sends the same event (one id), so a lost delivery is made up for and a
+/// receiver dropping repeats sees it once.
+pub const NEEDS_REAUTH_EVENT_WINDOW: Duration = Duration::from_secs(3600);
 
 /// The name the tests and the handler use.
 pub type RefreshDeps = Deps;
@@ -61,6 +69,7 @@ impl Deps {
                 .or_else(|| config.redirect_uri.as_deref().and_then(start_url_from_redirect)),
             function_name: config.function_name.clone().unwrap_or_else(|| "refresh".into()),
             metrics: Arc::new(StdoutMetrics),
+            events: app.events.clone(),
         }
     }
 }
@@ -189,6 +198,9 @@ async fn rotate(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshError> {
                     .unwrap_or_else(|| "Keap is not connected".into()),
             };
             report_needs_person(deps, run_status, &reason);
+            if run_status == RunStatus::NeedsReauth {
+                announce_needs_reauth(deps, status.as_ref(), &reason).await;
+            }
         }
         _ => {
             let status = status.as_ref();
@@ -203,6 +215,18 @@ async fn rotate(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshError> {
         }
     }
     Ok(summary(deps, action, run_status, status))
+}
+
+/// `connection.needs_reauth` while the refusal is recent (see [`NEEDS_REAUTH_EVENT_WINDOW`]).
+async fn announce_needs_reauth(deps: &RefreshDeps, status: Option<&ConnectionStatus>, reason: &str) {
+    let since = status.and_then(|s| s.needs_reauth_since);
+    let recent = since
+        .and_then(|at| SystemTime::now().duration_since(at).ok())
+        .is_none_or(|age| age <= NEEDS_REAUTH_EVENT_WINDOW);
+    if recent {
+        let event = Event::connection_needs_reauth(Some(reason), since, deps.start_url.as_deref());
+        events::emit(deps.events.as_deref(), event).await;
+    }
 }
 
 async fn check_api_key(deps: &RefreshDeps) -> Result<RefreshSummary, RefreshError> {

@@ -80,6 +80,7 @@ async fn run(mode: AuthMode, error: fn() -> TokenError) -> Value {
         start_url: None,
         function_name: "keap-relay-RefreshFunction-abc".into(),
         metrics: metrics.clone(),
+        events: None,
     };
     let event: EventBridgeEvent<Value> = serde_json::from_value(
         serde_json::json!({"detail-type": "Scheduled Event", "source": "aws.events", "detail": {}}),

@@ -113,6 +113,7 @@ impl Harness {
             start_url: Some(START_URL.into()),
             function_name: "keap-relay-RefreshFunction-abc".into(),
             metrics: metrics.clone(),
+            events: None,
         };
         Harness {
             sandbox,
@@ -360,4 +361,28 @@ async fn a_throttled_api_key_check_fails_the_run() {
     let error = h.run().await.unwrap_err();
     assert!(matches!(error, refresh::RefreshError::KeyCheck(_)), "{error}");
     assert_eq!(metric(&h.metrics.last(), "RefreshFailures"), Some(1.0));
+}
+
+#[tokio::test]
+async fn a_refusal_is_announced_to_the_product_as_one_event_with_the_reconnect_url() {
+    let mut h = Harness::oauth().await;
+    let sink = Arc::new(keap_relay::events::MemorySink::new());
+    h.deps.events = Some(sink.clone());
+    h.seed(
+        SystemTime::now() - 23 * HOUR,
+        DAY,
+        Some("a-refresh-token-keap-never-issued"),
+    )
+    .await;
+    h.run().await.unwrap();
+    h.run().await.unwrap();
+    let events = sink.take();
+    assert_eq!(events.len(), 2, "each run in the window says it: {events:?}");
+    assert_eq!(events[0].kind, keap_relay::events::EventType::ConnectionNeedsReauth);
+    assert_eq!(
+        events[0].id, events[1].id,
+        "the same refusal is one event to the receiver"
+    );
+    assert_eq!(events[0].data["reconnect_url"], START_URL);
+    assert!(events[0].data["since"].is_string());
 }

@@ -26,6 +26,7 @@
 use std::time::{Duration, SystemTime};
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
+use keap_relay::events::{Event, EventSink};
 use keap_relay::metrics;
 use keap_relay::signup::{
     QueuedMessage, QueuedWelcome, SignupError, SignupQueue, SignupService, WelcomePart, WelcomeRetry,
@@ -80,6 +81,17 @@ pub async fn handle_with_parking(
     service: &SignupService,
     parking: Option<&dyn SignupQueue>,
 ) -> Result<SqsBatchResponse, RetryError> {
+    handle_with_events(event, service, parking, None).await
+}
+
+/// [`handle_with_parking`], telling the product (`events`) what became of each signup:
+/// `signup.delivered`, and `signup.failed` for one that can never reach Keap.
+pub async fn handle_with_events(
+    event: SqsEvent,
+    service: &SignupService,
+    parking: Option<&dyn SignupQueue>,
+    events: Option<&dyn EventSink>,
+) -> Result<SqsBatchResponse, RetryError> {
     if event.records.iter().any(|record| record.message_id.is_none()) {
         tracing::error!("{}", RetryError::MissingMessageId);
         return Err(RetryError::MissingMessageId);
@@ -90,7 +102,7 @@ pub async fn handle_with_parking(
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
         let attempt = match &keap {
-            KeapSeen::Up => process(record, message_id, service).await,
+            KeapSeen::Up => process(record, message_id, service, events).await,
             KeapSeen::Down(reason) => {
                 // Logged per record with the earlier failure: a message skipped on every
                 // receive reaches the dead-letter queue, and this line is its reason.
@@ -211,13 +223,29 @@ fn parse(record: &SqsMessage, message_id: &str) -> Option<QueuedMessage> {
     }
 }
 
-async fn process(record: &SqsMessage, message_id: &str, service: &SignupService) -> Attempt {
+async fn process(
+    record: &SqsMessage,
+    message_id: &str,
+    service: &SignupService,
+    events: Option<&dyn EventSink>,
+) -> Attempt {
     let receive_count = receive_count(record);
     let queued = match parse(record, message_id) {
-        None => return Attempt::Poison,
+        None => {
+            if receive_count == "1" {
+                let event = Event::signup_failed(
+                    None,
+                    None,
+                    "invalid_message",
+                    "the queued message is not a valid signup",
+                );
+                keap_relay::events::emit(events, event).await;
+            }
+            return Attempt::Poison;
+        }
         Some(QueuedMessage::Signup(queued)) => *queued,
         Some(QueuedMessage::Welcome(welcome)) => {
-            return retry_welcome(welcome, message_id, receive_count, service).await;
+            return retry_welcome(welcome, message_id, receive_count, service, events).await;
         }
     };
     let signup_id = queued.id.to_string();
@@ -230,6 +258,8 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 created = outcome.created,
                 "queued signup delivered"
             );
+            let event = Event::signup_delivered(&queued.signup.email, &outcome, Some(queued.id));
+            keap_relay::events::emit(events, event).await;
             Attempt::Delivered
         }
         Err(error @ (SignupError::Rejected { .. } | SignupError::Invalid { .. })) => {
@@ -242,6 +272,16 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 reason = %error,
                 "Keap refuses this signup; failing it so it reaches the dead-letter queue"
             );
+            // Once per signup (its first refusal), though it is failed until SQS dead-letters it.
+            if receive_count == "1" {
+                let event = Event::signup_failed(
+                    Some(&queued.signup.email),
+                    Some(queued.id),
+                    error.code(),
+                    &error.to_string(),
+                );
+                keap_relay::events::emit(events, event).await;
+            }
             Attempt::Poison
         }
         Err(error @ SignupError::NotConnected { .. }) => {
@@ -265,6 +305,7 @@ async fn retry_welcome(
     message_id: &str,
     receive_count: &str,
     service: &SignupService,
+    events: Option<&dyn EventSink>,
 ) -> Attempt {
     let (welcome_id, contact_id, part) = (welcome.id.to_string(), welcome.contact_id, welcome.part.as_str());
     let welcome_part = welcome.part;
@@ -285,6 +326,7 @@ async fn retry_welcome(
                 ?campaigns,
                 "queued welcome sent"
             );
+            keap_relay::events::emit(events, Event::welcome_sent(contact_id, None, part)).await;
             Attempt::Delivered
         }
         Ok(WelcomeRetry::AlreadySent) => {

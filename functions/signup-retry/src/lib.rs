@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent};
 use keap_relay::app::App;
+use keap_relay::events::EventSink;
 use keap_relay::signup::{SignupQueue, SignupService};
 
 use handler::RetryError;
@@ -18,6 +19,8 @@ pub struct Deps {
     /// Where signups waiting for Keap to be reconnected go back to: their own queue
     /// (`SIGNUP_QUEUE_URL`). Without it they are left to SQS's redelivery.
     pub parking: Option<Arc<dyn SignupQueue>>,
+    /// Where events to the product go (`EVENTS_QUEUE_URL`); none: no events.
+    pub events: Option<Arc<dyn EventSink>>,
 }
 
 impl Deps {
@@ -25,6 +28,7 @@ impl Deps {
         Self {
             service: app.signup_service(),
             parking: app.queue.clone(),
+            events: app.events.clone(),
         }
     }
 }
@@ -32,5 +36,5 @@ impl Deps {
 /// Processes one SQS batch, parking the signups that wait for a reconnection
 /// ([`handler::handle_with_parking`]).
 pub async fn handle(event: SqsEvent, deps: &Deps) -> Result<SqsBatchResponse, RetryError> {
-    handler::handle_with_parking(event, &deps.service, deps.parking.as_deref()).await
+    handler::handle_with_events(event, &deps.service, deps.parking.as_deref(), deps.events.as_deref()).await
 }

@@ -213,3 +213,33 @@ async fn a_record_without_message_id_fails_the_whole_invocation() {
     let result = handle(sqs_event(&batch), &service).await;
     assert!(matches!(result, Err(RetryError::MissingMessageId)));
 }
+
+#[tokio::test]
+async fn the_product_hears_of_each_delivered_signup_and_of_the_poison_once() {
+    let (_sandbox, service) = setup(DEFAULT_API_KEY).await;
+    let sink = keap_relay::events::MemorySink::new();
+    let mut first_receive = batch();
+    for record in first_receive["Records"].as_array_mut().unwrap() {
+        record["attributes"]["ApproximateReceiveCount"] = json!("1");
+    }
+    signup_retry::handler::handle_with_events(sqs_event(&first_receive), &service, None, Some(&sink))
+        .await
+        .unwrap();
+    let events = sink.take();
+    let kinds: Vec<&str> = events.iter().map(|e| e.kind.as_str()).collect();
+    assert_eq!(kinds, ["signup.delivered", "signup.failed", "signup.delivered"]);
+    assert_eq!(events[0].data["email"], "grace.hopper@example.com");
+    assert!(events[0].data["signup_id"].is_string(), "{:?}", events[0].data);
+    assert_eq!(events[0].data["created"], true);
+    assert_eq!(events[1].data["code"], "invalid_message");
+
+    // A redelivery of the poison message tells nothing new.
+    let mut again = first_receive.clone();
+    for record in again["Records"].as_array_mut().unwrap() {
+        record["attributes"]["ApproximateReceiveCount"] = json!("2");
+    }
+    signup_retry::handler::handle_with_events(sqs_event(&again), &service, None, Some(&sink))
+        .await
+        .unwrap();
+    assert!(sink.events().iter().all(|e| e.kind.as_str() == "signup.delivered"));
+}

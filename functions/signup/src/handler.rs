@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use keap_relay::SecretString;
+use keap_relay::events::{self, Event, EventSink};
 use keap_relay::http_edge::{self, with_retry_after};
 use keap_relay::metrics;
 use keap_relay::signup::{
@@ -48,6 +49,10 @@ pub trait SignupDeps: Send + Sync {
     fn replays(&self) -> &dyn ReplayRecords;
     fn now(&self) -> SystemTime {
         SystemTime::now()
+    }
+    /// Where events to the product go (`EVENTS_QUEUE_URL`); none: no events.
+    fn events(&self) -> Option<&dyn EventSink> {
+        None
     }
 }
 
@@ -260,6 +265,7 @@ pub async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, 
                     metrics::welcome_goal_without_listener_line(function_name(), &goal.goal)
                 );
             }
+            events::emit(deps.events(), Event::signup_delivered(&signup.email, &outcome, None)).await;
             Delivery::Sent(outcome)
         }
         Err(SignupError::Invalid { code, message }) => {
@@ -286,6 +292,8 @@ async fn defer<D: SignupDeps + ?Sized>(signup: Signup, failure: SignupError, dep
         match queue.enqueue(&queued, failure.retry_after().unwrap_or_default()).await {
             Ok(()) => {
                 tracing::info!(queued_id = %queued.id, "signup queued for signup-retry");
+                let event = Event::signup_queued(&queued.signup.email, queued.id, failure.code());
+                events::emit(deps.events(), event).await;
                 return Delivery::Queued {
                     id: queued.id.to_string(),
                 };

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use keap_relay::SecretString;
 use keap_relay::app::{App, AppSecretCache};
+use keap_relay::events::EventSink;
 use keap_relay::forms::FormsConfig;
 use keap_relay::http_edge::Unavailable;
 use keap_relay::metrics::{MetricsSink, StdoutMetrics};
@@ -43,6 +44,7 @@ pub struct Deps {
     http: reqwest::Client,
     limiter: IpLimiter,
     metrics: Arc<dyn MetricsSink>,
+    events: Option<Arc<dyn EventSink>>,
 }
 
 /// The name the tests and benches use.
@@ -59,6 +61,7 @@ impl Deps {
             http: app.http.clone(),
             limiter: IpLimiter::new(app.config.forms.rate_limit_per_minute),
             metrics: Arc::new(StdoutMetrics),
+            events: app.events.clone(),
         }
     }
 
@@ -92,6 +95,10 @@ impl SignupDeps for Deps {
 
     fn replays(&self) -> &dyn ReplayRecords {
         self.replays.as_ref()
+    }
+
+    fn events(&self) -> Option<&dyn EventSink> {
+        self.events.as_deref()
     }
 }
 

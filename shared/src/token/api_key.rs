@@ -38,6 +38,8 @@ impl ApiKeySource {
             needs_reauth_reason: None,
             generation: None,
             retry_not_before: None,
+            last_error_at: None,
+            needs_reauth_since: None,
         }
     }
 }

@@ -151,6 +151,12 @@ pub struct ConnectionStatus {
     /// After failed refreshes, no process tries again before this time (the shared backoff).
     #[serde(with = "opt_rfc3339")]
     pub retry_not_before: Option<SystemTime>,
+    /// When `last_error` happened (the console's "last failure").
+    #[serde(with = "opt_rfc3339")]
+    pub last_error_at: Option<SystemTime>,
+    /// Since when the connection needs re-authorization.
+    #[serde(with = "opt_rfc3339")]
+    pub needs_reauth_since: Option<SystemTime>,
 }
 
 /// Port used by the oauth and refresh functions.

@@ -251,6 +251,8 @@ impl TokenState {
             needs_reauth_reason: self.needs_reauth_reason.clone(),
             generation: (self.status != LinkStatus::NotConnected).then_some(self.generation),
             retry_not_before: self.retry_not_before.filter(|at| *at > now),
+            last_error_at: self.last_error_at,
+            needs_reauth_since: self.needs_reauth_at.filter(|_| self.status == LinkStatus::NeedsReauth),
         }
     }
 }

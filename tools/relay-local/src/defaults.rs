@@ -11,6 +11,10 @@ use serde_json::json;
 pub const SIGNING_KEY: &str = "local-signup-signing-key";
 /// `admin_password` of the seeded app secret; the sample events use it too.
 pub const ADMIN_PASSWORD: &str = "local-admin-password";
+/// Signs the events sent to `EVENTS_WEBHOOK_URL` in the local run.
+pub const EVENTS_SIGNING_KEY: &str = "local-events-signing-key";
+/// The event receiver's on/off switch in the local store.
+pub const EVENTS_STATE_SECRET_ID: &str = "keap-relay/local/events-state";
 /// Any user name works with Basic auth; this one reads well in curl lines.
 pub const ADMIN_USER: &str = "admin";
 
@@ -35,6 +39,7 @@ pub fn app_secret() -> SecretString {
         "client_secret": keap_sandbox::DEFAULT_CLIENT_SECRET,
         "api_key": keap_sandbox::DEFAULT_API_KEY,
         "signup_signing_key": SIGNING_KEY,
+        "events_signing_key": EVENTS_SIGNING_KEY,
         "admin_password": ADMIN_PASSWORD,
         // Known to the local fake siteverify (keap_sandbox::siteverify), used when
         // FORM_CAPTCHA_PROVIDER is set and FORM_CAPTCHA_VERIFY_URL is not.
@@ -50,6 +55,7 @@ pub fn env_defaults(relay_base: &str, with_sandbox: bool) -> Vec<(&'static str, 
         ("KEAP_STORE_DIR", STORE_DIR.to_owned()),
         ("KEAP_APP_SECRET_ID", APP_SECRET_ID.to_owned()),
         ("KEAP_TOKEN_SECRET_ID", TOKEN_SECRET_ID.to_owned()),
+        ("EVENTS_STATE_SECRET_ID", EVENTS_STATE_SECRET_ID.to_owned()),
         ("KEAP_REDIRECT_URI", format!("{relay_base}/oauth/callback")),
         ("KEAP_START_URL", format!("{relay_base}/oauth/start")),
     ];

@@ -43,9 +43,10 @@ pub enum Function {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Routing {
     /// As API Gateway routes `template.yaml`'s HTTP API (`relay-local`): `GET /oauth/start`,
-    /// `GET /oauth/callback` and `GET /status` to `oauth`; `POST /signup`, and `POST` and
-    /// `OPTIONS` on `/form` and `/form/{form_name}`, to `signup`. Anything else (another path,
-    /// or another method on a known path) is `404 {"message":"Not Found"}`.
+    /// `GET /oauth/callback`, `GET /status`, `GET /admin` and the console's three POSTs to
+    /// `oauth`; `POST /signup`, and `POST` and `OPTIONS` on `/form` and `/form/{form_name}`, to
+    /// `signup`. Anything else (another path, or another method on a known path) is
+    /// `404 {"message":"Not Found"}`.
     Template,
     /// Every request reaches a handler, so that the handlers' own answers to other methods (405
     /// with `Allow`) and paths (404) are what the client sees (hostile-input tests): `/signup`
@@ -59,7 +60,12 @@ impl Routing {
     pub fn function(self, method: &http::Method, path: &str) -> Option<Function> {
         match self {
             Routing::Template => match (method, path) {
-                (&http::Method::GET, "/oauth/start" | "/oauth/callback" | "/status") => Some(Function::OAuth),
+                (&http::Method::GET, "/oauth/start" | "/oauth/callback" | "/status" | "/admin") => {
+                    Some(Function::OAuth)
+                }
+                (&http::Method::POST, "/admin/redrive" | "/admin/discard" | "/admin/enable-events") => {
+                    Some(Function::OAuth)
+                }
                 (&http::Method::POST, "/signup") => Some(Function::Signup),
                 (&http::Method::POST | &http::Method::OPTIONS, _) if is_form_route(path) => Some(Function::Signup),
                 _ => None,
@@ -292,7 +298,7 @@ mod tests {
     fn the_template_routes_only_its_method_and_path_pairs() {
         use http::Method;
         let route = |method: Method, path: &str| Routing::Template.function(&method, path);
-        for path in ["/oauth/start", "/oauth/callback", "/status"] {
+        for path in ["/oauth/start", "/oauth/callback", "/status", "/admin"] {
             assert_eq!(route(Method::GET, path), Some(Function::OAuth), "{path}");
             assert_eq!(route(Method::POST, path), None, "{path}");
             assert_eq!(route(Method::HEAD, path), None, "{path}");
@@ -305,6 +311,10 @@ mod tests {
         }
         for path in ["/form/", "/form/a/b", "/formx", "/form//"] {
             assert_eq!(route(Method::POST, path), None, "{path}");
+        }
+        for path in ["/admin/redrive", "/admin/discard", "/admin/enable-events"] {
+            assert_eq!(route(Method::POST, path), Some(Function::OAuth), "{path}");
+            assert_eq!(route(Method::GET, path), None, "{path}");
         }
         for (method, path) in [
             (Method::GET, "/signup"),

@@ -5,6 +5,7 @@
 pub mod callback_event;
 pub mod cli;
 pub mod defaults;
+pub mod events_queue;
 pub mod gateway;
 pub mod helpers;
 pub mod progress;

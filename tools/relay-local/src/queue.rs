@@ -11,6 +11,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
 use aws_lambda_events::event::sqs::SqsEvent;
+use keap_relay::queues::{DeadLetter, InspectError, PEEK_MAX, QueueCounts, QueueInspector};
 use keap_relay::signup::{QueueError, QueuedSignup, QueuedWelcome, SignupQueue};
 use serde_json::{Value, json};
 
@@ -152,6 +153,85 @@ impl LocalQueue {
 }
 
 impl LocalQueue {
+    /// Puts `body` straight into the dead letters, as if it had failed its last receive (the
+    /// local run's `POST /_local/dead-letters`, for trying the console's Redrive and Discard).
+    pub fn add_dead_letter(&self, body: String) -> uuid::Uuid {
+        let now = SystemTime::now();
+        let id = uuid::Uuid::new_v4();
+        let signup_id = QueuedSignup::from_message(&body).map(|q| q.id).unwrap_or(id);
+        self.dead.lock().unwrap_or_else(|e| e.into_inner()).push(Message {
+            id,
+            signup_id,
+            body,
+            sent_at: now,
+            visible_at: now,
+            receive_count: self.max_receives,
+        });
+        id
+    }
+}
+
+/// What the console sees of this queue: SQS's three counts and the dead letters.
+#[async_trait]
+impl QueueInspector for LocalQueue {
+    async fn counts(&self) -> Result<QueueCounts, InspectError> {
+        let now = SystemTime::now();
+        let pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let mut counts = QueueCounts::default();
+        for message in pending.iter() {
+            match (message.visible_at <= now, message.receive_count) {
+                (true, _) => counts.waiting += 1,
+                (false, 0) => counts.delayed += 1,
+                (false, _) => counts.in_flight += 1,
+            }
+        }
+        counts.dead_letters = self.dead_letters() as u64;
+        Ok(counts)
+    }
+
+    async fn dead_letters(&self, max: usize) -> Result<Vec<DeadLetter>, InspectError> {
+        let dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        Ok(dead
+            .iter()
+            .take(max.min(PEEK_MAX))
+            .map(|m| DeadLetter {
+                id: m.id.to_string(),
+                body: m.body.clone(),
+                sent_at: Some(m.sent_at),
+                receive_count: m.receive_count,
+            })
+            .collect())
+    }
+
+    async fn redrive(&self, id: &str) -> Result<bool, InspectError> {
+        let Some(mut message) = self.take_dead(id) else {
+            return Ok(false);
+        };
+        // As SQS's redrive: a new message with the same body, received zero times.
+        message.id = uuid::Uuid::new_v4();
+        message.receive_count = 0;
+        message.visible_at = SystemTime::now();
+        self.pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push_back(message);
+        Ok(true)
+    }
+
+    async fn discard(&self, id: &str) -> Result<bool, InspectError> {
+        Ok(self.take_dead(id).is_some())
+    }
+}
+
+impl LocalQueue {
+    fn take_dead(&self, id: &str) -> Option<Message> {
+        let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+        let at = dead.iter().position(|m| m.id.to_string() == id)?;
+        Some(dead.remove(at))
+    }
+}
+
+impl LocalQueue {
     fn push(&self, signup_id: uuid::Uuid, body: String, delay: Duration) {
         let now = SystemTime::now();
         let message = Message {
@@ -237,7 +317,11 @@ mod tests {
                 ..SignupSettings::default()
             },
         );
-        signup_retry::Deps { service, parking: None }
+        signup_retry::Deps {
+            service,
+            parking: None,
+            events: None,
+        }
     }
 
     /// A sandbox failing every call, and a queue holding one signup for it.
@@ -274,6 +358,32 @@ mod tests {
         );
         assert_eq!((queue.pending(), queue.dead_letters()), (0, 1));
         assert!(queue.drain(&service).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn the_console_sees_counts_and_redrives_a_dead_letter_back_to_delivery() {
+        let (sandbox, service, queue) = failing_keap_and_one_queued_signup(1).await;
+        queue
+            .enqueue(&queued("later@example.com"), Duration::from_secs(600))
+            .await
+            .unwrap();
+        assert_eq!(queue.drain(&service).await.unwrap().dead_lettered, 1);
+        let counts = queue.counts().await.unwrap();
+        assert_eq!((counts.waiting, counts.delayed, counts.dead_letters), (0, 1, 1));
+        let dead = QueueInspector::dead_letters(&queue, 10).await.unwrap();
+        assert_eq!(dead.len(), 1);
+        assert!(dead[0].body.contains("grace@example.com"));
+
+        sandbox.faults().clear();
+        assert!(!queue.redrive("no-such-id").await.unwrap());
+        assert!(queue.redrive(&dead[0].id).await.unwrap());
+        assert_eq!(queue.counts().await.unwrap().waiting, 1);
+        assert_eq!(queue.drain(&service).await.unwrap().delivered, 1);
+        assert!(sandbox.contact_by_email("grace@example.com").is_some());
+
+        let poison = queue.add_dead_letter("{\"nope\":true}".into());
+        assert!(queue.discard(&poison.to_string()).await.unwrap());
+        assert_eq!(queue.counts().await.unwrap().dead_letters, 0);
     }
 
     #[tokio::test]

@@ -11,6 +11,9 @@ use aws_lambda_events::eventbridge::EventBridgeEvent;
 use keap_relay::ExposeSecret;
 use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
+use keap_relay::events::EventSink;
+use keap_relay::events::webhook::Webhook;
+use keap_relay::queues::QueueInspector;
 use keap_relay::signup::SignupQueue;
 use keap_relay::store::{self, AppSecretError, SecretStore};
 use keap_sandbox::siteverify::FakeSiteverify;
@@ -21,6 +24,7 @@ use tokio::sync::{oneshot, watch};
 use tokio::task::JoinHandle;
 
 use crate::defaults;
+use crate::events_queue::{EventsDrainReport, LocalEventQueue};
 use crate::gateway::{self, Functions, Routing};
 use crate::progress;
 use crate::queue::LocalQueue;
@@ -34,6 +38,8 @@ pub enum StackError {
     App(#[from] AppError),
     #[error(transparent)]
     Secrets(#[from] SecretsError),
+    #[error("EVENTS_WEBHOOK_URL: {0}")]
+    Events(String),
     #[error("cannot create the secret store's directory ({0}): {1}")]
     StoreDir(String, std::io::Error),
     #[error("cannot listen on {addr} for {what}: {source}; pick another port with {flag}")]
@@ -44,6 +50,9 @@ pub enum StackError {
         source: std::io::Error,
     },
 }
+
+/// The template's `EventsMaxReceiveCount`.
+const EVENTS_MAX_RECEIVES: u32 = 8;
 
 /// How the local run treats the signup queue.
 #[derive(Debug, Clone, Copy)]
@@ -98,6 +107,8 @@ pub struct Stack {
     pub app_secret: AppSecretState,
     refresh: Arc<refresh::Deps>,
     retry: Arc<signup_retry::Deps>,
+    /// The event queue and the `events` function, when `EVENTS_WEBHOOK_URL` is set.
+    events: Option<(Arc<LocalEventQueue>, Arc<events::Deps>)>,
     /// `None` when `SIGNUP_QUEUE_URL` sends queued signups to SQS instead.
     pub queue: Option<Arc<LocalQueue>>,
     stop_server: Option<oneshot::Sender<()>>,
@@ -181,9 +192,44 @@ impl Stack {
             .clone()
             .map(|queue| queue as Arc<dyn SignupQueue>)
             .or(sqs_queue);
-        let function_app = |queue: Option<Arc<dyn SignupQueue>>| App::with_parts(config.clone(), store.clone(), queue);
+        // Events (EVENTS_WEBHOOK_URL): every function publishes into the local event queue.
+        let event_queue = config
+            .events
+            .webhook_url
+            .is_some()
+            .then(|| Arc::new(LocalEventQueue::new(EVENTS_MAX_RECEIVES)));
+        let sink = event_queue.clone().map(|queue| queue as Arc<dyn EventSink>);
+        let function_app = |queue: Option<Arc<dyn SignupQueue>>| {
+            App::with_parts(config.clone(), store.clone(), queue).map(|app| app.with_events(sink.clone()))
+        };
+        let mut oauth_deps = oauth::Deps::from_app(&function_app(None)?);
+        // The console looks into the local queue (SQS's, when SIGNUP_QUEUE_URL is set).
+        if let Some(local) = &local_queue {
+            oauth_deps.console.signups = Some(local.clone() as Arc<dyn QueueInspector>);
+        }
+        let events = match (&event_queue, &config.events.webhook_url) {
+            (Some(queue), Some(url)) => {
+                let state_id = config
+                    .events
+                    .state_secret_id
+                    .clone()
+                    .unwrap_or_else(|| defaults::EVENTS_STATE_SECRET_ID.into());
+                oauth_deps.console.events = Some(queue.clone() as Arc<dyn QueueInspector>);
+                oauth_deps.console.events_receiver = oauth::admin::origin_of(url);
+                oauth_deps.console.receiver_state = Some((store.clone(), state_id.clone()));
+                let app = function_app(None)?;
+                let deps = events::Deps {
+                    webhook: Some(Webhook::new(url).map_err(|e| StackError::Events(e.to_string()))?),
+                    key: app.app_secret.clone(),
+                    state: Some((store.clone(), state_id)),
+                    retry: Some(queue.clone() as Arc<dyn events::RetryLater>),
+                };
+                Some((queue.clone(), Arc::new(deps)))
+            }
+            _ => None,
+        };
         let functions = Arc::new(Functions {
-            oauth: oauth::Deps::from_app(&function_app(None)?),
+            oauth: oauth_deps,
             signup: signup::Deps::from_app(&function_app(queue.clone())?),
         });
         let refresh = Arc::new(refresh_deps(&function_app(None)?));
@@ -204,6 +250,7 @@ impl Stack {
         };
         options.relay.set_nonblocking(true).map_err(listen_error)?;
         let listener = tokio::net::TcpListener::from_std(options.relay).map_err(listen_error)?;
+        let control_queue = local_queue.clone();
         let (stop_server, stopped) = oneshot::channel::<()>();
         let (site_url, site_router) = match options.site {
             Some(site) => {
@@ -236,7 +283,10 @@ impl Stack {
             let stopped = async move {
                 let _ = stopped.await;
             };
-            let relay = axum::serve(listener, gateway::router(functions, Routing::Template));
+            let relay = axum::serve(
+                listener,
+                gateway::router(functions, Routing::Template).merge(local_routes(control_queue)),
+            );
             match site_router {
                 None => relay.with_graceful_shutdown(stopped).await,
                 Some((site_listener, site_router)) => {
@@ -260,6 +310,7 @@ impl Stack {
             app_secret,
             refresh,
             retry,
+            events,
             queue: local_queue,
             stop_server: Some(stop_server),
             server: Some(server),
@@ -284,6 +335,12 @@ impl Stack {
             let refresh = refresh.clone();
             async move { report_scheduled_refresh(refresh::handle(scheduled_event(), &refresh).await) }
         })));
+        if let Some((queue, deps)) = self.events.clone() {
+            timers.push(tokio::spawn(every(drain_every, shutdown.clone(), move || {
+                let (queue, deps) = (queue.clone(), deps.clone());
+                async move { report_events_drain(queue.drain(&deps).await) }
+            })));
+        }
         if let Some(queue) = self.queue.clone() {
             let retry = self.retry.clone();
             timers.push(tokio::spawn(every(drain_every, shutdown, move || {
@@ -310,6 +367,32 @@ impl Stack {
             sandbox.shutdown().await;
         }
     }
+}
+
+/// Routes of the local run only (never in template.yaml): `POST /_local/dead-letters` puts its
+/// body into the local dead-letter queue, so the console's Redrive and Discard can be tried
+/// (the browser test does). 404 when the queue is SQS's.
+fn local_routes(queue: Option<Arc<LocalQueue>>) -> axum::Router {
+    async fn dead_letter(
+        axum::extract::State(queue): axum::extract::State<Option<Arc<LocalQueue>>>,
+        body: String,
+    ) -> axum::response::Response {
+        use axum::response::IntoResponse;
+        match queue {
+            Some(queue) => {
+                let id = queue.add_dead_letter(body);
+                (http::StatusCode::CREATED, axum::Json(json!({ "id": id }))).into_response()
+            }
+            None => (
+                http::StatusCode::NOT_FOUND,
+                axum::Json(json!({ "message": "Not Found" })),
+            )
+                .into_response(),
+        }
+    }
+    axum::Router::new()
+        .route("/_local/dead-letters", axum::routing::post(dead_letter))
+        .with_state(queue)
 }
 
 /// The sandbox knows the OAuth client and API key of the app secret, whatever they are.
@@ -427,6 +510,17 @@ pub fn run_status_name(status: refresh::RunStatus) -> String {
         .ok()
         .and_then(|s| s.as_str().map(str::to_owned))
         .unwrap_or_default()
+}
+
+fn report_events_drain(result: Result<EventsDrainReport, serde_json::Error>) {
+    match result {
+        Ok(report) if report == EventsDrainReport::default() => {}
+        Ok(report) => progress::background(&format!(
+            "events: {} delivered, {} backing off, {} dead-lettered",
+            report.delivered, report.retrying, report.dead_lettered
+        )),
+        Err(error) => progress::background(&format!("the events function could not run: {error}")),
+    }
 }
 
 fn report_drain(queue: &LocalQueue, result: Result<crate::queue::DrainReport, crate::queue::DrainError>) {

@@ -104,6 +104,7 @@ pub fn app_secret(client_secret: &str, admin_password: Option<&str>) -> AppSecre
         signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
         admin_password: admin_password.map(SecretString::from),
         captcha_secret: None,
+        events_signing_key: None,
     }
 }
 
@@ -212,6 +213,7 @@ impl Harness {
             connection: connection.clone(),
             function_name: FUNCTION_NAME.into(),
             metrics: metrics.clone(),
+            console: Default::default(),
         };
         Harness {
             sandbox,
