@@ -24,7 +24,7 @@ use keap_relay::{ExposeSecret, SecretString};
 use serde::Serialize;
 use sha2::Sha256;
 
-use crate::pages::escape_html;
+use keap_relay::http_edge::escape_html;
 
 /// How long a console page's CSRF token stays valid.
 pub const CSRF_TTL: Duration = Duration::from_secs(3600);

@@ -3,7 +3,7 @@
 //! and texts, below [`Page`]). Every piece of text that is not a literal here goes through
 //! [`escape_html`].
 
-use keap_relay::http_edge;
+use keap_relay::http_edge::{self, escape_html};
 use keap_relay::oauth_state::{StateError, StateKeyError};
 use keap_relay::token::TokenError;
 use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
@@ -201,21 +201,6 @@ fn finish(mut response: Response<String>) -> Response<Body> {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
     response.map(Body::from)
-}
-
-pub fn escape_html(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            _ => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 // The copy: one function per answer, in the order a sign-in meets them.

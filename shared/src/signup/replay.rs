@@ -482,71 +482,11 @@ mod tests {
         UNIX_EPOCH + Duration::from_secs(seconds)
     }
 
-    fn answer(status: u16) -> RecordedAnswer {
-        RecordedAnswer {
-            status,
-            body: r#"{"queued":true,"id":"x"}"#.into(),
-            retry_after_seconds: None,
-        }
-    }
-
     fn key(n: u8) -> ReplayKey {
         ReplayKey::of_mac(&[n; 32])
     }
 
-    #[tokio::test]
-    async fn the_first_arrival_claims_and_later_ones_get_its_answer() {
-        let records = MemoryReplayRecords::new();
-        let Claim::Claimed { owner } = records.claim(&key(1), at(100), at(130), at(400)).await.unwrap() else {
-            panic!("first arrival must claim");
-        };
-        assert_eq!(
-            records.claim(&key(1), at(101), at(131), at(400)).await.unwrap(),
-            Claim::InProgress
-        );
-        records.complete(&key(1), owner, &answer(202)).await.unwrap();
-        assert_eq!(
-            records.claim(&key(1), at(102), at(132), at(400)).await.unwrap(),
-            Claim::Answered(answer(202))
-        );
-        // another message is its own
-        assert!(matches!(
-            records.claim(&key(2), at(102), at(132), at(400)).await.unwrap(),
-            Claim::Claimed { .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn a_released_or_abandoned_claim_lets_the_next_arrival_through() {
-        let records = MemoryReplayRecords::new();
-        let Claim::Claimed { owner } = records.claim(&key(1), at(100), at(130), at(400)).await.unwrap() else {
-            panic!()
-        };
-        records.release(&key(1), owner).await.unwrap();
-        let Claim::Claimed { owner: second } = records.claim(&key(1), at(101), at(131), at(400)).await.unwrap() else {
-            panic!("a released claim is free")
-        };
-        // The second holder crashed: once its lease is over the next arrival takes over, and
-        // the late holder's answer does not overwrite the new claim.
-        let Claim::Claimed { owner: third } = records.claim(&key(1), at(140), at(170), at(400)).await.unwrap() else {
-            panic!("a lapsed lease is free")
-        };
-        records.complete(&key(1), second, &answer(201)).await.unwrap();
-        assert_eq!(
-            records.claim(&key(1), at(141), at(171), at(400)).await.unwrap(),
-            Claim::InProgress
-        );
-        records.complete(&key(1), third, &answer(200)).await.unwrap();
-        assert_eq!(
-            records.claim(&key(1), at(142), at(172), at(400)).await.unwrap(),
-            Claim::Answered(answer(200))
-        );
-        // after the signature's end the record no longer counts
-        assert!(matches!(
-            records.claim(&key(1), at(401), at(431), at(700)).await.unwrap(),
-            Claim::Claimed { .. }
-        ));
-    }
+    // The claim/answer/release/takeover/expiry contract of both adapters: shared/tests/replay_records.rs.
 
     #[tokio::test]
     async fn a_full_memory_fails_open_and_expired_records_make_room() {

@@ -5,7 +5,7 @@
 //! Pages carry fixed copy per code: nothing the visitor sent and nothing of the configuration
 //! (no URL, origin list or provider detail) is ever written into them.
 
-use keap_relay::http_edge;
+use keap_relay::http_edge::{self, escape_html};
 use lambda_http::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
     CACHE_CONTROL, CONTENT_TYPE, LOCATION, VARY,
@@ -176,22 +176,6 @@ fn page(status: StatusCode, title: &str, message: &str, code: &str) -> Response<
         .headers_mut()
         .insert(CONTENT_TYPE, HeaderValue::from_static("text/html; charset=utf-8"));
     finish(response)
-}
-
-/// HTML-escapes text for element content and quoted attributes.
-pub fn escape_html(text: &str) -> String {
-    let mut escaped = String::with_capacity(text.len());
-    for c in text.chars() {
-        match c {
-            '&' => escaped.push_str("&amp;"),
-            '<' => escaped.push_str("&lt;"),
-            '>' => escaped.push_str("&gt;"),
-            '"' => escaped.push_str("&quot;"),
-            '\'' => escaped.push_str("&#39;"),
-            _ => escaped.push(c),
-        }
-    }
-    escaped
 }
 
 /// No caching, no sniffing, no referrer, no active content.
