@@ -77,8 +77,10 @@ const ATTEMPTS: usize = 8;
 const SENT_DESPITE_5XX: f64 = 0.5;
 /// How long after an email went out Keap's sandbox lists it.
 const LISTING_DELAY: Duration = Duration::from_millis(300);
-/// `KEAP_WELCOME_RECHECK_SECONDS`, compressed as the queue's times are.
-const WELCOME_RECHECK_SECS: &str = "2";
+/// `KEAP_WELCOME_RECHECK_SECONDS`, compressed as the queue's times are, but longer than a
+/// function may run plus the listing delay: a live signup may send until its timeout, and a
+/// welcome record that found nothing listed after this long sends (docs/welcome-and-fields.md).
+const WELCOME_RECHECK_SECS: &str = "20";
 
 /// The welcome model: sends that may go out despite a 5xx, and a delayed sent-email listing
 /// (set again after every "faults cleared").
