@@ -89,9 +89,12 @@ import schemathesis
 
 @schemathesis.hook
 def filter_body(ctx, body):
-    # JSON Schema cannot tell 3 from 3.0; the relay takes only the former as a tag id.
+    # JSON Schema cannot tell 3 from 3.0; the relay takes only the former as a tag or lead
+    # source id.
     tags = body.get("tags") if isinstance(body, dict) else None
-    return not (isinstance(tags, list) and any(isinstance(t, float) for t in tags))
+    lead_source = body.get("lead_source") if isinstance(body, dict) else None
+    return not (isinstance(tags, list) and any(isinstance(t, float) for t in tags)) \
+        and not isinstance(lead_source, float)
 
 
 @schemathesis.deserializer("text/html")

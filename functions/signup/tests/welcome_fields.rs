@@ -482,3 +482,28 @@ async fn the_sample_event_with_every_field_lands_in_keap() {
     assert_eq!(contact.extra["custom_fields"].as_array().unwrap().len(), 5);
     assert_eq!(contact.emails_received, 1);
 }
+
+#[tokio::test]
+async fn utm_goes_to_the_v2_utm_parameters_when_a_source_id_is_configured() {
+    let h = Harness::start(with(SignupOptions {
+        utm_v2_source_id: Some("6088383224687662".into()),
+        utm_fields: vec![("source".into(), "UTM Source".into())],
+        ..SignupOptions::default()
+    }))
+    .await;
+    let answer = signup(
+        &h,
+        ada(json!({"utm": {"utm_source": "google", "medium": "cpc", "campaign": "spring"}})),
+    )
+    .await;
+    assert_eq!(answer.status, StatusCode::CREATED, "{}", answer.json);
+    let contact = h.sandbox.contact_by_email("ada@example.com").unwrap();
+    assert_eq!(
+        contact.extra["utm_parameters"],
+        json!({"keap_source_id": "6088383224687662", "utm_source": "google", "utm_medium": "cpc", "utm_campaign": "spring"})
+    );
+    assert!(
+        contact.extra.get("custom_fields").is_none(),
+        "not also to custom fields"
+    );
+}

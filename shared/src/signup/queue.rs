@@ -115,6 +115,9 @@ pub struct QueuedWelcome {
     /// When the last send whose outcome is unknown began: before sending again, Keap's
     /// sent-email listing is checked from this moment. `None`: nothing may have gone out.
     pub attempted_at: Option<SystemTime>,
+    /// When a retry first found the welcome tag already applied (a signup claimed the welcome
+    /// and sends it itself): the record waits the recheck time from then.
+    pub claim_seen_at: Option<SystemTime>,
 }
 
 #[derive(Serialize)]
@@ -123,6 +126,8 @@ struct WelcomeMessage {
     contact_id: i64,
     #[serde(skip_serializing_if = "Option::is_none")]
     attempted_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    claim_seen_at: Option<String>,
     id: Uuid,
     first_seen_at: String,
 }
@@ -141,6 +146,7 @@ impl QueuedWelcome {
             part,
             contact_id,
             attempted_at: attempted_at.map(to_second),
+            claim_seen_at: None,
         }
     }
 
@@ -150,6 +156,9 @@ impl QueuedWelcome {
             contact_id: self.contact_id,
             attempted_at: self
                 .attempted_at
+                .map(|at| humantime::format_rfc3339_seconds(at).to_string()),
+            claim_seen_at: self
+                .claim_seen_at
                 .map(|at| humantime::format_rfc3339_seconds(at).to_string()),
             id: self.id,
             first_seen_at: humantime::format_rfc3339_seconds(self.first_seen_at).to_string(),
@@ -188,6 +197,7 @@ impl QueuedWelcome {
             part,
             contact_id,
             attempted_at: time("attempted_at")?,
+            claim_seen_at: time("claim_seen_at")?,
         })
     }
 }

@@ -269,8 +269,7 @@ fn details(object: &Map<String, Value>) -> Result<ContactDetails, InvalidSignup>
         ip_address: match present(object, "ip_address") {
             None => None,
             Some(Value::String(ip)) => Some(
-                ip.trim()
-                    .parse::<IpAddr>()
+                ip.parse::<IpAddr>()
                     .map_err(|_| invalid("ip_address", "must be an IPv4 or IPv6 address"))?,
             ),
             Some(other) => {
@@ -291,19 +290,31 @@ fn is_phone(text: &str) -> bool {
         && text.chars().filter(char::is_ascii_digit).count() >= 3
 }
 
-/// An `http`/`https` URL; a bare `example.com` is taken as `https://example.com`.
+/// An `http`/`https` address with a dotted host name, as openapi.yaml's pattern describes it:
+/// `[http[s]://]label.label[/path]`, host labels of letters, digits and `-` (the last one not
+/// all digits), the path printable ASCII. A bare `example.com` is taken as `https://example.com`.
 fn web_address(text: &str) -> Result<String, InvalidSignup> {
-    let full = if text.contains("://") {
-        text.to_owned()
-    } else {
-        format!("https://{text}")
-    };
-    match url::Url::parse(&full) {
-        Ok(url) if matches!(url.scheme(), "http" | "https") && url.host_str().is_some_and(|h| h.contains('.')) => {
-            Ok(full)
-        }
-        _ => Err(invalid("website", "must be a web address (https://…)")),
+    let bad = || invalid("website", "must be a web address (https://…)");
+    let rest = text
+        .strip_prefix("https://")
+        .or_else(|| text.strip_prefix("http://"))
+        .unwrap_or(text);
+    let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+    let labels: Vec<&str> = host.split('.').collect();
+    let label_ok = |l: &&str| !l.is_empty() && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+    let named = labels
+        .last()
+        .is_some_and(|l| l.bytes().any(|b| b.is_ascii_alphabetic() || b == b'-'));
+    let path_ok = path.bytes().all(|b| (b'!'..=b'~').contains(&b));
+    if labels.len() < 2 || !labels.iter().all(label_ok) || !named || !path_ok {
+        return Err(bad());
     }
+    let full = if rest.len() == text.len() {
+        format!("https://{text}")
+    } else {
+        text.to_owned()
+    };
+    url::Url::parse(&full).map(|_| full).map_err(|_| bad())
 }
 
 fn utm(value: Option<&Value>) -> Result<Option<Utm>, InvalidSignup> {
@@ -312,14 +323,10 @@ fn utm(value: Option<&Value>) -> Result<Option<Utm>, InvalidSignup> {
         Some(Value::Object(object)) => object,
         Some(other) => return Err(invalid("utm", format!("must be an object, found {}", kind(other)))),
     };
-    // `utm_source` and friends are accepted too: they are what the page's URL carries.
-    let get = |name: &'static str| -> Result<Option<String>, InvalidSignup> {
-        let long = format!("utm_{name}");
-        let value = object
-            .get(name)
-            .filter(|v| !v.is_null())
-            .or_else(|| object.get(&long).filter(|v| !v.is_null()));
-        match value {
+    // `utm_source` and friends are accepted too: they are what the page's URL carries. Both
+    // names are checked when given; the short one wins when both hold a value.
+    let one = |name: &str| -> Result<Option<String>, InvalidSignup> {
+        match object.get(name).filter(|v| !v.is_null()) {
             None => Ok(None),
             Some(value @ Value::String(_)) => text("utm", value, MAX_LONG_TEXT_CHARS),
             Some(other) => Err(invalid(
@@ -327,6 +334,11 @@ fn utm(value: Option<&Value>) -> Result<Option<Utm>, InvalidSignup> {
                 format!("`{name}` must be a string, found {}", kind(other)),
             )),
         }
+    };
+    let get = |name: &'static str| -> Result<Option<String>, InvalidSignup> {
+        let short = one(name)?;
+        let long = one(&format!("utm_{name}"))?;
+        Ok(short.or(long))
     };
     let utm = Utm {
         source: get("source")?,
@@ -629,6 +641,53 @@ mod tests {
             code(&serde_json::json!({ "email": "a@example.com", "tags": many }).to_string()),
             "invalid_field"
         );
+    }
+
+    #[test]
+    fn contact_details_parse_and_bad_ones_name_their_field() {
+        let signup = parse(
+            r#"{"email":"a@example.com","phone":" +1 (555) 010-2030 ","website":"example.com","lead_source":"12",
+                "utm":{"source":"news","utm_medium":"email","utm_source":"ignored"},"ip_address":"2001:db8::1",
+                "fields":{" Plan ":"Pro","Seats":3,"VIP":true,"Empty":"","Gone":null}}"#,
+        )
+        .unwrap();
+        let details = &signup.details;
+        assert_eq!(details.phone.as_deref(), Some("+1 (555) 010-2030"));
+        assert_eq!(details.website.as_deref(), Some("https://example.com"));
+        assert_eq!(details.lead_source, Some(TagRef::Id(12)));
+        let utm = details.utm.as_ref().unwrap();
+        assert_eq!(
+            (utm.source.as_deref(), utm.medium.as_deref()),
+            (Some("news"), Some("email"))
+        );
+        assert_eq!(details.fields.len(), 3);
+        assert_eq!(details.fields["Plan"], FieldValue::Text("Pro".into()));
+        let again = Signup::from_json(serde_json::to_string(&signup).unwrap().as_bytes()).unwrap();
+        assert_eq!(again, signup, "a queued signup keeps its details");
+        for (body, field) in [
+            (
+                r#"{"email":"a@example.com","utm":{"source":"","utm_content":"\u0084"}}"#,
+                "utm",
+            ),
+            (r#"{"email":"a@example.com","utm":{"utm_term":5}}"#, "utm"),
+            (
+                r#"{"email":"a@example.com","fields":{"Plan":"a\u0001"}}"#,
+                "fields.Plan",
+            ),
+            (r#"{"email":"a@example.com","ip_address":"1.2.3"}"#, "ip_address"),
+            (r#"{"email":"a@example.com","website":"https://localhost"}"#, "website"),
+            (r#"{"email":"a@example.com","website":"https://1.2.3.4"}"#, "website"),
+            (r#"{"email":"a@example.com","website":"ftp://example.com"}"#, "website"),
+            (
+                r#"{"email":"a@example.com","website":"https://exa mple.com"}"#,
+                "website",
+            ),
+            (r#"{"email":"a@example.com","phone":"12"}"#, "phone"),
+        ] {
+            let error = parse(body).expect_err(body);
+            assert_eq!(error.code(), "invalid_field", "{body}");
+            assert!(error.to_string().contains(field), "{body}: {error}");
+        }
     }
 
     #[test]

@@ -364,10 +364,28 @@ impl SignupService {
                 );
                 return Ok(WelcomeRetry::AlreadySent);
             }
-            // Whoever newly applies the welcome tag owns the welcome; a signup that applied it
-            // (live, or queued) sends it itself, so it gets the recheck time to show up.
-            if !self.claim_welcome(&attempt, contact_id).await? {
-                let settled = began
+            // Whoever newly applies the welcome tag owns the welcome. Found applied, a signup
+            // claimed it and sends it itself within its function's run: so the record waits the
+            // recheck time from when it first saw the claim, then looks again. Without a welcome
+            // tag only the signup that created the contact sends, within its run after `began`.
+            let settle_from = if self.settings.welcome_tag.is_none() {
+                Some(began)
+            } else if self.claim_welcome(&attempt, contact_id).await? {
+                None
+            } else if let Some(seen) = welcome.claim_seen_at {
+                Some(seen)
+            } else {
+                return Ok(WelcomeRetry::Later {
+                    welcome: QueuedWelcome {
+                        id: uuid::Uuid::new_v4(),
+                        claim_seen_at: Some(SystemTime::now()),
+                        ..welcome.clone()
+                    },
+                    delay: self.settings.options.welcome_recheck_after.min(MAX_DELAY),
+                });
+            };
+            if let Some(from) = settle_from {
+                let settled = from
                     .checked_add(self.settings.options.welcome_recheck_after)
                     .unwrap_or(SystemTime::UNIX_EPOCH);
                 if let Ok(left) = settled.duration_since(SystemTime::now()) {
