@@ -45,6 +45,7 @@ impl AppSecretSource for Secret {
             signup_signing_key: Some(SecretString::from(SIGNING_KEY)),
             admin_password: Some(SecretString::from(ADMIN_PASSWORD)),
             events_signing_key: None,
+            captcha_secret: None,
         }))
     }
 }
