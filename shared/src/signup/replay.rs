@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use aws_sdk_dynamodb::config::http::HttpResponse;
+use aws_sdk_dynamodb::error::SdkError;
 use aws_sdk_dynamodb::types::AttributeValue;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -278,32 +280,42 @@ impl DynamoReplayRecords {
         }
     }
 
-    async fn bounded<T, E: std::fmt::Display>(
-        what: &str,
-        call: impl std::future::Future<Output = Result<T, E>>,
-    ) -> Result<T, ReplayStoreError> {
-        match tokio::time::timeout(DYNAMO_CALL_TIMEOUT, call).await {
-            Ok(Ok(value)) => Ok(value),
-            Ok(Err(problem)) => Err(ReplayStoreError::Unavailable(format!("{what}: {problem}"))),
-            Err(_) => Err(ReplayStoreError::Unavailable(format!(
-                "{what}: no answer within {} ms",
-                DYNAMO_CALL_TIMEOUT.as_millis()
-            ))),
-        }
-    }
-
     async fn read(&self, key: &ReplayKey) -> Result<Option<HashMap<String, AttributeValue>>, ReplayStoreError> {
-        let output = Self::bounded(
-            "GetItem",
-            self.client
-                .get_item()
-                .table_name(&self.table)
-                .key("pk", AttributeValue::S(key.0.clone()))
-                .consistent_read(true)
-                .send(),
-        )
-        .await?;
-        Ok(output.item)
+        let call = self
+            .client
+            .get_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(key.0.clone()))
+            .consistent_read(true)
+            .send();
+        // A read has no condition.
+        Ok(conditional("GetItem", call, |_| false)
+            .await?
+            .and_then(|output| output.item))
+    }
+}
+
+/// One DynamoDB call within [`DYNAMO_CALL_TIMEOUT`]: `Ok(None)` when its condition did not hold
+/// (`condition_failed`), [`ReplayStoreError::Unavailable`] for anything else that went wrong.
+async fn conditional<O, E>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<O, SdkError<E, HttpResponse>>>,
+    condition_failed: impl Fn(&E) -> bool,
+) -> Result<Option<O>, ReplayStoreError>
+where
+    E: std::error::Error + 'static,
+{
+    match tokio::time::timeout(DYNAMO_CALL_TIMEOUT, call).await {
+        Ok(Ok(output)) => Ok(Some(output)),
+        Ok(Err(problem)) if problem.as_service_error().is_some_and(&condition_failed) => Ok(None),
+        Ok(Err(problem)) => Err(ReplayStoreError::Unavailable(format!(
+            "{what}: {}",
+            aws_sdk_dynamodb::error::DisplayErrorContext(&problem)
+        ))),
+        Err(_) => Err(ReplayStoreError::Unavailable(format!(
+            "{what}: no answer within {} ms",
+            DYNAMO_CALL_TIMEOUT.as_millis()
+        ))),
     }
 }
 
@@ -369,13 +381,9 @@ impl ReplayRecords for DynamoReplayRecords {
                 .expression_attribute_values(":now", AttributeValue::N(now.to_string()))
                 .expression_attribute_values(":in_progress", AttributeValue::S("in_progress".into()))
                 .send();
-            match tokio::time::timeout(DYNAMO_CALL_TIMEOUT, put).await {
-                Ok(Ok(_)) => return Ok(Claim::Claimed { owner }),
-                Ok(Err(problem))
-                    if problem
-                        .as_service_error()
-                        .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-                {
+            match conditional("PutItem", put, |e| e.is_conditional_check_failed_exception()).await? {
+                Some(_) => return Ok(Claim::Claimed { owner }),
+                None => {
                     if let Some(item) = self.read(key).await? {
                         match claim_from_item(&item, now) {
                             Some(claim) => return Ok(claim),
@@ -383,18 +391,6 @@ impl ReplayRecords for DynamoReplayRecords {
                             None => continue,
                         }
                     }
-                }
-                Ok(Err(problem)) => {
-                    return Err(ReplayStoreError::Unavailable(format!(
-                        "PutItem: {}",
-                        aws_sdk_dynamodb::error::DisplayErrorContext(&problem)
-                    )));
-                }
-                Err(_) => {
-                    return Err(ReplayStoreError::Unavailable(format!(
-                        "PutItem: no answer within {} ms",
-                        DYNAMO_CALL_TIMEOUT.as_millis()
-                    )));
                 }
             }
         }
@@ -426,22 +422,13 @@ impl ReplayRecords for DynamoReplayRecords {
                 )
                 .expression_attribute_values(":retry_after", AttributeValue::N(seconds.to_string()));
         }
-        match tokio::time::timeout(DYNAMO_CALL_TIMEOUT, update.send()).await {
-            Ok(Ok(_)) => Ok(()),
-            // Another arrival took the claim over after this one's lease ran out: its answer stands.
-            Ok(Err(problem))
-                if problem
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Ok(Err(problem)) => Err(ReplayStoreError::Unavailable(format!(
-                "UpdateItem: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&problem)
-            ))),
-            Err(_) => Err(ReplayStoreError::Unavailable("UpdateItem: no answer in time".into())),
-        }
+        // Not held any more: another arrival took the claim over after this one's lease ran
+        // out, and its answer stands.
+        conditional("UpdateItem", update.send(), |e| {
+            e.is_conditional_check_failed_exception()
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn release(&self, key: &ReplayKey, owner: Uuid) -> Result<(), ReplayStoreError> {
@@ -456,21 +443,10 @@ impl ReplayRecords for DynamoReplayRecords {
             .expression_attribute_values(":owner", AttributeValue::S(owner.to_string()))
             .expression_attribute_values(":in_progress", AttributeValue::S("in_progress".into()))
             .send();
-        match tokio::time::timeout(DYNAMO_CALL_TIMEOUT, delete).await {
-            Ok(Ok(_)) => Ok(()),
-            Ok(Err(problem))
-                if problem
-                    .as_service_error()
-                    .is_some_and(|e| e.is_conditional_check_failed_exception()) =>
-            {
-                Ok(())
-            }
-            Ok(Err(problem)) => Err(ReplayStoreError::Unavailable(format!(
-                "DeleteItem: {}",
-                aws_sdk_dynamodb::error::DisplayErrorContext(&problem)
-            ))),
-            Err(_) => Err(ReplayStoreError::Unavailable("DeleteItem: no answer in time".into())),
-        }
+        // Not held any more (answered, or taken over): nothing to give up.
+        conditional("DeleteItem", delete, |e| e.is_conditional_check_failed_exception())
+            .await
+            .map(|_| ())
     }
 }
 
