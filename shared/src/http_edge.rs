@@ -90,6 +90,19 @@ pub fn escape_html(text: &str) -> String {
     escaped
 }
 
+/// The headers of every HTML page the relay serves (the oauth and form pages): no caching,
+/// no sniffing, no referrer, and no active content at all.
+pub fn protect_page(headers: &mut http::HeaderMap) {
+    use http::header::{CACHE_CONTROL, CONTENT_SECURITY_POLICY, REFERRER_POLICY, X_CONTENT_TYPE_OPTIONS};
+    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    headers.insert(X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    headers.insert(REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    headers.insert(
+        CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

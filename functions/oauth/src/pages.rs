@@ -6,7 +6,7 @@
 use keap_relay::http_edge::{self, escape_html};
 use keap_relay::oauth_state::{StateError, StateKeyError};
 use keap_relay::token::TokenError;
-use lambda_http::http::header::{CACHE_CONTROL, CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
+use lambda_http::http::header::{CONTENT_TYPE, LOCATION, SET_COOKIE, WWW_AUTHENTICATE};
 use lambda_http::http::{HeaderValue, Method, StatusCode};
 use lambda_http::{Body, Response};
 use serde::Serialize;
@@ -190,13 +190,7 @@ fn html(page: &Page, location: Option<HeaderValue>) -> Response<Body> {
 fn finish(mut response: Response<String>) -> Response<Body> {
     let challenge = (response.status() == StatusCode::UNAUTHORIZED).then_some(basic_auth::CHALLENGE);
     let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    headers.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
-    );
+    http_edge::protect_page(headers);
     if let Some(challenge) = challenge {
         headers.insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
     }
@@ -506,7 +500,7 @@ mod tests {
         for (response, content_type) in answers {
             assert_eq!(response.status(), StatusCode::CONFLICT);
             assert_eq!(response.headers()[CONTENT_TYPE], content_type);
-            assert_eq!(response.headers()[CACHE_CONTROL], "no-store");
+            assert_eq!(response.headers()[lambda_http::http::header::CACHE_CONTROL], "no-store");
             assert_eq!(response.headers()["referrer-policy"], "no-referrer");
         }
     }

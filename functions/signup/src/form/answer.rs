@@ -8,7 +8,7 @@
 use keap_relay::http_edge::{self, escape_html};
 use lambda_http::http::header::{
     ACCESS_CONTROL_ALLOW_HEADERS, ACCESS_CONTROL_ALLOW_METHODS, ACCESS_CONTROL_ALLOW_ORIGIN, ACCESS_CONTROL_MAX_AGE,
-    CACHE_CONTROL, CONTENT_TYPE, LOCATION, VARY,
+    CONTENT_TYPE, LOCATION, VARY,
 };
 use lambda_http::http::{HeaderMap, HeaderValue, StatusCode, header};
 use lambda_http::{Body, Response};
@@ -181,13 +181,7 @@ fn page(status: StatusCode, title: &str, message: &str, code: &str) -> Response<
 /// No caching, no sniffing, no referrer, no active content.
 fn finish(mut response: Response<String>) -> Response<Body> {
     let headers = response.headers_mut();
-    headers.insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    headers.insert("x-content-type-options", HeaderValue::from_static("nosniff"));
-    headers.insert("referrer-policy", HeaderValue::from_static("no-referrer"));
-    headers.insert(
-        "content-security-policy",
-        HeaderValue::from_static("default-src 'none'; style-src 'unsafe-inline'; frame-ancestors 'none'"),
-    );
+    http_edge::protect_page(headers);
     response.map(Body::from)
 }
 
