@@ -204,6 +204,9 @@ def main():
         banner = driver.find_element(By.ID, "connection").text
         assert "Since" in banner, banner
         shot("2-needs-reauth")
+        # The banner comes from the signup's refusal; the event from the scheduled refresh (every
+        # second here), which must meet the refusal before the reconnection ends it.
+        wait_for("the connection.needs_reauth event", lambda: "connection.needs_reauth" in receiver.received)
 
         step = "Reconnect through the sandbox's consent page"
         post(f"{sandbox_url}/_sandbox/auto-approve", {"on": False})
