@@ -160,6 +160,7 @@ fn world() -> &'static World {
             connection: Arc::new(Store),
             function_name: "oauth".into(),
             metrics: Arc::new(NoMetrics),
+            quota: None,
         },
         key: StateKey::from_deployment_secrets(&SecretString::from(SIGNING_KEY), &SecretString::from(ADMIN_PASSWORD)),
     })

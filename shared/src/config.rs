@@ -74,6 +74,9 @@ pub struct Config {
     /// Total time a signup may spend retrying Keap 429/5xx before it is queued.
     pub signup_retry_budget: Duration,
     pub welcome_email: Option<WelcomeEmail>,
+    /// Quota-aware pacing of Keap calls (`KEAP_QUOTA_*`, `KEAP_PACING_*`, see
+    /// `keap::pacing`); the limits default to the auth mode's.
+    pub pacing: crate::keap::pacing::PacingSettings,
 }
 
 /// Optional direct welcome email, for accounts without a tag-triggered automation.
@@ -221,6 +224,7 @@ impl Config {
             refresh_backoff_max: Duration::from_secs(7200),
             signup_retry_budget: Duration::from_millis(2000),
             welcome_email: None,
+            pacing: crate::keap::pacing::PacingSettings::defaults(AuthMode::OAuth),
         }
     }
 
@@ -303,6 +307,7 @@ impl Config {
             refresh_backoff_max: seconds("KEAP_REFRESH_BACKOFF_MAX_SECONDS", defaults.refresh_backoff_max)?,
             signup_retry_budget: millis("KEAP_SIGNUP_RETRY_BUDGET_MS", defaults.signup_retry_budget)?,
             welcome_email,
+            pacing: crate::keap::pacing::PacingSettings::from_env_with(auth_mode, var)?,
         };
         config.validate()?;
         Ok(config)
@@ -388,6 +393,8 @@ pub fn local_config(auth_mode: AuthMode, keap_base: &str) -> Config {
         api_url: format!("{base}/crm/rest"),
         token_url: format!("{base}/token"),
         authorize_url: format!("{base}/app/oauth/authorize"),
+        // Tests that measure pacing turn it on; the others run against an unlimited sandbox.
+        pacing: crate::keap::pacing::PacingSettings::off(auth_mode),
         ..Config::defaults()
     }
 }

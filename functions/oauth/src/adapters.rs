@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use keap_relay::app::{App, AppSecretCache, LazyOAuthClient};
 use keap_relay::config::AppSecret;
 use keap_relay::keap::oauth::{OAuthClient, OAuthError};
+use keap_relay::keap::pacing::ProbingQuotaReporter;
 use keap_relay::token::TokenGrant;
 
 use crate::ports::{AppSecretSource, AuthorizationServer, ExchangeError, SecretUnavailable, StdoutMetrics};
@@ -88,6 +89,10 @@ impl crate::OAuthDeps {
             connection: app.connection.clone(),
             function_name: app.config.function_name.clone().unwrap_or_else(|| "oauth".into()),
             metrics: Arc::new(StdoutMetrics),
+            quota: Some(Arc::new(ProbingQuotaReporter::new(
+                app.api.clone(),
+                app.connection.clone(),
+            ))),
         }
     }
 }

@@ -15,6 +15,7 @@ use std::sync::Arc;
 use std::time::SystemTime;
 
 use keap_relay::config::{AppSecret, AuthMode};
+use keap_relay::keap::pacing::{QuotaReporter, QuotaUse};
 use keap_relay::metrics;
 use keap_relay::oauth_state::{STATE_TTL, StateError, StateKey};
 use keap_relay::token::{ConnectError, ConnectOutcome, Connection, TokenError, TokenState};
@@ -40,6 +41,8 @@ pub struct OAuthDeps {
     /// The `FunctionName` dimension of the `AdminLoginFailures` metric (`AWS_LAMBDA_FUNCTION_NAME`).
     pub function_name: String,
     pub metrics: Arc<dyn MetricsSink>,
+    /// Keap's quota use for `/status` (`keap::pacing`); none: not shown.
+    pub quota: Option<Arc<dyn QuotaReporter>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -185,7 +188,20 @@ async fn status(request: &Request, deps: &OAuthDeps) -> Result<Response<Body>, P
             return Err(pages::status_unavailable(&error));
         }
     };
-    Ok(pages::json(StatusCode::OK, &status))
+    let quota = match &deps.quota {
+        Some(reporter) => reporter.quota_use().await,
+        None => None,
+    };
+    Ok(pages::json(StatusCode::OK, &StatusBody { status, quota }))
+}
+
+/// The `/status` body: the connection's fields, and `quota` when known (additive).
+#[derive(serde::Serialize)]
+struct StatusBody {
+    #[serde(flatten)]
+    status: keap_relay::token::ConnectionStatus,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    quota: Option<QuotaUse>,
 }
 
 /// Basic auth against the app secret's `admin_password`. No password, or one shorter than

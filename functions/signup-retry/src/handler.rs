@@ -12,6 +12,11 @@
 //! Once Keap is found unavailable, the remaining records of the batch are failed without
 //! calling Keap: they come back after the visibility timeout.
 //!
+//! Keap's quota (docs/pacing.md): when Keap or this process's pacer says when to try again
+//! (`Retry-After`, or the quota's next window), the record and the rest of the batch are sent
+//! back to the queue with that delay as an SQS message timer and acknowledged, instead of
+//! holding the function or using up receive counts; the same [`PARK_LIMIT`] bounds it.
+//!
 //! Keap *not connected* (never connected, or waiting for an administrator to re-authorize) is
 //! different: that can last days, far longer than `maxReceiveCount` redeliveries. So those
 //! signups are parked: sent again to the queue with SQS's longest delay and acknowledged,
@@ -44,6 +49,8 @@ enum Attempt {
     Transient(String),
     /// No usable Keap connection: park it (see the module docs).
     Disconnected(QueuedSignup),
+    /// Keap's quota asks to wait this long: delay it with a message timer.
+    Deferred(QueuedSignup, Duration),
     /// It can never succeed; failed until SQS dead-letters it.
     Poison,
 }
@@ -56,6 +63,8 @@ enum KeapSeen {
     Down(String),
     /// Not connected: park the rest without calling it.
     Disconnected,
+    /// The quota asks to wait this long: delay the rest without calling it.
+    Deferred(Duration),
 }
 
 /// Processes one SQS batch without parking (every failure is left to SQS's redelivery).
@@ -77,6 +86,7 @@ pub async fn handle_with_parking(
     let mut response = SqsBatchResponse::default();
     let mut keap = KeapSeen::Up;
     let mut parked = 0;
+    let mut deferred = 0;
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
         let attempt = match &keap {
@@ -97,6 +107,10 @@ pub async fn handle_with_parking(
                 Some(queued) => Attempt::Disconnected(queued),
                 None => Attempt::Poison,
             },
+            KeapSeen::Deferred(wait) => match parse(record, message_id) {
+                Some(queued) => Attempt::Deferred(queued, *wait),
+                None => Attempt::Poison,
+            },
         };
         let acknowledged = match attempt {
             Attempt::Delivered => true,
@@ -111,6 +125,12 @@ pub async fn handle_with_parking(
                 parked += usize::from(done);
                 done
             }
+            Attempt::Deferred(queued, wait) => {
+                keap = KeapSeen::Deferred(wait);
+                let done = requeue(parking, &queued, message_id, timer(wait), "Keap's quota asks to wait").await;
+                deferred += usize::from(done);
+                done
+            }
         };
         if !acknowledged {
             response.add_failure(message_id);
@@ -120,6 +140,7 @@ pub async fn handle_with_parking(
         records = event.records.len(),
         failed = response.batch_item_failures.len(),
         parked,
+        deferred,
         "signup-retry batch done"
     );
     Ok(response)
@@ -127,6 +148,23 @@ pub async fn handle_with_parking(
 
 /// Sends a signup that waits for a reconnection back to the queue. False: leave it to SQS.
 async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_id: &str) -> bool {
+    requeue(parking, queued, message_id, PARK_DELAY, "Keap is not connected").await
+}
+
+/// An SQS message timer for `wait`: whole seconds, rounded up, 1 s to 15 minutes.
+fn timer(wait: Duration) -> Duration {
+    Duration::from_secs(wait.as_millis().div_ceil(1000).clamp(1, PARK_DELAY.as_secs() as u128) as u64)
+}
+
+/// Sends a signup back to its queue with `delay` and acknowledges the record (true), unless
+/// it has waited [`PARK_LIMIT`] already or the queue refuses (false: leave it to SQS).
+async fn requeue(
+    parking: Option<&dyn SignupQueue>,
+    queued: &QueuedSignup,
+    message_id: &str,
+    delay: Duration,
+    why: &'static str,
+) -> bool {
     let Some(queue) = parking else { return false };
     let waited = SystemTime::now()
         .duration_since(queued.first_seen_at)
@@ -136,17 +174,18 @@ async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedSignup, message_
             message_id,
             signup_id = %queued.id,
             waited_hours = waited.as_secs() / 3600,
-            "Keap has not been reconnected for too long; leaving this signup to the dead-letter queue"
+            why,
+            "the signup has waited too long; leaving it to the dead-letter queue"
         );
         return false;
     }
-    match queue.enqueue(queued, PARK_DELAY).await {
+    match queue.enqueue(queued, delay).await {
         Ok(()) => {
-            tracing::info!(message_id, signup_id = %queued.id, "Keap is not connected; signup parked until it is");
+            tracing::info!(message_id, signup_id = %queued.id, delay_s = delay.as_secs(), why, "signup sent back to the queue with a delay");
             true
         }
         Err(error) => {
-            tracing::warn!(message_id, signup_id = %queued.id, %error, "could not park the signup; SQS will redeliver it");
+            tracing::warn!(message_id, signup_id = %queued.id, %error, why, "could not requeue the signup; SQS will redeliver it");
             false
         }
     }
@@ -207,6 +246,13 @@ async fn process(record: &SqsMessage, message_id: &str, service: &SignupService)
                 "Keap refuses this signup; failing it so it reaches the dead-letter queue"
             );
             Attempt::Poison
+        }
+        Err(SignupError::Unavailable {
+            retry_after: Some(wait),
+            detail,
+        }) => {
+            tracing::info!(message_id, signup_id, receive_count, wait_ms = wait.as_millis() as u64, reason = %detail, "Keap's quota asks to wait");
+            Attempt::Deferred(queued, wait)
         }
         Err(error @ SignupError::NotConnected { .. }) => {
             tracing::warn!(message_id, signup_id, receive_count, reason = %error, "Keap is not connected");

@@ -408,7 +408,8 @@ impl SignupService {
         once.retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|error| match (error, repeat) {
-                (CallError::Api(ApiError::RateLimited { .. }), _) => true,
+                // Nothing was done: a 429, or a call the pacer held back.
+                (CallError::Api(ApiError::RateLimited { .. } | ApiError::Paced { .. }), _) => true,
                 (CallError::Api(error), Repeat::Idempotent) => error.is_transient(),
                 _ => false,
             })

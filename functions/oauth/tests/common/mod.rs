@@ -211,6 +211,7 @@ impl Harness {
             connection: connection.clone(),
             function_name: FUNCTION_NAME.into(),
             metrics: metrics.clone(),
+            quota: None,
         };
         Harness {
             sandbox,
