@@ -408,8 +408,10 @@ impl SignupService {
         once.retry(backoff)
             .sleep(tokio::time::sleep)
             .when(|error| match (error, repeat) {
-                // Nothing was done: a 429, or a call the pacer held back.
-                (CallError::Api(ApiError::RateLimited { .. } | ApiError::Paced { .. }), _) => true,
+                (CallError::Api(ApiError::RateLimited { .. }), _) => true,
+                // The pacer already waited as long as this process may (`KEAP_PACING_MAX_WAIT_MS`):
+                // the caller queues the work with the wait as its delay instead of holding on.
+                (CallError::Api(ApiError::Paced { .. }), _) => false,
                 (CallError::Api(error), Repeat::Idempotent) => error.is_transient(),
                 _ => false,
             })
