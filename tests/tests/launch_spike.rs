@@ -277,15 +277,7 @@ async fn launch_spike() {
         .await
         .unwrap(),
     );
-    let retry_pool = Arc::new(
-        pool(
-            "signup-retry",
-            retry_processes,
-            &[("KEAP_PACING_PROCESSES", &retry_processes.to_string())],
-        )
-        .await
-        .unwrap(),
-    );
+    let retry_pool = Arc::new(pool("signup-retry", retry_processes, &[]).await.unwrap());
 
     let events = Arc::new(SignupEvents::new(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/.."))).unwrap());
     let answers = Arc::new(Answers::default());

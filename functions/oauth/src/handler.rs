@@ -323,3 +323,35 @@ fn route_path(request: &Request) -> String {
         trimmed => trimmed.to_owned(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use keap_relay::keap::pacing::{PacingSettings, QuotaLimits};
+
+    #[test]
+    fn the_status_body_keeps_every_connection_field_and_adds_quota_only_when_known() {
+        let status = TokenState::default().status_report(SystemTime::now());
+        let plain = serde_json::to_value(&status).unwrap();
+        let without = serde_json::to_value(StatusBody {
+            status: status.clone(),
+            quota: None,
+        })
+        .unwrap();
+        assert_eq!(without, plain, "no quota: the body is exactly the connection status");
+        let pacer = keap_relay::keap::pacing::Pacer::new(PacingSettings::defaults(AuthMode::OAuth));
+        let with = serde_json::to_value(StatusBody {
+            status,
+            quota: Some(pacer.quota_use()),
+        })
+        .unwrap();
+        for (field, value) in plain.as_object().unwrap() {
+            assert_eq!(&with[field], value, "{field}");
+        }
+        assert_eq!(
+            with["quota"]["limits"],
+            serde_json::to_value(QuotaLimits::OAUTH_CLIENT).unwrap()
+        );
+        assert_eq!(with["quota"]["bulk_paused"], false);
+    }
+}

@@ -115,7 +115,8 @@ impl PacingSettings {
             live_headroom_percent: 10,
             daily_reserve_percent: 10,
             spike_margin_percent: 5,
-            max_wait: Duration::from_millis(1500),
+            // A live signup answers fast: beyond this it is queued (202) with the wait as its delay.
+            max_wait: Duration::from_millis(250),
             class: CallClass::Live,
         }
     }
