@@ -408,6 +408,14 @@ impl Pacer {
         Ok(wait)
     }
 
+    /// The largest share divisor this process assumes: twice the configured processes. A
+    /// process held back by its own pacing sees many calls of others per call of its own,
+    /// which would only slow it further; the windows' guard, not this estimate, is what
+    /// keeps the app under the quota.
+    fn max_share(&self) -> f64 {
+        f64::from(self.settings.processes.max(1)) * 2.0
+    }
+
     /// The calls a window keeps back: the guard, and for bulk work the live signups' share.
     fn guard(&self, seen: &Seen) -> f64 {
         let mut keep = GUARD_CALLS;
@@ -468,7 +476,7 @@ impl Pacer {
                         // How many calls the whole app made per call of this process.
                         let sample =
                             f64::from(window.used - previous.window.used) / (my_sent - previous.my_sent) as f64;
-                        let sample = sample.clamp(1.0, 1000.0);
+                        let sample = sample.clamp(1.0, self.max_share());
                         state.share = state.share * (1.0 - SHARE_SMOOTHING) + sample * SHARE_SMOOTHING;
                     }
                     state.minute = Some(seen);
@@ -487,7 +495,7 @@ impl Pacer {
             let until = now + retry_after.unwrap_or(backoff);
             state.blocked_until = Some(state.blocked_until.map_or(until, |b| b.max(until)));
             // Others are calling more than this process thought: take a smaller share.
-            state.share = (state.share * 1.5).min(1000.0);
+            state.share = (state.share * 1.5).min(self.max_share());
         } else {
             state.consecutive_throttles = 0;
         }
@@ -669,7 +677,7 @@ mod tests {
 
     #[test]
     fn with_others_calling_a_process_slows_to_its_share_and_stops_at_the_guard() {
-        let pacer = Pacer::new(settings(CallClass::Live, 1));
+        let pacer = Pacer::new(settings(CallClass::Live, 2));
         let expiry = in_ms(20_000);
         let mut used = 0;
         for _ in 0..30 {
@@ -686,6 +694,20 @@ mod tests {
         let refused = pacer.reserve(Instant::now(), Duration::from_secs(1)).unwrap_err();
         assert_eq!(refused.reason, "the window's quota is spent");
         assert!(refused.wait > Duration::from_secs(18) && refused.wait <= Duration::from_secs(20));
+    }
+
+    #[test]
+    fn a_process_held_back_by_its_own_pacing_does_not_slow_itself_further() {
+        let pacer = Pacer::new(settings(CallClass::Bulk, 2));
+        let expiry = in_ms(40_000);
+        let mut used = 0;
+        for _ in 0..20 {
+            pacer.reserve(Instant::now(), Duration::from_secs(60)).unwrap();
+            used += 200; // everyone else called 199 times meanwhile
+            pacer.observe(200, &quota("minute", "100000", &used.to_string(), "90000", &expiry));
+        }
+        pacer.observe(429, &http::HeaderMap::new());
+        assert_eq!(pacer.lock().share, 4.0, "at most twice the configured processes");
     }
 
     #[test]
