@@ -179,11 +179,19 @@ impl PacingSettings {
         }
     }
 
+    /// For bulk work a turn is waited for at least [`BULK_MIN_WAIT`]: a queued retry that gave
+    /// up its turn for anything shorter would go back to the queue and lose far more time.
     pub fn with_class(mut self, class: CallClass) -> Self {
         self.class = class;
+        if class == CallClass::Bulk {
+            self.max_wait = self.max_wait.max(BULK_MIN_WAIT);
+        }
         self
     }
 }
+
+/// The shortest in-process wait for a bulk call's turn (see [`PacingSettings::with_class`]).
+pub const BULK_MIN_WAIT: Duration = Duration::from_secs(5);
 
 /// The call was not made: Keap's quota needs this process to wait `wait` first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
