@@ -16,6 +16,7 @@ use crate::config::{AppSecret, AuthMode, Config, ConfigError, StoreKind};
 use crate::events::{EventSink, SqsSink};
 use crate::keap::api::KeapApi;
 use crate::keap::oauth::{OAuthClient, OAuthEndpoints};
+use crate::keap::pacing::{CallClass, Pacer};
 use crate::signup::replay;
 use crate::signup::{
     DynamoReplayRecords, MemoryReplayRecords, ReplayRecords, SignupQueue, SignupService, SignupSettings, SqsQueue,
@@ -315,6 +316,18 @@ impl App {
         let credentials: Arc<dyn CredentialSource> = self.connection.clone();
         SignupService::new(self.api.clone(), credentials, SignupSettings::from_config(&self.config))
             .with_welcome_queue(self.queue.clone())
+    }
+
+    /// A signup service for bulk work (queued retries, backfills): its own pacer, which
+    /// leaves headroom to live signups and stops at the day's reserve (`keap::pacing`).
+    pub fn bulk_signup_service(&self) -> SignupService {
+        let credentials: Arc<dyn CredentialSource> = self.connection.clone();
+        let mut api = self.api.clone();
+        if self.config.pacing.enabled {
+            let settings = self.config.pacing.clone().with_class(CallClass::Bulk);
+            api = api.with_pacer(Arc::new(Pacer::new(settings)));
+        }
+        SignupService::new(api, credentials, SignupSettings::from_config(&self.config))
     }
 }
 

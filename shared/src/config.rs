@@ -80,6 +80,9 @@ pub struct Config {
     pub forms: crate::forms::FormsConfig,
     /// Signed events to the product and the queues the console looks into (issue 15).
     pub events: EventsConfig,
+    /// Quota-aware pacing of Keap calls (`KEAP_QUOTA_*`, `KEAP_PACING_*`, see
+    /// `keap::pacing`); the limits default to the auth mode's.
+    pub pacing: crate::keap::pacing::PacingSettings,
 }
 
 /// The API goal achieved once per new contact (`KEAP_WELCOME_GOAL`).
@@ -455,6 +458,7 @@ impl Config {
             signup_options: SignupOptions::default(),
             forms: crate::forms::FormsConfig::default(),
             events: EventsConfig::default(),
+            pacing: crate::keap::pacing::PacingSettings::defaults(AuthMode::OAuth),
         }
     }
 
@@ -540,6 +544,7 @@ impl Config {
             welcome_email,
             forms: crate::forms::FormsConfig::from_env()?,
             events: EventsConfig::from_env(),
+            pacing: crate::keap::pacing::PacingSettings::from_env_with(auth_mode, var)?,
         };
         config.validate()?;
         Ok(config)
@@ -635,6 +640,8 @@ pub fn local_config(auth_mode: AuthMode, keap_base: &str) -> Config {
         api_url: format!("{base}/crm/rest"),
         token_url: format!("{base}/token"),
         authorize_url: format!("{base}/app/oauth/authorize"),
+        // Tests that measure pacing turn it on; the others run against an unlimited sandbox.
+        pacing: crate::keap::pacing::PacingSettings::off(auth_mode),
         ..Config::defaults()
     }
 }

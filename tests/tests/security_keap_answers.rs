@@ -272,7 +272,9 @@ async fn a_retry_after_of_two_to_the_64_seconds_from_the_rest_api_neither_panics
         started.elapsed() < Duration::from_secs(20),
         "nobody waited on Keap's Retry-After"
     );
-    assert!(keap_saw.requests.load(Ordering::SeqCst) >= 3);
+    // Keap saw the first call; the process's pacer then held the later ones for Keap's
+    // (capped) wait rather than sending them into the throttle (docs/pacing.md).
+    assert!(keap_saw.requests.load(Ordering::SeqCst) >= 1);
 }
 
 #[tokio::test]

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use keap_relay::app::{App, AppSecretCache, LazyOAuthClient};
 use keap_relay::config::AppSecret;
 use keap_relay::keap::oauth::{OAuthClient, OAuthError};
+use keap_relay::keap::pacing::ProbingQuotaReporter;
 use keap_relay::queues::{QueueInspector, SqsInspector};
 use keap_relay::token::TokenGrant;
 
@@ -92,6 +93,10 @@ impl crate::OAuthDeps {
             console: crate::admin::ConsoleDeps {
                 welcome: crate::admin::Welcome::from_config(&app.config),
                 emit: app.events.clone(),
+                quota: Some(Arc::new(ProbingQuotaReporter::new(
+                    app.api.clone(),
+                    app.connection.clone(),
+                ))),
                 ..crate::admin::ConsoleDeps::default()
             },
         }

@@ -16,6 +16,7 @@ use hmac::{Hmac, Mac};
 use keap_relay::config::Config;
 use keap_relay::events::receiver::{self, ReceiverState};
 use keap_relay::events::{Event, EventType};
+use keap_relay::keap::pacing::{QuotaReporter, QuotaUse, Unit};
 use keap_relay::queues::{DeadLetter, QueueCounts, QueueInspector};
 use keap_relay::signup::QueuedSignup;
 use keap_relay::store::SecretStore;
@@ -44,6 +45,8 @@ pub struct ConsoleDeps {
     pub welcome: Welcome,
     /// Where events go (`connection.recovered` from the callback).
     pub emit: Option<Arc<dyn keap_relay::events::EventSink>>,
+    /// Keap's quota use (docs/pacing.md); none: not shown.
+    pub quota: Option<Arc<dyn QuotaReporter>>,
 }
 
 /// The welcome configuration, as the console shows it.
@@ -115,6 +118,9 @@ pub struct ConsoleReport {
     pub events: EventsReport,
     /// The last rotation, failure and re-authorization, newest first.
     pub history: Vec<HistoryEntry>,
+    /// Keap's quota as Keap last reported it; absent when Keap could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<QuotaUse>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -185,7 +191,12 @@ impl ConsoleDeps {
             None => ReceiverState::default(),
         };
         let history = history(&connection, &receiver_state);
+        let quota = match &self.quota {
+            Some(reporter) => reporter.quota_use().await,
+            None => None,
+        };
         ConsoleReport {
+            quota,
             welcome: self.welcome.clone(),
             signup_queue,
             events: EventsReport {
@@ -374,6 +385,42 @@ fn row(label: &str, value: &str) -> String {
     )
 }
 
+/// Keap's quota, window by window, as Keap last reported it (docs/pacing.md).
+fn quota_html(quota: Option<&QuotaUse>) -> String {
+    let Some(quota) = quota else {
+        return "<h2>Keap quota</h2>\n<p>Not known yet: Keap has not been asked.</p>\n".to_owned();
+    };
+    let mut html = String::from("<h2>Keap quota</h2>\n<table id=\"quota\">\n");
+    for window in &quota.windows {
+        let unit = match window.time_unit {
+            Unit::Second => "This second",
+            Unit::Minute => "This minute",
+            Unit::Hour => "This hour",
+            Unit::Day => "Today",
+        };
+        let share = u64::from(window.used) * 100 / u64::from(window.limit.max(1));
+        html.push_str(&row(
+            unit,
+            &format!(
+                "{} of {} calls used ({share} %), resets {}",
+                window.used, window.limit, window.resets_at
+            ),
+        ));
+    }
+    html.push_str(&row(
+        "Calls from this function",
+        &format!("{} sent, {} answered 429", quota.calls_sent, quota.calls_throttled),
+    ));
+    if quota.bulk_paused {
+        html.push_str(&row(
+            "Retries and backfills",
+            "paused: the day's quota is down to its reserve; live signups go on",
+        ));
+    }
+    html.push_str("</table>\n");
+    html
+}
+
 fn opt<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map(|v| v.to_string()).unwrap_or_else(|| "—".into())
 }
@@ -470,6 +517,7 @@ pub fn render(report: &ConsoleReport, csrf: &str, notice: Option<&str>, now: Sys
     };
     html.push_str(&row("Welcome", &welcome));
     html.push_str("</table>\n");
+    html.push_str(&quota_html(report.quota.as_ref()));
 
     // The queues.
     html.push_str("<h2>Signup queue</h2>\n");
@@ -656,6 +704,7 @@ mod tests {
                 queue: None,
             },
             history: Vec::new(),
+            quota: None,
         };
         let html = render(&report, "1.ab", Some("<i>done</i>"), SystemTime::now());
         assert!(
@@ -663,5 +712,44 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("id=\"reconnect\""), "not connected: a Reconnect button");
+    }
+
+    #[test]
+    fn quota_use_is_added_to_the_report_only_when_known_and_shown_on_the_page() {
+        use keap_relay::keap::pacing::{Pacer, PacingSettings, QuotaLimits};
+        let report = ConsoleReport {
+            connection: keap_relay::token::TokenState::default().status_report(SystemTime::now()),
+            welcome: Welcome::default(),
+            signup_queue: None,
+            events: EventsReport {
+                receiver: None,
+                receiver_enabled: true,
+                receiver_state: ReceiverState::default(),
+                queue: None,
+            },
+            history: Vec::new(),
+            quota: None,
+        };
+        let without = serde_json::to_value(&report).unwrap();
+        assert!(without.get("quota").is_none(), "{without}");
+        let pacer = Pacer::new(PacingSettings::defaults(keap_relay::config::AuthMode::OAuth));
+        let with = ConsoleReport {
+            quota: Some(pacer.quota_use()),
+            ..report
+        };
+        let json = serde_json::to_value(&with).unwrap();
+        for (field, value) in without.as_object().unwrap() {
+            assert_eq!(&json[field], value, "{field}");
+        }
+        assert_eq!(
+            json["quota"]["limits"],
+            serde_json::to_value(QuotaLimits::OAUTH_CLIENT).unwrap()
+        );
+        assert_eq!(json["quota"]["bulk_paused"], false);
+        let html = render(&with, "1.ab", None, SystemTime::now());
+        assert!(
+            html.contains("id=\"quota\"") && html.contains("0 sent, 0 answered 429"),
+            "{html}"
+        );
     }
 }

@@ -9,14 +9,22 @@
 //! queue, so nothing is silently dropped. The reason is logged with the message id on every
 //! attempt (`poison: true`), which is what an operator reads next to the dead letter.
 //!
-//! Once Keap is found unavailable, the remaining records of the batch are failed without
-//! calling Keap: they come back after the visibility timeout.
+//! Once Keap is found unavailable, the remaining records of the batch are not tried. Each
+//! record Keap could not take is sent back to the queue with a delay of half its age (1 s to
+//! 15 minutes) and acknowledged, so an outage does not use up receive counts and dead-letter
+//! signups and welcomes that would go through minutes later; after [`BACK_OFF_LIMIT`] they
+//! are failed and left to SQS. Receive counts are then spent only by crashes and timeouts.
 //!
 //! A welcome queued on its own (`{"welcome": "email" | "template" | "goal", "contact_id", …}`, see
 //! [`keap_relay::signup::QueuedWelcome`]) goes through [`SignupService::retry_welcome`]: when the
 //! last send may have gone out, Keap's sent-email listing is read first; a welcome that is not
 //! listed yet and may still be is sent back to the queue with a delay (a new message, since it
 //! may carry a new send time) and acknowledged.
+//!
+//! Keap's quota (docs/pacing.md): when Keap or this process's pacer says when to try again
+//! (`Retry-After`, or the quota's next window), the record and the rest of the batch are sent
+//! back to the queue with that delay as an SQS message timer and acknowledged, instead of
+//! holding the function or using up receive counts; the same [`PARK_LIMIT`] bounds it.
 //!
 //! Keap *not connected* (never connected, or waiting for an administrator to re-authorize) is
 //! different: that can last days, far longer than `maxReceiveCount` redeliveries. So those
@@ -35,6 +43,9 @@ use keap_relay::signup::{
 /// How long a signup may wait for Keap to be reconnected before it goes to the dead-letter
 /// queue (the dead-letter queue then keeps it 14 days more).
 pub const PARK_LIMIT: Duration = Duration::from_secs(12 * 24 * 3600);
+/// How long a message Keap keeps failing (5xx, timeouts, a failing token store) is sent back
+/// with a growing delay before failures are left to SQS's receive count and dead-letter queue.
+const BACK_OFF_LIMIT: Duration = Duration::from_secs(24 * 3600);
 /// SQS's longest message delay: a parked signup is looked at again every 15 minutes.
 const PARK_DELAY: Duration = Duration::from_secs(900);
 
@@ -49,10 +60,12 @@ pub enum RetryError {
 enum Attempt {
     /// Keap took the signup.
     Delivered,
-    /// Keap could not take it now (why); SQS will redeliver it.
-    Transient(String),
+    /// Keap could not take it now (why): back off (see the module docs).
+    Transient(String, QueuedMessage),
     /// No usable Keap connection: park it (see the module docs).
     Disconnected(QueuedMessage),
+    /// Keap's quota asks to wait this long: delay it with a message timer.
+    Deferred(QueuedMessage, Duration),
     /// It can never succeed; failed until SQS dead-letters it.
     Poison,
     /// A welcome to look at again after `delay` (as this new message); Keap is fine.
@@ -67,6 +80,8 @@ enum KeapSeen {
     Down(String),
     /// Not connected: park the rest without calling it.
     Disconnected,
+    /// The quota asks to wait this long: delay the rest without calling it.
+    Deferred(Duration),
 }
 
 /// Processes one SQS batch without parking (every failure is left to SQS's redelivery).
@@ -99,33 +114,44 @@ pub async fn handle_with_events(
     let mut response = SqsBatchResponse::default();
     let mut keap = KeapSeen::Up;
     let mut parked = 0;
+    let mut deferred = 0;
+    let mut backed_off = 0;
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
         let attempt = match &keap {
             KeapSeen::Up => process(record, message_id, service, events).await,
             KeapSeen::Down(reason) => {
-                // Logged per record with the earlier failure: a message skipped on every
-                // receive reaches the dead-letter queue, and this line is its reason.
+                // Logged per record with the earlier failure: a message skipped until it is
+                // dead-lettered has this line as its reason.
                 let receive_count = receive_count(record);
                 tracing::warn!(
                     message_id,
                     receive_count,
                     reason,
-                    "Keap failed earlier in this batch; not tried, SQS will redeliver it"
+                    "Keap failed earlier in this batch; not tried"
                 );
-                Attempt::Transient(reason.clone())
+                match parse(record, message_id) {
+                    Some(queued) => Attempt::Transient(reason.clone(), queued),
+                    None => Attempt::Poison,
+                }
             }
             KeapSeen::Disconnected => match parse(record, message_id) {
                 Some(queued) => Attempt::Disconnected(queued),
+                None => Attempt::Poison,
+            },
+            KeapSeen::Deferred(wait) => match parse(record, message_id) {
+                Some(queued) => Attempt::Deferred(queued, *wait),
                 None => Attempt::Poison,
             },
         };
         let acknowledged = match attempt {
             Attempt::Delivered => true,
             Attempt::Poison => false,
-            Attempt::Transient(reason) => {
+            Attempt::Transient(reason, queued) => {
                 keap = KeapSeen::Down(reason);
-                false
+                let done = back_off(parking, &queued, message_id).await;
+                backed_off += usize::from(done);
+                done
             }
             Attempt::Disconnected(queued) => {
                 keap = KeapSeen::Disconnected;
@@ -133,7 +159,23 @@ pub async fn handle_with_events(
                 parked += usize::from(done);
                 done
             }
-            Attempt::Later(welcome, delay) => later(parking, &welcome, delay, message_id).await,
+            Attempt::Later(welcome, delay) => {
+                let queued = QueuedMessage::Welcome(welcome);
+                requeue(
+                    parking,
+                    &queued,
+                    message_id,
+                    delay,
+                    "the welcome is checked again later",
+                )
+                .await
+            }
+            Attempt::Deferred(queued, wait) => {
+                keap = KeapSeen::Deferred(wait);
+                let done = requeue(parking, &queued, message_id, timer(wait), "Keap's quota asks to wait").await;
+                deferred += usize::from(done);
+                done
+            }
         };
         if !acknowledged {
             response.add_failure(message_id);
@@ -143,54 +185,90 @@ pub async fn handle_with_events(
         records = event.records.len(),
         failed = response.batch_item_failures.len(),
         parked,
+        deferred,
+        backed_off,
         "signup-retry batch done"
     );
     Ok(response)
 }
 
-/// Sends a welcome to look at again back to the queue. False: leave it to SQS's redelivery.
-async fn later(parking: Option<&dyn SignupQueue>, welcome: &QueuedWelcome, delay: Duration, message_id: &str) -> bool {
-    let Some(queue) = parking else { return false };
-    match queue.enqueue_welcome(welcome, delay).await {
-        Ok(()) => {
-            tracing::info!(message_id, welcome_id = %welcome.id, delay_s = delay.as_secs(), "welcome sent back to the queue to check again");
-            true
-        }
-        Err(error) => {
-            tracing::warn!(message_id, %error, "could not send the welcome back to the queue; SQS will redeliver it");
-            false
-        }
-    }
-}
-
 /// Sends a message that waits for a reconnection back to the queue. False: leave it to SQS.
 async fn park(parking: Option<&dyn SignupQueue>, queued: &QueuedMessage, message_id: &str) -> bool {
+    requeue(
+        parking,
+        queued,
+        message_id,
+        PARK_DELAY,
+        "Keap is not connected: signup parked until it is",
+    )
+    .await
+}
+
+/// Sends a message Keap could not take now back to the queue, delayed by half its age (1 s to
+/// 15 minutes): each try waits longer, and no receive count is used up by an outage. After
+/// [`BACK_OFF_LIMIT`], or without a queue, the record is failed and left to SQS. False: failed.
+async fn back_off(parking: Option<&dyn SignupQueue>, queued: &QueuedMessage, message_id: &str) -> bool {
+    let age = SystemTime::now()
+        .duration_since(queued.first_seen_at())
+        .unwrap_or_default();
+    if age > BACK_OFF_LIMIT {
+        tracing::warn!(
+            message_id,
+            age_hours = age.as_secs() / 3600,
+            "Keap has failed this message for a day; SQS will redeliver it until it is dead-lettered"
+        );
+        return false;
+    }
+    requeue(
+        parking,
+        queued,
+        message_id,
+        timer(age / 2),
+        "Keap cannot take it now: backing off",
+    )
+    .await
+}
+
+/// An SQS message timer for `wait`: whole seconds, rounded up, 1 s to 15 minutes.
+fn timer(wait: Duration) -> Duration {
+    Duration::from_secs(wait.as_millis().div_ceil(1000).clamp(1, PARK_DELAY.as_secs() as u128) as u64)
+}
+
+/// Sends a message back to its queue with `delay` and acknowledges the record (true), unless
+/// it has waited [`PARK_LIMIT`] already or the queue refuses (false: leave it to SQS).
+async fn requeue(
+    parking: Option<&dyn SignupQueue>,
+    queued: &QueuedMessage,
+    message_id: &str,
+    delay: Duration,
+    why: &'static str,
+) -> bool {
     let Some(queue) = parking else { return false };
-    let (id, first_seen_at) = match queued {
-        QueuedMessage::Signup(signup) => (signup.id, signup.first_seen_at),
-        QueuedMessage::Welcome(welcome) => (welcome.id, welcome.first_seen_at),
-    };
-    let waited = SystemTime::now().duration_since(first_seen_at).unwrap_or_default();
+    let id = queued.id();
+    let waited = SystemTime::now()
+        .duration_since(queued.first_seen_at())
+        .unwrap_or_default();
     if waited > PARK_LIMIT {
         tracing::error!(
             message_id,
             signup_id = %id,
             waited_hours = waited.as_secs() / 3600,
-            "Keap has not been reconnected for too long; leaving this signup to the dead-letter queue"
+            why,
+            "the signup has waited too long; leaving it to the dead-letter queue"
         );
         return false;
     }
-    let parked = match queued {
-        QueuedMessage::Signup(signup) => queue.enqueue(signup, PARK_DELAY).await,
-        QueuedMessage::Welcome(welcome) => queue.enqueue_welcome(welcome, PARK_DELAY).await,
+    let requeued = match queued {
+        QueuedMessage::Signup(signup) => queue.enqueue(signup, delay).await,
+        QueuedMessage::Welcome(welcome) => queue.enqueue_welcome(welcome, delay).await,
     };
-    match parked {
+    match requeued {
         Ok(()) => {
-            tracing::info!(message_id, signup_id = %id, "Keap is not connected; signup parked until it is");
+            tracing::info!(message_id, signup_id = %id, delay_s = delay.as_secs(), "{why}; sent back to the queue with a delay");
             true
         }
         Err(error) => {
-            tracing::warn!(message_id, signup_id = %id, %error, "could not park the signup; SQS will redeliver it");
+            tracing::warn!(message_id, signup_id = %id, %error, why, "could not send it back to the queue; SQS will redeliver it");
             false
         }
     }
@@ -284,6 +362,13 @@ async fn process(
             }
             Attempt::Poison
         }
+        Err(SignupError::Unavailable {
+            retry_after: Some(wait),
+            detail,
+        }) => {
+            tracing::info!(message_id, signup_id, receive_count, wait_ms = wait.as_millis() as u64, reason = %detail, "Keap's quota asks to wait");
+            Attempt::Deferred(QueuedMessage::Signup(Box::new(queued)), wait)
+        }
         Err(error @ SignupError::NotConnected { .. }) => {
             tracing::warn!(message_id, signup_id, receive_count, reason = %error, "Keap is not connected");
             Attempt::Disconnected(QueuedMessage::Signup(Box::new(queued)))
@@ -295,7 +380,7 @@ async fn process(
                 let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup-retry".into());
                 println!("{}", metrics::quota_exceeded_line(function));
             }
-            Attempt::Transient(error.to_string())
+            Attempt::Transient(error.to_string(), QueuedMessage::Signup(Box::new(queued)))
         }
     }
 }
@@ -364,13 +449,20 @@ async fn retry_welcome(
             );
             Attempt::Poison
         }
+        Err(SignupError::Unavailable {
+            retry_after: Some(wait),
+            detail,
+        }) => {
+            tracing::info!(message_id, welcome_id, receive_count, wait_ms = wait.as_millis() as u64, reason = %detail, "Keap's quota asks to wait");
+            Attempt::Deferred(QueuedMessage::Welcome(welcome), wait)
+        }
         Err(error @ SignupError::NotConnected { .. }) => {
             tracing::warn!(message_id, welcome_id, receive_count, reason = %error, "Keap is not connected");
             Attempt::Disconnected(QueuedMessage::Welcome(welcome))
         }
         Err(error) => {
             tracing::warn!(message_id, welcome_id, receive_count, code = error.code(), reason = %error, "Keap cannot take queued welcomes now");
-            Attempt::Transient(error.to_string())
+            Attempt::Transient(error.to_string(), QueuedMessage::Welcome(welcome))
         }
     }
 }

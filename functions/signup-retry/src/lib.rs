@@ -26,7 +26,8 @@ pub struct Deps {
 impl Deps {
     pub fn from_app(app: &App) -> Self {
         Self {
-            service: app.signup_service(),
+            // Retries are bulk work: they leave headroom to live signups (`keap::pacing`).
+            service: app.bulk_signup_service(),
             parking: app.queue.clone(),
             events: app.events.clone(),
         }

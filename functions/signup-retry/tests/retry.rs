@@ -104,6 +104,60 @@ async fn keap_down_fails_the_whole_batch_after_one_record() {
 }
 
 #[tokio::test]
+async fn keap_down_sends_the_batch_back_with_a_delay_growing_with_age_instead_of_using_receive_counts() {
+    let (sandbox, service) = setup(DEFAULT_API_KEY).await;
+    sandbox.faults().set_server_error_rate(1.0);
+    let parking = MemoryQueue::new();
+    let response = handle_with_parking(
+        sqs_event(&batch_first_seen(Duration::from_secs(600))),
+        &service,
+        Some(&parking),
+    )
+    .await
+    .unwrap();
+
+    // Both signups go back to the queue and are acknowledged; only the poison one still fails.
+    assert_eq!(failed_ids(&response), [POISON]);
+    let queued = parking.delayed();
+    let emails: Vec<String> = queued
+        .iter()
+        .map(|(body, _)| QueuedSignup::from_message(body).unwrap().signup.email)
+        .collect();
+    assert_eq!(emails, ["grace.hopper@example.com", "katherine.johnson@example.com"]);
+    // Ten minutes old: back in five.
+    for (_, delay) in &queued {
+        assert!((299..=301).contains(&delay.as_secs()), "{delay:?}");
+    }
+    let upserts = sandbox.stats().calls_to("PUT", "/crm/rest/v1/contacts");
+    assert!(upserts >= 1, "the first record was tried");
+
+    // A fresh signup waits a second; one failing for over a day is left to SQS's redelivery.
+    let fresh = MemoryQueue::new();
+    handle_with_parking(
+        sqs_event(&batch_first_seen(Duration::from_secs(1))),
+        &service,
+        Some(&fresh),
+    )
+    .await
+    .unwrap();
+    assert!(
+        fresh.delayed().iter().all(|(_, delay)| delay.as_secs() <= 2),
+        "{:?}",
+        fresh.delayed()
+    );
+    let stale = MemoryQueue::new();
+    let response = handle_with_parking(
+        sqs_event(&batch_first_seen(Duration::from_secs(25 * 3600))),
+        &service,
+        Some(&stale),
+    )
+    .await
+    .unwrap();
+    assert_eq!(failed_ids(&response), [FIRST, POISON, THIRD]);
+    assert!(stale.messages().is_empty());
+}
+
+#[tokio::test]
 async fn throttling_beyond_the_budget_fails_the_record_for_redelivery() {
     let (sandbox, service) = setup(DEFAULT_API_KEY).await;
     sandbox.faults().throttle_next(1, Some(60));

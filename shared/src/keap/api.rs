@@ -5,11 +5,13 @@
 //! Errors never carry a credential: only statuses and Keap's own messages.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
 
+use super::pacing::{Paced, Pacer};
 use super::retry_after;
 use crate::config::Config;
 use crate::token::Credential;
@@ -74,18 +76,25 @@ pub enum ApiError {
     /// Keap answered something this client cannot read.
     #[error("unexpected answer from Keap to {operation}: {detail}")]
     Protocol { operation: &'static str, detail: String },
+    /// Not sent: Keap's quota needs this process to wait first (see [`super::pacing`]).
+    #[error("{operation} not sent: {paced}")]
+    Paced { operation: &'static str, paced: Paced },
 }
 
 impl ApiError {
     /// 429 and 5xx/timeouts/connection errors: the same request may succeed later.
     pub fn is_transient(&self) -> bool {
-        matches!(self, ApiError::RateLimited { .. } | ApiError::Unavailable { .. })
+        matches!(
+            self,
+            ApiError::RateLimited { .. } | ApiError::Unavailable { .. } | ApiError::Paced { .. }
+        )
     }
 
     /// How long Keap asked us to wait, if it did.
     pub fn retry_after(&self) -> Option<Duration> {
         match self {
             ApiError::RateLimited { retry_after, .. } => *retry_after,
+            ApiError::Paced { paced, .. } => Some(paced.wait),
             _ => None,
         }
     }
@@ -184,6 +193,8 @@ pub struct KeapApi {
     http: reqwest::Client,
     base: String,
     timeout: Duration,
+    /// Paces every call to Keap's quota and learns from every answer; none: unpaced.
+    pacer: Option<Arc<Pacer>>,
 }
 
 #[derive(Serialize)]
@@ -251,11 +262,30 @@ impl KeapApi {
             http,
             base: api_url.trim_end_matches('/').to_owned(),
             timeout,
+            pacer: None,
         }
     }
 
+    /// Paced by a pacer of `config.pacing` (live calls unless the settings say otherwise),
+    /// unless pacing is off.
     pub fn from_config(http: reqwest::Client, config: &Config) -> Self {
-        Self::new(http, &config.api_url, config.http_timeout)
+        let api = Self::new(http, &config.api_url, config.http_timeout);
+        if config.pacing.enabled {
+            api.with_pacer(Arc::new(Pacer::new(config.pacing.clone())))
+        } else {
+            api
+        }
+    }
+
+    /// The same client with its calls paced by `pacer` (one per process and call class).
+    pub fn with_pacer(mut self, pacer: Arc<Pacer>) -> Self {
+        self.pacer = Some(pacer);
+        self
+    }
+
+    /// The pacer, for quota reports.
+    pub fn pacer(&self) -> Option<&Arc<Pacer>> {
+        self.pacer.as_ref()
     }
 
     fn url(&self, path: &str) -> String {
@@ -603,7 +633,16 @@ impl KeapApi {
                 .timeout(self.timeout)
                 .header(reqwest::header::ACCEPT, "application/json"),
         );
+        if let Some(pacer) = &self.pacer {
+            pacer
+                .acquire()
+                .await
+                .map_err(|paced| ApiError::Paced { operation, paced })?;
+        }
         let response = request.send().await.map_err(|e| transport_error(operation, e))?;
+        if let Some(pacer) = &self.pacer {
+            pacer.observe(response.status().as_u16(), response.headers());
+        }
         let status = response.status();
         if status.is_success() {
             return Ok(response);

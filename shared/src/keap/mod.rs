@@ -1,6 +1,7 @@
 //! Clients for Keap: [`oauth`] (authorize URL, code exchange, refresh) and [`api`] (REST).
 pub mod api;
 pub mod oauth;
+pub mod pacing;
 
 use std::time::Duration;
 

@@ -246,9 +246,20 @@ struct Attempt {
     /// `after_unauthorized` calls so far; at most [`REAUTHORIZATIONS`] per signup.
     reauthorized: Mutex<u8>,
     deadline: Instant,
+    /// A call of this signup reached Keap: its later calls wait for their turn (see `call`).
+    started: std::sync::atomic::AtomicBool,
 }
 
 impl Attempt {
+    fn new(credential: Credential, budget: Duration) -> Self {
+        Self {
+            credential: Mutex::new(credential),
+            reauthorized: Mutex::new(0),
+            started: std::sync::atomic::AtomicBool::new(false),
+            deadline: deadline_after(budget),
+        }
+    }
+
     fn credential(&self) -> Credential {
         self.credential.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
@@ -317,11 +328,7 @@ impl SignupService {
     /// updated, tags come back `DUPLICATE` and no welcome goes out twice.
     pub async fn process(&self, signup: &Signup) -> Result<SignupOutcome, SignupError> {
         self.check_allowed(signup)?;
-        let attempt = Attempt {
-            credential: Mutex::new(self.credentials.credential().await?),
-            reauthorized: Mutex::new(0),
-            deadline: deadline_after(self.settings.retry_budget),
-        };
+        let attempt = Attempt::new(self.credentials.credential().await?, self.settings.retry_budget);
 
         let lead_source_id = match &signup.details.lead_source {
             None => None,
@@ -530,10 +537,16 @@ impl SignupService {
                             .map_err(CallError::Token)?;
                         attempt.replace(credential.clone());
                     }
-                    other => return other.map_err(CallError::Api),
+                    other => {
+                        if other.is_ok() {
+                            attempt.started.store(true, std::sync::atomic::Ordering::Relaxed);
+                        }
+                        return other.map_err(CallError::Api);
+                    }
                 }
             }
         };
+        let started = || attempt.started.load(std::sync::atomic::Ordering::Relaxed);
         let backoff = ExponentialBuilder::default()
             .with_min_delay(Duration::from_millis(100))
             .with_max_delay(Duration::from_secs(2))
@@ -543,10 +556,21 @@ impl SignupService {
             .sleep(tokio::time::sleep)
             .when(|error| match (error, repeat) {
                 (CallError::Api(ApiError::RateLimited { .. }), _) => true,
+                // Held back by the pacer (docs/pacing.md). Before any call of the signup reached
+                // Keap, the caller queues it with the wait as its delay instead of holding on;
+                // once one did, the rest waits for its turn: cut between its calls and queued,
+                // a signup would spend its first call again every time (and at a low share
+                // never get past it).
+                (CallError::Api(ApiError::Paced { .. }), _) => started(),
                 (CallError::Api(error), Repeat::Idempotent) => error.is_transient(),
                 _ => false,
             })
             .adjust(|error, backoff| {
+                if let CallError::Api(ApiError::Paced { paced, .. }) = error {
+                    // Past the retry budget if need be: the function's own deadline still
+                    // bounds the whole signup (the handler queues it when that comes).
+                    return Some(paced.wait.min(PACED_WAIT_CAP));
+                }
                 let wait = match error {
                     CallError::Api(error) => error.retry_after().or(backoff),
                     CallError::Token(_) => backoff,
@@ -565,6 +589,10 @@ impl SignupService {
             .await
     }
 }
+
+/// The longest a started signup waits for one paced turn (the pacer's waits are one turn at
+/// this process's share, a window's end at most).
+const PACED_WAIT_CAP: Duration = Duration::from_secs(10);
 
 /// `budget` from now, saturating (the budget is configuration, bounded by `Config::validate`,
 /// but a `+` must not be what aborts the process if it is not).

@@ -220,6 +220,22 @@ impl QueuedMessage {
             _ => QueuedSignup::from_message(body).map(|s| QueuedMessage::Signup(Box::new(s))),
         }
     }
+
+    /// The signup's or welcome record's id, for logs.
+    pub fn id(&self) -> Uuid {
+        match self {
+            Self::Signup(signup) => signup.id,
+            Self::Welcome(welcome) => welcome.id,
+        }
+    }
+
+    /// When the signup was first seen (a welcome record carries its signup's).
+    pub fn first_seen_at(&self) -> SystemTime {
+        match self {
+            Self::Signup(signup) => signup.first_seen_at,
+            Self::Welcome(welcome) => welcome.first_seen_at,
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -239,7 +255,8 @@ pub trait SignupQueue: Send + Sync {
 /// In-process queue for tests and the local run.
 #[derive(Debug, Default)]
 pub struct MemoryQueue {
-    messages: Mutex<Vec<String>>,
+    /// Each message body with the delay it was queued with.
+    messages: Mutex<Vec<(String, Duration)>>,
 }
 
 impl MemoryQueue {
@@ -249,30 +266,37 @@ impl MemoryQueue {
 
     /// The message bodies queued so far, oldest first.
     pub fn messages(&self) -> Vec<String> {
+        self.delayed().into_iter().map(|(body, _)| body).collect()
+    }
+
+    /// The message bodies queued so far, each with the delay asked for, oldest first.
+    pub fn delayed(&self) -> Vec<(String, Duration)> {
         self.messages.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// Removes and returns every queued message body.
     pub fn drain(&self) -> Vec<String> {
-        std::mem::take(&mut *self.messages.lock().unwrap_or_else(|e| e.into_inner()))
+        let taken = std::mem::take(&mut *self.messages.lock().unwrap_or_else(|e| e.into_inner()));
+        taken.into_iter().map(|(body, _)| body).collect()
+    }
+
+    fn push(&self, body: String, delay: Duration) {
+        self.messages
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push((body, delay));
     }
 }
 
 #[async_trait]
 impl SignupQueue for MemoryQueue {
-    async fn enqueue(&self, signup: &QueuedSignup, _delay: Duration) -> Result<(), QueueError> {
-        self.messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(signup.to_message());
+    async fn enqueue(&self, signup: &QueuedSignup, delay: Duration) -> Result<(), QueueError> {
+        self.push(signup.to_message(), delay);
         Ok(())
     }
 
-    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, _delay: Duration) -> Result<(), QueueError> {
-        self.messages
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(welcome.to_message());
+    async fn enqueue_welcome(&self, welcome: &QueuedWelcome, delay: Duration) -> Result<(), QueueError> {
+        self.push(welcome.to_message(), delay);
         Ok(())
     }
 }

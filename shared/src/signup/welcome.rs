@@ -340,11 +340,7 @@ impl SignupService {
         if !self.configured(part) {
             return Ok(WelcomeRetry::NotConfigured);
         }
-        let attempt = Attempt {
-            credential: std::sync::Mutex::new(self.credentials.credential().await?),
-            reauthorized: std::sync::Mutex::new(0),
-            deadline: super::deadline_after(self.settings.retry_budget),
-        };
+        let attempt = Attempt::new(self.credentials.credential().await?, self.settings.retry_budget);
         // A record without a send time (written by hand, or by an older version) is looked up
         // from when it was queued: it may have been received, and sent, before.
         if let Some(began) = welcome.attempted_at.or(Some(welcome.first_seen_at)) {

@@ -58,19 +58,51 @@ pub enum ReusePolicy {
     RevokeFamily,
 }
 
-/// Request quota per credential (per OAuth client, or per API key). Zero means no limit
-/// for that window.
+/// Request quota per credential (per OAuth client, or per API key), enforced in fixed windows
+/// and reported in Keap's headers (`x-keap-product-throttle-*` for the second,
+/// `x-keap-product-quota-*` for the minute and the day). Zero means no limit for that window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RateLimit {
     pub per_second: u32,
     pub per_minute: u32,
+    /// Calls per day; the day resets at 00:00 UTC, as Keap's does.
+    #[serde(default)]
+    pub per_day: u32,
+    /// Shortens the minute and the day by this factor (1 = real time; 10 = a 6 s "minute"),
+    /// so that tests can run through several windows in seconds. The second stays a second.
+    /// The headers report the shortened windows, so a client that reads them paces right.
+    #[serde(default = "one")]
+    pub time_scale: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 impl RateLimit {
+    /// No limit in any window: the base for a struct literal (`..RateLimit::OFF`).
+    pub const OFF: RateLimit = RateLimit {
+        per_second: 0,
+        per_minute: 0,
+        per_day: 0,
+        time_scale: 1,
+    };
+
     /// Keap's documented quota for Personal Access Tokens and Service Account Keys.
     pub const KEAP_API_KEY: RateLimit = RateLimit {
         per_second: 10,
         per_minute: 240,
+        per_day: 30_000,
+        time_scale: 1,
+    };
+
+    /// Keap's documented quota for an OAuth client (one app record, shared by every account
+    /// connected to it), with the spike limit of about 25 calls a second.
+    pub const KEAP_OAUTH_CLIENT: RateLimit = RateLimit {
+        per_second: 25,
+        per_minute: 1500,
+        per_day: 150_000,
+        time_scale: 1,
     };
 }
 

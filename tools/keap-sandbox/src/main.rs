@@ -11,10 +11,12 @@ usage: keap-sandbox [--port N] [--host ADDR] [--auto-approve] [--access-ttl SECS
                     [--refresh-ttl SECS] [--code-ttl SECS] [--reuse-policy reject|revoke-family]
                     [--client-id X --client-secret Y] [--redirect-uri URI]... [--api-key K]...
                     [--tenant NAME] [--rate-per-second N] [--rate-per-minute N]
+                    [--rate-per-day N] [--rate-time-scale N] [--keap-oauth-quota]
 
 Defaults: port 0 (any free port), host 127.0.0.1, client sandbox-client/sandbox-secret
 (any redirect URI), api key KeapAK-sandbox-key, tenant ab123. Giving --client-id or
---api-key replaces the default. Log filter: RUST_LOG (default info).";
+--api-key replaces the default. --keap-oauth-quota: Keap's OAuth client quota (25/s,
+1500/min, 150000/day); --rate-time-scale N shortens the minute and the day N times. Log filter: RUST_LOG (default info).";
 
 #[derive(Debug, thiserror::Error)]
 enum ArgError {
@@ -39,10 +41,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
     let mut port = 0u16;
     let (mut client_id, mut client_secret, mut redirect_uris) = (None, None, Vec::new());
     let mut api_keys = Vec::new();
-    let mut rate = RateLimit {
-        per_second: 0,
-        per_minute: 0,
-    };
+    let mut rate = RateLimit::OFF;
     while let Some(flag) = args.next() {
         let mut value = || args.next().ok_or_else(|| ArgError::MissingValue(flag.clone()));
         fn number<T: std::str::FromStr>(flag: &str, value: String) -> Result<T, ArgError> {
@@ -78,6 +77,9 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
             "--tenant" => config.tenant = value()?,
             "--rate-per-second" => rate.per_second = number(&flag, value()?)?,
             "--rate-per-minute" => rate.per_minute = number(&flag, value()?)?,
+            "--rate-per-day" => rate.per_day = number(&flag, value()?)?,
+            "--rate-time-scale" => rate.time_scale = number::<u32>(&flag, value()?)?.max(1),
+            "--keap-oauth-quota" => rate = RateLimit::KEAP_OAUTH_CLIENT,
             _ => return Err(ArgError::Unknown(flag)),
         }
     }
@@ -95,7 +97,7 @@ fn parse_args(mut args: impl Iterator<Item = String>) -> Result<Option<Args>, Ar
     if !api_keys.is_empty() {
         config.api_keys = api_keys;
     }
-    if rate.per_second > 0 || rate.per_minute > 0 {
+    if rate.per_second > 0 || rate.per_minute > 0 || rate.per_day > 0 {
         config.rate_limit = Some(rate);
     }
     Ok(Some(Args {

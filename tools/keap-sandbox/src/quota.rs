@@ -1,4 +1,7 @@
-//! Fixed-window request quotas per credential, reported the way Keap's gateway does.
+//! Fixed-window request quotas per credential (second, minute, day), reported the way
+//! Keap's gateway does: `x-keap-product-throttle-*` for the spike window (the second) and
+//! `x-keap-product-quota-*` for the minute and the day (pipe-separated, `minute|day`, when
+//! both are limited).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -21,15 +24,23 @@ impl Window {
     }
 }
 
+/// The day: aligned to 00:00 UTC (to `86400 / time_scale` second boundaries when scaled).
+#[derive(Debug, Clone, Copy)]
+struct Day {
+    index: u64,
+    used: u32,
+}
+
 #[derive(Debug, Clone, Copy)]
 struct Windows {
     second: Window,
     minute: Window,
+    day: Day,
 }
 
-/// What the `x-keap-product-quota-*` headers say about one window.
+/// What the headers say about one window.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct QuotaReport {
+pub(crate) struct WindowReport {
     pub limit: u32,
     pub time_unit: &'static str,
     pub used: u32,
@@ -38,7 +49,7 @@ pub(crate) struct QuotaReport {
     pub resets_in: Duration,
 }
 
-impl QuotaReport {
+impl WindowReport {
     pub(crate) fn expiry_epoch_ms(&self) -> u128 {
         (SystemTime::now() + self.resets_in)
             .duration_since(UNIX_EPOCH)
@@ -50,20 +61,40 @@ impl QuotaReport {
     pub(crate) fn retry_after_secs(&self) -> u64 {
         self.resets_in.as_millis().div_ceil(1000).max(1) as u64
     }
+}
 
+/// Every limited window after one call: the spike window (`throttle`) and the quota
+/// windows (minute, then day).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct QuotaReport {
+    pub throttle: Option<WindowReport>,
+    pub quota: Vec<WindowReport>,
+}
+
+/// A refused call: the window that is exhausted, and every window's state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    pub exhausted: WindowReport,
+    pub report: QuotaReport,
+}
+
+impl QuotaReport {
     /// A report for a throttle that has no configured quota behind it (the
-    /// `throttle_next` fault): Keap's documented per-minute limits.
+    /// `throttle_next` fault): Keap's documented per-minute limits, used up.
     pub(crate) fn keap_default(credential: &Credential) -> Self {
         let limit = match credential {
-            Credential::OAuthClient(_) => 1500,
+            Credential::OAuthClient(_) => RateLimit::KEAP_OAUTH_CLIENT.per_minute,
             Credential::ApiKey(_) => RateLimit::KEAP_API_KEY.per_minute,
         };
         QuotaReport {
-            limit,
-            time_unit: "minute",
-            used: limit,
-            available: 0,
-            resets_in: Duration::from_secs(60),
+            throttle: None,
+            quota: vec![WindowReport {
+                limit,
+                time_unit: "minute",
+                used: limit,
+                available: 0,
+                resets_in: Duration::from_secs(60),
+            }],
         }
     }
 }
@@ -73,44 +104,88 @@ pub(crate) struct Quotas {
     windows: HashMap<Credential, Windows>,
 }
 
+const SECOND: Duration = Duration::from_secs(1);
+
 impl Quotas {
-    /// Count one call. `Ok` carries the minute window's report (for the response headers);
-    /// `Err` the report of the window that is exhausted; a refused call is not counted.
+    /// Count one call at `now` (`wall`: the same moment on the wall clock, for the UTC day).
+    /// `Ok` carries every window's report (for the response headers); `Err` the exhausted
+    /// window too. A refused call is counted in no window.
     pub(crate) fn admit(
         &mut self,
         credential: &Credential,
         limit: RateLimit,
         now: Instant,
-    ) -> Result<QuotaReport, QuotaReport> {
+        wall: SystemTime,
+    ) -> Result<QuotaReport, Refusal> {
+        let scale = limit.time_scale.max(1);
+        let minute = Duration::from_secs(60) / scale;
+        let day_length = Duration::from_secs(86_400) / scale;
+        let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
+        let day_index = (since_epoch.as_millis() / day_length.as_millis().max(1)) as u64;
+        let day_resets_in = Duration::from_millis(
+            ((day_index as u128 + 1) * day_length.as_millis()).saturating_sub(since_epoch.as_millis()) as u64,
+        );
+
         let fresh = Window { started: now, used: 0 };
         let windows = self.windows.entry(credential.clone()).or_insert(Windows {
             second: fresh,
             minute: fresh,
+            day: Day {
+                index: day_index,
+                used: 0,
+            },
         });
-        windows.second.roll(now, Duration::from_secs(1));
-        windows.minute.roll(now, Duration::from_secs(60));
-        let report = |w: &Window, limit: u32, unit: &'static str, length: Duration| QuotaReport {
+        windows.second.roll(now, SECOND);
+        windows.minute.roll(now, minute);
+        if windows.day.index != day_index {
+            windows.day = Day {
+                index: day_index,
+                used: 0,
+            };
+        }
+        let fixed = |w: &Window, limit: u32, unit: &'static str, length: Duration| WindowReport {
             limit,
             time_unit: unit,
             used: w.used,
             available: limit.saturating_sub(w.used),
             resets_in: length.saturating_sub(now.duration_since(w.started)),
         };
-        let second = Duration::from_secs(1);
-        let minute = Duration::from_secs(60);
-        if limit.per_second > 0 && windows.second.used >= limit.per_second {
-            return Err(report(&windows.second, limit.per_second, "second", second));
-        }
-        if limit.per_minute > 0 && windows.minute.used >= limit.per_minute {
-            return Err(report(&windows.minute, limit.per_minute, "minute", minute));
+        let report = |windows: &Windows| {
+            let mut quota = Vec::new();
+            if limit.per_minute > 0 {
+                quota.push(fixed(&windows.minute, limit.per_minute, "minute", minute));
+            }
+            if limit.per_day > 0 {
+                quota.push(WindowReport {
+                    limit: limit.per_day,
+                    time_unit: "day",
+                    used: windows.day.used,
+                    available: limit.per_day.saturating_sub(windows.day.used),
+                    resets_in: day_resets_in,
+                });
+            }
+            QuotaReport {
+                throttle: (limit.per_second > 0).then(|| fixed(&windows.second, limit.per_second, "second", SECOND)),
+                quota,
+            }
+        };
+        let before = report(windows);
+        let exhausted = before
+            .throttle
+            .iter()
+            .chain(&before.quota)
+            .find(|w| w.available == 0)
+            .copied();
+        if let Some(exhausted) = exhausted {
+            return Err(Refusal {
+                exhausted,
+                report: before,
+            });
         }
         windows.second.used += 1;
         windows.minute.used += 1;
-        if limit.per_minute > 0 {
-            Ok(report(&windows.minute, limit.per_minute, "minute", minute))
-        } else {
-            Ok(report(&windows.second, limit.per_second, "second", second))
-        }
+        windows.day.used += 1;
+        Ok(report(windows))
     }
 }
 
@@ -122,44 +197,104 @@ mod tests {
         Credential::ApiKey("k".to_owned())
     }
 
+    fn limit(per_second: u32, per_minute: u32, per_day: u32) -> RateLimit {
+        RateLimit {
+            per_second,
+            per_minute,
+            per_day,
+            ..RateLimit::OFF
+        }
+    }
+
     #[test]
     fn per_second_window_refuses_then_resets() {
         let mut quotas = Quotas::default();
-        let limit = RateLimit {
-            per_second: 2,
-            per_minute: 0,
-        };
-        let start = Instant::now();
-        assert!(quotas.admit(&key(), limit, start).is_ok());
-        assert!(quotas.admit(&key(), limit, start).is_ok());
-        let refused = quotas.admit(&key(), limit, start).unwrap_err();
+        let limit = limit(2, 0, 0);
+        let (start, wall) = (Instant::now(), SystemTime::now());
+        let first = quotas.admit(&key(), limit, start, wall).unwrap();
+        let throttle = first.throttle.unwrap();
+        assert_eq!(
+            (throttle.time_unit, throttle.available, throttle.used),
+            ("second", 1, 1)
+        );
+        assert!(first.quota.is_empty());
+        assert!(quotas.admit(&key(), limit, start, wall).is_ok());
+        let refused = quotas.admit(&key(), limit, start, wall).unwrap_err().exhausted;
         assert_eq!((refused.time_unit, refused.limit, refused.available), ("second", 2, 0));
         assert_eq!(refused.retry_after_secs(), 1);
-        assert!(quotas.admit(&key(), limit, start + Duration::from_secs(1)).is_ok());
+        assert!(quotas.admit(&key(), limit, start + SECOND, wall).is_ok());
     }
 
     #[test]
     fn per_minute_window_counts_across_seconds_and_keys_are_separate() {
         let mut quotas = Quotas::default();
-        let limit = RateLimit {
-            per_second: 10,
-            per_minute: 3,
-        };
-        let start = Instant::now();
+        let limit = limit(10, 3, 0);
+        let (start, wall) = (Instant::now(), SystemTime::now());
         for (second, available) in [(0, 2), (1, 1), (2, 0)] {
             let report = quotas
-                .admit(&key(), limit, start + Duration::from_secs(second))
+                .admit(&key(), limit, start + Duration::from_secs(second), wall)
                 .unwrap();
+            let minute = report.quota[0];
             assert_eq!(
-                (report.time_unit, report.available, report.used),
+                (minute.time_unit, minute.available, minute.used),
                 ("minute", available, 3 - available)
             );
         }
-        let refused = quotas.admit(&key(), limit, start + Duration::from_secs(3)).unwrap_err();
+        let refused = quotas
+            .admit(&key(), limit, start + Duration::from_secs(3), wall)
+            .unwrap_err()
+            .exhausted;
         assert_eq!(refused.time_unit, "minute");
         assert_eq!(refused.retry_after_secs(), 57);
         let other = Credential::OAuthClient("c".to_owned());
-        assert!(quotas.admit(&other, limit, start + Duration::from_secs(3)).is_ok());
-        assert!(quotas.admit(&key(), limit, start + Duration::from_secs(60)).is_ok());
+        assert!(
+            quotas
+                .admit(&other, limit, start + Duration::from_secs(3), wall)
+                .is_ok()
+        );
+        assert!(
+            quotas
+                .admit(&key(), limit, start + Duration::from_secs(60), wall)
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn the_day_resets_at_utc_midnight_and_refused_calls_are_not_counted() {
+        let mut quotas = Quotas::default();
+        let limit = limit(0, 100, 2);
+        let start = Instant::now();
+        // 23:59:59 UTC on some day.
+        let late = UNIX_EPOCH + Duration::from_secs(20_000 * 86_400 + 86_399);
+        let report = quotas.admit(&key(), limit, start, late).unwrap();
+        assert_eq!(report.quota.len(), 2);
+        let day = report.quota[1];
+        assert_eq!((day.time_unit, day.available, day.resets_in), ("day", 1, SECOND));
+        assert!(quotas.admit(&key(), limit, start, late).is_ok());
+        let refused = quotas.admit(&key(), limit, start, late).unwrap_err();
+        assert_eq!(refused.exhausted.time_unit, "day");
+        assert_eq!(refused.report.quota[0].used, 2, "the refused call is not counted");
+        let next_day = late + SECOND;
+        assert!(quotas.admit(&key(), limit, start + SECOND, next_day).is_ok());
+    }
+
+    #[test]
+    fn a_time_scale_shortens_the_minute_but_not_the_second() {
+        let mut quotas = Quotas::default();
+        let limit = RateLimit {
+            time_scale: 10,
+            ..limit(5, 2, 0)
+        };
+        let (start, wall) = (Instant::now(), SystemTime::now());
+        let report = quotas.admit(&key(), limit, start, wall).unwrap();
+        assert_eq!(report.quota[0].resets_in, Duration::from_secs(6));
+        assert_eq!(report.throttle.unwrap().resets_in, SECOND);
+        assert!(quotas.admit(&key(), limit, start, wall).is_ok());
+        assert!(quotas.admit(&key(), limit, start + SECOND, wall).is_err());
+        assert!(
+            quotas
+                .admit(&key(), limit, start + Duration::from_secs(6), wall)
+                .is_ok()
+        );
     }
 }

@@ -196,8 +196,8 @@ async fn rate_limit_is_per_credential_with_quota_headers() {
     let sandbox = start(SandboxConfig {
         api_keys: vec![API_KEY.to_owned(), "KeapAK-second".to_owned()],
         rate_limit: Some(RateLimit {
-            per_second: 0,
             per_minute: 3,
+            ..RateLimit::OFF
         }),
         ..SandboxConfig::default()
     })
@@ -476,4 +476,46 @@ async fn shutdown_stops_serving() {
         .await
         .unwrap_err();
     assert!(error.is_connect(), "{error}");
+}
+
+#[tokio::test]
+async fn spike_minute_and_day_windows_are_reported_and_enforced() {
+    let sandbox = start(SandboxConfig {
+        rate_limit: Some(RateLimit {
+            per_second: 2,
+            per_minute: 50,
+            per_day: 1000,
+            ..RateLimit::OFF
+        }),
+        ..SandboxConfig::default()
+    })
+    .await;
+    let first = rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap();
+    assert_eq!(first.status(), StatusCode::OK);
+    assert_eq!(header(&first, "x-keap-product-throttle-time-unit"), Some("second"));
+    assert_eq!(header(&first, "x-keap-product-throttle-limit"), Some("2"));
+    assert_eq!(header(&first, "x-keap-product-throttle-available"), Some("1"));
+    assert_eq!(header(&first, "x-keap-product-quota-time-unit"), Some("minute|day"));
+    assert_eq!(header(&first, "x-keap-product-quota-limit"), Some("50|1000"));
+    assert_eq!(header(&first, "x-keap-product-quota-available"), Some("49|999"));
+    assert_eq!(header(&first, "x-keap-product-quota-used"), Some("1|1"));
+    let expiries: Vec<u128> = header(&first, "x-keap-product-quota-expiry-time")
+        .unwrap()
+        .split('|')
+        .map(|v| v.parse().unwrap())
+        .collect();
+    assert_eq!(expiries.len(), 2);
+    assert_eq!(
+        rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap().status(),
+        StatusCode::OK
+    );
+    let refused = rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap();
+    assert_eq!(header(&refused, "x-keap-product-throttle-available"), Some("0"));
+    assert_eq!(header(&refused, "retry-after"), Some("1"));
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(header(&refused, "x-keap-product-quota-available"), Some("48|998"));
+    tokio::time::sleep(Duration::from_millis(1050)).await;
+    let later = rest(&sandbox, Method::GET, "/v1/tags").send().await.unwrap();
+    assert_eq!(later.status(), StatusCode::OK);
+    assert_eq!(header(&later, "x-keap-product-quota-available"), Some("47|997"));
 }

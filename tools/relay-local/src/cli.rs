@@ -32,6 +32,15 @@ usage:
   relay-local app-secret [--local-defaults]
       Writes the app secret JSON read from standard input (or the local defaults) into the
       configured store (KEAP_STORE, KEAP_STORE_DIR, KEAP_APP_SECRET_ID).
+  relay-local backfill FILE [--format csv|jsonl] [--map FIELD=COLUMN]... [--dry-run] [--yes]
+                   [--checkpoint PATH] [--failures PATH] [--live-share PERCENT] [--welcome]
+                   [--concurrency N] [--signup-url URL [--key KEY]] [--local]
+      Existing users into Keap through the signup code path (docs/backfill.md): validates
+      every row first (bad rows by line number), sends nothing without --yes, paces to Keap's
+      quota leaving --live-share percent (10) to live signups, resumes from the checkpoint
+      (FILE.checkpoint) and writes failures to FILE.failures.csv. Keap through the functions'
+      configuration (KEAP_*, the secret store; --local: relay-local's sandbox and file store),
+      or signed signups to a deployed /signup with --signup-url.
 
 Both also serve the example website form (examples/website-form/) on its own port, posting
 to the relay's /form. Ports default to 9000 (relay), 9400 (sandbox) and 9100 (example
@@ -109,6 +118,7 @@ pub enum Command {
     CallbackEvent {
         answer: String,
     },
+    Backfill(crate::backfill::BackfillArgs),
     Help,
 }
 
@@ -206,6 +216,13 @@ pub fn parse(mut args: impl Iterator<Item = String>) -> Result<Command, CliError
         "curl" => parse_flags(args, &["--key", "--port", "--url"])?,
         "app-secret" => parse_flags(args, &["--local-defaults"])?,
         "callback-event" => parse_flags(args, &[])?,
+        "backfill" => {
+            let mut args = args.peekable();
+            if args.peek().is_some_and(|a| matches!(a.as_str(), "-h" | "--help")) {
+                return Ok(Command::Help);
+            }
+            return crate::backfill::parse_args(args).map(Command::Backfill);
+        }
         _ => return Err(CliError::UnknownCommand(command)),
     };
     if parsed.help {

@@ -67,6 +67,8 @@ pub fn env_defaults(relay_base: &str, with_sandbox: bool) -> Vec<(&'static str, 
             ("KEAP_WELCOME_EMAIL_SUBJECT", WELCOME_EMAIL_SUBJECT.to_owned()),
             ("KEAP_WELCOME_EMAIL_USER_ID", WELCOME_EMAIL_USER_ID.to_owned()),
             ("KEAP_WELCOME_EMAIL_HTML", WELCOME_EMAIL_HTML.to_owned()),
+            // The embedded sandbox has no quota (docs/pacing.md): nothing to pace to.
+            ("KEAP_PACING", "off".to_owned()),
         ]);
     }
     defaults

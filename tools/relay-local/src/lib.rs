@@ -2,6 +2,7 @@
 //! functions' handlers (through an API Gateway stand-in, a schedule timer and an in-memory
 //! queue), on embedded defaults that the functions' own environment variables override.
 
+pub mod backfill;
 pub mod callback_event;
 pub mod cli;
 pub mod defaults;

@@ -28,6 +28,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Command::CallbackEvent { answer } => callback_event(&answer),
+        Command::Backfill(args) => backfill(args),
         Command::AppSecret { local_defaults } => {
             let input = if local_defaults { None } else { read_stdin() };
             with_local_env(defaults::RELAY_PORT, None, false, |runtime| {
@@ -169,6 +170,21 @@ fn callback_event(answer_path: &str) -> ExitCode {
         Err(error) => {
             eprintln!("relay-local: {error}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn backfill(args: relay_local::backfill::BackfillArgs) -> ExitCode {
+    let terminal = std::io::stderr().is_terminal();
+    if args.local {
+        with_local_env(defaults::RELAY_PORT, None, true, |runtime| {
+            runtime.block_on(relay_local::backfill::run(&args, terminal))
+        })
+    } else {
+        init_logs();
+        match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+            Ok(runtime) => runtime.block_on(relay_local::backfill::run(&args, terminal)),
+            Err(error) => startup_failure(&format!("cannot start the Tokio runtime: {error}")),
         }
     }
 }

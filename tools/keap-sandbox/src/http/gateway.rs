@@ -13,7 +13,7 @@ use super::{CONTROL_PREFIX, ConnectionDropped, REST_PREFIX, TOKEN_PATH};
 use crate::Shared;
 use crate::crm::ApiVersion;
 use crate::oauth_store::Credential;
-use crate::quota::QuotaReport;
+use crate::quota::{QuotaReport, WindowReport};
 use crate::stats::{AuthKind, CallRecord};
 
 pub(crate) async fn gateway(State(shared): State<Arc<Shared>>, request: Request, next: Next) -> Response {
@@ -103,11 +103,14 @@ async fn rest_gate(shared: &Shared, mut request: Request, next: Next) -> Respons
         Some(limit) => {
             let mut world = shared.world();
             let now = std::time::Instant::now();
-            match world.quotas.admit(&credential, limit, now) {
+            match world
+                .quotas
+                .admit(&credential, limit, now, std::time::SystemTime::now())
+            {
                 Ok(report) => Some(report),
-                Err(report) => {
+                Err(refusal) => {
                     world.stats.throttled += 1;
-                    return throttled(&report, Some(report.retry_after_secs()));
+                    return throttled(&refusal.report, Some(refusal.exhausted.retry_after_secs()));
                 }
             }
         }
@@ -178,18 +181,36 @@ fn throttled(report: &QuotaReport, retry_after: Option<u64>) -> Response {
     response
 }
 
+/// `x-keap-product-throttle-*` for the spike window; `x-keap-product-quota-*` for the minute
+/// and the day, pipe-separated when both are limited (as Keap sends `minute|day`).
 fn quota_headers(headers: &mut HeaderMap, report: &QuotaReport) {
-    let pairs = [
-        ("x-keap-product-quota-limit", report.limit.to_string()),
-        ("x-keap-product-quota-time-unit", report.time_unit.to_owned()),
-        ("x-keap-product-quota-interval", "1".to_owned()),
-        ("x-keap-product-quota-available", report.available.to_string()),
-        ("x-keap-product-quota-used", report.used.to_string()),
-        ("x-keap-product-quota-expiry-time", report.expiry_epoch_ms().to_string()),
+    let groups = [
+        (
+            "x-keap-product-throttle",
+            report.throttle.iter().copied().collect::<Vec<_>>(),
+        ),
+        ("x-keap-product-quota", report.quota.clone()),
     ];
-    for (name, value) in pairs {
-        if let Ok(value) = HeaderValue::from_str(&value) {
-            headers.insert(name, value);
+    for (prefix, windows) in groups {
+        if windows.is_empty() {
+            continue;
+        }
+        let joined = |f: &dyn Fn(&WindowReport) -> String| windows.iter().map(f).collect::<Vec<_>>().join("|");
+        let pairs = [
+            ("limit", joined(&|w| w.limit.to_string())),
+            ("time-unit", joined(&|w| w.time_unit.to_owned())),
+            ("interval", joined(&|_| "1".to_owned())),
+            ("available", joined(&|w| w.available.to_string())),
+            ("used", joined(&|w| w.used.to_string())),
+            ("expiry-time", joined(&|w| w.expiry_epoch_ms().to_string())),
+        ];
+        for (name, value) in pairs {
+            if let (Ok(name), Ok(value)) = (
+                http::HeaderName::from_bytes(format!("{prefix}-{name}").as_bytes()),
+                HeaderValue::from_str(&value),
+            ) {
+                headers.insert(name, value);
+            }
         }
     }
 }
