@@ -31,7 +31,10 @@
 //! signups are parked: sent again to the queue with SQS's longest delay and acknowledged,
 //! until they have waited [`PARK_LIMIT`]; only then are they left to the dead-letter queue.
 
+use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
 
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use keap_relay::events::{Event, EventSink};
@@ -43,6 +46,9 @@ use keap_relay::signup::{
 /// How long a signup may wait for Keap to be reconnected before it goes to the dead-letter
 /// queue (the dead-letter queue then keeps it 14 days more).
 pub const PARK_LIMIT: Duration = Duration::from_secs(12 * 24 * 3600);
+/// Records of a batch handled at once after the first: one after another, Keap's latency would
+/// keep an environment far below its paced share of the quota (docs/pacing.md).
+const RECORDS_AT_ONCE: usize = 5;
 /// How long a message Keap keeps failing (5xx, timeouts, a failing token store) is sent back
 /// with a growing delay before failures are left to SQS's receive count and dead-letter queue.
 const BACK_OFF_LIMIT: Duration = Duration::from_secs(24 * 3600);
@@ -111,73 +117,31 @@ pub async fn handle_with_events(
         tracing::error!("{}", RetryError::MissingMessageId);
         return Err(RetryError::MissingMessageId);
     }
+    // The first record finds out whether Keap takes calls; the rest then go at once (at most
+    // RECORDS_AT_ONCE), each still waiting for its paced turn.
+    let keap = Mutex::new(KeapSeen::Up);
+    let mut records = event.records.iter();
+    let mut tallies = Vec::with_capacity(event.records.len());
+    if let Some(first) = records.next() {
+        tallies.push(handle_record(first, service, parking, events, &keap).await);
+    }
+    let rest: Vec<(&str, Tally)> = futures::stream::iter(records)
+        .map(|record| handle_record(record, service, parking, events, &keap))
+        .buffer_unordered(RECORDS_AT_ONCE)
+        .collect()
+        .await;
+    tallies.extend(rest);
+
     let mut response = SqsBatchResponse::default();
-    let mut keap = KeapSeen::Up;
-    let mut parked = 0;
-    let mut deferred = 0;
-    let mut backed_off = 0;
+    let count = |wanted: Tally| tallies.iter().filter(|(_, tally)| *tally == wanted).count();
+    let (parked, deferred, backed_off) = (count(Tally::Parked), count(Tally::Deferred), count(Tally::BackedOff));
+    // Reported in the batch's order, as SQS listed the records.
     for record in &event.records {
         let message_id = record.message_id.as_deref().unwrap_or_default();
-        let attempt = match &keap {
-            KeapSeen::Up => process(record, message_id, service, events).await,
-            KeapSeen::Down(reason) => {
-                // Logged per record with the earlier failure: a message skipped until it is
-                // dead-lettered has this line as its reason.
-                let receive_count = receive_count(record);
-                tracing::warn!(
-                    message_id,
-                    receive_count,
-                    reason,
-                    "Keap failed earlier in this batch; not tried"
-                );
-                match parse(record, message_id) {
-                    Some(queued) => Attempt::Transient(reason.clone(), queued),
-                    None => Attempt::Poison,
-                }
-            }
-            KeapSeen::Disconnected => match parse(record, message_id) {
-                Some(queued) => Attempt::Disconnected(queued),
-                None => Attempt::Poison,
-            },
-            KeapSeen::Deferred(wait) => match parse(record, message_id) {
-                Some(queued) => Attempt::Deferred(queued, *wait),
-                None => Attempt::Poison,
-            },
-        };
-        let acknowledged = match attempt {
-            Attempt::Delivered => true,
-            Attempt::Poison => false,
-            Attempt::Transient(reason, queued) => {
-                keap = KeapSeen::Down(reason);
-                let done = back_off(parking, &queued, message_id).await;
-                backed_off += usize::from(done);
-                done
-            }
-            Attempt::Disconnected(queued) => {
-                keap = KeapSeen::Disconnected;
-                let done = park(parking, &queued, message_id).await;
-                parked += usize::from(done);
-                done
-            }
-            Attempt::Later(welcome, delay) => {
-                let queued = QueuedMessage::Welcome(welcome);
-                requeue(
-                    parking,
-                    &queued,
-                    message_id,
-                    delay,
-                    "the welcome is checked again later",
-                )
-                .await
-            }
-            Attempt::Deferred(queued, wait) => {
-                keap = KeapSeen::Deferred(wait);
-                let done = requeue(parking, &queued, message_id, timer(wait), "Keap's quota asks to wait").await;
-                deferred += usize::from(done);
-                done
-            }
-        };
-        if !acknowledged {
+        if tallies
+            .iter()
+            .any(|(id, tally)| *id == message_id && *tally == Tally::Failed)
+        {
             response.add_failure(message_id);
         }
     }
@@ -190,6 +154,88 @@ pub async fn handle_with_events(
         "signup-retry batch done"
     );
     Ok(response)
+}
+
+/// What became of one record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Tally {
+    /// Done, or sent back to the queue to be looked at again: acknowledged.
+    Done,
+    Parked,
+    Deferred,
+    BackedOff,
+    /// Left to SQS's redelivery (and in the end its dead-letter queue).
+    Failed,
+}
+
+fn tally(acknowledged: bool, kind: Tally) -> Tally {
+    if acknowledged { kind } else { Tally::Failed }
+}
+
+/// Handles one record, as far as what the batch has learnt of Keap (`keap`) allows, and
+/// tells the batch what this record learnt.
+async fn handle_record<'a>(
+    record: &'a SqsMessage,
+    service: &SignupService,
+    parking: Option<&dyn SignupQueue>,
+    events: Option<&dyn EventSink>,
+    keap: &Mutex<KeapSeen>,
+) -> (&'a str, Tally) {
+    let message_id = record.message_id.as_deref().unwrap_or_default();
+    let seen = keap.lock().unwrap_or_else(|e| e.into_inner()).clone();
+    let attempt = match seen {
+        KeapSeen::Up => process(record, message_id, service, events).await,
+        KeapSeen::Down(reason) => {
+            // Logged per record with the earlier failure: a message skipped until it is
+            // dead-lettered has this line as its reason.
+            let receive_count = receive_count(record);
+            tracing::warn!(
+                message_id,
+                receive_count,
+                reason,
+                "Keap failed earlier in this batch; not tried"
+            );
+            match parse(record, message_id) {
+                Some(queued) => Attempt::Transient(reason, queued),
+                None => Attempt::Poison,
+            }
+        }
+        KeapSeen::Disconnected => match parse(record, message_id) {
+            Some(queued) => Attempt::Disconnected(queued),
+            None => Attempt::Poison,
+        },
+        KeapSeen::Deferred(wait) => match parse(record, message_id) {
+            Some(queued) => Attempt::Deferred(queued, wait),
+            None => Attempt::Poison,
+        },
+    };
+    let learnt = |now: KeapSeen| *keap.lock().unwrap_or_else(|e| e.into_inner()) = now;
+    let tally = match attempt {
+        Attempt::Delivered => Tally::Done,
+        Attempt::Poison => Tally::Failed,
+        Attempt::Transient(reason, queued) => {
+            learnt(KeapSeen::Down(reason));
+            tally(back_off(parking, &queued, message_id).await, Tally::BackedOff)
+        }
+        Attempt::Disconnected(queued) => {
+            learnt(KeapSeen::Disconnected);
+            tally(park(parking, &queued, message_id).await, Tally::Parked)
+        }
+        Attempt::Later(welcome, delay) => {
+            let queued = QueuedMessage::Welcome(welcome);
+            let why = "the welcome is checked again later";
+            tally(requeue(parking, &queued, message_id, delay, why).await, Tally::Done)
+        }
+        Attempt::Deferred(queued, wait) => {
+            learnt(KeapSeen::Deferred(wait));
+            let why = "Keap's quota asks to wait";
+            tally(
+                requeue(parking, &queued, message_id, timer(wait), why).await,
+                Tally::Deferred,
+            )
+        }
+    };
+    (message_id, tally)
 }
 
 /// Sends a message that waits for a reconnection back to the queue. False: leave it to SQS.
