@@ -125,8 +125,12 @@ pub async fn handle_with_events(
     if let Some(first) = records.next() {
         tallies.push(handle_record(first, service, parking, events, &keap).await);
     }
-    let rest: Vec<(&str, Tally)> = futures::stream::iter(records)
+    // Built first, then polled (a future does nothing until then): a closure inside the
+    // stream would make the handler's future too general to be Send for a spawned task.
+    let rest: Vec<_> = records
         .map(|record| handle_record(record, service, parking, events, &keap))
+        .collect();
+    let rest: Vec<(&str, Tally)> = futures::stream::iter(rest)
         .buffer_unordered(RECORDS_AT_ONCE)
         .collect()
         .await;
