@@ -327,7 +327,10 @@ impl App {
             let settings = self.config.pacing.clone().with_class(CallClass::Bulk);
             api = api.with_pacer(Arc::new(Pacer::new(settings)));
         }
+        // The same welcome queue as live signups: a new contact's welcomes are written ahead
+        // to it and retried through it (docs/welcome-and-fields.md).
         SignupService::new(api, credentials, SignupSettings::from_config(&self.config))
+            .with_welcome_queue(self.queue.clone())
     }
 }
 

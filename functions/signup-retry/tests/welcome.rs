@@ -159,3 +159,56 @@ async fn the_sample_welcome_batch_is_sent_once() {
     let contact = lin(&sandbox);
     assert_eq!((contact.emails_received, contact.goals_achieved), (2, 1));
 }
+
+#[tokio::test]
+async fn the_deployed_wiring_writes_a_new_contacts_welcome_ahead_to_the_queue() {
+    use keap_relay::app::App;
+    use keap_relay::config::{AuthMode, local_config};
+    use keap_relay::signup::{QueuedSignup, Signup, SignupQueue};
+    use keap_relay::store::SecretStore;
+    use keap_relay::store::memory::MemoryStore;
+
+    let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
+    let store = Arc::new(MemoryStore::new());
+    let secret = format!(r#"{{"api_key":"{DEFAULT_API_KEY}","signup_signing_key":"k"}}"#);
+    store
+        .put_version("app", "v1", &SecretString::from(secret))
+        .await
+        .unwrap();
+    let mut config = local_config(AuthMode::ApiKey, &sandbox.base_url());
+    config.welcome_email = Some(WelcomeEmail {
+        user_id: 1,
+        subject: "Welcome!".into(),
+        html_body: "<p>Hi</p>".into(),
+    });
+    let queue = Arc::new(MemoryQueue::new());
+    let app = App::with_parts(config, store, Some(queue.clone() as Arc<dyn SignupQueue>)).unwrap();
+    let deps = signup_retry::Deps::from_app(&app);
+
+    let signup = Signup::from_json(br#"{"email":"new.person@example.com","given_name":"New"}"#).unwrap();
+    let queued = QueuedSignup::new(signup, SystemTime::now());
+    let event: SqsEvent = serde_json::from_value(json!({"Records": [{
+        "messageId": "m-1", "body": queued.to_message(), "eventSource": "aws:sqs",
+        "attributes": {"ApproximateReceiveCount": "1"}, "messageAttributes": {}}]}))
+    .unwrap();
+    let response = signup_retry::handle(event, &deps).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+
+    // The welcome went out, and its record was written ahead first (it then finds the email
+    // listed): a process killed between the two loses no welcome.
+    let contact = sandbox.contact_by_email("new.person@example.com").expect("delivered");
+    assert_eq!(contact.emails_received, 1);
+    let records: Vec<QueuedWelcome> = queue
+        .messages()
+        .iter()
+        .filter_map(|body| match QueuedMessage::from_message(body) {
+            Ok(QueuedMessage::Welcome(welcome)) => Some(welcome),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(records.len(), 1, "{:?}", queue.messages());
+    assert_eq!(
+        (records[0].part, records[0].contact_id),
+        (WelcomePart::Email, contact.id)
+    );
+}
