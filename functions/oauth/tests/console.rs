@@ -354,6 +354,13 @@ async fn a_welcome_goal_nobody_listens_to_shows_on_status_and_the_console_until_
     assert_eq!(notice["goal"], "relay:signup", "{seen}");
     assert!(notice["first_seen_at"].as_str().unwrap().ends_with('Z'), "{seen}");
     assert!(notice["last_seen_at"].is_string(), "{seen}");
+    // exactly the fields openapi.yaml lists (additionalProperties: false there)
+    let keys = |value: &Value| value.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&seen["welcome"]),
+        ["email", "goal", "goal_without_listener", "tag"]
+    );
+    assert_eq!(keys(notice), ["first_seen_at", "goal", "last_seen_at"]);
     let page = body_text(&harness.run(get("/admin")).await);
     assert!(
         page.contains("id=\"welcome-goal-without-listener\"") && page.contains("relay:signup"),
