@@ -6,7 +6,7 @@ A misspelt name is silently ignored by the functions (they fall back to a defaul
 - every variable config.rs reads must be set on every function, except LOCAL_ONLY ones and
   the ONLY_FOR ones, which exactly the functions named there get (SIGNUP_QUEUE_URL: `signup`
   to queue, `signup-retry` to park, `oauth` for the console; the console's and the events
-  function's own; the replay table);
+  function's own; the state table: replays, and the notices the console shows);
 - every website-form variable shared/src/forms.rs reads (FORM_*, FORMS_JSON) must be set on
   `signup`, the function that answers the form routes, and on no other.
 
@@ -31,8 +31,9 @@ ONLY_FOR = {
     # `signup` queues; `signup-retry` parks signups that wait for Keap to be reconnected; the
     # console (`oauth`) counts and redrives.
     "SIGNUP_QUEUE_URL": {"SignupFunction", "SignupRetryFunction", "OAuthFunction"},
-    # Only `signup` sees signed requests (docs/security.md, item 3).
-    "SIGNUP_REPLAY_TABLE": {"SignupFunction"},
+    # The relay's state table: `signup`'s replay records (docs/security.md, item 3); the welcome
+    # goal's notice, written by `signup` and `signup-retry`, read by the console (`oauth`).
+    "SIGNUP_REPLAY_TABLE": {"SignupFunction", "SignupRetryFunction", "OAuthFunction"},
     # The console's view of the queues and the event receiver's switch.
     "SIGNUP_DEAD_LETTER_QUEUE_URL": {"OAuthFunction"},
     "EVENTS_DEAD_LETTER_QUEUE_URL": {"OAuthFunction"},

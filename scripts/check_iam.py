@@ -64,6 +64,7 @@ def _secrets() -> set[tuple[str, str]]:
 
 
 REPLAY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
+NOTICE_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 # (action, resource) pairs; a resource is "Logical" for a Ref, "Logical.Attr" for a GetAtt.
 # Every function but events may emit an event (issue 15): SendMessage on the event queue.
@@ -78,6 +79,8 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | {("sqs:GetQueueAttributes", f"{q}.Arn") for q in QUEUES}
     | {(a, f"{q}.Arn") for a in ("sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility") for q in DEAD_LETTERS}
     | {("sqs:SendMessage", "SignupQueue.Arn")}
+    # the welcome goal's notice in the state table (shared/src/notices.rs): read only
+    | {("dynamodb:GetItem", "SignupReplayTable.Arn")}
     | EMIT,
     "SignupFunction": _logs("SignupLogGroup")
     | _secrets()
@@ -91,6 +94,8 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | {(a, "SignupQueue.Arn") for a in SQS_POLLER_ACTIONS}
     # parking: signups waiting for a Keap reconnection go back to the queue with a delay
     | {("sqs:SendMessage", "SignupQueue.Arn")}
+    # the welcome goal's notice in the state table: noted and cleared, never read
+    | {(a, "SignupReplayTable.Arn") for a in NOTICE_WRITES}
     | EMIT,
     "EventsFunction": _logs("EventsLogGroup")
     | {("secretsmanager:GetSecretValue", "AppSecret")}

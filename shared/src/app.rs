@@ -17,6 +17,7 @@ use crate::events::{EventSink, SqsSink};
 use crate::keap::api::KeapApi;
 use crate::keap::oauth::{OAuthClient, OAuthEndpoints};
 use crate::keap::pacing::{CallClass, Pacer};
+use crate::notices::{DynamoNotices, MemoryNotices, Notices};
 use crate::signup::replay;
 use crate::signup::{
     DynamoReplayRecords, MemoryReplayRecords, ReplayRecords, SignupQueue, SignupService, SignupSettings, SqsQueue,
@@ -230,6 +231,9 @@ pub struct App {
     pub queue: Option<Arc<dyn SignupQueue>>,
     /// Answers to signed signups, for replays (`SIGNUP_REPLAY_TABLE`, else this process only).
     pub replays: Arc<dyn ReplayRecords>,
+    /// What the functions note for the console, e.g. a welcome goal nobody listens to (the
+    /// state table `SIGNUP_REPLAY_TABLE`, else this process only).
+    pub notices: Arc<dyn Notices>,
     /// The event queue (`EVENTS_QUEUE_URL`) when events are on (`EVENTS_WEBHOOK_URL` set too).
     pub events: Option<Arc<dyn EventSink>>,
 }
@@ -254,15 +258,22 @@ impl App {
     pub async fn from_config(config: Config) -> Result<App, AppError> {
         let (store, queue) = store_and_queue(&config).await;
         let events = events_sink(&config).await;
-        let replays = match &config.signup_replay_table {
-            Some(table) => Some(replay_table(table).await),
+        let state = match &config.signup_replay_table {
+            Some(table) => Some(state_table(table).await),
             None => None,
         };
         let app = App::with_parts(config, store, queue)?.with_events(events);
-        Ok(match replays {
-            Some(replays) => app.with_replays(replays),
+        Ok(match state {
+            Some((replays, notices)) => app.with_replays(replays).with_notices(notices),
             None => app,
         })
+    }
+
+    /// Replaces where the console's notices are kept (the local run shares one between its
+    /// functions).
+    pub fn with_notices(mut self, notices: Arc<dyn Notices>) -> App {
+        self.notices = notices;
+        self
     }
 
     /// Replaces where the answers to signed signups are kept.
@@ -306,6 +317,7 @@ impl App {
             api,
             queue,
             replays: Arc::new(MemoryReplayRecords::new()),
+            notices: Arc::new(MemoryNotices::new()),
             events: None,
         })
     }
@@ -316,6 +328,8 @@ impl App {
         let credentials: Arc<dyn CredentialSource> = self.connection.clone();
         SignupService::new(self.api.clone(), credentials, SignupSettings::from_config(&self.config))
             .with_welcome_queue(self.queue.clone())
+            .with_notices(Some(self.notices.clone()))
+            .with_function_name(self.config.function_name.as_deref().unwrap_or("signup"))
     }
 
     /// A signup service for bulk work (queued retries, backfills): its own pacer, which
@@ -331,6 +345,8 @@ impl App {
         // to it and retried through it (docs/welcome-and-fields.md).
         SignupService::new(api, credentials, SignupSettings::from_config(&self.config))
             .with_welcome_queue(self.queue.clone())
+            .with_notices(Some(self.notices.clone()))
+            .with_function_name(self.config.function_name.as_deref().unwrap_or("signup-retry"))
     }
 }
 
@@ -357,13 +373,17 @@ pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<A
     (store, queue)
 }
 
-/// The replay table (`SIGNUP_REPLAY_TABLE`) over the standard AWS configuration chain.
-async fn replay_table(table: &str) -> Arc<dyn ReplayRecords> {
+/// The relay's small state table (`SIGNUP_REPLAY_TABLE`) over the standard AWS configuration
+/// chain: the replay records and the console's notices, one bounded client.
+async fn state_table(table: &str) -> (Arc<dyn ReplayRecords>, Arc<dyn Notices>) {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let client = aws_sdk_dynamodb::Client::from_conf(
         replay::with_replay_bounds(aws_sdk_dynamodb::config::Builder::from(&aws)).build(),
     );
-    Arc::new(DynamoReplayRecords::new(client, table))
+    (
+        Arc::new(DynamoReplayRecords::new(client.clone(), table)),
+        Arc::new(DynamoNotices::new(client, table)),
+    )
 }
 
 /// The SQS event queue when events are on: `EVENTS_QUEUE_URL` and `EVENTS_WEBHOOK_URL` both set

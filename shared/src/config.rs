@@ -53,9 +53,10 @@ pub struct Config {
     /// Tag id or name applied to every signup.
     pub welcome_tag: Option<String>,
     pub signup_queue_url: Option<String>,
-    /// `SIGNUP_REPLAY_TABLE`: the DynamoDB table where the answers to signed signups are kept
-    /// until their signature expires, so a replay is answered like the original (see
-    /// `signup::replay`). Unset: replays are only recognised within one process.
+    /// `SIGNUP_REPLAY_TABLE`: the relay's small state table (DynamoDB). The answers to signed
+    /// signups are kept there until their signature expires, so a replay is answered like the
+    /// original (see `signup::replay`); and the notices the console shows (`notices`: a welcome
+    /// goal no campaign listens to). Unset: both are only seen within one process.
     pub signup_replay_table: Option<String>,
     /// Timeout of every HTTP call to Keap.
     pub http_timeout: Duration,

@@ -6,6 +6,8 @@
 //! - [`keap`]: clients for Keap's OAuth endpoints and REST API.
 //! - [`signup`]: signature check, body validation and the signup flow itself.
 //! - [`config`]: environment configuration and the operator-written app secret.
+//! - [`notices`]: what the functions saw that the operator console shows (a welcome goal
+//!   nobody listens to).
 
 pub mod config;
 pub mod events;
@@ -19,5 +21,6 @@ pub use secrecy::{ExposeSecret, SecretString};
 pub mod app;
 pub mod http_edge;
 pub mod metrics;
+pub mod notices;
 pub mod oauth_state;
 pub mod queues;

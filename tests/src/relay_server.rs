@@ -180,10 +180,17 @@ pub async fn start(options: RelayOptions) -> std::io::Result<RelayServer> {
     let config = config(&sandbox, &redirect_uri, options.retry_budget);
     let shared_store: Arc<dyn SecretStore> = store.clone();
     let shared_queue: Arc<dyn SignupQueue> = queue.clone();
-    // One app per function, as two Lambda functions share nothing but the store.
-    let oauth_app =
-        Arc::new(App::with_parts(config.clone(), shared_store.clone(), None).map_err(std::io::Error::other)?);
-    let signup_app = App::with_parts(config, shared_store, Some(shared_queue)).map_err(std::io::Error::other)?;
+    // One app per function, as two Lambda functions share nothing but the store and the state
+    // table (here its notices: what signup notes, the console shows).
+    let notices: Arc<dyn keap_relay::notices::Notices> = Arc::new(keap_relay::notices::MemoryNotices::new());
+    let oauth_app = Arc::new(
+        App::with_parts(config.clone(), shared_store.clone(), None)
+            .map_err(std::io::Error::other)?
+            .with_notices(notices.clone()),
+    );
+    let signup_app = App::with_parts(config, shared_store, Some(shared_queue))
+        .map_err(std::io::Error::other)?
+        .with_notices(notices);
     if options.connected {
         oauth_app
             .connection

@@ -97,6 +97,7 @@ impl crate::OAuthDeps {
                     app.api.clone(),
                     app.connection.clone(),
                 ))),
+                notices: Some(app.notices.clone()),
                 ..crate::admin::ConsoleDeps::default()
             },
         }

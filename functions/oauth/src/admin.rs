@@ -17,6 +17,7 @@ use keap_relay::config::Config;
 use keap_relay::events::receiver::{self, ReceiverState};
 use keap_relay::events::{Event, EventType};
 use keap_relay::keap::pacing::{QuotaReporter, QuotaUse, Unit};
+use keap_relay::notices::{GoalNotice, Notices};
 use keap_relay::queues::{DeadLetter, QueueCounts, QueueInspector};
 use keap_relay::signup::QueuedSignup;
 use keap_relay::store::SecretStore;
@@ -47,6 +48,8 @@ pub struct ConsoleDeps {
     pub emit: Option<Arc<dyn keap_relay::events::EventSink>>,
     /// Keap's quota use (docs/pacing.md); none: not shown.
     pub quota: Option<Arc<dyn QuotaReporter>>,
+    /// What signup and signup-retry noted (a welcome goal nobody listens to); none: not shown.
+    pub notices: Option<Arc<dyn Notices>>,
 }
 
 /// The welcome configuration, as the console shows it.
@@ -56,6 +59,11 @@ pub struct Welcome {
     pub tag: Option<String>,
     /// A direct welcome email is configured (`KEAP_WELCOME_EMAIL_SUBJECT`…).
     pub email: bool,
+    /// `KEAP_WELCOME_GOAL`'s label (`integration:call_name`, `automation:<id>:<goal_id>`).
+    pub goal: Option<String>,
+    /// The configured goal was lately achieved and no published campaign listened (a
+    /// configuration mistake, docs/welcome-and-fields.md); null when not seen.
+    pub goal_without_listener: Option<GoalNotice>,
 }
 
 impl Welcome {
@@ -63,6 +71,24 @@ impl Welcome {
         Self {
             tag: config.welcome_tag.clone(),
             email: config.welcome_email.is_some(),
+            goal: config.signup_options.welcome_goal.as_ref().map(|g| g.label()),
+            goal_without_listener: None,
+        }
+    }
+
+    /// This configuration with `notices`' notice, when it is about the goal configured now
+    /// (a notice about an earlier goal is not this deployment's problem any more).
+    async fn with_notice(&self, notices: Option<&dyn Notices>, now: SystemTime) -> Self {
+        let (Some(goal), Some(notices)) = (&self.goal, notices) else {
+            return self.clone();
+        };
+        let notice = notices.goal_without_listener(now).await.unwrap_or_else(|error| {
+            tracing::warn!(%error, "cannot read the welcome goal's notice");
+            None
+        });
+        Self {
+            goal_without_listener: notice.filter(|n| &n.goal == goal),
+            ..self.clone()
         }
     }
 }
@@ -195,9 +221,13 @@ impl ConsoleDeps {
             Some(reporter) => reporter.quota_use().await,
             None => None,
         };
+        let welcome = self
+            .welcome
+            .with_notice(self.notices.as_deref(), SystemTime::now())
+            .await;
         ConsoleReport {
             quota,
-            welcome: self.welcome.clone(),
+            welcome,
             signup_queue,
             events: EventsReport {
                 receiver: self.events_receiver.clone(),
@@ -474,7 +504,19 @@ pub fn render(report: &ConsoleReport, csrf: &str, notice: Option<&str>, now: Sys
     if c.mode == "oauth" && !c.connected {
         html.push_str("<p><a class=\"button\" id=\"reconnect\" href=\"oauth/start\">Reconnect</a></p>");
     }
-    html.push_str("</div>\n<h2>Connection</h2>\n<table>\n");
+    html.push_str("</div>\n");
+    if let Some(notice) = &report.welcome.goal_without_listener {
+        html.push_str(&format!(
+            "<div class=\"banner bad\" id=\"welcome-goal-without-listener\"><p><strong>The welcome goal {} \
+             started nothing</strong>: no published campaign in Keap listens to this API goal, so new \
+             contacts get no welcome campaign. Seen {} (first {}). Check the goal's integration and call \
+             name in the campaign builder, and that the campaign is published.</p></div>\n",
+            escape_html(&notice.goal),
+            escape_html(&ago(notice.last_seen_at, now)),
+            escape_html(&ago(notice.first_seen_at, now)),
+        ));
+    }
+    html.push_str("<h2>Connection</h2>\n<table>\n");
     html.push_str(&row("Mode", c.mode));
     html.push_str(&row("Account", &opt(c.account.as_deref())));
     html.push_str(&row(
@@ -502,15 +544,18 @@ pub fn render(report: &ConsoleReport, csrf: &str, notice: Option<&str>, now: Sys
         "No refresh attempt before",
         &opt(c.retry_not_before.map(|at| ago(at, now))),
     ));
-    let welcome = match (&report.welcome.tag, report.welcome.email) {
-        (None, false) => "none".to_owned(),
-        (tag, email) => {
+    let welcome = match (&report.welcome.tag, report.welcome.email, &report.welcome.goal) {
+        (None, false, None) => "none".to_owned(),
+        (tag, email, goal) => {
             let mut parts = Vec::new();
             if let Some(tag) = tag {
                 parts.push(format!("tag {tag}"));
             }
             if email {
                 parts.push("direct email".to_owned());
+            }
+            if let Some(goal) = goal {
+                parts.push(format!("goal {goal}"));
             }
             parts.join(", ")
         }
@@ -685,6 +730,12 @@ mod tests {
             welcome: Welcome {
                 tag: Some("<b>vip</b>".into()),
                 email: false,
+                goal: Some("<i>web</i>:signup".into()),
+                goal_without_listener: Some(GoalNotice {
+                    goal: "<i>web</i>:signup".into(),
+                    first_seen_at: SystemTime::now() - Duration::from_secs(3600),
+                    last_seen_at: SystemTime::now(),
+                }),
             },
             signup_queue: Some(QueueReport {
                 counts: QueueCounts::default(),
@@ -708,9 +759,13 @@ mod tests {
         };
         let html = render(&report, "1.ab", Some("<i>done</i>"), SystemTime::now());
         assert!(
-            !html.contains("<script>") && !html.contains("<b>vip") && !html.contains("<i>done"),
+            !html.contains("<script>")
+                && !html.contains("<b>vip")
+                && !html.contains("<i>done")
+                && !html.contains("<i>web"),
             "{html}"
         );
+        assert!(html.contains("id=\"welcome-goal-without-listener\""), "{html}");
         assert!(html.contains("id=\"reconnect\""), "not connected: a Reconnect button");
     }
 

@@ -8,8 +8,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use common::*;
+use keap_relay::config::{AuthMode, SignupOptions, WelcomeGoal};
 use keap_relay::events::{EventType, MemorySink, receiver};
+use keap_relay::keap::api::KeapApi;
+use keap_relay::notices::{MemoryNotices, Notices};
 use keap_relay::queues::{MemoryInspector, QueueInspector};
+use keap_relay::signup::{GoalStatus, Signup, SignupService, SignupSettings};
 use keap_relay::store::SecretStore;
 use keap_relay::store::memory::MemoryStore;
 use keap_relay::token::RotationPolicy;
@@ -290,4 +294,90 @@ async fn a_receiver_switched_off_by_a_410_is_shown_and_switched_on_by_the_operat
     let state = receiver::load(console.state.as_ref(), "events-state").await.unwrap();
     assert!(!state.disabled);
     assert_eq!(state.enabled_by.as_deref(), Some("admin"));
+}
+
+/// A signup service over the harness's sandbox (API key) achieving `relay:signup` as its
+/// welcome goal, noting what it sees in `notices`, as signup and signup-retry do.
+fn goal_service(harness: &Harness, notices: &Arc<MemoryNotices>) -> SignupService {
+    let settings = SignupSettings {
+        welcome_tag: None,
+        welcome_email: None,
+        retry_budget: Duration::from_secs(2),
+        options: SignupOptions {
+            welcome_goal: Some(WelcomeGoal::Named {
+                integration: "relay".into(),
+                call_name: "signup".into(),
+            }),
+            ..SignupOptions::default()
+        },
+    };
+    let api = KeapApi::new(
+        reqwest::Client::new(),
+        &harness.sandbox.api_url(),
+        Duration::from_secs(5),
+    );
+    SignupService::new(api, harness.connection.clone(), settings)
+        .with_notices(Some(notices.clone() as Arc<dyn Notices>))
+}
+
+async fn status(harness: &Harness) -> Value {
+    serde_json::from_str(&body_text(&harness.run(get("/status")).await)).unwrap()
+}
+
+async fn goal_status(service: &SignupService, email: &str) -> GoalStatus {
+    let signup = Signup::from_json(format!(r#"{{"email":"{email}"}}"#).as_bytes()).unwrap();
+    let outcome = service.process(&signup).await.unwrap();
+    outcome.welcome_goal.expect("a goal is configured").status
+}
+
+#[tokio::test]
+async fn a_welcome_goal_nobody_listens_to_shows_on_status_and_the_console_until_a_campaign_starts() {
+    let mut harness = Harness::with(
+        AuthMode::ApiKey,
+        app_secret(keap_sandbox::DEFAULT_CLIENT_SECRET, Some(ADMIN_PASSWORD)),
+    )
+    .await;
+    let notices = Arc::new(MemoryNotices::new());
+    harness.deps.console.notices = Some(notices.clone() as Arc<dyn Notices>);
+    harness.deps.console.welcome.goal = Some("relay:signup".into());
+    let service = goal_service(&harness, &notices);
+    let before = status(&harness).await;
+    assert_eq!(before["welcome"]["goal"], "relay:signup");
+    assert!(before["welcome"]["goal_without_listener"].is_null(), "{before}");
+
+    // two signups in a row, no campaign listens: both warned about, one write
+    assert_eq!(goal_status(&service, "ada@example.com").await, GoalStatus::NoListener);
+    assert_eq!(goal_status(&service, "grace@example.com").await, GoalStatus::NoListener);
+    assert_eq!(notices.writes(), 1, "rate limited");
+    let seen = status(&harness).await;
+    let notice = &seen["welcome"]["goal_without_listener"];
+    assert_eq!(notice["goal"], "relay:signup", "{seen}");
+    assert!(notice["first_seen_at"].as_str().unwrap().ends_with('Z'), "{seen}");
+    assert!(notice["last_seen_at"].is_string(), "{seen}");
+    // exactly the fields openapi.yaml lists (additionalProperties: false there)
+    let keys = |value: &Value| value.as_object().unwrap().keys().cloned().collect::<Vec<_>>();
+    assert_eq!(
+        keys(&seen["welcome"]),
+        ["email", "goal", "goal_without_listener", "tag"]
+    );
+    assert_eq!(keys(notice), ["first_seen_at", "goal", "last_seen_at"]);
+    let page = body_text(&harness.run(get("/admin")).await);
+    assert!(
+        page.contains("id=\"welcome-goal-without-listener\"") && page.contains("relay:signup"),
+        "{page}"
+    );
+
+    // a deployment configured with another goal does not show this one's notice
+    harness.deps.console.welcome.goal = Some("relay:other".into());
+    assert!(status(&harness).await["welcome"]["goal_without_listener"].is_null());
+    harness.deps.console.welcome.goal = Some("relay:signup".into());
+
+    // someone publishes the campaign: the next achievement starts it and clears the notice
+    harness.sandbox.add_campaign("relay", "signup", None);
+    assert_eq!(goal_status(&service, "mary@example.com").await, GoalStatus::Achieved);
+    let fixed = status(&harness).await;
+    assert!(fixed["welcome"]["goal_without_listener"].is_null(), "{fixed}");
+    assert_eq!(notices.writes(), 2);
+    let page = body_text(&harness.run(get("/admin")).await);
+    assert!(!page.contains("welcome-goal-without-listener"), "{page}");
 }

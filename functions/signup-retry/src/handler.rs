@@ -39,9 +39,7 @@ use futures::StreamExt;
 use aws_lambda_events::event::sqs::{SqsBatchResponse, SqsEvent, SqsMessage};
 use keap_relay::events::{Event, EventSink};
 use keap_relay::metrics;
-use keap_relay::signup::{
-    QueuedMessage, QueuedWelcome, SignupError, SignupQueue, SignupService, WelcomePart, WelcomeRetry,
-};
+use keap_relay::signup::{QueuedMessage, QueuedWelcome, SignupError, SignupQueue, SignupService, WelcomeRetry};
 
 /// How long a signup may wait for Keap to be reconnected before it goes to the dead-letter
 /// queue (the dead-letter queue then keeps it 14 days more).
@@ -443,15 +441,10 @@ async fn retry_welcome(
     events: Option<&dyn EventSink>,
 ) -> Attempt {
     let (welcome_id, contact_id, part) = (welcome.id.to_string(), welcome.contact_id, welcome.part.as_str());
-    let welcome_part = welcome.part;
     match service.retry_welcome(&welcome).await {
         Ok(WelcomeRetry::Sent { started }) => {
-            if welcome_part == WelcomePart::Goal && started.is_empty() {
-                // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
-                let function = std::env::var("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|_| "signup-retry".into());
-                let goal = service.welcome_goal_label().unwrap_or_default();
-                println!("{}", metrics::welcome_goal_without_listener_line(function, &goal));
-            }
+            // A goal that started nothing was reported by the service (warning, metric, notice
+            // for /status): SignupService::report_goal.
             let campaigns: Vec<i64> = started.iter().map(|s| s.campaign_id).collect();
             tracing::info!(
                 message_id,

@@ -9,6 +9,7 @@ use aws_lambda_events::event::sqs::SqsEvent;
 use keap_relay::SecretString;
 use keap_relay::config::{SignupOptions, WelcomeEmail, WelcomeGoal};
 use keap_relay::keap::api::KeapApi;
+use keap_relay::notices::{MemoryNotices, Notices};
 use keap_relay::signup::{MemoryQueue, QueuedMessage, QueuedWelcome, SignupService, SignupSettings, WelcomePart};
 use keap_relay::token::ApiKeySource;
 use keap_sandbox::{DEFAULT_API_KEY, Sandbox, SandboxConfig};
@@ -16,8 +17,15 @@ use serde_json::{Value, json};
 use signup_retry::handler::handle_with_parking;
 
 async fn setup(recheck: Duration) -> (Sandbox, SignupService, i64) {
+    setup_with(recheck, true).await
+}
+
+/// `campaign`: whether a published campaign listens to the welcome goal.
+async fn setup_with(recheck: Duration, campaign: bool) -> (Sandbox, SignupService, i64) {
     let sandbox = Sandbox::start(SandboxConfig::default()).await.unwrap();
-    sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
+    if campaign {
+        sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
+    }
     let api = KeapApi::new(reqwest::Client::new(), &sandbox.api_url(), Duration::from_secs(5));
     let settings = SignupSettings {
         welcome_tag: None,
@@ -211,4 +219,24 @@ async fn the_deployed_wiring_writes_a_new_contacts_welcome_ahead_to_the_queue() 
         (records[0].part, records[0].contact_id),
         (WelcomePart::Email, contact.id)
     );
+}
+
+#[tokio::test]
+async fn a_queued_welcome_goal_nobody_listens_to_is_noted_for_the_console_and_cleared_once_a_campaign_starts() {
+    let (sandbox, service, id) = setup_with(Duration::from_secs(60), false).await;
+    let notices = Arc::new(MemoryNotices::new());
+    let service = service.with_notices(Some(notices.clone() as Arc<dyn Notices>));
+    let long_ago = Some(SystemTime::now() - Duration::from_secs(120));
+    let goal = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
+    let response = handle_with_parking(event(&[&goal]), &service, None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty(), "achieved: nothing to retry");
+    let notice = notices.goal_without_listener(SystemTime::now()).await.unwrap();
+    assert_eq!(notice.map(|n| n.goal), Some("relay:signup".to_owned()));
+
+    sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
+    let goal = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
+    let response = handle_with_parking(event(&[&goal]), &service, None).await.unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(lin(&sandbox).emails_sent, ["Welcome (campaign)"]);
+    assert_eq!(notices.goal_without_listener(SystemTime::now()).await.unwrap(), None);
 }

@@ -254,17 +254,8 @@ pub async fn deliver<D: SignupDeps + ?Sized>(request: &Request, signup: Signup, 
                 created = outcome.created,
                 "signup sent to Keap"
             );
-            if let Some(goal) = outcome
-                .welcome_goal
-                .as_ref()
-                .filter(|g| g.status == keap_relay::signup::GoalStatus::NoListener)
-            {
-                // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
-                println!(
-                    "{}",
-                    metrics::welcome_goal_without_listener_line(function_name(), &goal.goal)
-                );
-            }
+            // A welcome goal nobody listens to was reported by the service (warning, metric,
+            // notice for /status): SignupService::report_goal.
             events::emit(deps.events(), Event::signup_delivered(&signup.email, &outcome, None)).await;
             Delivery::Sent(outcome)
         }

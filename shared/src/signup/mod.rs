@@ -291,6 +291,10 @@ pub struct SignupService {
     lead_source_ids: Mutex<HashMap<String, i64>>,
     /// Where a welcome that could not be sent now waits (`SIGNUP_QUEUE_URL`).
     welcome_queue: Option<Arc<dyn SignupQueue>>,
+    /// Where a welcome goal nobody listens to is noted for the console (`notices`).
+    notices: Option<Arc<dyn crate::notices::Notices>>,
+    /// The metrics' `FunctionName` dimension.
+    function_name: String,
 }
 
 impl std::fmt::Debug for SignupService {
@@ -312,7 +316,22 @@ impl SignupService {
             custom_fields: Mutex::new(None),
             lead_source_ids: Mutex::new(HashMap::new()),
             welcome_queue: None,
+            notices: None,
+            function_name: "signup".into(),
         }
+    }
+
+    /// A welcome goal achieved with no campaign listening is noted in `notices` (and its
+    /// notice cleared once a campaign starts), for `/status` and the console.
+    pub fn with_notices(mut self, notices: Option<Arc<dyn crate::notices::Notices>>) -> Self {
+        self.notices = notices;
+        self
+    }
+
+    /// The `FunctionName` dimension of the metrics this service emits.
+    pub fn with_function_name(mut self, name: impl Into<String>) -> Self {
+        self.function_name = name.into();
+        self
     }
 
     /// Welcomes that cannot be sent at once are retried through `queue` (without one they are

@@ -297,7 +297,8 @@ impl DynamoReplayRecords {
 
 /// One DynamoDB call within [`DYNAMO_CALL_TIMEOUT`]: `Ok(None)` when its condition did not hold
 /// (`condition_failed`), [`ReplayStoreError::Unavailable`] for anything else that went wrong.
-async fn conditional<O, E>(
+/// Also bounds the calls of [`crate::notices::DynamoNotices`] (same table, same client).
+pub(crate) async fn conditional<O, E>(
     what: &str,
     call: impl std::future::Future<Output = Result<O, SdkError<E, HttpResponse>>>,
     condition_failed: impl Fn(&E) -> bool,

@@ -139,7 +139,7 @@ impl SignupService {
         let began = SystemTime::now();
         match self.send_part(attempt, part, contact_id).await {
             Sent::Done(started) => {
-                self.report_goal(part, contact_id, &started);
+                self.report_goal(part, contact_id, &started).await;
                 PartOutcome::Done(started)
             }
             Sent::Unsure(detail) if written => {
@@ -177,27 +177,42 @@ impl SignupService {
         }
     }
 
-    /// A goal no published campaign listens to is a configuration mistake: said loudly.
-    fn report_goal(&self, part: WelcomePart, contact_id: i64, started: &[GoalStart]) {
+    /// The one place a welcome goal's achievement is judged, for `signup` and `signup-retry`
+    /// alike. A goal no published campaign listens to is a configuration mistake: said loudly
+    /// (a warning, the `WelcomeGoalWithoutListener` metric) and noted for `/status` and the
+    /// console; a goal that started a campaign clears that notice (someone fixed it).
+    async fn report_goal(&self, part: WelcomePart, contact_id: i64, started: &[GoalStart]) {
         if part != WelcomePart::Goal {
             return;
         }
-        let goal = self.settings.options.welcome_goal.as_ref().map(|g| g.label());
-        if started.is_empty() {
+        let goal = self.welcome_goal_label().unwrap_or_default();
+        let now = SystemTime::now();
+        let noted = if started.is_empty() {
             tracing::warn!(
                 contact_id,
-                goal = goal.as_deref().unwrap_or_default(),
+                goal = goal.as_str(),
                 welcome_goal_without_listener = true,
                 "KEAP_WELCOME_GOAL was achieved, but no published campaign in Keap listens to this API goal: nothing started (check the goal's integration and call name, and that the campaign is published)"
             );
+            // Alarmed: WelcomeGoalWithoutListenerAlarm (template.yaml).
+            println!(
+                "{}",
+                crate::metrics::welcome_goal_without_listener_line(self.function_name.clone(), &goal)
+            );
+            match &self.notices {
+                Some(notices) => notices.record_goal_without_listener(&goal, now).await,
+                None => Ok(()),
+            }
         } else {
             let campaigns: Vec<i64> = started.iter().map(|s| s.campaign_id).collect();
-            tracing::info!(
-                contact_id,
-                goal = goal.as_deref().unwrap_or_default(),
-                ?campaigns,
-                "welcome goal achieved"
-            );
+            tracing::info!(contact_id, goal = goal.as_str(), ?campaigns, "welcome goal achieved");
+            match &self.notices {
+                Some(notices) => notices.clear_goal_without_listener(&goal, now).await,
+                None => Ok(()),
+            }
+        };
+        if let Err(error) = noted {
+            tracing::warn!(%error, goal = goal.as_str(), "could not note the welcome goal's listeners for the console");
         }
     }
 
@@ -404,7 +419,7 @@ impl SignupService {
         let began = SystemTime::now();
         match self.send_part(&attempt, part, contact_id).await {
             Sent::Done(started) => {
-                self.report_goal(part, contact_id, &started);
+                self.report_goal(part, contact_id, &started).await;
                 Ok(WelcomeRetry::Sent { started })
             }
             Sent::Unsure(detail) => {

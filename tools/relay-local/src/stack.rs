@@ -13,6 +13,7 @@ use keap_relay::app::{App, AppError, store_and_queue};
 use keap_relay::config::{AppSecret, Config, ConfigError};
 use keap_relay::events::EventSink;
 use keap_relay::events::webhook::Webhook;
+use keap_relay::notices::{MemoryNotices, Notices};
 use keap_relay::queues::QueueInspector;
 use keap_relay::signup::SignupQueue;
 use keap_relay::store::{self, AppSecretError, SecretStore};
@@ -199,8 +200,12 @@ impl Stack {
             .is_some()
             .then(|| Arc::new(LocalEventQueue::new(EVENTS_MAX_RECEIVES)));
         let sink = event_queue.clone().map(|queue| queue as Arc<dyn EventSink>);
+        // One set of notices for every function, as the state table is on Lambda: what signup
+        // and signup-retry note, the console shows.
+        let notices: Arc<dyn Notices> = Arc::new(MemoryNotices::new());
         let function_app = |queue: Option<Arc<dyn SignupQueue>>| {
-            App::with_parts(config.clone(), store.clone(), queue).map(|app| app.with_events(sink.clone()))
+            App::with_parts(config.clone(), store.clone(), queue)
+                .map(|app| app.with_events(sink.clone()).with_notices(notices.clone()))
         };
         let mut oauth_deps = oauth::Deps::from_app(&function_app(None)?);
         // The console looks into the local queue (SQS's, when SIGNUP_QUEUE_URL is set).
