@@ -224,9 +224,15 @@ async fn run_case(case: Case) {
         assert_eq!(versions, 3, "connect, lease, commit");
         assert_eq!(calls, 1);
     }
-    // Losers write nothing: a contender that never called Keap created no version.
+    // Losers write nothing: a contender that never called Keap created no version. (A lease
+    // released unused because its writing ran short is written by a contender that then calls
+    // nobody: counted in the bound above, and seen on a loaded machine.)
     for (index, (_, faulty, counting, endpoint)) in contenders.iter().enumerate() {
-        if endpoint.calls.load(Ordering::SeqCst) == 0 && !faulty.crashed.load(Ordering::SeqCst) && crashes == 0 {
+        if endpoint.calls.load(Ordering::SeqCst) == 0
+            && !faulty.crashed.load(Ordering::SeqCst)
+            && crashes == 0
+            && released_short == 0
+        {
             assert_eq!(
                 counting.counts().created,
                 0,
