@@ -440,3 +440,88 @@ pub fn build_function_binaries(packages: &[&str]) -> PathBuf {
     assert!(status.success(), "cargo build of {packages:?} failed");
     dir
 }
+
+/// An SQS queue as Lambda's event source mapping reads it.
+pub struct SqsSource<'a> {
+    pub sqs: &'a aws_sdk_sqs::Client,
+    pub url: &'a str,
+    pub arn: &'a str,
+    /// The mapping's `BatchSize`.
+    pub batch_size: i32,
+}
+
+/// Lambda's SQS event source mapping, once: receive up to a batch (long poll 1 s), invoke
+/// `function` with it, delete what the answer does not list in `batchItemFailures` (nothing,
+/// if the invocation failed). The messages acknowledged, and the invocation's outcome (none:
+/// nothing was received).
+pub async fn poll_sqs_once(source: &SqsSource<'_>, function: &FunctionPool) -> (usize, Option<Outcome>) {
+    use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName};
+    let Ok(received) = source
+        .sqs
+        .receive_message()
+        .queue_url(source.url)
+        .max_number_of_messages(source.batch_size)
+        .wait_time_seconds(1)
+        .message_system_attribute_names(MessageSystemAttributeName::All)
+        .send()
+        .await
+    else {
+        return (0, None);
+    };
+    let messages = received.messages.unwrap_or_default();
+    if messages.is_empty() {
+        return (0, None);
+    }
+    let records: Vec<serde_json::Value> = messages
+        .iter()
+        .map(|m| {
+            let attributes: std::collections::BTreeMap<String, String> = m
+                .attributes
+                .iter()
+                .flatten()
+                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
+                .collect();
+            serde_json::json!({
+                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
+                "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body,
+                "eventSource": "aws:sqs", "eventSourceARN": source.arn, "awsRegion": "us-east-1",
+            })
+        })
+        .collect();
+    let outcome = function
+        .invoke(serde_json::json!({ "Records": records }).to_string())
+        .await;
+    let failed: std::collections::BTreeSet<String> = match &outcome {
+        Outcome::Response(answer) => answer["batchItemFailures"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
+            .collect(),
+        _ => messages.iter().filter_map(|m| m.message_id.clone()).collect(),
+    };
+    let done: Vec<DeleteMessageBatchRequestEntry> = messages
+        .iter()
+        .filter(|m| m.message_id.as_ref().is_some_and(|id| !failed.contains(id)))
+        .enumerate()
+        .map(|(n, m)| {
+            DeleteMessageBatchRequestEntry::builder()
+                .id(n.to_string())
+                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
+                .build()
+                .expect("id and receipt handle are set")
+        })
+        .collect();
+    let acknowledged = done.len();
+    if !done.is_empty() {
+        source
+            .sqs
+            .delete_message_batch()
+            .queue_url(source.url)
+            .set_entries(Some(done))
+            .send()
+            .await
+            .expect("the queue deletes what was handled");
+    }
+    (acknowledged, Some(outcome))
+}

@@ -13,22 +13,21 @@
 //! MaximumConcurrency), `SPIKE_LIVE_HEADROOM_PERCENT` (5), `SPIKE_TIME_SCALE` (1; 10 shortens
 //! the sandbox's minute for a quick look).
 
-use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use keap_relay::store::SecretStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_sandbox::{RateLimit, Sandbox, SandboxConfig};
 use relay_bench::deployment::{DeploymentEnv, StoreEnv};
 use relay_bench::events::{EXTRA_TAG, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
-use relay_tests::lambda_pool::{FunctionPool, Outcome};
+use relay_tests::lambda_pool::{FunctionPool, Outcome, SqsSource, poll_sqs_once};
 use relay_tests::load::{env_number, tag_ids_named};
-use serde_json::{Value, json};
+use serde_json::json;
 use test_support::moto::{MotoServer, sm_client, sqs_client};
 use test_support::temp::TempDir;
 
@@ -70,74 +69,15 @@ impl Queue {
     }
 }
 
-/// Lambda's event source mapping: receive a batch, invoke `signup-retry`, delete what the
-/// answer does not list as failed.
+/// Lambda's event source mapping: one batch through `signup-retry`.
 async fn poll_once(queue: &Queue, retry: &FunctionPool) -> usize {
-    let Ok(received) = queue
-        .sqs
-        .receive_message()
-        .queue_url(&queue.url)
-        .max_number_of_messages(BATCH_SIZE)
-        .wait_time_seconds(1)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .send()
-        .await
-    else {
-        return 0;
+    let source = SqsSource {
+        sqs: &queue.sqs,
+        url: &queue.url,
+        arn: &queue.arn,
+        batch_size: BATCH_SIZE,
     };
-    let messages = received.messages.unwrap_or_default();
-    if messages.is_empty() {
-        return 0;
-    }
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let attributes: BTreeMap<String, String> = m
-                .attributes
-                .iter()
-                .flatten()
-                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
-                .collect();
-            json!({
-                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
-                "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body,
-                "eventSource": "aws:sqs", "eventSourceARN": queue.arn, "awsRegion": "us-east-1",
-            })
-        })
-        .collect();
-    let outcome = retry.invoke(json!({ "Records": records }).to_string()).await;
-    let failed: BTreeSet<String> = match &outcome {
-        Outcome::Response(answer) => answer["batchItemFailures"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
-            .collect(),
-        _ => messages.iter().filter_map(|m| m.message_id.clone()).collect(),
-    };
-    let done: Vec<DeleteMessageBatchRequestEntry> = messages
-        .iter()
-        .filter(|m| m.message_id.as_ref().is_some_and(|id| !failed.contains(id)))
-        .enumerate()
-        .map(|(n, m)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(n.to_string())
-                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let acknowledged = done.len();
-    if !done.is_empty() {
-        let _ = queue
-            .sqs
-            .delete_message_batch()
-            .queue_url(&queue.url)
-            .set_entries(Some(done))
-            .send()
-            .await;
-    }
-    acknowledged
+    poll_sqs_once(&source, retry).await.0
 }
 
 /// What the sender saw.

@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use aws_sdk_sqs::types::{DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName};
+use aws_sdk_sqs::types::QueueAttributeName;
 use keap_relay::ExposeSecret;
 use keap_relay::signup::QueuedSignup;
 use keap_relay::store::SecretStore;
@@ -48,7 +48,7 @@ use keap_sandbox::{Sandbox, SandboxConfig};
 use relay_bench::deployment::{DeploymentEnv, StoreEnv};
 use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
-use relay_tests::lambda_pool::{FunctionPool, Outcome};
+use relay_tests::lambda_pool::{FunctionPool, Outcome, SqsSource, poll_sqs_once};
 use relay_tests::load::{KEAP_FAULTS, Rng, answers, env_number, error_kind, inject_keap_fault, tag_ids_named};
 use relay_tests::sm_fault_proxy::{Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE};
 use serde_json::{Value, json};
@@ -196,75 +196,18 @@ impl Queues {
     }
 }
 
-/// Lambda's SQS event source mapping: receive up to 10, invoke `signup-retry` with them,
-/// delete what the answer does not list in `batchItemFailures` (nothing, if it failed).
+/// Lambda's SQS event source mapping (batches of up to 10): one batch through `signup-retry`,
+/// its outcome counted.
 async fn poll_once(queues: &Queues, retry: &FunctionPool, outcomes: &Mutex<BTreeMap<String, u64>>) -> usize {
-    let received = match queues
-        .sqs
-        .receive_message()
-        .queue_url(&queues.main)
-        .max_number_of_messages(10)
-        .wait_time_seconds(1)
-        .message_system_attribute_names(MessageSystemAttributeName::All)
-        .send()
-        .await
-    {
-        Ok(received) => received,
-        Err(_) => return 0,
+    let source = SqsSource {
+        sqs: &queues.sqs,
+        url: &queues.main,
+        arn: &queues.main_arn,
+        batch_size: 10,
     };
-    let messages = received.messages.unwrap_or_default();
-    if messages.is_empty() {
-        return 0;
-    }
-    let records: Vec<Value> = messages
-        .iter()
-        .map(|m| {
-            let attributes: BTreeMap<String, String> = m
-                .attributes
-                .iter()
-                .flatten()
-                .map(|(name, value)| (name.as_str().to_owned(), value.clone()))
-                .collect();
-            json!({
-                "messageId": m.message_id, "receiptHandle": m.receipt_handle, "body": m.body,
-                "attributes": attributes, "messageAttributes": {}, "md5OfBody": m.md5_of_body,
-                "eventSource": "aws:sqs", "eventSourceARN": queues.main_arn, "awsRegion": "us-east-1",
-            })
-        })
-        .collect();
-    let outcome = retry.invoke(json!({ "Records": records }).to_string()).await;
-    let failed: BTreeSet<String> = match &outcome {
-        Outcome::Response(answer) => answer["batchItemFailures"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|f| f["itemIdentifier"].as_str().map(str::to_owned))
-            .collect(),
-        _ => messages.iter().filter_map(|m| m.message_id.clone()).collect(),
-    };
-    *outcomes.lock().unwrap().entry(outcome_label(&outcome)).or_default() += 1;
-    let done: Vec<DeleteMessageBatchRequestEntry> = messages
-        .iter()
-        .filter(|m| m.message_id.as_ref().is_some_and(|id| !failed.contains(id)))
-        .enumerate()
-        .map(|(n, m)| {
-            DeleteMessageBatchRequestEntry::builder()
-                .id(n.to_string())
-                .receipt_handle(m.receipt_handle.clone().unwrap_or_default())
-                .build()
-                .unwrap()
-        })
-        .collect();
-    let acknowledged = done.len();
-    if !done.is_empty() {
-        queues
-            .sqs
-            .delete_message_batch()
-            .queue_url(&queues.main)
-            .set_entries(Some(done))
-            .send()
-            .await
-            .unwrap();
+    let (acknowledged, outcome) = poll_sqs_once(&source, retry).await;
+    if let Some(outcome) = outcome {
+        *outcomes.lock().unwrap().entry(outcome_label(&outcome)).or_default() += 1;
     }
     acknowledged
 }

@@ -723,10 +723,26 @@ mod tests {
         assert_eq!(event.subject, "connection.recovered");
     }
 
+    /// Not connected, nothing configured, no queue.
+    fn empty_report() -> ConsoleReport {
+        ConsoleReport {
+            connection: keap_relay::token::TokenState::default().status_report(SystemTime::now()),
+            welcome: Welcome::default(),
+            signup_queue: None,
+            events: EventsReport {
+                receiver: None,
+                receiver_enabled: true,
+                receiver_state: ReceiverState::default(),
+                queue: None,
+            },
+            history: Vec::new(),
+            quota: None,
+        }
+    }
+
     #[test]
     fn the_page_escapes_what_it_shows() {
         let report = ConsoleReport {
-            connection: keap_relay::token::TokenState::default().status_report(SystemTime::now()),
             welcome: Welcome {
                 tag: Some("<b>vip</b>".into()),
                 email: false,
@@ -748,14 +764,7 @@ mod tests {
                 }],
                 error: None,
             }),
-            events: EventsReport {
-                receiver: None,
-                receiver_enabled: true,
-                receiver_state: ReceiverState::default(),
-                queue: None,
-            },
-            history: Vec::new(),
-            quota: None,
+            ..empty_report()
         };
         let html = render(&report, "1.ab", Some("<i>done</i>"), SystemTime::now());
         assert!(
@@ -772,19 +781,7 @@ mod tests {
     #[test]
     fn quota_use_is_added_to_the_report_only_when_known_and_shown_on_the_page() {
         use keap_relay::keap::pacing::{Pacer, PacingSettings, QuotaLimits};
-        let report = ConsoleReport {
-            connection: keap_relay::token::TokenState::default().status_report(SystemTime::now()),
-            welcome: Welcome::default(),
-            signup_queue: None,
-            events: EventsReport {
-                receiver: None,
-                receiver_enabled: true,
-                receiver_state: ReceiverState::default(),
-                queue: None,
-            },
-            history: Vec::new(),
-            quota: None,
-        };
+        let report = empty_report();
         let without = serde_json::to_value(&report).unwrap();
         assert!(without.get("quota").is_none(), "{without}");
         let pacer = Pacer::new(PacingSettings::defaults(keap_relay::config::AuthMode::OAuth));
