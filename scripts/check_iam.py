@@ -64,7 +64,6 @@ def _secrets() -> set[tuple[str, str]]:
 
 
 REPLAY_ACTIONS = ("dynamodb:GetItem", "dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
-NOTICE_WRITES = ("dynamodb:PutItem", "dynamodb:UpdateItem", "dynamodb:DeleteItem")
 
 # (action, resource) pairs; a resource is "Logical" for a Ref, "Logical.Attr" for a GetAtt.
 # Every function but events may emit an event (issue 15): SendMessage on the event queue.
@@ -94,8 +93,9 @@ EXPECTED_GRANTS: dict[str, set[tuple[str, str]]] = {
     | {(a, "SignupQueue.Arn") for a in SQS_POLLER_ACTIONS}
     # parking: signups waiting for a Keap reconnection go back to the queue with a delay
     | {("sqs:SendMessage", "SignupQueue.Arn")}
-    # the welcome goal's notice in the state table: noted and cleared, never read
-    | {(a, "SignupReplayTable.Arn") for a in NOTICE_WRITES}
+    # the state table: the welcome goal's notice (noted, cleared) and the welcome send slots
+    # (taken, read when held)
+    | {(a, "SignupReplayTable.Arn") for a in REPLAY_ACTIONS}
     | EMIT,
     "EventsFunction": _logs("EventsLogGroup")
     | {("secretsmanager:GetSecretValue", "AppSecret")}

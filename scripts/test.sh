@@ -54,6 +54,12 @@ done
 
 say "stage times: ${timings[*]} (total ${SECONDS}s)"
 if [ "${#failures[@]}" -gt 0 ]; then
+  # The end of each failed stage's log again, next to the summary: a CI that keeps only the
+  # last screens of output still shows why.
+  for name in "${failures[@]}"; do
+    say "the last 60 lines of the failed stage $name ($LOG_DIR/$name.log)"
+    tail -n 60 "$LOG_DIR/$name.log" || true
+  done
   say "failed stages: ${failures[*]} (logs in $LOG_DIR)"
 fi
 echo "$passed passed, $failed failed"

@@ -20,7 +20,8 @@ use crate::keap::pacing::{CallClass, Pacer};
 use crate::notices::{DynamoNotices, MemoryNotices, Notices};
 use crate::signup::replay;
 use crate::signup::{
-    DynamoReplayRecords, MemoryReplayRecords, ReplayRecords, SignupQueue, SignupService, SignupSettings, SqsQueue,
+    DynamoReplayRecords, DynamoSendSlots, MemoryReplayRecords, MemorySendSlots, ReplayRecords, SignupQueue,
+    SignupService, SignupSettings, SqsQueue, WelcomeSendSlots,
 };
 use crate::store::file::FileStore;
 use crate::store::secrets_manager::{self, SecretsManagerStore};
@@ -234,6 +235,9 @@ pub struct App {
     /// What the functions note for the console, e.g. a welcome goal nobody listens to (the
     /// state table `SIGNUP_REPLAY_TABLE`, else this process only).
     pub notices: Arc<dyn Notices>,
+    /// Where queued welcome records take their send slots (the state table, else this
+    /// process only).
+    pub send_slots: Arc<dyn WelcomeSendSlots>,
     /// The event queue (`EVENTS_QUEUE_URL`) when events are on (`EVENTS_WEBHOOK_URL` set too).
     pub events: Option<Arc<dyn EventSink>>,
 }
@@ -264,7 +268,12 @@ impl App {
         };
         let app = App::with_parts(config, store, queue)?.with_events(events);
         Ok(match state {
-            Some((replays, notices)) => app.with_replays(replays).with_notices(notices),
+            Some(state) => App {
+                replays: state.replays,
+                notices: state.notices,
+                send_slots: state.send_slots,
+                ..app
+            },
             None => app,
         })
     }
@@ -318,6 +327,7 @@ impl App {
             queue,
             replays: Arc::new(MemoryReplayRecords::new()),
             notices: Arc::new(MemoryNotices::new()),
+            send_slots: Arc::new(MemorySendSlots::new()),
             events: None,
         })
     }
@@ -329,6 +339,7 @@ impl App {
         SignupService::new(self.api.clone(), credentials, SignupSettings::from_config(&self.config))
             .with_welcome_queue(self.queue.clone())
             .with_notices(Some(self.notices.clone()))
+            .with_send_slots(self.send_slots.clone())
             .with_function_name(self.config.function_name.as_deref().unwrap_or("signup"))
     }
 
@@ -346,6 +357,7 @@ impl App {
         SignupService::new(api, credentials, SignupSettings::from_config(&self.config))
             .with_welcome_queue(self.queue.clone())
             .with_notices(Some(self.notices.clone()))
+            .with_send_slots(self.send_slots.clone())
             .with_function_name(self.config.function_name.as_deref().unwrap_or("signup-retry"))
     }
 }
@@ -373,17 +385,25 @@ pub async fn store_and_queue(config: &Config) -> (Arc<dyn SecretStore>, Option<A
     (store, queue)
 }
 
-/// The relay's small state table (`SIGNUP_REPLAY_TABLE`) over the standard AWS configuration
-/// chain: the replay records and the console's notices, one bounded client.
-async fn state_table(table: &str) -> (Arc<dyn ReplayRecords>, Arc<dyn Notices>) {
+/// What the relay keeps in its small state table (`SIGNUP_REPLAY_TABLE`).
+struct StateTable {
+    replays: Arc<dyn ReplayRecords>,
+    notices: Arc<dyn Notices>,
+    send_slots: Arc<dyn WelcomeSendSlots>,
+}
+
+/// The state table over the standard AWS configuration chain: the replay records, the
+/// console's notices and the welcome send slots, one bounded client.
+async fn state_table(table: &str) -> StateTable {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let client = aws_sdk_dynamodb::Client::from_conf(
         replay::with_replay_bounds(aws_sdk_dynamodb::config::Builder::from(&aws)).build(),
     );
-    (
-        Arc::new(DynamoReplayRecords::new(client.clone(), table)),
-        Arc::new(DynamoNotices::new(client, table)),
-    )
+    StateTable {
+        replays: Arc::new(DynamoReplayRecords::new(client.clone(), table)),
+        notices: Arc::new(DynamoNotices::new(client.clone(), table)),
+        send_slots: Arc::new(DynamoSendSlots::new(client, table)),
+    }
 }
 
 /// The SQS event queue when events are on: `EVENTS_QUEUE_URL` and `EVENTS_WEBHOOK_URL` both set

@@ -52,7 +52,7 @@ use relay_tests::lambda_pool::{FunctionPool, Outcome, SqsSource, poll_sqs_once};
 use relay_tests::load::{KEAP_FAULTS, Rng, answers, env_number, error_kind, inject_keap_fault, tag_ids_named};
 use relay_tests::sm_fault_proxy::{Fault, FaultProxy, GET_SECRET_VALUE, PUT_SECRET_VALUE, UPDATE_SECRET_VERSION_STAGE};
 use serde_json::{Value, json};
-use test_support::moto::{MotoServer, sm_client, sqs_client};
+use test_support::moto::{MotoServer, create_replay_table, sm_client, sqs_client};
 use test_support::temp::TempDir;
 
 const APP_SECRET_ID: &str = "keap-relay/app";
@@ -84,6 +84,9 @@ const LISTING_DELAY: Duration = Duration::from_millis(300);
 /// function may run plus the listing delay: a live signup may send until its timeout, and a
 /// welcome record that found nothing listed after this long sends (docs/welcome-and-fields.md).
 const WELCOME_RECHECK_SECS: &str = "20";
+
+/// The relay's state table in moto's DynamoDB.
+const STATE_TABLE: &str = "keap-relay-SignupReplayTable";
 
 /// The welcome model: sends that may go out despite a 5xx, and a delayed sent-email listing
 /// (set again after every "faults cleared").
@@ -481,6 +484,9 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     let operator = seed::token_source(store.clone(), TOKEN_SECRET_ID, &sandbox.token_url(), operator_settings).unwrap();
     let first_generation = operator.status().await.unwrap().generation.unwrap();
     let queues = Queues::create(&moto.endpoint).await;
+    // template.yaml's SignupReplayTable: replay records, notices and the welcome send slots
+    // every process shares.
+    create_replay_table(&moto.endpoint, STATE_TABLE).await;
     if goal_mode {
         sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
     }
@@ -520,6 +526,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         let overrides = [
             ("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint.as_str()),
             ("SIGNUP_QUEUE_URL", queues.main.as_str()),
+            ("SIGNUP_REPLAY_TABLE", STATE_TABLE),
             ("KEAP_WELCOME_RECHECK_SECONDS", WELCOME_RECHECK_SECS),
             ("KEAP_HTTP_TIMEOUT_SECONDS", "3"),
             ("KEAP_LEASE_SECONDS", "20"),

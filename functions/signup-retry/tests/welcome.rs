@@ -49,17 +49,19 @@ async fn setup_with(recheck: Duration, campaign: bool) -> (Sandbox, SignupServic
         Arc::new(ApiKeySource::new(SecretString::from(DEFAULT_API_KEY))),
         settings,
     );
+    let id = create_contact(&sandbox, "lin@example.com").await;
+    (sandbox, service, id)
+}
+
+async fn create_contact(sandbox: &Sandbox, email: &str) -> i64 {
     let created = reqwest::Client::new()
         .put(format!("{}/v1/contacts", sandbox.api_url()))
         .header("X-Keap-API-Key", DEFAULT_API_KEY)
-        .json(
-            &json!({"duplicate_option": "Email", "email_addresses": [{"email": "lin@example.com", "field": "EMAIL1"}]}),
-        )
+        .json(&json!({"duplicate_option": "Email", "email_addresses": [{"email": email, "field": "EMAIL1"}]}))
         .send()
         .await
         .unwrap();
-    let id = created.json::<Value>().await.unwrap()["id"].as_i64().unwrap();
-    (sandbox, service, id)
+    created.json::<Value>().await.unwrap()["id"].as_i64().unwrap()
 }
 
 fn event(welcomes: &[&QueuedWelcome]) -> SqsEvent {
@@ -233,10 +235,59 @@ async fn a_queued_welcome_goal_nobody_listens_to_is_noted_for_the_console_and_cl
     let notice = notices.goal_without_listener(SystemTime::now()).await.unwrap();
     assert_eq!(notice.map(|n| n.goal), Some("relay:signup".to_owned()));
 
+    // the next contact's goal starts the campaign someone published meanwhile
     sandbox.add_campaign("relay", "signup", Some("Welcome (campaign)"));
-    let goal = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
+    let ada = create_contact(&sandbox, "ada@example.com").await;
+    let goal = QueuedWelcome::new(WelcomePart::Goal, ada, long_ago);
     let response = handle_with_parking(event(&[&goal]), &service, None).await.unwrap();
     assert!(response.batch_item_failures.is_empty());
-    assert_eq!(lin(&sandbox).emails_sent, ["Welcome (campaign)"]);
+    let ada = sandbox.contact_by_email("ada@example.com").unwrap();
+    assert_eq!(ada.emails_sent, ["Welcome (campaign)"]);
     assert_eq!(notices.goal_without_listener(SystemTime::now()).await.unwrap(), None);
+}
+
+/// The two-records case load_e2e found (docs/load.md): one written ahead by an attempt that
+/// failed before the welcome tag, one by the retry that applied it and was then throttled.
+/// Both wait out the recheck, neither sees a send listed (Keap lists one only later), and
+/// each would send. With one send slot between them one sends; the other waits until the
+/// slot frees, then finds the send listed. Set `send_slots` to a fresh `MemorySendSlots`
+/// per record and this fails with the goal achieved twice.
+#[tokio::test]
+async fn two_records_of_one_welcome_goal_send_it_once() {
+    let recheck = Duration::from_secs(2);
+    let (sandbox, service, id) = setup(recheck).await;
+    sandbox.faults().set_sent_listing_delay(Duration::from_millis(1_500));
+    let parking = MemoryQueue::new();
+    let long_ago = Some(SystemTime::now() - Duration::from_secs(120));
+    let first = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
+    let second = QueuedWelcome::new(WelcomePart::Goal, id, long_ago);
+    let response = handle_with_parking(event(&[&first]), &service, Some(&parking))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    let response = handle_with_parking(event(&[&second]), &service, Some(&parking))
+        .await
+        .unwrap();
+    assert!(
+        response.batch_item_failures.is_empty(),
+        "acknowledged: a new message waits"
+    );
+    assert_eq!(lin(&sandbox).goals_achieved, 1);
+    let messages = parking.messages();
+    assert_eq!(messages.len(), 1, "the second record waits for the slot: {messages:?}");
+    let QueuedMessage::Welcome(again) = QueuedMessage::from_message(&messages[0]).unwrap() else {
+        panic!("{}", messages[0])
+    };
+    assert_eq!((again.part, again.contact_id), (WelcomePart::Goal, id));
+
+    // Once the slot frees, the send is listed: the waiting record ends without sending.
+    tokio::time::sleep(recheck + Duration::from_millis(200)).await;
+    let response = handle_with_parking(event(&[&again]), &service, Some(&parking))
+        .await
+        .unwrap();
+    assert!(response.batch_item_failures.is_empty());
+    assert_eq!(parking.messages().len(), 1, "nothing queued again");
+    let contact = lin(&sandbox);
+    assert_eq!(contact.goals_achieved, 1);
+    assert_eq!(contact.emails_sent, ["Welcome (campaign)"]);
 }

@@ -11,6 +11,7 @@ mod fields;
 pub mod queue;
 pub mod replay;
 pub mod request;
+pub mod send_slots;
 pub mod signature;
 mod welcome;
 
@@ -29,6 +30,7 @@ pub use queue::{
 pub use replay::{Claim, DynamoReplayRecords, MemoryReplayRecords, RecordedAnswer, ReplayKey, ReplayRecords};
 pub use request::{ContactDetails, FieldValue, InvalidSignup, LeadSourceRef, Signup, TagRef, Utm};
 
+pub use send_slots::{DynamoSendSlots, MemorySendSlots, SendSlot, WelcomeSendSlots};
 pub use welcome::WelcomeRetry;
 
 use crate::config::{Config, SignupOptions, WelcomeEmail};
@@ -293,6 +295,8 @@ pub struct SignupService {
     welcome_queue: Option<Arc<dyn SignupQueue>>,
     /// Where a welcome goal nobody listens to is noted for the console (`notices`).
     notices: Option<Arc<dyn crate::notices::Notices>>,
+    /// Keeps two queued welcome records from sending the same part at once (`send_slots`).
+    send_slots: Arc<dyn WelcomeSendSlots>,
     /// The metrics' `FunctionName` dimension.
     function_name: String,
 }
@@ -317,6 +321,7 @@ impl SignupService {
             lead_source_ids: Mutex::new(HashMap::new()),
             welcome_queue: None,
             notices: None,
+            send_slots: Arc::new(MemorySendSlots::new()),
             function_name: "signup".into(),
         }
     }
@@ -325,6 +330,13 @@ impl SignupService {
     /// notice cleared once a campaign starts), for `/status` and the console.
     pub fn with_notices(mut self, notices: Option<Arc<dyn crate::notices::Notices>>) -> Self {
         self.notices = notices;
+        self
+    }
+
+    /// Where queued welcome records take their send slots: the state table shared by every
+    /// process (this process only by default).
+    pub fn with_send_slots(mut self, send_slots: Arc<dyn WelcomeSendSlots>) -> Self {
+        self.send_slots = send_slots;
         self
     }
 

@@ -9,11 +9,13 @@
 //! (`GET /v1/emails`). Listed means sent: done. Keap lists an email once it went out, not when
 //! it was queued, so a welcome not listed is sent again only once the recheck time has passed,
 //! and only by whoever newly applies the welcome tag (when one is configured): the tag is the
-//! claim that keeps a queued signup and its welcome record from both sending.
+//! claim that keeps a queued signup and its welcome record from both sending. Two records of the
+//! same part take its send slot in the state table before they send (`send_slots`).
 
 use std::time::{Duration, SystemTime};
 
 use super::queue::{QueuedWelcome, WelcomePart};
+use super::send_slots::SendSlot;
 use super::{Attempt, CallError, GoalOutcome, GoalStatus, Repeat, SignupError, SignupService, WelcomeEmailOutcome};
 use crate::keap::api::{ApiError, GoalStart, QueuedEmail};
 
@@ -416,7 +418,35 @@ impl SignupService {
                 "Keap does not list the welcome as sent: sending it"
             );
         }
+        // Another record of the same part may be here too: one sends, the other waits until
+        // the holder's send is listed (send_slots.rs).
         let began = SystemTime::now();
+        let hold = self.settings.options.welcome_recheck_after;
+        match self.send_slots.take(contact_id, part, began, hold).await {
+            Ok(SendSlot::Taken) => {}
+            Ok(SendSlot::HeldUntil(until)) => {
+                tracing::info!(
+                    contact_id,
+                    part = part.as_str(),
+                    "another send of this welcome holds its slot: looking again once it is listed"
+                );
+                let left = until.duration_since(began).unwrap_or_default();
+                return Ok(WelcomeRetry::Later {
+                    welcome: QueuedWelcome {
+                        id: uuid::Uuid::new_v4(),
+                        attempted_at: Some(welcome.attempted_at.unwrap_or(began)),
+                        ..welcome.clone()
+                    },
+                    delay: (left + Duration::from_secs(1)).min(MAX_DELAY),
+                });
+            }
+            Err(error) => {
+                return Err(SignupError::Unavailable {
+                    retry_after: None,
+                    detail: error.to_string(),
+                });
+            }
+        }
         match self.send_part(&attempt, part, contact_id).await {
             Sent::Done(started) => {
                 self.report_goal(part, contact_id, &started).await;
