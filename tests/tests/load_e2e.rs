@@ -261,6 +261,7 @@ enum Fate {
 struct Counters {
     attempts: AtomicU64,
     gateway_5xx_after_kill: AtomicU64,
+    replays_in_progress: AtomicU64,
     answered_503_with_retry_after: AtomicU64,
     bad_5xx: AtomicU64,
     relay_failures: AtomicU64,
@@ -293,6 +294,16 @@ async fn send_one(pool: &FunctionPool, events: &SignupEvents, email: &str, count
         match status {
             200 | 201 => return Fate::Delivered,
             202 => return Fate::Queued,
+            // The same signed request (same second) again while a killed process's replay
+            // claim still holds: asked again after its Retry-After, signed anew, as a client
+            // would.
+            409 if answer["body"]
+                .as_str()
+                .is_some_and(|b| b.contains("replay_in_progress")) =>
+            {
+                counters.replays_in_progress.fetch_add(1, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
             500..=599 => {
                 if has_retry_after {
                     counters.answered_503_with_retry_after.fetch_add(1, Ordering::Relaxed);
@@ -817,6 +828,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
         "dead_letter_reasons": dead_reasons,
         "sender_attempts": counters.attempts.load(Ordering::Relaxed),
         "gateway_502_after_a_kill_retried": counters.gateway_5xx_after_kill.load(Ordering::Relaxed),
+        "replays_in_progress_asked_again": counters.replays_in_progress.load(Ordering::Relaxed),
         "answered_503_with_retry_after": counters.answered_503_with_retry_after.load(Ordering::Relaxed),
         "5xx_without_retry_after": counters.bad_5xx.load(Ordering::Relaxed),
         "processes": {
