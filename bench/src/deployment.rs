@@ -49,6 +49,38 @@ impl DeploymentEnv {
         }
     }
 
+    /// The load tests' deployment: Secrets Manager and SQS on moto at `moto_endpoint`, these
+    /// secrets (`app`, `token`) and this signup queue.
+    pub fn on_moto(
+        function: &str,
+        keap_base: &str,
+        moto_endpoint: &str,
+        home: &Path,
+        (app, token): (&str, &str),
+        queue_url: &str,
+    ) -> DeploymentEnv {
+        let store = StoreEnv::SecretsManager {
+            endpoint: Some(moto_endpoint.to_owned()),
+        };
+        DeploymentEnv {
+            app_secret_id: app.to_owned(),
+            token_secret_id: token.to_owned(),
+            queue_url: queue_url.to_owned(),
+            ..DeploymentEnv::new(function, "unset", keap_base, store, home)
+        }
+    }
+
+    /// [`vars`](Self::vars) with `overrides` applied in order: each replaces the variable of
+    /// its name, or adds it.
+    pub fn vars_with<'a>(&self, overrides: impl IntoIterator<Item = &'a (&'a str, &'a str)>) -> Vec<(String, String)> {
+        let mut vars = self.vars();
+        for (name, value) in overrides {
+            vars.retain(|(n, _)| n != name);
+            vars.push(((*name).to_owned(), (*value).to_owned()));
+        }
+        vars
+    }
+
     pub fn vars(&self) -> Vec<(String, String)> {
         let name = format!("keap-relay-{}", self.function);
         let mut vars: Vec<(&str, String)> = vec![

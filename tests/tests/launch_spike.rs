@@ -22,7 +22,7 @@ use aws_sdk_sqs::types::QueueAttributeName;
 use keap_relay::store::SecretStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_sandbox::{RateLimit, Sandbox, SandboxConfig};
-use relay_bench::deployment::{DeploymentEnv, StoreEnv};
+use relay_bench::deployment::DeploymentEnv;
 use relay_bench::events::{EXTRA_TAG, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome, SqsSource, poll_sqs_once};
@@ -174,30 +174,16 @@ async fn launch_spike() {
     let per_minute = (limit.per_minute * scale).to_string();
     let headroom = headroom.to_string();
     let env_of = |function: &str, extra: &[(&str, &str)]| {
-        let mut deployment = DeploymentEnv::new(
-            function,
-            "unset",
-            &sandbox.base_url(),
-            StoreEnv::SecretsManager {
-                endpoint: Some(moto.endpoint.clone()),
-            },
-            &scratch.path().join("home"),
-        );
-        deployment.app_secret_id = APP_SECRET_ID.into();
-        deployment.token_secret_id = TOKEN_SECRET_ID.into();
-        deployment.queue_url = queue.url.clone();
-        let mut vars = deployment.vars();
+        let ids = (APP_SECRET_ID, TOKEN_SECRET_ID);
+        let home = scratch.path().join("home");
+        let deployment = DeploymentEnv::on_moto(function, &sandbox.base_url(), &moto.endpoint, &home, ids, &queue.url);
         let common = [
             ("SIGNUP_QUEUE_URL", queue.url.as_str()),
             ("KEAP_QUOTA_PER_MINUTE", per_minute.as_str()),
             ("KEAP_LIVE_HEADROOM_PERCENT", headroom.as_str()),
             ("RUST_LOG", "warn"),
         ];
-        for (name, value) in common.iter().chain(extra) {
-            vars.retain(|(n, _)| n != name);
-            vars.push(((*name).to_owned(), (*value).to_owned()));
-        }
-        vars
+        deployment.vars_with(common.iter().chain(extra))
     };
     let pool = |function: &'static str, size: usize, extra: &[(&str, &str)]| {
         let (binary, env, log_dir) = (bin_dir.join(function), env_of(function, extra), log_dir.clone());

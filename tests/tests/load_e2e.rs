@@ -45,7 +45,7 @@ use keap_relay::store::SecretStore;
 use keap_relay::store::secrets_manager::SecretsManagerStore;
 use keap_relay::token::{Connection, Credential, CredentialSource, RotationPolicy, TokenError, TokenSettings};
 use keap_sandbox::{Sandbox, SandboxConfig};
-use relay_bench::deployment::{DeploymentEnv, StoreEnv};
+use relay_bench::deployment::DeploymentEnv;
 use relay_bench::events::{SIGNING_KEY, SignupEvents, WELCOME_TAG};
 use relay_bench::seed;
 use relay_tests::lambda_pool::{FunctionPool, Outcome, SqsSource, poll_sqs_once};
@@ -521,19 +521,10 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
     // template.yaml's environment, aimed at the sandbox, moto's SQS and (through the fault
     // proxy) moto's Secrets Manager.
     let env_of = |function: &str, extra: &[(&str, &str)]| {
-        let mut deployment = DeploymentEnv::new(
-            function,
-            "unset",
-            &sandbox.base_url(),
-            StoreEnv::SecretsManager {
-                endpoint: Some(moto.endpoint.clone()),
-            },
-            &scratch.path().join("home"),
-        );
-        deployment.app_secret_id = APP_SECRET_ID.into();
-        deployment.token_secret_id = TOKEN_SECRET_ID.into();
-        deployment.queue_url = queues.main.clone();
-        let mut vars = deployment.vars();
+        let ids = (APP_SECRET_ID, TOKEN_SECRET_ID);
+        let home = scratch.path().join("home");
+        let deployment =
+            DeploymentEnv::on_moto(function, &sandbox.base_url(), &moto.endpoint, &home, ids, &queues.main);
         let overrides = [
             ("AWS_ENDPOINT_URL_SECRETS_MANAGER", proxy.endpoint.as_str()),
             ("SIGNUP_QUEUE_URL", queues.main.as_str()),
@@ -555,11 +546,7 @@ async fn real_function_processes_under_load_and_faults_lose_no_signup_and_no_tok
                 "info,keap_relay=trace,signup=trace,signup_retry=trace,refresh=trace",
             ),
         ];
-        for (name, value) in overrides.iter().chain(welcome_vars).chain(extra) {
-            vars.retain(|(n, _)| n != name);
-            vars.push(((*name).to_owned(), (*value).to_owned()));
-        }
-        vars
+        deployment.vars_with(overrides.iter().chain(welcome_vars).chain(extra))
     };
     let pool = |function: &'static str, size: usize, extra: &[(&str, &str)]| {
         let (binary, env, log_dir) = (bin_dir.join(function), env_of(function, extra), log_dir.clone());

@@ -70,12 +70,8 @@ async fn start_under_trace(bin_dir: &Path, scratch: &Path, label: &str, extra: &
     );
     deployment.app_secret_id = "app".into();
     deployment.token_secret_id = "token".into();
-    let mut env = deployment.vars();
     let overrides = [("RUST_LOG", "trace"), ("AWS_LAMBDA_LOG_LEVEL", "TRACE")];
-    for (name, value) in overrides.iter().chain(extra) {
-        env.retain(|(n, _)| n != name);
-        env.push(((*name).to_owned(), (*value).to_owned()));
-    }
+    let env = deployment.vars_with(overrides.iter().chain(extra));
     let pool = FunctionPool::start(label, &bin_dir.join("oauth"), env, 1, Duration::from_secs(15), &log_dir)
         .await
         .unwrap();
