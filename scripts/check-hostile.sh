@@ -17,7 +17,7 @@ cd "$ROOT"
 VENV="${VENV:-$ROOT/.venv}"
 EXAMPLES="${SCHEMATHESIS_EXAMPLES:-50}"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
-FUZZ_TARGETS=(signature signup_body oauth_state callback_query retry_after)
+FUZZ_TARGETS=(signature signup_body oauth_state callback_query retry_after form_body)
 WORK="$(mktemp -d)"
 SERVER_PID=""
 

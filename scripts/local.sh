@@ -2,8 +2,9 @@
 # keap-relay on this machine with no AWS and no Keap account: builds and runs `relay-local demo`,
 # which starts the Keap sandbox, a file secret store under .local/secrets (gitignored) and the four
 # functions' handlers, walks through connect -> signups -> token rotation -> status, then keeps
-# serving until Ctrl-C.
-# Usage: ./scripts/local.sh [--no-serve] [--port N] [--sandbox-port N] [--events DIR]
+# serving until Ctrl-C; the example website form (examples/website-form/) is served on its own
+# port (9100) and posts to the relay's /form.
+# Usage: ./scripts/local.sh [--no-serve] [--port N] [--sandbox-port N] [--site-port N] [--events DIR]
 #        (all of `cargo run -p relay-local -- --help`; --no-serve exits 0 only if every check held)
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -235,7 +235,8 @@ impl Stack {
         };
         let functions = Arc::new(Functions {
             oauth: oauth_deps,
-            signup: signup::Deps::from_app(&function_app(queue.clone())?),
+            // The form route's metrics in the debug log, as the refresh function's below.
+            signup: signup::Deps::from_app(&function_app(queue.clone())?).with_metrics(Arc::new(DebugLogMetrics)),
         });
         let refresh = Arc::new(refresh_deps(&function_app(None)?));
         // Parks signups waiting for a reconnection in the same queue, as on Lambda.
