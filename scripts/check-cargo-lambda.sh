@@ -6,7 +6,9 @@
 #                 the callback of that sign-in (relay-local callback-event) -> 200, events/status.json -> 200 connected
 #   signup        events/signup-valid.json re-signed (sign-event) -> 201, the same signed event
 #                 again -> 201 marked Idempotent-Replayed, re-signed a second later -> 200,
-#                 events/signup-invalid-email.json re-signed -> 400, events/signup-bad-signature.json -> 401
+#                 events/signup-invalid-email.json re-signed -> 400, events/signup-bad-signature.json -> 401;
+#                 the website form: events/form-preflight.json -> 204, form-urlencoded.json -> 303,
+#                 form-fetch-json.json -> 200, form-foreign-origin.json -> 403, form-honeypot.json -> 303
 #   refresh       events/scheduled-refresh.json -> rotated (the maximum refresh-token age is set to 0)
 #   signup-retry  events/sqs-signup-batch.json -> only the truncated message reported failed
 # It uses tools/relay-local/cargo-lambda.env (what the README points at) with the sandbox's port
@@ -144,6 +146,22 @@ welcome_tag="$(json "$TMP/tag.json" 'a["id"]')"
 [ "$(json "$TMP/contact.json" "$welcome_tag in a['tag_ids']")" = True ] || fail "the contact lacks the Welcome tag"
 [ "$(json "$TMP/contact.json" 'a["emails_received"]')" = 1 ] || fail "expected exactly one welcome email"
 ok "Keap (the sandbox) holds the contact, tagged, with one welcome email"
+
+say "signup: the website form"
+expect_status signup events/form-preflight.json 204 "signup: OPTIONS /form from the allowed origin"
+expect_status signup events/form-urlencoded.json 303 "signup: POST /form, a plain form"
+[ "$(json "$TMP/answer.json" 'a["headers"].get("location")')" = https://www.example.com/thanks ] \
+  || { cat "$TMP/answer.json" >&2; fail "the plain form was not sent on to the thank-you page"; }
+expect_status signup events/form-fetch-json.json 200 "signup: POST /form, fetch() with JSON"
+expect_status signup events/form-foreign-origin.json 403 "signup: POST /form from another origin"
+expect_status signup events/form-honeypot.json 303 "signup: POST /form with the honeypot filled"
+curl -sf "$SANDBOX/_sandbox/contacts?email=grace.hopper@example.com" >/dev/null || fail "Keap has no contact for the form post"
+curl -sf "$SANDBOX/_sandbox/contacts?email=dorothy.vaughan@example.com" >/dev/null || fail "Keap has no contact for the fetch() post"
+if curl -sf "$SANDBOX/_sandbox/contacts?email=victim@example.com" >/dev/null \
+  || curl -sf "$SANDBOX/_sandbox/contacts?email=bot@example.com" >/dev/null; then
+  fail "a refused or honeypot form post reached Keap"
+fi
+ok "Keap holds the form posts' contacts, and nothing from the foreign origin or the honeypot"
 
 say "refresh"
 invoke refresh events/scheduled-refresh.json "$TMP/refresh.json"
