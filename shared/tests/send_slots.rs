@@ -1,8 +1,9 @@
 //! The welcome send slots' contract (`signup::send_slots`), held by the memory slots and by the
 //! DynamoDB slots through the real SDK against moto's server (in the state table, next to a
 //! replay record): one taker per contact and part while the hold lasts, whoever asks next is
-//! told until when, a freed slot is taken again, many processes racing for one slot get one
-//! winner, and an unreachable table fails, bounded (closed: nobody sends).
+//! told until when, a slot expired or released by its holder is taken again, many processes
+//! racing for one slot get one winner, and an unreachable table fails, bounded (closed:
+//! nobody sends).
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -52,6 +53,19 @@ async fn contract(slots: Arc<dyn WelcomeSendSlots>) {
         slots.take(1, WelcomePart::Goal, at(20_002), HOLD).await.unwrap(),
         SendSlot::HeldUntil(at(40_001))
     );
+    // a release by an older holder leaves the newer hold alone; the holder's own frees it
+    slots.release(1, WelcomePart::Goal, at(0), HOLD).await.unwrap();
+    assert_eq!(
+        slots.take(1, WelcomePart::Goal, at(20_003), HOLD).await.unwrap(),
+        SendSlot::HeldUntil(at(40_001))
+    );
+    slots.release(1, WelcomePart::Goal, at(20_001), HOLD).await.unwrap();
+    assert_eq!(
+        slots.take(1, WelcomePart::Goal, at(20_004), HOLD).await.unwrap(),
+        SendSlot::Taken
+    );
+    // releasing a slot nobody holds is no error
+    slots.release(3, WelcomePart::Template, at(0), HOLD).await.unwrap();
 }
 
 /// `contenders` takers at once, each with its own adapter (as processes would be): one wins.

@@ -17,6 +17,8 @@
 //!   [`MemorySendSlots`] for the local run and tests (this process only).
 //! - Fail closed: a slot that cannot be taken is a transient failure, so the record is
 //!   retried later; a welcome sent twice cannot be taken back.
+//! - A send that surely did not go out (a 429, no token, a refusal) frees its slot at once;
+//!   one that may have gone out keeps it for the whole hold.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -68,6 +70,17 @@ pub trait WelcomeSendSlots: Send + Sync {
         now: SystemTime,
         hold: Duration,
     ) -> Result<SendSlot, SendSlotError>;
+
+    /// Frees the slot taken at `taken_at` for `hold` when the send surely did not go out (a
+    /// 429, no usable token, a refusal), so the next record need not wait out the hold. A
+    /// slot taken again since (another hold) is left alone.
+    async fn release(
+        &self,
+        contact_id: i64,
+        part: WelcomePart,
+        taken_at: SystemTime,
+        hold: Duration,
+    ) -> Result<(), SendSlotError>;
 }
 
 /// The slots of this process.
@@ -102,6 +115,20 @@ impl WelcomeSendSlots for MemorySendSlots {
         }
         held.insert((contact_id, part), now + hold);
         Ok(SendSlot::Taken)
+    }
+
+    async fn release(
+        &self,
+        contact_id: i64,
+        part: WelcomePart,
+        taken_at: SystemTime,
+        hold: Duration,
+    ) -> Result<(), SendSlotError> {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        if held.get(&(contact_id, part)) == Some(&(taken_at + hold)) {
+            held.remove(&(contact_id, part));
+        }
+        Ok(())
     }
 }
 
@@ -185,6 +212,26 @@ impl WelcomeSendSlots for DynamoSendSlots {
         // waiting: never a second send.
         let held = self.held_until(&key).await?.filter(|at| *at > now);
         Ok(SendSlot::HeldUntil(held.unwrap_or(until).min(until)))
+    }
+
+    async fn release(
+        &self,
+        contact_id: i64,
+        part: WelcomePart,
+        taken_at: SystemTime,
+        hold: Duration,
+    ) -> Result<(), SendSlotError> {
+        let delete = self
+            .client
+            .delete_item()
+            .table_name(&self.table)
+            .key("pk", AttributeValue::S(slot_key(contact_id, part)))
+            .condition_expression("held_until_ms = :until")
+            .expression_attribute_values(":until", AttributeValue::N(millis(taken_at + hold).to_string()))
+            .send();
+        // Taken again by another record since: theirs now, not ours to free.
+        conditional("DeleteItem", delete, |e| e.is_conditional_check_failed_exception()).await?;
+        Ok(())
     }
 }
 

@@ -447,7 +447,14 @@ impl SignupService {
                 });
             }
         }
-        match self.send_part(&attempt, part, contact_id).await {
+        let sent = self.send_part(&attempt, part, contact_id).await;
+        if matches!(sent, Sent::Later(_) | Sent::Refused { .. }) {
+            // Surely not sent: the next record need not wait out the hold.
+            if let Err(error) = self.send_slots.release(contact_id, part, began, hold).await {
+                tracing::warn!(contact_id, part = part.as_str(), %error, "could not free the welcome's send slot: the next record waits out its hold");
+            }
+        }
+        match sent {
             Sent::Done(started) => {
                 self.report_goal(part, contact_id, &started).await;
                 Ok(WelcomeRetry::Sent { started })
