@@ -10,7 +10,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use keap_relay::signup::queue::WelcomePart;
 use keap_relay::signup::{
-    Claim, DynamoReplayRecords, DynamoSendSlots, MemorySendSlots, ReplayKey, ReplayRecords, SendSlot, WelcomeSendSlots,
+    Claim, DynamoReplayRecords, DynamoSendSlots, MemorySendSlots, ReplayKey, ReplayRecords, SendSlot, SlotHold,
+    WelcomeSendSlots,
 };
 use test_support::moto::{MotoServer, create_replay_table, dynamodb_client};
 
@@ -20,52 +21,61 @@ fn at(millis: u64) -> SystemTime {
     UNIX_EPOCH + Duration::from_millis(1_800_000_000_000 + millis)
 }
 
+fn held(contact_id: i64, part: WelcomePart, from: SystemTime) -> SlotHold {
+    SlotHold {
+        contact_id,
+        part,
+        from,
+        hold: HOLD,
+    }
+}
+
 async fn contract(slots: Arc<dyn WelcomeSendSlots>) {
     let slots = slots.as_ref();
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(0), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(0))).await.unwrap(),
         SendSlot::Taken
     );
     // held: the second record is told when the hold ends
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(5_000), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(5_000))).await.unwrap(),
         SendSlot::HeldUntil(at(20_000))
     );
     // another part and another contact are their own slots
     assert_eq!(
-        slots.take(1, WelcomePart::Email, at(5_000), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Email, at(5_000))).await.unwrap(),
         SendSlot::Taken
     );
     assert_eq!(
-        slots.take(2, WelcomePart::Goal, at(5_000), HOLD).await.unwrap(),
+        slots.take(&held(2, WelcomePart::Goal, at(5_000))).await.unwrap(),
         SendSlot::Taken
     );
     // still held at its last millisecond, free after it
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(19_999), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(19_999))).await.unwrap(),
         SendSlot::HeldUntil(at(20_000))
     );
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(20_001), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(20_001))).await.unwrap(),
         SendSlot::Taken
     );
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(20_002), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(20_002))).await.unwrap(),
         SendSlot::HeldUntil(at(40_001))
     );
     // a release by an older holder leaves the newer hold alone; the holder's own frees it
-    slots.release(1, WelcomePart::Goal, at(0), HOLD).await.unwrap();
+    slots.release(&held(1, WelcomePart::Goal, at(0))).await.unwrap();
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(20_003), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(20_003))).await.unwrap(),
         SendSlot::HeldUntil(at(40_001))
     );
-    slots.release(1, WelcomePart::Goal, at(20_001), HOLD).await.unwrap();
+    slots.release(&held(1, WelcomePart::Goal, at(20_001))).await.unwrap();
     assert_eq!(
-        slots.take(1, WelcomePart::Goal, at(20_004), HOLD).await.unwrap(),
+        slots.take(&held(1, WelcomePart::Goal, at(20_004))).await.unwrap(),
         SendSlot::Taken
     );
     // releasing a slot nobody holds is no error
-    slots.release(3, WelcomePart::Template, at(0), HOLD).await.unwrap();
+    slots.release(&held(3, WelcomePart::Template, at(0))).await.unwrap();
 }
 
 /// `contenders` takers at once, each with its own adapter (as processes would be): one wins.
@@ -73,7 +83,7 @@ async fn race(contenders: Vec<Arc<dyn WelcomeSendSlots>>, contact_id: i64) {
     let now = SystemTime::now();
     let tasks: Vec<_> = contenders
         .into_iter()
-        .map(|slots| tokio::spawn(async move { slots.take(contact_id, WelcomePart::Goal, now, HOLD).await }))
+        .map(|slots| tokio::spawn(async move { slots.take(&held(contact_id, WelcomePart::Goal, now)).await }))
         .collect();
     let mut taken = 0;
     for task in tasks {
@@ -129,12 +139,12 @@ async fn dynamodb_slots_keep_the_contract_beside_replay_records_and_one_of_many_
 async fn dynamodb_slots_fail_closed_and_bounded_when_the_table_is_missing_or_unreachable() {
     let moto = MotoServer::start().await;
     let missing = DynamoSendSlots::new(dynamodb_client(&moto.endpoint, true), "no-such-table");
-    let error = missing.take(1, WelcomePart::Goal, at(0), HOLD).await.unwrap_err();
+    let error = missing.take(&held(1, WelcomePart::Goal, at(0))).await.unwrap_err();
     assert!(error.to_string().contains("unavailable"), "{error}");
 
     let port = test_support::moto::free_port();
     let unreachable = DynamoSendSlots::new(dynamodb_client(&format!("http://127.0.0.1:{port}"), true), "t");
     let started = std::time::Instant::now();
-    assert!(unreachable.take(1, WelcomePart::Goal, at(0), HOLD).await.is_err());
+    assert!(unreachable.take(&held(1, WelcomePart::Goal, at(0))).await.is_err());
     assert!(started.elapsed() < keap_relay::signup::replay::DYNAMO_CALL_TIMEOUT + Duration::from_secs(1));
 }

@@ -30,7 +30,7 @@ pub use queue::{
 pub use replay::{Claim, DynamoReplayRecords, MemoryReplayRecords, RecordedAnswer, ReplayKey, ReplayRecords};
 pub use request::{ContactDetails, FieldValue, InvalidSignup, LeadSourceRef, Signup, TagRef, Utm};
 
-pub use send_slots::{DynamoSendSlots, MemorySendSlots, SendSlot, WelcomeSendSlots};
+pub use send_slots::{DynamoSendSlots, MemorySendSlots, SendSlot, SlotHold, WelcomeSendSlots};
 pub use welcome::WelcomeRetry;
 
 use crate::config::{Config, SignupOptions, WelcomeEmail};

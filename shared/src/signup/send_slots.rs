@@ -45,6 +45,25 @@ pub enum SendSlot {
     HeldUntil(SystemTime),
 }
 
+/// One hold of a send slot: a contact's welcome part, from `from` for `hold`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SlotHold {
+    pub contact_id: i64,
+    pub part: WelcomePart,
+    pub from: SystemTime,
+    pub hold: Duration,
+}
+
+impl SlotHold {
+    pub fn until(&self) -> SystemTime {
+        self.from + self.hold
+    }
+
+    fn key(&self) -> (i64, WelcomePart) {
+        (self.contact_id, self.part)
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SendSlotError {
     /// The state table could not be read or written: retried later (fail closed).
@@ -62,25 +81,13 @@ impl From<ReplayStoreError> for SendSlotError {
 /// Where the send slots live.
 #[async_trait]
 pub trait WelcomeSendSlots: Send + Sync {
-    /// Takes the slot of `part` for `contact_id` at `now` for `hold`, unless a send holds it.
-    async fn take(
-        &self,
-        contact_id: i64,
-        part: WelcomePart,
-        now: SystemTime,
-        hold: Duration,
-    ) -> Result<SendSlot, SendSlotError>;
+    /// Takes the slot for `hold`, unless another send holds it.
+    async fn take(&self, hold: &SlotHold) -> Result<SendSlot, SendSlotError>;
 
-    /// Frees the slot taken at `taken_at` for `hold` when the send surely did not go out (a
-    /// 429, no usable token, a refusal), so the next record need not wait out the hold. A
-    /// slot taken again since (another hold) is left alone.
-    async fn release(
-        &self,
-        contact_id: i64,
-        part: WelcomePart,
-        taken_at: SystemTime,
-        hold: Duration,
-    ) -> Result<(), SendSlotError>;
+    /// Frees the slot taken for `hold` when the send surely did not go out (a 429, no usable
+    /// token, a refusal), so the next record need not wait out the hold. A slot taken again
+    /// since (another hold) is left alone.
+    async fn release(&self, hold: &SlotHold) -> Result<(), SendSlotError>;
 }
 
 /// The slots of this process.
@@ -97,36 +104,24 @@ impl MemorySendSlots {
 
 #[async_trait]
 impl WelcomeSendSlots for MemorySendSlots {
-    async fn take(
-        &self,
-        contact_id: i64,
-        part: WelcomePart,
-        now: SystemTime,
-        hold: Duration,
-    ) -> Result<SendSlot, SendSlotError> {
+    async fn take(&self, hold: &SlotHold) -> Result<SendSlot, SendSlotError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(until) = held.get(&(contact_id, part))
-            && *until > now
+        if let Some(until) = held.get(&hold.key())
+            && *until > hold.from
         {
             return Ok(SendSlot::HeldUntil(*until));
         }
         if held.len() >= MEMORY_SLOTS {
-            held.retain(|_, until| *until > now);
+            held.retain(|_, until| *until > hold.from);
         }
-        held.insert((contact_id, part), now + hold);
+        held.insert(hold.key(), hold.until());
         Ok(SendSlot::Taken)
     }
 
-    async fn release(
-        &self,
-        contact_id: i64,
-        part: WelcomePart,
-        taken_at: SystemTime,
-        hold: Duration,
-    ) -> Result<(), SendSlotError> {
+    async fn release(&self, hold: &SlotHold) -> Result<(), SendSlotError> {
         let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        if held.get(&(contact_id, part)) == Some(&(taken_at + hold)) {
-            held.remove(&(contact_id, part));
+        if held.get(&hold.key()) == Some(&hold.until()) {
+            held.remove(&hold.key());
         }
         Ok(())
     }
@@ -179,15 +174,9 @@ impl DynamoSendSlots {
 
 #[async_trait]
 impl WelcomeSendSlots for DynamoSendSlots {
-    async fn take(
-        &self,
-        contact_id: i64,
-        part: WelcomePart,
-        now: SystemTime,
-        hold: Duration,
-    ) -> Result<SendSlot, SendSlotError> {
-        let key = slot_key(contact_id, part);
-        let until = now + hold;
+    async fn take(&self, hold: &SlotHold) -> Result<SendSlot, SendSlotError> {
+        let key = slot_key(hold.contact_id, hold.part);
+        let (now, until) = (hold.from, hold.until());
         let expires = (until + ITEM_LIFE_AFTER_HOLD)
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_secs())
@@ -214,20 +203,14 @@ impl WelcomeSendSlots for DynamoSendSlots {
         Ok(SendSlot::HeldUntil(held.unwrap_or(until).min(until)))
     }
 
-    async fn release(
-        &self,
-        contact_id: i64,
-        part: WelcomePart,
-        taken_at: SystemTime,
-        hold: Duration,
-    ) -> Result<(), SendSlotError> {
+    async fn release(&self, hold: &SlotHold) -> Result<(), SendSlotError> {
         let delete = self
             .client
             .delete_item()
             .table_name(&self.table)
-            .key("pk", AttributeValue::S(slot_key(contact_id, part)))
+            .key("pk", AttributeValue::S(slot_key(hold.contact_id, hold.part)))
             .condition_expression("held_until_ms = :until")
-            .expression_attribute_values(":until", AttributeValue::N(millis(taken_at + hold).to_string()))
+            .expression_attribute_values(":until", AttributeValue::N(millis(hold.until()).to_string()))
             .send();
         // Taken again by another record since: theirs now, not ours to free.
         conditional("DeleteItem", delete, |e| e.is_conditional_check_failed_exception()).await?;

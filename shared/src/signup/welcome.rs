@@ -15,7 +15,7 @@
 use std::time::{Duration, SystemTime};
 
 use super::queue::{QueuedWelcome, WelcomePart};
-use super::send_slots::SendSlot;
+use super::send_slots::{SendSlot, SlotHold};
 use super::{Attempt, CallError, GoalOutcome, GoalStatus, Repeat, SignupError, SignupService, WelcomeEmailOutcome};
 use crate::keap::api::{ApiError, GoalStart, QueuedEmail};
 
@@ -421,8 +421,13 @@ impl SignupService {
         // Another record of the same part may be here too: one sends, the other waits until
         // the holder's send is listed (send_slots.rs).
         let began = SystemTime::now();
-        let hold = self.settings.options.welcome_recheck_after;
-        match self.send_slots.take(contact_id, part, began, hold).await {
+        let slot = SlotHold {
+            contact_id,
+            part,
+            from: began,
+            hold: self.settings.options.welcome_recheck_after,
+        };
+        match self.send_slots.take(&slot).await {
             Ok(SendSlot::Taken) => {}
             Ok(SendSlot::HeldUntil(until)) => {
                 tracing::info!(
@@ -450,7 +455,7 @@ impl SignupService {
         let sent = self.send_part(&attempt, part, contact_id).await;
         if matches!(sent, Sent::Later(_) | Sent::Refused { .. }) {
             // Surely not sent: the next record need not wait out the hold.
-            if let Err(error) = self.send_slots.release(contact_id, part, began, hold).await {
+            if let Err(error) = self.send_slots.release(&slot).await {
                 tracing::warn!(contact_id, part = part.as_str(), %error, "could not free the welcome's send slot: the next record waits out its hold");
             }
         }
