@@ -34,21 +34,14 @@ if [ "$WANT" = all ] && { ! command -v chromium >/dev/null || ! command -v chrom
   as_root=()
   [ "$(id -u)" -eq 0 ] || as_root=(sudo -n)
   say "installing chromium and chromium-driver (apt-get; for scripts/check-browser.sh)"
-  "${as_root[@]}" apt-get update -qq >&2 && "${as_root[@]}" apt-get install -y -qq chromium chromium-driver >&2 ||
-    say "could not install chromium and chromium-driver; scripts/check-browser.sh will fail"
+  if ! { "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2 &&
+    "${as_root[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2; }; then
+    say "could not install chromium and chromium-driver; the browser test needs them (apt-get install chromium chromium-driver)"
+  fi
 fi
 if [ "$WANT" = all ] && ! rustup target list --installed 2>/dev/null | grep -q aarch64-unknown-linux-gnu; then
   say "adding the aarch64-unknown-linux-gnu Rust target (for Lambda arm64 builds)"
   rustup target add aarch64-unknown-linux-gnu >&2
-fi
-if [ "$WANT" = all ] && { ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; }; then
-  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    say "installing chromium and chromium-driver with apt (for the browser test)"
-    DEBIAN_FRONTEND=noninteractive apt-get update -qq >&2
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >&2
-  else
-    say "chromium and chromium-driver are missing: the browser test needs them (apt-get install chromium chromium-driver)"
-  fi
 fi
 export PATH="$VENV/bin:$PATH"
 export MOTO_SERVER="$VENV/bin/moto_server"
