@@ -227,3 +227,70 @@ async fn a_backfill_runs_at_the_quota_without_a_429_storm() {
     };
     assert!(ratio <= target, "{ratio}");
 }
+
+/// Every signup body field comes through a backfill's columns (custom fields as
+/// `fields.<label>`), and a row Keap's model cannot take fails at once with its reason: it is
+/// the row's to fix, not retried.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backfill_sets_every_field_and_fails_a_bad_custom_value_without_retrying_it() {
+    let setup = setup().await;
+    let plan_field = setup.sandbox.add_custom_field("Plan", "Dropdown", &["Free", "Pro"]);
+    let seats = setup.sandbox.add_custom_field("Seats", "WholeNumber", &[]);
+    let partner = setup.sandbox.add_lead_source("Partner");
+    let dir = TempDir::new("backfill-fields");
+    let path = dir.path().join("users.csv");
+    std::fs::write(
+        &path,
+        "Mail,phone,company,job_title,website,lead_source,ip_address,fields.Plan,Seat count,fields.Colour\n\
+         ann@example.com,+1 555 0100,Acme,CTO,acme.example,Partner,203.0.113.7,pro,12,\n\
+         bob@example.com,,,,,,,Gold,,\n\
+         cy@example.com,,,,,,,,,blue\n",
+    )
+    .unwrap();
+    let args = BackfillArgs {
+        map: vec![
+            ("email".into(), "Mail".into()),
+            ("fields.Seats".into(), "Seat count".into()),
+        ],
+        ..args(&path)
+    };
+    let summary = send(&setup, &args).await;
+    assert_eq!((summary.created, summary.stopped.as_deref()), (1, None), "{summary:?}");
+    let reasons: Vec<&str> = summary.failed.iter().map(|(_, reason)| reason.as_str()).collect();
+    assert_eq!(summary.failed.iter().map(|(line, _)| *line).collect::<Vec<_>>(), [3, 4]);
+    assert!(
+        reasons[0].starts_with("invalid_custom_field: `fields.Plan`"),
+        "{reasons:?}"
+    );
+    assert!(reasons[1].starts_with("unknown_custom_field"), "{reasons:?}");
+    assert!(reasons[1].contains("Colour"), "{reasons:?}");
+
+    let ann = setup.sandbox.contact_by_email("ann@example.com").unwrap();
+    assert_eq!(ann.phones, ["+1 555 0100"]);
+    assert_eq!(ann.extra["company_name"], "Acme");
+    assert_eq!(ann.extra["job_title"], "CTO");
+    assert_eq!(ann.extra["website"], "https://acme.example");
+    assert_eq!(ann.extra["lead_source_id"], partner.id);
+    assert_eq!(ann.extra["origin"]["ip_address"], "203.0.113.7");
+    let mut fields: Vec<(i64, serde_json::Value)> = ann.extra["custom_fields"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| (f["id"].as_i64().unwrap(), f["content"].clone()))
+        .collect();
+    fields.sort_by_key(|(id, _)| *id);
+    assert_eq!(fields, [(plan_field.id, "Pro".into()), (seats.id, 12.into())]);
+    assert!(setup.sandbox.contact_by_email("bob@example.com").is_none());
+    assert!(setup.sandbox.contact_by_email("cy@example.com").is_none());
+    // Each failed row reached Keap at most once: nothing was retried.
+    let upserts = setup.sandbox.stats().calls_to("PUT", "/crm/rest/v1/contacts");
+    assert_eq!(upserts, 1, "only ann's row was sent to Keap");
+
+    // The failures CSV keeps the custom-field columns, so the fixed file can be fed back in.
+    let rows = backfill::read_rows(&path, None, &args.map).unwrap();
+    let failures = dir.path().join("failures.csv");
+    backfill::write_failures(&failures, &rows, &summary.failed).unwrap();
+    let back = backfill::read_rows(&failures, None, &[]).unwrap();
+    assert_eq!(back[0].body["fields"]["Plan"], "Gold");
+    assert_eq!(back[1].body["fields"]["Colour"], "blue");
+}

@@ -2,9 +2,9 @@
 //! Keap's quota, resumable (docs/backfill.md).
 //!
 //! 1. Read a CSV (header row) or JSON Lines file; columns are the signup body's fields
-//!    (`email`, `given_name`, `family_name`, `opt_in`, `tags`, `source`), renamed with
-//!    `--map field=column`. Unknown columns are ignored (a failures CSV has `line` and
-//!    `reason` too, so it can be fed back in).
+//!    ([`FIELDS`]), the UTM parameters as `utm_source` … `utm_content`, and custom fields as
+//!    `fields.<label>`, each renamed with `--map field=column`. Unknown columns are ignored (a
+//!    failures CSV has `line` and `reason` too, so it can be fed back in).
 //! 2. Validate every row with the signup body's own validation, before anything is sent: bad
 //!    rows are reported with their line numbers; a later row with an email seen before is
 //!    skipped. Nothing is sent without `--yes`; `--dry-run` never sends.
@@ -31,8 +31,26 @@ use sha2::{Digest, Sha256};
 
 use crate::cli::CliError;
 
-/// The signup body's fields, the columns a backfill reads.
-pub const FIELDS: [&str; 6] = ["email", "given_name", "family_name", "opt_in", "tags", "source"];
+/// The signup body's plain fields, the columns a backfill reads (besides [`UTM_COLUMNS`] and
+/// [`CUSTOM_FIELD_PREFIX`] columns).
+pub const FIELDS: [&str; 12] = [
+    "email",
+    "given_name",
+    "family_name",
+    "opt_in",
+    "tags",
+    "source",
+    "phone",
+    "company",
+    "job_title",
+    "website",
+    "lead_source",
+    "ip_address",
+];
+/// The body's `utm` object as flat columns (`utm_source` is `utm.source`).
+pub const UTM_COLUMNS: [&str; 5] = ["utm_source", "utm_medium", "utm_campaign", "utm_term", "utm_content"];
+/// A column `fields.Plan` is the custom field labelled `Plan` (the body's `fields` object).
+pub const CUSTOM_FIELD_PREFIX: &str = "fields.";
 /// Tags in one CSV cell are separated by this.
 pub const TAG_SEPARATOR: char = ';';
 /// Attempts per row at transient failures (each waits as Keap or the pacer says).
@@ -99,6 +117,71 @@ impl BackfillArgs {
     }
 }
 
+/// A name `--map` accepts: a body field, a UTM column or `fields.<label>`.
+fn is_field(name: &str) -> bool {
+    FIELDS.contains(&name)
+        || UTM_COLUMNS.contains(&name)
+        || name
+            .strip_prefix(CUSTOM_FIELD_PREFIX)
+            .is_some_and(|label| !label.trim().is_empty())
+}
+
+/// The field names a file with these columns gives values for: every plain field and UTM
+/// column, and each custom field named by a column or a `--map`.
+fn fields_of<'a>(columns: impl Iterator<Item = &'a str>, map: &[(String, String)]) -> Vec<String> {
+    let mut names: Vec<String> = FIELDS
+        .iter()
+        .chain(UTM_COLUMNS.iter())
+        .map(|f| (*f).to_owned())
+        .collect();
+    let custom = columns
+        .filter(|c| c.starts_with(CUSTOM_FIELD_PREFIX))
+        .map(str::to_owned)
+        .chain(map.iter().map(|(field, _)| field.clone()));
+    for name in custom {
+        if is_field(&name) && !names.contains(&name) {
+            names.push(name);
+        }
+    }
+    names
+}
+
+/// Puts one field's value into a signup body: a UTM column into `utm`, `fields.<label>` into
+/// `fields`, the rest at the top.
+fn put(body: &mut Map<String, Value>, field: &str, value: Value) {
+    let (parent, key) = if let Some(label) = field.strip_prefix(CUSTOM_FIELD_PREFIX) {
+        ("fields", label)
+    } else if UTM_COLUMNS.contains(&field) {
+        ("utm", &field["utm_".len()..])
+    } else {
+        body.insert(field.to_owned(), value);
+        return;
+    };
+    let nested = body
+        .entry(parent)
+        .and_modify(|v| {
+            if !v.is_object() {
+                *v = Value::Object(Map::new());
+            }
+        })
+        .or_insert_with(|| Value::Object(Map::new()));
+    if let Value::Object(object) = nested {
+        object.insert(key.to_owned(), value);
+    }
+}
+
+/// One field's value in a signup body, the reverse of [`put`] (`utm` also under its long name).
+fn get<'a>(body: &'a Map<String, Value>, field: &str) -> Option<&'a Value> {
+    if let Some(label) = field.strip_prefix(CUSTOM_FIELD_PREFIX) {
+        body.get("fields")?.get(label)
+    } else if UTM_COLUMNS.contains(&field) {
+        let utm = body.get("utm")?;
+        utm.get(&field["utm_".len()..]).or_else(|| utm.get(field))
+    } else {
+        body.get(field)
+    }
+}
+
 fn with_suffix(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
@@ -134,7 +217,7 @@ pub fn parse_args(args: impl Iterator<Item = String>) -> Result<BackfillArgs, Cl
             "--map" => {
                 let pair = value()?;
                 match pair.split_once('=') {
-                    Some((field, column)) if FIELDS.contains(&field.trim()) && !column.trim().is_empty() => {
+                    Some((field, column)) if is_field(field.trim()) && !column.trim().is_empty() => {
                         parsed.map.push((field.trim().to_owned(), column.trim().to_owned()))
                     }
                     _ => return Err(invalid(pair)),
@@ -231,6 +314,7 @@ pub fn read_rows(path: &Path, format: Option<Format>, map: &[(String, String)]) 
                     columns: headers.iter().collect::<Vec<_>>().join(", "),
                 });
             }
+            let fields = fields_of(headers.iter(), map);
             for record in reader.records() {
                 let record = record.map_err(|e| BackfillError::Csv {
                     path: path.to_owned(),
@@ -238,14 +322,14 @@ pub fn read_rows(path: &Path, format: Option<Format>, map: &[(String, String)]) 
                 })?;
                 let line = record.position().map_or(0, |p| p.line());
                 let mut body = Map::new();
-                for field in FIELDS {
+                for field in &fields {
                     let Some(cell) = index.get(column_of(field).as_str()).and_then(|&i| record.get(i)) else {
                         continue;
                     };
                     if cell.is_empty() {
                         continue;
                     }
-                    body.insert(field.to_owned(), csv_value(field, cell));
+                    put(&mut body, field, csv_value(field, cell));
                 }
                 rows.push(Row { line, body });
             }
@@ -261,9 +345,16 @@ pub fn read_rows(path: &Path, format: Option<Format>, map: &[(String, String)]) 
                 let mut body = Map::new();
                 match serde_json::from_str::<Value>(&line_text) {
                     Ok(Value::Object(object)) => {
-                        for field in FIELDS {
-                            if let Some(value) = object.get(&column_of(field)) {
-                                body.insert(field.to_owned(), value.clone());
+                        // The body's own `utm` and `fields` objects come as they are; flat
+                        // columns (`utm_source`, `fields.Plan`, mapped names) are put into them.
+                        for nested in ["utm", "fields"] {
+                            if let Some(value) = object.get(nested) {
+                                body.insert(nested.to_owned(), value.clone());
+                            }
+                        }
+                        for field in fields_of(object.keys().map(String::as_str), map) {
+                            if let Some(value) = object.get(&column_of(&field)).filter(|v| !v.is_null()) {
+                                put(&mut body, &field, value.clone());
                             }
                         }
                     }
@@ -280,9 +371,14 @@ pub fn read_rows(path: &Path, format: Option<Format>, map: &[(String, String)]) 
 }
 
 /// A CSV cell as the signup body's JSON: `opt_in` a boolean (when it reads as one), `tags`
-/// a list split on [`TAG_SEPARATOR`] (digits are tag ids), the rest text.
+/// a list split on [`TAG_SEPARATOR`] (digits are tag ids), `lead_source` an id when it is
+/// digits, the rest text (custom field values are checked against the field's type later).
 fn csv_value(field: &str, cell: &str) -> Value {
     match field {
+        "lead_source" => match cell.parse::<i64>() {
+            Ok(id) if id > 0 && cell.bytes().all(|b| b.is_ascii_digit()) => Value::from(id),
+            _ => Value::String(cell.to_owned()),
+        },
         "opt_in" => match cell.to_ascii_lowercase().as_str() {
             "true" | "yes" | "y" | "1" => Value::Bool(true),
             "false" | "no" | "n" | "0" => Value::Bool(false),
@@ -371,13 +467,16 @@ impl RowOutcome {
     }
 }
 
-/// Why one send did not finish the row.
+/// Why one send did not finish the row, classified by what happens next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SendError {
     /// Try the same row again after this long.
     Later(Duration, String),
-    /// The row cannot succeed (Keap refused it; the reason).
+    /// The row cannot succeed (Keap refused it, or a value it holds; the reason).
     Refused(String),
+    /// No row can succeed until someone acts (Keap is not connected, the signing key is
+    /// refused): stop sending; the same command resumes once it is fixed.
+    Stop(String),
 }
 
 /// Where rows go: the signup service in this process, or a deployed `/signup`.
@@ -405,6 +504,9 @@ impl Sink for ServiceSink {
             Err(SignupError::Rejected { status, message }) => {
                 Err(SendError::Refused(format!("Keap refused it ({status}): {message}")))
             }
+            // An unknown custom field, a value of the wrong type, a field off the allow-list.
+            Err(error @ SignupError::Invalid { .. }) => Err(SendError::Refused(format!("{}: {error}", error.code()))),
+            Err(error @ SignupError::NotConnected { .. }) => Err(SendError::Stop(error.to_string())),
             Err(error) => Err(SendError::Later(
                 error.retry_after().unwrap_or(Duration::from_secs(2)),
                 error.to_string(),
@@ -519,6 +621,10 @@ pub struct Summary {
     pub resumed: u64,
     /// Rows sent in this run.
     pub sent: u64,
+    /// Why the run stopped before the end (nothing more could succeed), if it did.
+    pub stopped: Option<String>,
+    /// Valid rows neither finished now nor in an earlier run (after a stop).
+    pub not_sent: u64,
 }
 
 /// Progress reporting: a bar on a terminal, plain lines otherwise.
@@ -619,16 +725,29 @@ pub async fn send_all(
     let mut finished = summary.resumed;
     let (tx, mut rx) = tokio::sync::mpsc::channel::<(u64, RowOutcome)>(concurrency * 2);
     let queue = Arc::new(std::sync::Mutex::new(pending.into_iter()));
+    // Set by the first row that says no row can succeed; no worker takes a row after it.
+    let stopped: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (queue, sink, tx) = (queue.clone(), sink.clone(), tx.clone());
+        let (queue, sink, tx, stopped) = (queue.clone(), sink.clone(), tx.clone(), stopped.clone());
         workers.push(tokio::spawn(async move {
             loop {
+                if stopped.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
+                    break;
+                }
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some((line, signup)) = next else { break };
-                let outcome = send_one(sink.as_ref(), &signup).await;
-                if tx.send((line, outcome)).await.is_err() {
-                    break;
+                match send_one(sink.as_ref(), &signup).await {
+                    Ok(outcome) => {
+                        if tx.send((line, outcome)).await.is_err() {
+                            break;
+                        }
+                    }
+                    // Not journalled: the same command sends this row again.
+                    Err(reason) => {
+                        stopped.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(reason);
+                        break;
+                    }
                 }
             }
         }));
@@ -647,6 +766,8 @@ pub async fn send_all(
     }
     progress.finish();
     summary.sent = sent_now;
+    summary.stopped = stopped.lock().unwrap_or_else(|e| e.into_inner()).take();
+    summary.not_sent = total.saturating_sub(finished);
     for (line, outcome) in &checkpoint.done {
         match outcome {
             RowOutcome::Created => summary.created += 1,
@@ -659,19 +780,23 @@ pub async fn send_all(
     Ok(summary)
 }
 
-async fn send_one(sink: &dyn Sink, signup: &Signup) -> RowOutcome {
+/// One row to its end, or `Err` with the reason to stop the whole run.
+async fn send_one(sink: &dyn Sink, signup: &Signup) -> Result<RowOutcome, String> {
     let mut last = String::new();
     for _ in 0..MAX_ATTEMPTS {
         match sink.send(signup).await {
-            Ok(outcome) => return outcome,
-            Err(SendError::Refused(reason)) => return RowOutcome::Failed(reason),
+            Ok(outcome) => return Ok(outcome),
+            Err(SendError::Refused(reason)) => return Ok(RowOutcome::Failed(reason)),
+            Err(SendError::Stop(reason)) => return Err(reason),
             Err(SendError::Later(wait, reason)) => {
                 last = reason;
                 tokio::time::sleep(wait.clamp(Duration::from_millis(50), Duration::from_secs(900))).await;
             }
         }
     }
-    RowOutcome::Failed(format!("gave up after {MAX_ATTEMPTS} attempts: {last}"))
+    Ok(RowOutcome::Failed(format!(
+        "gave up after {MAX_ATTEMPTS} attempts: {last}"
+    )))
 }
 
 /// Writes the failures as a CSV the backfill reads back (the signup fields, then `line` and
@@ -682,16 +807,23 @@ pub fn write_failures(path: &Path, rows: &[Row], failed: &[(u64, String)]) -> Re
         source: std::io::Error::other(e.to_string()),
     };
     let by_line: HashMap<u64, &Row> = rows.iter().map(|r| (r.line, r)).collect();
+    // The plain fields and UTM columns, then the custom fields the failed rows set.
+    let labels: std::collections::BTreeSet<String> = failed
+        .iter()
+        .filter_map(|(line, _)| by_line.get(line)?.body.get("fields")?.as_object())
+        .flat_map(|fields| fields.keys().map(|label| format!("{CUSTOM_FIELD_PREFIX}{label}")))
+        .collect();
+    let fields = fields_of(labels.iter().map(String::as_str), &[]);
     let mut writer = csv::Writer::from_path(path).map_err(write_error)?;
-    let mut header: Vec<&str> = FIELDS.to_vec();
+    let mut header: Vec<&str> = fields.iter().map(String::as_str).collect();
     header.extend(["line", "reason"]);
     writer.write_record(&header).map_err(write_error)?;
     for (line, reason) in failed {
         let mut record: Vec<String> = Vec::new();
-        for field in FIELDS {
+        for field in &fields {
             let cell = by_line
                 .get(line)
-                .and_then(|row| row.body.get(field))
+                .and_then(|row| get(&row.body, field))
                 .map(|value| match value {
                     Value::String(s) => s.clone(),
                     Value::Array(items) => items
@@ -749,7 +881,7 @@ pub struct SignupUrlSink {
 #[async_trait]
 impl Sink for SignupUrlSink {
     async fn send(&self, signup: &Signup) -> Result<RowOutcome, SendError> {
-        let body = signup_json(signup);
+        let body = signup_json(signup).map_err(|e| SendError::Refused(format!("cannot write its body: {e}")))?;
         let signature = crate::helpers::sign_now(&self.key, body.as_bytes());
         let answer = self
             .http
@@ -788,6 +920,16 @@ impl Sink for SignupUrlSink {
                 retry_after.unwrap_or(Duration::from_secs(5)),
                 format!("/signup answered {status}"),
             )),
+            // Every row would get the same answer: a wrong key, URL or route.
+            401 | 403 | 404 | 405 => Err(SendError::Stop(format!(
+                "/signup answered {status}{}: {}",
+                if status == 401 {
+                    " (check --key)"
+                } else {
+                    " (check --signup-url)"
+                },
+                crate::progress::one_line(&text, 200)
+            ))),
             _ => Err(SendError::Refused(format!(
                 "/signup answered {status}: {}",
                 crate::progress::one_line(&text, 200)
@@ -796,27 +938,10 @@ impl Sink for SignupUrlSink {
     }
 }
 
-/// The signup body for a validated signup.
-pub fn signup_json(signup: &Signup) -> String {
-    let mut body = Map::new();
-    body.insert("email".into(), Value::String(signup.email.clone()));
-    if let Some(name) = &signup.given_name {
-        body.insert("given_name".into(), Value::String(name.clone()));
-    }
-    if let Some(name) = &signup.family_name {
-        body.insert("family_name".into(), Value::String(name.clone()));
-    }
-    body.insert("opt_in".into(), Value::Bool(signup.opt_in));
-    if !signup.tags.is_empty() {
-        body.insert(
-            "tags".into(),
-            serde_json::to_value(&signup.tags).unwrap_or(Value::Array(Vec::new())),
-        );
-    }
-    if let Some(source) = &signup.source {
-        body.insert("source".into(), Value::String(source.clone()));
-    }
-    Value::Object(body).to_string()
+/// The signup body for a validated signup (`Signup` serializes to the body's own shape, every
+/// field included).
+pub fn signup_json(signup: &Signup) -> Result<String, serde_json::Error> {
+    serde_json::to_string(signup)
 }
 
 /// The in-process sink over the functions' configuration (`KEAP_*`, the secret store): the
@@ -924,8 +1049,19 @@ pub async fn run(args: &BackfillArgs, terminal: bool) -> std::process::ExitCode 
     if let Some(quota) = sink.quota() {
         println!("{}", quota_text(Some(&quota)));
     }
+    if let Some(reason) = &summary.stopped {
+        println!(
+            "stopped: {reason}\n{} rows not sent yet: fix the cause and run the same command again; it resumes from {}",
+            summary.not_sent,
+            args.checkpoint_path().display()
+        );
+    }
     if summary.failed.is_empty() {
-        return ExitCode::SUCCESS;
+        return if summary.stopped.is_some() {
+            ExitCode::FAILURE
+        } else {
+            ExitCode::SUCCESS
+        };
     }
     let path = args.failures_path();
     match write_failures(&path, &rows, &summary.failed) {
@@ -959,6 +1095,9 @@ mod tests {
         assert_eq!(parsed.checkpoint_path(), PathBuf::from("users.csv.checkpoint"));
         assert!(args("--yes").is_err(), "the file is required");
         assert!(args("a.csv --map nickname=x").is_err());
+        assert!(args("a.csv --map fields.=x").is_err(), "a custom field needs its label");
+        let parsed = args("a.csv --map fields.Plan=plan --map utm_source=src --map phone=Tel").unwrap();
+        assert_eq!(parsed.map.len(), 3);
         assert!(args("a.csv --live-share 95").is_err());
         assert!(args("a.csv --concurrency 0").is_err());
         assert!(args("a.csv b.csv").is_err());
@@ -1003,6 +1142,106 @@ mod tests {
         let plan = validate(read_rows(&jsonl, None, &[("email".into(), "mail".into())]).unwrap());
         assert_eq!(plan.valid.len(), 2);
         assert_eq!(plan.invalid[0].0.line, 3);
+    }
+
+    #[test]
+    fn every_body_field_is_a_column_and_the_body_is_the_signup_body() {
+        let dir = test_support::temp::TempDir::new("backfill-fields");
+        let csv_path = dir.path().join("users.csv");
+        std::fs::write(
+            &csv_path,
+            "email,phone,company,job_title,website,lead_source,ip_address,utm_source,utm_campaign,fields.Plan,Seats\n\
+             a@example.com,+1 555 0100,Acme,CTO,acme.example,42,203.0.113.7,newsletter,spring,Pro,3\n\
+             b@example.com,,,,,Partner,,,,,\n",
+        )
+        .unwrap();
+        let rows = read_rows(&csv_path, None, &[("fields.Seats".into(), "Seats".into())]).unwrap();
+        assert_eq!(
+            Value::Object(rows[0].body.clone()),
+            serde_json::json!({
+                "email": "a@example.com", "phone": "+1 555 0100", "company": "Acme", "job_title": "CTO",
+                "website": "acme.example", "lead_source": 42, "ip_address": "203.0.113.7",
+                "utm": {"source": "newsletter", "campaign": "spring"},
+                "fields": {"Plan": "Pro", "Seats": "3"},
+            })
+        );
+        assert_eq!(rows[1].body["lead_source"], "Partner", "a name, looked up when sent");
+        let plan = validate(rows);
+        assert!(plan.invalid.is_empty(), "{:?}", plan.invalid);
+        // What a deployed /signup is sent parses back to the same signup.
+        for (_, signup) in &plan.valid {
+            let body = signup_json(signup).unwrap();
+            assert_eq!(&Signup::from_json(body.as_bytes()).unwrap(), signup, "{body}");
+        }
+        let details = &plan.valid[0].1.details;
+        assert_eq!(details.utm.as_ref().and_then(|u| u.campaign.as_deref()), Some("spring"));
+        assert_eq!(details.fields.len(), 2);
+
+        // JSON Lines: the body's own objects, flat columns and mapped names together.
+        let jsonl = dir.path().join("users.jsonl");
+        std::fs::write(
+            &jsonl,
+            "{\"email\":\"c@example.com\",\"utm\":{\"medium\":\"email\"},\"utm_source\":\"ad\",\"fields\":{\"Plan\":\"Free\"},\"seats\":2,\"Phone\":\"555 0101\"}\n\
+             {\"email\":\"d@example.com\",\"ip_address\":\"not an address\"}\n",
+        )
+        .unwrap();
+        let map = [
+            ("fields.Seats".into(), "seats".into()),
+            ("phone".into(), "Phone".into()),
+        ];
+        let rows = read_rows(&jsonl, None, &map).unwrap();
+        assert_eq!(
+            Value::Object(rows[0].body.clone()),
+            serde_json::json!({
+                "email": "c@example.com", "phone": "555 0101",
+                "utm": {"medium": "email", "source": "ad"},
+                "fields": {"Plan": "Free", "Seats": 2},
+            })
+        );
+        let plan = validate(rows);
+        assert_eq!(plan.invalid.len(), 1);
+        assert!(plan.invalid[0].1.contains("ip_address"), "{:?}", plan.invalid);
+    }
+
+    /// A sink that says every row needs the operator first (as Keap not connected does).
+    struct Unconnected(std::sync::atomic::AtomicU32);
+
+    #[async_trait]
+    impl Sink for Unconnected {
+        async fn send(&self, _: &Signup) -> Result<RowOutcome, SendError> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            Err(SendError::Stop("Keap is not connected: connect it first".into()))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_that_cannot_succeed_stops_at_once_and_resumes_later() {
+        let dir = test_support::temp::TempDir::new("backfill-stop");
+        let input = dir.path().join("in.csv");
+        let text: String = (0..50).map(|n| format!("u{n}@example.com\n")).collect();
+        std::fs::write(&input, format!("email\n{text}")).unwrap();
+        let plan = validate(read_rows(&input, None, &[]).unwrap());
+        let mut checkpoint = Checkpoint::open(&dir.path().join("cp"), &input).unwrap();
+        let sink = Arc::new(Unconnected(Default::default()));
+        let progress = ConsoleProgress::new(50, false);
+        let summary = send_all(&plan, &mut checkpoint, sink.clone(), 4, &progress)
+            .await
+            .unwrap();
+        assert_eq!(
+            summary.stopped.as_deref(),
+            Some("Keap is not connected: connect it first")
+        );
+        assert_eq!((summary.sent, summary.not_sent), (0, 50));
+        assert!(summary.failed.is_empty(), "no row is blamed: {:?}", summary.failed);
+        let tries = sink.0.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(
+            tries <= 4,
+            "at most one try per worker, not {MAX_ATTEMPTS} per row: {tries}"
+        );
+        assert!(
+            checkpoint.done.is_empty(),
+            "nothing journalled: the same command sends every row"
+        );
     }
 
     #[test]

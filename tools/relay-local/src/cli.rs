@@ -35,8 +35,9 @@ usage:
   relay-local backfill FILE [--format csv|jsonl] [--map FIELD=COLUMN]... [--dry-run] [--yes]
                    [--checkpoint PATH] [--failures PATH] [--live-share PERCENT] [--welcome]
                    [--concurrency N] [--signup-url URL [--key KEY]] [--local]
-      Existing users into Keap through the signup code path (docs/backfill.md): validates
-      every row first (bad rows by line number), sends nothing without --yes, paces to Keap's
+      Existing users into Keap through the signup code path (docs/backfill.md): columns are
+      the signup body's fields (utm_source..utm_content, custom fields as fields.<label>);
+      validates every row first (bad rows by line number), sends nothing without --yes, paces to Keap's
       quota leaving --live-share percent (10) to live signups, resumes from the checkpoint
       (FILE.checkpoint) and writes failures to FILE.failures.csv. Keap through the functions'
       configuration (KEAP_*, the secret store; --local: relay-local's sandbox and file store),
