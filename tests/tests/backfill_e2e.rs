@@ -272,13 +272,7 @@ async fn a_backfill_sets_every_field_and_fails_a_bad_custom_value_without_retryi
     assert_eq!(ann.extra["website"], "https://acme.example");
     assert_eq!(ann.extra["lead_source_id"], partner.id);
     assert_eq!(ann.extra["origin"]["ip_address"], "203.0.113.7");
-    let mut fields: Vec<(i64, serde_json::Value)> = ann.extra["custom_fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["id"].as_i64().unwrap(), f["content"].clone()))
-        .collect();
-    fields.sort_by_key(|(id, _)| *id);
+    let fields = ann.custom_field_values();
     assert_eq!(fields, [(plan_field.id, "Pro".into()), (seats.id, 12.into())]);
     assert!(setup.sandbox.contact_by_email("bob@example.com").is_none());
     assert!(setup.sandbox.contact_by_email("cy@example.com").is_none());

@@ -67,13 +67,7 @@ async fn contact_details_and_custom_fields_by_label_reach_keap() {
     assert_eq!(contact.extra["website"], "https://ada.example.com");
     assert_eq!(contact.extra["lead_source_id"], webinar.id);
     assert_eq!(contact.extra["origin"]["ip_address"], "203.0.113.5");
-    let mut fields: Vec<(i64, Value)> = contact.extra["custom_fields"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| (f["id"].as_i64().unwrap(), f["content"].clone()))
-        .collect();
-    fields.sort_by_key(|(id, _)| *id);
+    let fields = contact.custom_field_values();
     assert_eq!(
         fields,
         [

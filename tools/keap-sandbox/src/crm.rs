@@ -39,6 +39,22 @@ pub struct ContactView {
     pub emails_sent: Vec<String>,
 }
 
+impl ContactView {
+    /// The custom field values last written, as `(field id, content)`, by id.
+    pub fn custom_field_values(&self) -> Vec<(i64, Value)> {
+        let mut values: Vec<(i64, Value)> = self
+            .extra
+            .get("custom_fields")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(|f| Some((f.get("id")?.as_i64()?, f.get("content")?.clone())))
+            .collect();
+        values.sort_by_key(|(id, _)| *id);
+        values
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ApiVersion {
     V1,
