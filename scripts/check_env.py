@@ -24,7 +24,14 @@ ROOT = Path(__file__).resolve().parent.parent
 # Names the template sets that config.rs reads through a helper this script does not follow.
 EXTRA = {"KEAP_START_URL"}
 # Read by shared/src/keap/pacing.rs (PacingSettings::from_env_with, called from config.rs).
-EXTRA |= {"KEAP_PACING_PROCESSES", "KEAP_LIVE_HEADROOM_PERCENT", "KEAP_DAILY_RESERVE_PERCENT"}
+EXTRA |= {
+    "KEAP_PACING_PROCESSES",
+    "KEAP_LIVE_HEADROOM_PERCENT",
+    "KEAP_DAILY_RESERVE_PERCENT",
+    "KEAP_QUOTA_PER_SECOND",
+    "KEAP_QUOTA_PER_MINUTE",
+    "KEAP_QUOTA_PER_DAY",
+}
 # The local run's file store; meaningless on Lambda.
 LOCAL_ONLY = {"KEAP_STORE_DIR"}
 ONLY_FOR = {
