@@ -21,6 +21,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -727,9 +728,16 @@ pub async fn send_all(
     let queue = Arc::new(std::sync::Mutex::new(pending.into_iter()));
     // Set by the first row that says no row can succeed; no worker takes a row after it.
     let stopped: Arc<std::sync::Mutex<Option<String>>> = Arc::default();
+    let delivered = Arc::new(AtomicU64::new(0));
     let mut workers = Vec::new();
     for _ in 0..concurrency.max(1) {
-        let (queue, sink, tx, stopped) = (queue.clone(), sink.clone(), tx.clone(), stopped.clone());
+        let (queue, sink, tx, stopped, delivered) = (
+            queue.clone(),
+            sink.clone(),
+            tx.clone(),
+            stopped.clone(),
+            delivered.clone(),
+        );
         workers.push(tokio::spawn(async move {
             loop {
                 if stopped.lock().unwrap_or_else(|e| e.into_inner()).is_some() {
@@ -737,7 +745,7 @@ pub async fn send_all(
                 }
                 let next = queue.lock().unwrap_or_else(|e| e.into_inner()).next();
                 let Some((line, signup)) = next else { break };
-                match send_one(sink.as_ref(), &signup).await {
+                match send_one(sink.as_ref(), &signup, &delivered).await {
                     Ok(outcome) => {
                         if tx.send((line, outcome)).await.is_err() {
                             break;
@@ -780,12 +788,17 @@ pub async fn send_all(
     Ok(summary)
 }
 
-/// One row to its end, or `Err` with the reason to stop the whole run.
-async fn send_one(sink: &dyn Sink, signup: &Signup) -> Result<RowOutcome, String> {
+/// One row to its end, or `Err` with the reason to stop the whole run. `delivered` counts the
+/// rows any worker got through.
+async fn send_one(sink: &dyn Sink, signup: &Signup, delivered: &AtomicU64) -> Result<RowOutcome, String> {
+    let delivered_before = delivered.load(Ordering::Relaxed);
     let mut last = String::new();
     for _ in 0..MAX_ATTEMPTS {
         match sink.send(signup).await {
-            Ok(outcome) => return Ok(outcome),
+            Ok(outcome) => {
+                delivered.fetch_add(1, Ordering::Relaxed);
+                return Ok(outcome);
+            }
             Err(SendError::Refused(reason)) => return Ok(RowOutcome::Failed(reason)),
             Err(SendError::Stop(reason)) => return Err(reason),
             Err(SendError::Later(wait, reason)) => {
@@ -793,6 +806,13 @@ async fn send_one(sink: &dyn Sink, signup: &Signup) -> Result<RowOutcome, String
                 tokio::time::sleep(wait.clamp(Duration::from_millis(50), Duration::from_secs(900))).await;
             }
         }
+    }
+    // No row got through while this one was tried: Keap (or the way to it) is down, not this
+    // row; stop, and the same command resumes later. Otherwise the row itself is the trouble.
+    if delivered.load(Ordering::Relaxed) == delivered_before {
+        return Err(format!(
+            "Keap kept failing ({MAX_ATTEMPTS} attempts at one row, none got through meanwhile): {last}"
+        ));
     }
     Ok(RowOutcome::Failed(format!(
         "gave up after {MAX_ATTEMPTS} attempts: {last}"
@@ -1242,6 +1262,56 @@ mod tests {
             checkpoint.done.is_empty(),
             "nothing journalled: the same command sends every row"
         );
+    }
+
+    /// Keap failing (5xx, unreachable) for every row, or for one row only.
+    struct Failing {
+        only: Option<&'static str>,
+    }
+
+    #[async_trait]
+    impl Sink for Failing {
+        async fn send(&self, signup: &Signup) -> Result<RowOutcome, SendError> {
+            match self.only {
+                Some(email) if signup.email != email => Ok(RowOutcome::Created),
+                _ => Err(SendError::Later(
+                    Duration::ZERO,
+                    "Keap unavailable: connection failed".into(),
+                )),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn keap_failing_every_row_stops_the_run_one_failing_row_fails_alone() {
+        let dir = test_support::temp::TempDir::new("backfill-outage");
+        let input = dir.path().join("in.csv");
+        let text: String = (0..6).map(|n| format!("u{n}@example.com\n")).collect();
+        std::fs::write(&input, format!("email\n{text}")).unwrap();
+        let plan = validate(read_rows(&input, None, &[]).unwrap());
+        let progress = ConsoleProgress::new(6, false);
+
+        let mut checkpoint = Checkpoint::open(&dir.path().join("down"), &input).unwrap();
+        let down = Arc::new(Failing { only: None });
+        let summary = send_all(&plan, &mut checkpoint, down, 2, &progress).await.unwrap();
+        let reason = summary.stopped.as_deref().unwrap_or_default();
+        assert!(reason.starts_with("Keap kept failing"), "{summary:?}");
+        assert!(
+            summary.failed.is_empty(),
+            "an outage is no row's fault: {:?}",
+            summary.failed
+        );
+        assert_eq!(summary.not_sent, 6);
+
+        let mut checkpoint = Checkpoint::open(&dir.path().join("one"), &input).unwrap();
+        let one_row = Arc::new(Failing {
+            only: Some("u1@example.com"),
+        });
+        let summary = send_all(&plan, &mut checkpoint, one_row, 2, &progress).await.unwrap();
+        assert_eq!((summary.stopped, summary.created), (None, 5));
+        assert_eq!(summary.failed.len(), 1, "{:?}", summary.failed);
+        assert_eq!(summary.failed[0].0, 3, "u1 is on line 3");
+        assert!(summary.failed[0].1.starts_with("gave up after"), "{:?}", summary.failed);
     }
 
     #[test]
