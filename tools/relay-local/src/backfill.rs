@@ -762,10 +762,19 @@ pub async fn send_all(
     }
     drop(tx);
     let mut sent_now = 0u64;
-    while let Some((line, outcome)) = rx.recv().await {
-        checkpoint.record(line, &outcome)?;
-        finished += 1;
-        sent_now += 1;
+    loop {
+        // While rows wait (Keap throttling or failing), the progress still moves: the rate
+        // falls and a plain line still comes every few seconds.
+        let next = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await;
+        match next {
+            Ok(Some((line, outcome))) => {
+                checkpoint.record(line, &outcome)?;
+                finished += 1;
+                sent_now += 1;
+            }
+            Ok(None) => break,
+            Err(_waiting) => {}
+        }
         let rate = sent_now as f64 / started.elapsed().as_secs_f64().max(0.001);
         progress.update(finished, total, rate, sink.quota().as_ref());
     }
