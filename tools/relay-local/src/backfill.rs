@@ -1232,6 +1232,16 @@ mod tests {
         assert!(plan.invalid[0].1.contains("ip_address"), "{:?}", plan.invalid);
     }
 
+    /// An input of `count` users `u0@example.com` …, one a line after the header (line 2 on),
+    /// and its plan.
+    fn numbered_users(dir: &test_support::temp::TempDir, count: usize) -> (PathBuf, Plan) {
+        let input = dir.path().join("in.csv");
+        let text: String = (0..count).map(|n| format!("u{n}@example.com\n")).collect();
+        std::fs::write(&input, format!("email\n{text}")).unwrap();
+        let plan = validate(read_rows(&input, None, &[]).unwrap());
+        (input, plan)
+    }
+
     /// A sink that says every row needs the operator first (as Keap not connected does).
     struct Unconnected(std::sync::atomic::AtomicU32);
 
@@ -1246,10 +1256,7 @@ mod tests {
     #[tokio::test]
     async fn a_run_that_cannot_succeed_stops_at_once_and_resumes_later() {
         let dir = test_support::temp::TempDir::new("backfill-stop");
-        let input = dir.path().join("in.csv");
-        let text: String = (0..50).map(|n| format!("u{n}@example.com\n")).collect();
-        std::fs::write(&input, format!("email\n{text}")).unwrap();
-        let plan = validate(read_rows(&input, None, &[]).unwrap());
+        let (input, plan) = numbered_users(&dir, 50);
         let mut checkpoint = Checkpoint::open(&dir.path().join("cp"), &input).unwrap();
         let sink = Arc::new(Unconnected(Default::default()));
         let progress = ConsoleProgress::new(50, false);
@@ -1294,10 +1301,7 @@ mod tests {
     #[tokio::test]
     async fn keap_failing_every_row_stops_the_run_one_failing_row_fails_alone() {
         let dir = test_support::temp::TempDir::new("backfill-outage");
-        let input = dir.path().join("in.csv");
-        let text: String = (0..6).map(|n| format!("u{n}@example.com\n")).collect();
-        std::fs::write(&input, format!("email\n{text}")).unwrap();
-        let plan = validate(read_rows(&input, None, &[]).unwrap());
+        let (input, plan) = numbered_users(&dir, 6);
         let progress = ConsoleProgress::new(6, false);
 
         let mut checkpoint = Checkpoint::open(&dir.path().join("down"), &input).unwrap();
